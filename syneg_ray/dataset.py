@@ -1,0 +1,111 @@
+"""The pipeline's view of a BEIR dataset: pairs, the dev split and a Parquet copy of the corpus.
+
+The corpus is read and validated once, then written as Parquet into the cache keyed by the
+corpus file's content hash, so Ray stages read it in parallel shards and every later run skips
+the JSON parse.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from syneg_ray import beir, schema
+from syneg_ray.config import PipelineConfig, default_cache_dir
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A resolved dataset: where it is, its corpus as Parquet, and a fingerprint for cache keys."""
+
+    folder: Path
+    corpus_parquet: Path
+    fingerprint: str  # sha256 prefix of corpus.jsonl
+
+
+def file_digest(path: Path, chunk: int = 1 << 22) -> str:
+    """sha256 of a file, streamed."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def prepare(cfg: PipelineConfig) -> Prepared:
+    """Resolves `data.dataset` and makes sure its validated Parquet corpus is in the cache."""
+    folder = beir.resolve_dataset(cfg.data.dataset, cfg.data.data_dir, cfg.data.download)
+    fingerprint = file_digest(folder / "corpus.jsonl")[:16]
+    target = default_cache_dir(cfg) / "corpus" / f"{fingerprint}.parquet"
+    if not target.is_file():
+        ids, texts = [], []
+        for doc_id, text in beir.iter_corpus(folder / "corpus.jsonl"):
+            ids.append(doc_id)
+            texts.append(text)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial = target.with_suffix(".partial")
+        pq.write_table(pa.table({"doc_id": ids, "text": texts}), partial)
+        partial.rename(target)
+        logger.info("corpus: %s documents validated and cached as %s", f"{len(ids):,}", target)
+    return Prepared(folder=folder, corpus_parquet=target, fingerprint=fingerprint)
+
+
+def read_corpus(prepared: Prepared) -> dict[str, str]:
+    """doc_id -> text from the cached Parquet (fast: no JSON parse)."""
+    table = pq.read_table(prepared.corpus_parquet)
+    return dict(zip(table.column("doc_id").to_pylist(), table.column("text").to_pylist(), strict=True))
+
+
+def split_dev(query_ids: list[str], fraction: float, seed: int) -> tuple[set[str], set[str]]:
+    """Seeded split of train query ids into (train, dev). Dev queries never contribute pairs."""
+    ordered = sorted(query_ids)
+    random.Random(seed).shuffle(ordered)
+    n_dev = round(len(ordered) * fraction)
+    return set(ordered[n_dev:]), set(ordered[:n_dev])
+
+
+def build_pairs(cfg: PipelineConfig, prepared: Prepared, corpus: dict[str, str]) -> tuple[list[schema.Pair], beir.Qrels]:
+    """Pairs of the train split (dev queries removed, `data.limit` applied) and the dev qrels."""
+    split = beir.load_split(prepared.folder, cfg.data.train_split, corpus=corpus)
+    train_ids, dev_ids = split_dev(list(split.qrels), cfg.data.dev_fraction, cfg.run.seed)
+    train_qrels = {q: split.qrels[q] for q in train_ids}
+    pairs: list[schema.Pair] = [
+        {"query_id": q, "positive_id": d, "query": split.queries[q], "positive": corpus[d]}
+        for q, d in beir.positive_pairs(train_qrels)
+    ]
+    if cfg.data.limit:
+        pairs = pairs[: cfg.data.limit]
+    return pairs, {q: split.qrels[q] for q in dev_ids}
+
+
+def write_pairs(run_dir: Path, pairs: list[schema.Pair], dev_qrels: beir.Qrels) -> Path:
+    """Writes pairs.parquet and dev_qrels.json into the run directory."""
+    path = run_dir / schema.PAIRS
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.Table.from_pylist(pairs, schema=PAIR_SCHEMA), path)
+    (run_dir / schema.DEV_QRELS).write_text(json.dumps(dev_qrels, sort_keys=True), encoding="utf-8")
+    return path
+
+
+def ensure_pairs(cfg: PipelineConfig) -> tuple[Prepared, Path]:
+    """Prepares the dataset and writes the run's pairs unless they already exist."""
+    prepared = prepare(cfg)
+    run_dir = Path(cfg.run.run_dir)
+    path = run_dir / schema.PAIRS
+    if not path.is_file():
+        pairs, dev = build_pairs(cfg, prepared, read_corpus(prepared))
+        write_pairs(run_dir, pairs, dev)
+        logger.info("pairs: %s train pairs, %s dev queries", f"{len(pairs):,}", f"{len(dev):,}")
+    return prepared, path
+
+
+PAIR_SCHEMA = pa.schema([("query_id", pa.string()), ("positive_id", pa.string()), ("query", pa.string()), ("positive", pa.string())])

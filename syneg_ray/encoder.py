@@ -1,0 +1,108 @@
+"""Encoding kernel: length-sorted, token-budget batches through any sentence-transformers model. No Ray.
+
+Why not `SentenceTransformer.encode`: it sorts by character length and uses a fixed batch size, so
+batches of short texts waste the budget and long ones pad to the longest. Here texts are sorted
+by *token* length and packed until `max_tokens_per_batch` padded tokens, which keeps every forward
+pass about the same cost. The same function runs inside a Ray Data actor (stages/embed.py), a
+training job, or bare on a GPU machine for benchmarks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from syneg_ray.config import Dtype
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class EncodeOptions:
+    """What shapes a forward pass; copied from EncoderConfig so the kernel stays config-agnostic."""
+
+    batch_size: int = 64  # upper bound on texts per forward pass
+    max_tokens_per_batch: int = 8192  # padded tokens per forward pass
+    max_seq_length: int = 0  # 0 = the model's own limit
+    dtype: Dtype = Dtype.FP32
+    prompt: str = ""  # prefix for every text (e.g. "query: ")
+
+
+def load_encoder(path: str, device: str | None = None, max_seq_length: int = 0):  # -> SentenceTransformer
+    """Loads a sentence-transformers model in eval mode on `device` (default: cuda if present)."""
+    from sentence_transformers import SentenceTransformer
+
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model = SentenceTransformer(path, device=device)
+    if max_seq_length:
+        model.max_seq_length = max_seq_length
+    return model.eval()
+
+
+def token_lengths(model, texts: Sequence[str]) -> np.ndarray:
+    """Token count of each text after truncation, special tokens included."""
+    limit = model.max_seq_length or 512
+    ids = model.tokenizer(list(texts), add_special_tokens=True, truncation=True, max_length=limit)["input_ids"]
+    return np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(texts))
+
+
+def plan_batches(lengths: np.ndarray, batch_size: int, max_tokens: int) -> list[np.ndarray]:
+    """Groups text indices, longest first, into batches of at most `batch_size` texts and `max_tokens` padded tokens.
+
+    Args:
+        lengths: token length per text.
+        batch_size: most texts per batch.
+        max_tokens: most padded tokens per batch (rows x longest row); a single longer text gets its own batch.
+
+    Returns:
+        Index arrays; together they cover every index exactly once.
+    """
+    order = np.argsort(-lengths, kind="stable")
+    batches, start = [], 0
+    while start < len(order):
+        longest = max(int(lengths[order[start]]), 1)  # sorted: the first row of a batch is its longest
+        size = max(1, min(batch_size, max_tokens // longest))
+        batches.append(order[start : start + size])
+        start += size
+    return batches
+
+
+def _autocast(model, dtype: Dtype):
+    if dtype is Dtype.BF16:
+        return torch.autocast(device_type=model.device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def iter_encode(model, texts: Sequence[str], options: EncodeOptions) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Yields (indices, float32 embeddings) per batch, in planned (length-sorted) order."""
+    texts = [options.prompt + t for t in texts] if options.prompt else list(texts)
+    batches = plan_batches(token_lengths(model, texts), options.batch_size, options.max_tokens_per_batch)
+    with torch.inference_mode(), _autocast(model, options.dtype):
+        for index in batches:
+            features = model.preprocess([texts[i] for i in index])
+            features = {k: v.to(model.device) if isinstance(v, torch.Tensor) else v for k, v in features.items()}
+            embeddings = model(features)["sentence_embedding"]  # (batch, dim), normalized if the model says so
+            yield index, embeddings.float().cpu().numpy()
+
+
+def encode(model, texts: Sequence[str], options: EncodeOptions = EncodeOptions()) -> np.ndarray:
+    """Encodes `texts` into a float32 array (len(texts), dim), rows in input order."""
+    if not texts:
+        return np.zeros((0, model.get_sentence_embedding_dimension()), dtype=np.float32)
+    out: np.ndarray | None = None
+    for index, embeddings in iter_encode(model, texts, options):
+        if out is None:
+            out = np.empty((len(texts), embeddings.shape[1]), dtype=np.float32)
+        out[index] = embeddings
+    assert out is not None
+    return out
+
+
+def is_normalized(model) -> bool:
+    """True when the model ends in a Normalize module (then inner product is cosine)."""
+    return any(type(m).__name__ == "Normalize" for m in model.modules())

@@ -1,0 +1,41 @@
+"""Exceptions raised by syneg_ray, each carrying a one-line message that names the fix.
+
+    SynegError                 every error the CLI prints as one line, without a traceback
+    ├── ConfigError            a config key is unknown, mistyped or out of range
+    ├── DataError              an input file is malformed (the message names file and line)
+    ├── ModelNotFoundError     a model name is neither registered, a local path, nor reachable
+    ├── EngineError            an LLM / encoder engine failed as a whole (not a single row)
+    └── ResumeError            a run directory was made with a different config
+"""
+
+from __future__ import annotations
+
+
+class SynegError(Exception):
+    """Base class: the message is meant for the user, on one line."""
+
+
+class ConfigError(SynegError):
+    """A config key is unknown, has the wrong type, or a value is out of range."""
+
+
+class DataError(SynegError):
+    """An input file is malformed; the message names the file, the line and the fix."""
+
+    @classmethod
+    def at(cls, path: object, line: int | None, problem: str) -> DataError:
+        """Builds the error for `problem` at `path:line` (line is 1-based, None for the whole file)."""
+        where = f"{path}:{line}" if line is not None else f"{path}"
+        return cls(f"{where}: {problem}")
+
+
+class ModelNotFoundError(SynegError):
+    """A model name is neither a registered short name, a local path, nor a reachable hub id."""
+
+
+class EngineError(SynegError):
+    """An engine failed as a whole (startup, server down); row-level failures never raise this."""
+
+
+class ResumeError(SynegError):
+    """A stage output exists but was made with a different config; the message shows the difference."""

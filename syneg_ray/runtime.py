@@ -1,0 +1,67 @@
+"""Starting or joining Ray, logging and the run directory: the only place that calls ray.init."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+from syneg_ray.config import PipelineConfig, to_yaml
+
+logger = logging.getLogger(__name__)
+
+
+def setup_logging(verbose: bool = False) -> None:
+    """One format for the whole package; Ray's own loggers stay at WARNING unless verbose."""
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    if not verbose:
+        for noisy in ("ray", "urllib3", "httpx", "filelock", "sentence_transformers", "transformers"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def init_ray(cfg: PipelineConfig) -> None:
+    """Starts a local Ray sized for this machine, or joins the cluster in `ray.address`.
+
+    Inside `ray job submit` (RAY_ADDRESS set) it always joins the job's cluster.
+    """
+    import ray
+
+    if ray.is_initialized():
+        return
+    # Ray 2.60 turns token auth on by default; a local, loopback-only Ray does not need it.
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    # Workers inherit the driver's env: keep torch from oversubscribing cores inside each actor.
+    runtime_env = {"env_vars": {"TOKENIZERS_PARALLELISM": "false", "RAY_AUTH_MODE": os.environ["RAY_AUTH_MODE"]}}
+    address = cfg.ray.address or os.environ.get("RAY_ADDRESS", "")
+    if address:
+        ray.init(address=address, runtime_env=runtime_env, log_to_driver=True)
+        return
+    ray.init(
+        num_cpus=cfg.ray.num_cpus or os.cpu_count(),
+        object_store_memory=int(cfg.ray.object_store_gb * 1024**3),
+        include_dashboard=cfg.ray.dashboard,
+        runtime_env=runtime_env,
+        log_to_driver=True,
+    )
+    _quiet_ray_data()
+
+
+def _quiet_ray_data() -> None:
+    """Ray Data prints a progress bar per operator; keep them but drop the per-op verbose stats."""
+    import ray.data
+
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = True
+    ctx.print_on_execution_start = False
+
+
+def stage_dir(cfg: PipelineConfig, stage: str) -> Path:
+    """The folder of one stage inside the run directory, with the resolved config saved beside it."""
+    folder = Path(cfg.run.run_dir) / stage
+    folder.mkdir(parents=True, exist_ok=True)
+    (Path(cfg.run.run_dir) / "config.yaml").write_text(to_yaml(cfg), encoding="utf-8")
+    return folder
