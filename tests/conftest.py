@@ -1,0 +1,80 @@
+"""Shared fixtures: the real SciFact folder, a small BEIR subset of it, a local Ray, tiny configs."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets"
+SCIFACT = Path(os.environ.get("SYNEG_SCIFACT", SHARED / "scifact"))
+
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--run-all", action="store_true", help="also run tests marked slow (not gpu)")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if config.getoption("--run-all"):
+        config.option.markexpr = "not gpu"
+
+
+@pytest.fixture(scope="session")
+def scifact() -> Path:
+    if not (SCIFACT / "corpus.jsonl").is_file():
+        pytest.skip(f"SciFact not found at {SCIFACT}; set SYNEG_SCIFACT")
+    return SCIFACT
+
+
+@pytest.fixture(scope="session")
+def scifact_small(scifact: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real BEIR folder cut from SciFact: 40 train and 20 test queries, their positives plus 300 other documents."""
+    from syneg_ray import beir
+
+    out = tmp_path_factory.mktemp("scifact_small")
+    (out / "qrels").mkdir()
+    keep_docs: set[str] = set()
+    keep_queries: set[str] = set()
+    for split, n in (("train", 40), ("test", 20)):
+        lines = (scifact / "qrels" / f"{split}.tsv").read_bytes().split(b"\r\n")
+        header, rows = lines[0], [r for r in lines[1:] if r]
+        queries = sorted({r.split(b"\t")[0] for r in rows})[:n]
+        chosen = [r for r in rows if r.split(b"\t")[0] in queries]
+        keep_queries |= {q.decode() for q in queries}
+        keep_docs |= {r.split(b"\t")[1].decode() for r in chosen}
+        (out / "qrels" / f"{split}.tsv").write_bytes(b"\r\n".join([header, *chosen]) + b"\r\n")
+    with (scifact / "corpus.jsonl").open(encoding="utf-8") as src, (out / "corpus.jsonl").open("w", encoding="utf-8") as dst:
+        extra = 0
+        for line in src:
+            doc_id = json.loads(line)["_id"]
+            if doc_id in keep_docs or extra < 300:
+                extra += doc_id not in keep_docs
+                dst.write(line)
+    with (scifact / "queries.jsonl").open(encoding="utf-8") as src, (out / "queries.jsonl").open("w", encoding="utf-8") as dst:
+        dst.writelines(line for line in src if json.loads(line)["_id"] in keep_queries)
+    assert beir.load_split(out, "train").qrels  # the cut is itself a valid BEIR folder
+    return out
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    """A real local Ray with fractional-CPU-friendly sizing; shut down after the module."""
+    import ray
+
+    ray.init(num_cpus=4, object_store_memory=1 * 1024**3, include_dashboard=False, log_to_driver=False)
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture
+def tiny_cfg(tmp_path: Path, scifact_small: Path):
+    """A PipelineConfig on the SciFact subset writing into a temporary run directory."""
+    from syneg_ray.config import load_config
+
+    return load_config(None, [f"run.run_dir={tmp_path / 'run'}", f"data.dataset={scifact_small}", f"run.cache_dir={tmp_path / 'cache'}"])
