@@ -93,7 +93,7 @@ def iter_encode(model, texts: Sequence[str], options: EncodeOptions) -> Iterator
 def encode(model, texts: Sequence[str], options: EncodeOptions = EncodeOptions()) -> np.ndarray:
     """Encodes `texts` into a float32 array (len(texts), dim), rows in input order."""
     if not texts:
-        return np.zeros((0, model.get_sentence_embedding_dimension()), dtype=np.float32)
+        return np.zeros((0, embedding_dimension(model)), dtype=np.float32)
     out: np.ndarray | None = None
     for index, embeddings in iter_encode(model, texts, options):
         if out is None:
@@ -101,6 +101,12 @@ def encode(model, texts: Sequence[str], options: EncodeOptions = EncodeOptions()
         out[index] = embeddings
     assert out is not None
     return out
+
+
+def embedding_dimension(model) -> int:
+    """Output size of a sentence-transformers model (the method was renamed in v6)."""
+    getter = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
+    return int(getter())
 
 
 def is_normalized(model) -> bool:

@@ -41,7 +41,9 @@ def init_ray(cfg: PipelineConfig) -> None:
         ray.init(address=address, runtime_env=runtime_env, log_to_driver=True)
         return
     ray.init(
-        num_cpus=cfg.ray.num_cpus or os.cpu_count(),
+        # One spare logical CPU: actor pools that reserve every core would otherwise starve Ray Data's
+        # read and write tasks (a deadlock seen on 2 cores).
+        num_cpus=cfg.ray.num_cpus or (os.cpu_count() or 1) + 1,
         object_store_memory=int(cfg.ray.object_store_gb * 1024**3),
         include_dashboard=cfg.ray.dashboard,
         runtime_env=runtime_env,

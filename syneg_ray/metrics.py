@@ -1,0 +1,63 @@
+"""BEIR metrics over plain dicts: run[qid][docid] = score, qrels[qid][docid] = graded relevance.
+
+pytrec_eval (the C trec_eval) computes the numbers, as BEIR does, so figures compare with the
+literature. MRR@10 is trec_eval's `recip_rank` on each query's top 10.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+
+Run = dict[str, dict[str, float]]
+
+METRICS = ("ndcg@10", "recall@100", "mrr@10", "map@100")
+
+
+def top_k(run: Mapping[str, Mapping[str, float]], k: int) -> Run:
+    """Each query's k highest-scored documents (ties broken by doc id, as trec_eval does)."""
+    return {q: dict(sorted(docs.items(), key=lambda kv: (-kv[1], kv[0]))[:k]) for q, docs in run.items()}
+
+
+def evaluate_run(qrels: Mapping[str, Mapping[str, int]], run: Mapping[str, Mapping[str, float]]) -> dict[str, float]:
+    """Mean nDCG@10, Recall@100, MRR@10 and MAP@100 over the queries of `qrels`.
+
+    Queries in qrels that are missing from the run count as zero, as in BEIR.
+
+    Args:
+        qrels: judgements; documents with relevance <= 0 are not relevant.
+        run: retrieved documents with scores (any k; higher is better).
+
+    Returns:
+        {"ndcg@10": ..., "recall@100": ..., "mrr@10": ..., "map@100": ...}
+    """
+    import pytrec_eval
+
+    qrels = {q: {d: int(r) for d, r in docs.items()} for q, docs in qrels.items()}
+    full = {q: {d: float(s) for d, s in run.get(q, {}).items()} or {"__none__": 0.0} for q in qrels}
+    per_query = pytrec_eval.RelevanceEvaluator(qrels, {"ndcg_cut.10", "recall.100", "map_cut.100"}).evaluate(full)
+    mrr = pytrec_eval.RelevanceEvaluator(qrels, {"recip_rank"}).evaluate(top_k(full, 10))
+    n = len(qrels)
+    return {
+        "ndcg@10": sum(m["ndcg_cut_10"] for m in per_query.values()) / n,
+        "recall@100": sum(m["recall_100"] for m in per_query.values()) / n,
+        "mrr@10": sum(m["recip_rank"] for m in mrr.values()) / n,
+        "map@100": sum(m["map_cut_100"] for m in per_query.values()) / n,
+    }
+
+
+def to_run(query_ids: list[str], doc_ids: list[str], scores: np.ndarray, indices: np.ndarray) -> Run:
+    """Turns top-k (scores, indices) arrays of shape (queries, k) into a run dict; index -1 means empty."""
+    run: Run = {}
+    for row, query_id in enumerate(query_ids):
+        run[query_id] = {doc_ids[j]: float(s) for s, j in zip(scores[row], indices[row], strict=True) if j >= 0}
+    return run
+
+
+def write_trec(run: Run, path, tag: str) -> None:
+    """Writes a TREC run file: `qid Q0 docid rank score tag`, ranks from 1."""
+    with open(path, "w", encoding="utf-8") as out:
+        for query_id, docs in run.items():
+            for rank, (doc_id, score) in enumerate(sorted(docs.items(), key=lambda kv: (-kv[1], kv[0])), start=1):
+                out.write(f"{query_id} Q0 {doc_id} {rank} {score:.6f} {tag}\n")

@@ -1,0 +1,141 @@
+"""Ray Data encoder actors and the on-disk embedding cache shared by evaluation and mining.
+
+    corpus Parquet {doc_id, text} --read_parquet--> map_batches(EncodeUDF, actor pool) --> .npy memmap
+
+Each actor loads the encoder once and packs its rows into length-sorted, token-budget batches
+(encoder.py). The driver streams results into a memory-mapped .npy, so a corpus of millions of
+documents never has to fit in the driver's memory twice. Embeddings are cached under
+`<cache>/embeddings/` keyed by (model weights, corpus content, dtype, max length, prompt).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from syneg_ray.config import EncoderConfig, PipelineConfig, default_cache_dir
+from syneg_ray.dataset import Prepared, file_digest
+from syneg_ray.encoder import EncodeOptions, embedding_dimension, encode, load_encoder
+from syneg_ray.registry import resolve_model
+
+logger = logging.getLogger(__name__)
+
+ROWS_PER_ACTOR_CALL = 512  # rows handed to an actor at once; it re-batches them by token budget
+
+
+class EncodeUDF:
+    """Callable class for `map_batches`: loads the encoder once per actor.
+
+    Row schema: {row: int64, text: str} -> {row: int64, embedding: float32[dim]}
+    """
+
+    def __init__(self, model_path: str, options: EncodeOptions, threads: int, max_seq_length: int = 0):
+        import torch
+
+        torch.set_num_threads(threads)  # one actor per core beats one process with 2 threads on CPU
+        self.model = load_encoder(model_path, max_seq_length=max_seq_length)
+        self.options = options
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        embeddings = encode(self.model, list(batch["text"]), self.options)
+        return {"row": batch["row"], "embedding": embeddings}
+
+
+def encode_options(encoder: EncoderConfig, prompt: str) -> EncodeOptions:
+    return EncodeOptions(
+        batch_size=encoder.batch_size,
+        max_tokens_per_batch=encoder.max_tokens_per_batch,
+        max_seq_length=encoder.max_seq_length,
+        dtype=encoder.dtype,
+        prompt=prompt,
+    )
+
+
+def model_fingerprint(model_path: str) -> str:
+    """Content hash of a local model's weights and configs; the id itself for a hub model."""
+    folder = Path(model_path)
+    if not folder.is_dir():
+        return hashlib.sha256(model_path.encode()).hexdigest()[:16]
+    digest = hashlib.sha256()
+    for path in sorted(folder.rglob("*")):
+        if path.is_file() and path.suffix in {".safetensors", ".bin", ".json", ".txt"}:
+            digest.update(path.relative_to(folder).as_posix().encode())
+            digest.update(file_digest(path).encode())
+    return digest.hexdigest()[:16]
+
+
+def cache_path(cfg: PipelineConfig, model_path: str, corpus_fingerprint: str) -> Path:
+    e = cfg.encoder
+    key = json.dumps([model_fingerprint(model_path), corpus_fingerprint, e.dtype.value, e.max_seq_length, e.document_prompt])
+    return default_cache_dir(cfg) / "embeddings" / f"{hashlib.sha256(key.encode()).hexdigest()[:24]}.npy"
+
+
+def embed_corpus(cfg: PipelineConfig, prepared: Prepared, model: str | None = None) -> np.ndarray:
+    """Corpus embeddings (n_docs, dim), rows in corpus Parquet order; computed once per (model, corpus).
+
+    Args:
+        cfg: the pipeline config (encoder section, cache dir, Ray settings).
+        prepared: the dataset, with its Parquet corpus.
+        model: model name or path; default `cfg.encoder.model`.
+
+    Returns:
+        A read-only memory map of the cached float32 array.
+    """
+    model_path = resolve_model(model or cfg.encoder.model, default_cache_dir(cfg))
+    target = cache_path(cfg, model_path, prepared.fingerprint)
+    if target.is_file():
+        logger.info("corpus embeddings: cache hit %s", target.name)
+        return np.load(target, mmap_mode="r")
+    table = pq.read_table(prepared.corpus_parquet, columns=["text"])
+    embeddings = encode_with_ray(cfg, model_path, table.column("text").to_pylist(), cfg.encoder.document_prompt, target)
+    return embeddings
+
+
+def encode_with_ray(cfg: PipelineConfig, model_path: str, texts: list[str], prompt: str, target: Path) -> np.ndarray:
+    """Encodes `texts` on a Ray Data actor pool into the .npy file `target` (written atomically)."""
+    import pyarrow as pa
+    import ray
+
+    from syneg_ray.runtime import init_ray
+
+    init_ray(cfg)
+    e = cfg.encoder
+    dim = embedding_dimension(load_encoder(model_path))
+    ds = ray.data.from_arrow(pa.table({"row": np.arange(len(texts), dtype=np.int64), "text": texts}))
+    ds = ds.repartition(max(e.actors * 4, len(texts) // 4096 + 1))  # enough blocks to keep every actor busy
+    ds = ds.map_batches(
+        EncodeUDF,
+        fn_constructor_kwargs={
+            "model_path": model_path,
+            "options": encode_options(e, prompt),
+            "threads": max(1, int(e.cpus_per_actor)),
+            "max_seq_length": e.max_seq_length,
+        },
+        batch_size=ROWS_PER_ACTOR_CALL,
+        compute=ray.data.ActorPoolStrategy(size=e.actors),
+        num_cpus=e.cpus_per_actor,
+        num_gpus=e.gpus_per_actor,
+    )
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(target.stem + f".{os.getpid()}.partial.npy")
+    out = np.lib.format.open_memmap(partial, mode="w+", dtype=np.float32, shape=(len(texts), dim))
+    for batch in ds.iter_batches(batch_format="numpy", batch_size=None):
+        out[batch["row"]] = np.stack(batch["embedding"]) if batch["embedding"].dtype == object else batch["embedding"]
+    out.flush()
+    del out
+    os.replace(partial, target)
+    logger.info("encoded %s texts with %s actors into %s", f"{len(texts):,}", e.actors, target.name)
+    return np.load(target, mmap_mode="r")
+
+
+def embed_queries(cfg: PipelineConfig, texts: list[str], model: str | None = None) -> np.ndarray:
+    """Query embeddings in the driver process: queries are few, and an actor pool would cost more to start."""
+    model_path = resolve_model(model or cfg.encoder.model, default_cache_dir(cfg))
+    encoder = load_encoder(model_path, max_seq_length=cfg.encoder.max_seq_length)
+    return encode(encoder, texts, encode_options(cfg.encoder, cfg.encoder.query_prompt))

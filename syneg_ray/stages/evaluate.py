@@ -1,0 +1,86 @@
+"""`syneg evaluate`: BEIR metrics of a dense model (Ray Data encoder actors + exact search) or BM25."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+from pathlib import Path
+
+from syneg_ray import beir, metrics, schema
+from syneg_ray.config import PipelineConfig
+from syneg_ray.dataset import prepare, read_corpus
+
+logger = logging.getLogger(__name__)
+
+
+def model_to_evaluate(cfg: PipelineConfig) -> str:
+    """evaluate.model, else the run's trained model when it exists, else encoder.model."""
+    if cfg.evaluate.model:
+        return cfg.evaluate.model
+    trained = Path(cfg.run.run_dir) / schema.MODEL
+    return str(trained) if (trained / "modules.json").is_file() else cfg.encoder.model
+
+
+def retrieve(cfg: PipelineConfig, model: str, queries: dict[str, str], top_k: int) -> metrics.Run:
+    """Top-k documents for every query with `model` ("bm25" or a dense encoder)."""
+    prepared = prepare(cfg)
+    corpus = read_corpus(prepared)
+    doc_ids = list(corpus)
+    query_ids = list(queries)
+    query_texts = [queries[q] for q in query_ids]
+    if model == "bm25":
+        from syneg_ray.bm25 import BM25Index
+
+        scores, indices = BM25Index(doc_ids, [corpus[d] for d in doc_ids]).search(query_texts, top_k)
+    else:
+        from syneg_ray.index import search_exact
+        from syneg_ray.stages.embed import embed_corpus, embed_queries
+
+        doc_embeddings = embed_corpus(cfg, prepared, model)
+        scores, indices = search_exact(embed_queries(cfg, query_texts, model), doc_embeddings, top_k)
+    return metrics.to_run(query_ids, doc_ids, scores, indices)
+
+
+def run_evaluate(cfg: PipelineConfig) -> dict[str, float]:
+    """Scores a model on `evaluate.split` and writes metrics.json and run.trec into the run directory.
+
+    Returns:
+        The metrics (nDCG@10, Recall@100, MRR@10, MAP@100).
+    """
+    started = time.perf_counter()
+    split = cfg.evaluate.split or cfg.data.eval_split
+    model = model_to_evaluate(cfg)
+    prepared = prepare(cfg)
+    qrels, _ = beir.read_qrels(prepared.folder, split)
+    queries = beir.read_queries(prepared.folder, keep=set(qrels))
+    run = retrieve(cfg, model, queries, cfg.evaluate.top_k)
+    scores = metrics.evaluate_run(qrels, run)
+
+    out = Path(cfg.run.run_dir) / "evaluate" / f"{_label(model)}-{split}"
+    out.mkdir(parents=True, exist_ok=True)
+    record = {"model": model, "dataset": cfg.data.dataset, "split": split, "queries": len(qrels), **scores}
+    (out / "metrics.json").write_text(json.dumps(record, indent=2), encoding="utf-8")
+    metrics.write_trec(run, out / "run.trec", tag=_label(model))
+    logger.info("evaluated %s on %s/%s (%d queries) in %.0f s -> %s", model, cfg.data.dataset, split, len(qrels),
+                time.perf_counter() - started, out)
+    logger.info("\n%s", format_table(record))
+    return scores
+
+
+def format_table(record: dict) -> str:
+    """A small aligned table of the metrics."""
+    names = list(metrics.METRICS)
+    head = " | ".join(f"{n:>10}" for n in names)
+    row = " | ".join(f"{record[n]:>10.4f}" for n in names)
+    return f"{record['model']} on {record['dataset']}/{record['split']} ({record['queries']} queries)\n{head}\n{row}"
+
+
+def _label(model: str) -> str:
+    """A folder-safe name for a model: the last path component, e.g. 'model' -> parent folder name."""
+    parts = [p for p in re.split(r"[\\/]", model.rstrip("/")) if p]
+    name = parts[-1] if parts else model
+    if name == "model" and len(parts) > 1:
+        name = parts[-2]
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)

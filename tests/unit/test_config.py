@@ -1,0 +1,72 @@
+"""Config loading: defaults run, overrides apply, every kind of mistake is one line naming the key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from syneg_ray.config import Engine, PipelineConfig, diff, from_dict, load_config, to_dict, to_yaml
+from syneg_ray.errors import ConfigError
+
+
+def test_defaults_round_trip_through_yaml(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text(to_yaml(PipelineConfig()))
+    assert load_config(path) == PipelineConfig()
+
+
+def test_overrides_parse_yaml_scalars() -> None:
+    cfg = load_config(None, ["train.temperature=0.02", "synthesize.engine=openai", "mine.sources=[bm25]", "data.limit=5"])
+    assert cfg.train.temperature == 0.02
+    assert cfg.synthesize.engine is Engine.OPENAI
+    assert cfg.mine.sources == ("bm25",)
+    assert cfg.data.limit == 5
+
+
+def test_int_accepted_where_float_expected() -> None:
+    assert load_config(None, ["mix.ratio=1"]).mix.ratio == 1.0
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("train.temprature=0.1", r"unknown key train\.temprature; known keys of train:"),
+        ("trian.epochs=1", r"unknown key trian; known keys of config:"),
+        ("train.epochs=two", r"train\.epochs = 'two' must be an integer"),
+        ("train.temperature=0", r"train\.temperature = 0\.0 must be > 0"),
+        ("mix.ratio=1.5", r"mix\.ratio = 1\.5 must be in \[0\.0, 1\.0\]"),
+        ("mix.ratio=-0.1", r"mix\.ratio = -0\.1 must be in"),
+        ("synthesize.engine=llamacpp", r"synthesize\.engine = 'llamacpp' is not one of hf, vllm, openai"),
+        ("train.use_gpu=maybe", r"train\.use_gpu = 'maybe' must be true or false"),
+        ("mine.range_max=0", r"mine\.range_max = 0 must exceed mine\.range_min = 0"),
+        ("noequals", r"must look like section\.key=value"),
+    ],
+)
+def test_bad_values_name_the_key(override: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message) as info:
+        load_config(None, [override])
+    assert "\n" not in str(info.value)
+
+
+def test_bad_yaml_file_names_file_and_line(tmp_path: Path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text("train:\n  epochs: [1,\n")
+    with pytest.raises(ConfigError, match=r"bad\.yaml:\d+: not valid YAML"):
+        load_config(path)
+
+
+def test_section_must_be_mapping(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="train must be a mapping"):
+        from_dict({"train": 3})
+
+
+def test_missing_file() -> None:
+    with pytest.raises(ConfigError, match="cannot read config"):
+        load_config("does/not/exist.yaml")
+
+
+def test_diff_lists_changed_keys() -> None:
+    old = to_dict(PipelineConfig())
+    new = to_dict(load_config(None, ["train.epochs=3", "mix.ratio=0.5"]))
+    assert diff(old, new) == ["mix.ratio: 0.7 -> 0.5", "train.epochs: 1 -> 3"]

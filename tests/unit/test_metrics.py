@@ -1,0 +1,43 @@
+"""Metrics: pytrec_eval results against hand-computed values."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from syneg_ray import metrics
+
+
+def test_perfect_and_empty_runs() -> None:
+    qrels = {"q1": {"a": 1}, "q2": {"b": 1}}
+    perfect = metrics.evaluate_run(qrels, {"q1": {"a": 1.0, "x": 0.5}, "q2": {"b": 2.0}})
+    assert perfect == pytest.approx({"ndcg@10": 1.0, "recall@100": 1.0, "mrr@10": 1.0, "map@100": 1.0})
+    missing = metrics.evaluate_run(qrels, {"q1": {"a": 1.0}})  # q2 retrieved nothing: counts as 0
+    assert missing["ndcg@10"] == pytest.approx(0.5)
+
+
+def test_hand_computed_ndcg_mrr_graded() -> None:
+    qrels = {"q": {"a": 2, "b": 1, "c": 0}}
+    run = {"q": {"x": 0.9, "a": 0.8, "c": 0.7, "b": 0.6}}  # relevant at ranks 2 (gain 2) and 4 (gain 1)
+    # trec_eval (and so BEIR) uses the relevance grade itself as the gain, not 2**rel - 1
+    dcg = 2 / math.log2(3) + 1 / math.log2(5)
+    idcg = 2 / math.log2(2) + 1 / math.log2(3)
+    got = metrics.evaluate_run(qrels, run)
+    assert got["ndcg@10"] == pytest.approx(dcg / idcg)
+    assert got["mrr@10"] == pytest.approx(0.5)
+    assert got["recall@100"] == pytest.approx(1.0)
+    assert got["map@100"] == pytest.approx((1 / 2 + 2 / 4) / 2)
+
+
+def test_mrr_is_cut_at_ten() -> None:
+    run = {"q": {f"d{i}": 100.0 - i for i in range(10)} | {"rel": 1.0}}  # relevant doc at rank 11
+    assert metrics.evaluate_run({"q": {"rel": 1}}, run)["mrr@10"] == 0.0
+
+
+def test_to_run_drops_padding_and_write_trec(tmp_path) -> None:
+    run = metrics.to_run(["q"], ["a", "b"], np.array([[0.9, 0.0]]), np.array([[1, -1]]))
+    assert run == {"q": {"b": pytest.approx(0.9)}}
+    metrics.write_trec(run, tmp_path / "r.trec", "t")
+    assert (tmp_path / "r.trec").read_text() == "q Q0 b 1 0.900000 t\n"

@@ -1,0 +1,59 @@
+"""Model names, the public API and the CLI's one-line errors."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import syneg_ray
+from syneg_ray.cli import main
+from syneg_ray.errors import ModelNotFoundError
+from syneg_ray.registry import REGISTRY, resolve_model
+
+
+def test_public_api_is_exported() -> None:
+    assert sorted(syneg_ray.__all__) == sorted(n for n in dir(syneg_ray) if n in syneg_ray.__all__)
+    for name in syneg_ray.__all__:
+        assert getattr(syneg_ray, name) is not None
+
+
+def test_minilm_resolves_to_a_local_sentence_transformers_folder() -> None:
+    assert (Path(resolve_model("minilm")) / "modules.json").is_file()
+
+
+def test_unknown_name_lists_known_names() -> None:
+    with pytest.raises(ModelNotFoundError, match="unknown model 'minilmm'.*known names: .*minilm.*smollm2-135m"):
+        resolve_model("minilmm")
+
+
+def test_paths_and_hub_ids_pass_through(tmp_path: Path) -> None:
+    assert resolve_model(str(tmp_path)) == str(tmp_path)
+    assert resolve_model("BAAI/bge-base-en-v1.5") == "BAAI/bge-base-en-v1.5"
+    assert set(REGISTRY) >= {"minilm", "mpnet", "smollm2-135m"}
+
+
+def test_cli_config_error_is_one_line_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["evaluate", "--print-config", "train.temperature=-1"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "train.temperature = -1.0 must be > 0" in err and "Traceback" not in err
+
+
+def test_cli_print_config_applies_shortcuts(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["evaluate", "--model", "bm25", "--split", "dev", "--print-config"]) == 0
+    out = capsys.readouterr().out
+    assert "model: bm25" in out and "split: dev" in out
+
+
+def test_cli_data_error_has_no_traceback(tmp_path: Path) -> None:
+    (tmp_path / "corpus.jsonl").write_text('{"_id": "d1", "text": "x"}\n{"_id": "d1", "text": "y"}\n')
+    result = subprocess.run(
+        [sys.executable, "-m", "syneg_ray", "evaluate", "--model", "bm25", "--dataset", str(tmp_path),
+         f"run.run_dir={tmp_path / 'run'}", f"run.cache_dir={tmp_path / 'cache'}"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 2
+    assert "corpus.jsonl:2: duplicate _id 'd1'" in result.stderr
+    assert "Traceback" not in result.stderr
