@@ -1,0 +1,118 @@
+"""`syneg run`: synthesize -> mine -> mix -> train -> evaluate into one run directory, then a report.
+
+A stage that finishes writes `<stage>/_COMPLETE.json` holding a fingerprint of the config sections
+it read and of the stages it read from. On the next run a stage whose fingerprint matches is
+skipped; one that was cut off (no marker) is rerun, and since every stage resumes from what it
+already wrote, nothing finished is redone. Changing a section reruns that stage and everything
+downstream of it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from syneg_ray.config import PipelineConfig, to_dict
+
+logger = logging.getLogger(__name__)
+
+MARKER = "_COMPLETE.json"
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    run: Callable[[PipelineConfig], Any]
+    sections: tuple[str, ...]  # config sections the stage reads
+    upstream: tuple[str, ...]  # stages whose outputs it reads
+
+
+def _stages() -> list[Stage]:
+    # Imported here so `syneg --help` stays fast and a missing optional engine only fails its stage.
+    from syneg_ray.stages.evaluate import run_evaluate
+    from syneg_ray.stages.mine import run_mine
+    from syneg_ray.stages.mix import run_mix
+    from syneg_ray.stages.synthesize import run_synthesize
+    from syneg_ray.train.trainer import run_train
+
+    return [
+        Stage("synthesize", run_synthesize, ("data", "synthesize"), ()),
+        Stage("mine", run_mine, ("data", "encoder", "mine"), ()),
+        Stage("mix", run_mix, ("data", "mix"), ("synthesize", "mine")),
+        Stage("train", run_train, ("data", "encoder", "train"), ("mix",)),
+        Stage("evaluate", run_evaluate_pair, ("data", "encoder", "evaluate"), ("train",)),
+    ]
+
+
+def fingerprint(cfg: PipelineConfig, stage: Stage, upstream: dict[str, str]) -> str:
+    """Hash of the sections a stage reads, the root seed, and its upstream stages' fingerprints."""
+    tree = to_dict(cfg)
+    payload = {"seed": tree["run"]["seed"], **{s: tree[s] for s in stage.sections}, "upstream": [upstream[u] for u in stage.upstream]}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def read_marker(folder: Path) -> dict | None:
+    try:
+        return json.loads((folder / MARKER).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def run_evaluate_pair(cfg: PipelineConfig) -> dict[str, dict[str, float]]:
+    """Scores the base encoder and the trained model on the eval split (the corpus embeddings of the base are cached)."""
+    from dataclasses import replace
+
+    from syneg_ray import schema
+    from syneg_ray.stages.evaluate import run_evaluate
+
+    trained = str(Path(cfg.run.run_dir) / schema.MODEL)
+    base = cfg.train.model or cfg.encoder.model
+    return {
+        "base": run_evaluate(replace(cfg, evaluate=replace(cfg.evaluate, model=base))),
+        "trained": run_evaluate(replace(cfg, evaluate=replace(cfg.evaluate, model=trained))),
+    }
+
+
+def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
+    """Runs every stage that is not already complete for this config, then writes report.md.
+
+    Returns:
+        {stage: summary} for the stages that ran, and the evaluation metrics.
+    """
+    from syneg_ray.dataset import ensure_pairs
+    from syneg_ray.runtime import init_ray, stage_dir
+
+    run_dir = Path(cfg.run.run_dir)
+    stage_dir(cfg, "pairs")  # saves the resolved config
+    ensure_pairs(cfg)
+    init_ray(cfg)
+    fingerprints: dict[str, str] = {}
+    summaries: dict[str, Any] = {}
+    timings: dict[str, float] = {}
+    for stage in _stages():
+        fingerprints[stage.name] = fingerprint(cfg, stage, fingerprints)
+        marker = read_marker(run_dir / stage.name)
+        if marker and marker.get("fingerprint") == fingerprints[stage.name]:
+            logger.info("%s: complete for this config, skipped", stage.name)
+            summaries[stage.name] = marker.get("summary")
+            timings[stage.name] = marker.get("seconds", 0.0)
+            continue
+        logger.info("%s: running", stage.name)
+        started = time.perf_counter()
+        summary = stage.run(cfg)
+        timings[stage.name] = time.perf_counter() - started
+        summaries[stage.name] = summary
+        record = {"fingerprint": fingerprints[stage.name], "seconds": timings[stage.name], "summary": summary}
+        (run_dir / stage.name).mkdir(parents=True, exist_ok=True)
+        (run_dir / stage.name / MARKER).write_text(json.dumps(record, indent=2, default=str), encoding="utf-8")
+    from syneg_ray.report import write_report
+
+    report = write_report(cfg, summaries, timings)
+    logger.info("pipeline done in %.0f s; report: %s", sum(timings.values()), report)
+    return summaries

@@ -1,0 +1,116 @@
+"""The run report: a Markdown page with the metrics table, stage timings and plots.
+
+Besides the training curves (written by the train stage), it draws how close each kind of
+negative sits to its query under the base encoder, next to the positive: the picture that says
+whether the synthetic negatives are hard, trivially easy, or false negatives.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from syneg_ray import schema
+from syneg_ray.config import PipelineConfig, to_yaml
+
+logger = logging.getLogger(__name__)
+
+MAX_INSTANCES = 256  # instances encoded for the similarity plot: enough for a histogram, cheap on a laptop
+
+
+def similarity_by_source(query: np.ndarray, positive: np.ndarray, negatives: np.ndarray, owner: np.ndarray, sources: list[str]) -> dict[str, np.ndarray]:
+    """Cosine similarity to the query of positives and of each negative source.
+
+    Args:
+        query: (n, dim) normalized query embeddings.
+        positive: (n, dim) normalized positive embeddings.
+        negatives: (m, dim) normalized negative embeddings.
+        owner: (m,) index of the instance each negative belongs to.
+        sources: (m,) source name of each negative.
+
+    Returns:
+        {"positive": (n,), "<source>": (k,) ...} similarities.
+    """
+    out = {"positive": np.einsum("nd,nd->n", query, positive)}
+    neg_sim = np.einsum("md,md->m", query[owner], negatives)
+    labels = np.asarray(sources)
+    for source in sorted(set(sources)):
+        out[source] = neg_sim[labels == source]
+    return out
+
+
+def plot_similarity(sims: dict[str, np.ndarray], path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    bins = np.linspace(-0.2, 1.0, 49)
+    for name, values in sims.items():
+        if len(values):
+            ax.hist(values, bins=bins, alpha=0.5, density=True, label=f"{name} (n={len(values)}, mean {values.mean():.2f})")
+    ax.set_xlabel("cosine similarity to the query (base encoder)")
+    ax.set_ylabel("density")
+    ax.set_title("How close negatives sit to their query")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def similarity_plot(cfg: PipelineConfig, run_dir: Path) -> Path | None:
+    """Encodes a sample of the mixed instances with the base encoder and plots similarity by source."""
+    instances_path = run_dir / schema.INSTANCES
+    if not instances_path.exists():
+        return None
+    from syneg_ray.encoder import encode, load_encoder
+    from syneg_ray.registry import resolve_model
+
+    rows = pq.read_table(instances_path).slice(0, MAX_INSTANCES).to_pylist()
+    encoder = load_encoder(resolve_model(cfg.encoder.model), max_seq_length=cfg.encoder.max_seq_length)
+    query = encode(encoder, [r["query"] for r in rows])
+    positive = encode(encoder, [r["positive"] for r in rows])
+    owner = np.array([i for i, r in enumerate(rows) for _ in r["negatives"]], dtype=np.int64)
+    negatives = encode(encoder, [n for r in rows for n in r["negatives"]])
+    sources = [s for r in rows for s in r["negative_sources"]]
+    sims = similarity_by_source(query, positive, negatives, owner, sources)
+    return plot_similarity(sims, run_dir / "similarity.png")
+
+
+def write_report(cfg: PipelineConfig, summaries: dict[str, Any], timings: dict[str, float]) -> Path:
+    """Writes run_dir/report.md and returns its path."""
+    run_dir = Path(cfg.run.run_dir)
+    lines = [f"# syneg-ray run: {run_dir.name}", ""]
+    evaluation = summaries.get("evaluate") or {}
+    if evaluation:
+        names = ["ndcg@10", "recall@100", "mrr@10", "map@100"]
+        lines += [f"## Retrieval on {cfg.data.dataset} / {cfg.evaluate.split or cfg.data.eval_split}", "",
+                  "| model | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+        for label, scores in evaluation.items():
+            lines.append(f"| {label} | " + " | ".join(f"{scores[n]:.4f}" for n in names) + " |")
+        lines.append("")
+    lines += ["## Stages", "", "| stage | seconds | summary |", "|---|---|---|"]
+    for stage, seconds in timings.items():
+        summary = summaries.get(stage)
+        text = ", ".join(f"{k}: {v}" for k, v in summary.items() if not isinstance(v, dict)) if isinstance(summary, dict) else ""
+        lines.append(f"| {stage} | {seconds:.0f} | {text} |")
+    lines += ["", f"LLM: `{cfg.synthesize.model}` ({cfg.synthesize.engine.value}); encoder: `{cfg.encoder.model}`; "
+              f"mix: {cfg.mix.strategy.value}, R = {cfg.mix.ratio}; tau = {cfg.train.temperature}", ""]
+    try:
+        plot = similarity_plot(cfg, run_dir)
+    except Exception as exc:  # a plot must never fail a finished run
+        logger.warning("similarity plot skipped: %s", exc)
+        plot = None
+    pictures = ([plot] if plot else []) + sorted((run_dir / "train").glob("*.png"))
+    if pictures:
+        lines += ["## Plots", ""] + [f"![{p.stem}]({p.relative_to(run_dir).as_posix()})" for p in pictures] + [""]
+    lines += ["## Config", "", "```yaml", to_yaml(cfg).rstrip(), "```", ""]
+    path = run_dir / "report.md"
+    path.write_text("\n".join(lines), encoding="utf-8")
+    return path
