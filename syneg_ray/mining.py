@@ -1,0 +1,216 @@
+"""Pure numpy selection of hard negatives from ranked retrieval hits. No Ray, no faiss.
+
+For each query and each source (dense, bm25, ...) the candidates go through, in order:
+
+1. positive exclusion: every positive of the query is dropped (and, with text groups, every
+   document whose text equals a positive's: duplicated documents are the commonest false negative);
+2. rank window: ranks are counted over the remaining candidates, so a positive at rank 0 does
+   not eat a slot; candidates ranked in [range_min, range_max) stay;
+3. false-negative guard: keep a candidate only if score <= pos - |pos| * relative_margin and
+   score <= pos - absolute_margin (and, for dense scores, score <= max_score). `pos` is the
+   query's *lowest* positive score: a document that outscores any known positive is suspect
+   (the rule of `sentence_transformers.util.mine_hard_negatives`).
+
+The sources are then combined round-robin (first source first), de-duplicated by document (or
+text group), and a document rejected by the guard of one source is banned from all of them.
+A query left with fewer than `num_negatives` is counted as short, never padded.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from syneg_ray.config import MineConfig, Sampling
+
+DENSE = "dense"
+
+
+@dataclass(frozen=True)
+class Candidates:
+    """Ranked hits of one source for a block of queries."""
+
+    source: str  # "dense" | "bm25" | "pyserini"
+    scores: np.ndarray  # (n_queries, k) float32, descending per row
+    indices: np.ndarray  # (n_queries, k) int64 corpus rows; -1 pads short rows
+    positive_scores: np.ndarray  # (n_queries,) reference positive score of each query (the lowest of its positives)
+
+
+@dataclass
+class MineStats:
+    """Counters summed over queries; `merge` adds another block's counters."""
+
+    queries: int = 0
+    negatives: int = 0  # negatives selected, over all queries
+    short: int = 0  # queries with fewer than num_negatives
+    empty: int = 0  # queries with none at all
+    in_window: int = 0  # non-positive candidates inside the rank window (all sources)
+    skipped_margin: int = 0  # of those, dropped by the relative / absolute margin
+    skipped_max_score: int = 0  # of those, dropped by max_score only
+    per_source: dict[str, int] = field(default_factory=dict)  # negatives selected per source
+
+    def merge(self, other: MineStats) -> None:
+        """Adds `other` into this object."""
+        for name in ("queries", "negatives", "short", "empty", "in_window", "skipped_margin", "skipped_max_score"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        for source, count in other.per_source.items():
+            self.per_source[source] = self.per_source.get(source, 0) + count
+
+    @property
+    def skipped_share(self) -> float:
+        """Share of in-window candidates dropped by the false-negative guard."""
+        return (self.skipped_margin + self.skipped_max_score) / max(self.in_window, 1)
+
+
+@dataclass(frozen=True)
+class Selected:
+    """The negatives of one query, best first within each source."""
+
+    indices: list[int]
+    scores: list[float]
+    sources: list[str]
+
+
+def positive_mask(indices: np.ndarray, positives: Sequence[np.ndarray], groups: np.ndarray | None = None) -> np.ndarray:
+    """True where a candidate is a positive of its row's query (or shares a positive's text group).
+
+    Args:
+        indices: (n_queries, k) corpus rows, -1 for pads.
+        positives: per query, the corpus rows of all its positives.
+        groups: optional (n_docs,) text-group id per document; equal ids mean identical text.
+
+    Returns:
+        (n_queries, k) bool.
+    """
+    n = indices.shape[0]
+    pos_rows = np.repeat(np.arange(n, dtype=np.int64), [len(p) for p in positives])
+    pos_docs = np.concatenate([np.asarray(p, dtype=np.int64) for p in positives]) if n else np.zeros(0, np.int64)
+    if groups is not None:  # compare text groups instead of rows; pads stay -1
+        cand, pos = np.where(indices >= 0, groups[np.maximum(indices, 0)], -1), groups[pos_docs]
+    else:
+        cand, pos = indices, pos_docs
+    span = int(max(cand.max(initial=0), pos.max(initial=0))) + 2
+    # One vectorised isin over (query, doc) keys instead of a Python loop over rows.
+    cand_keys = np.arange(n, dtype=np.int64)[:, None] * span + cand + 1  # (n, k)
+    pos_keys = pos_rows * span + pos + 1
+    return np.isin(cand_keys, pos_keys) & (indices >= 0)
+
+
+def window_mask(valid: np.ndarray, range_min: int, range_max: int) -> np.ndarray:
+    """True for valid candidates whose rank among the valid ones of their row is in [range_min, range_max)."""
+    rank = np.cumsum(valid, axis=1) - 1  # (n, k): rank among valid candidates
+    return valid & (rank >= range_min) & (rank < range_max)
+
+
+def guard_masks(
+    scores: np.ndarray, positive_scores: np.ndarray, cfg: MineConfig, source: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """(passes margin, passes max_score) masks of shape (n_queries, k); an unknown (nan) positive passes nothing."""
+    pos = positive_scores[:, None].astype(np.float64)  # (n, 1)
+    margin_ok = (scores <= pos - np.abs(pos) * cfg.relative_margin) & (scores <= pos - cfg.absolute_margin)
+    max_ok = scores <= cfg.max_score if (cfg.max_score > 0 and source == DENSE) else np.ones_like(margin_ok)
+    return margin_ok, max_ok
+
+
+def filter_source(
+    cand: Candidates, positives: Sequence[np.ndarray], cfg: MineConfig, groups: np.ndarray | None, stats: MineStats
+) -> tuple[np.ndarray, np.ndarray]:
+    """Applies exclusion, window and guard to one source.
+
+    Returns:
+        (keep, rejected): (n_queries, k) bool; `rejected` marks in-window candidates the guard dropped.
+    """
+    valid = (cand.indices >= 0) & ~positive_mask(cand.indices, positives, groups)
+    in_window = window_mask(valid, cfg.range_min, cfg.range_max)
+    margin_ok, max_ok = guard_masks(cand.scores, cand.positive_scores, cfg, cand.source)
+    keep = in_window & margin_ok & max_ok
+    stats.in_window += int(in_window.sum())
+    stats.skipped_margin += int((in_window & ~margin_ok).sum())
+    stats.skipped_max_score += int((in_window & margin_ok & ~max_ok).sum())
+    return keep, in_window & ~keep
+
+
+def _order(keep_row: np.ndarray, sampling: Sampling, rng: np.random.Generator) -> np.ndarray:
+    """Column positions of the kept candidates: rank order for top, a seeded shuffle for random."""
+    cols = np.flatnonzero(keep_row)
+    return rng.permutation(cols) if sampling is Sampling.RANDOM else cols
+
+
+def _combine_row(
+    q: int, sources: Sequence[Candidates], keeps: Sequence[np.ndarray], banned: set[int], cfg: MineConfig,
+    groups: np.ndarray | None, rng: np.random.Generator,
+) -> Selected:  # fmt: skip
+    """Round-robin over the sources' ordered survivors, skipping banned and already taken documents (or text groups)."""
+    orders = [list(_order(keep[q], cfg.sampling, rng)) for keep in keeps]
+    taken: set[int] = set()
+    picked: list[tuple[int, float, str]] = []
+    cursors = [0] * len(sources)
+    while len(picked) < cfg.num_negatives and any(c < len(o) for c, o in zip(cursors, orders, strict=True)):
+        for s, cand in enumerate(sources):
+            while cursors[s] < len(orders[s]) and len(picked) < cfg.num_negatives:
+                col = orders[s][cursors[s]]
+                cursors[s] += 1
+                doc = int(cand.indices[q, col])
+                key = int(groups[doc]) if groups is not None else doc
+                if key in banned or key in taken:
+                    continue
+                taken.add(key)
+                picked.append((doc, float(cand.scores[q, col]), cand.source))
+                break  # one per source per round
+    return Selected([p[0] for p in picked], [p[1] for p in picked], [p[2] for p in picked])
+
+
+def select_negatives(
+    sources: Sequence[Candidates],
+    positives: Sequence[np.ndarray],
+    cfg: MineConfig,
+    rng: np.random.Generator,
+    groups: np.ndarray | None = None,
+) -> tuple[list[Selected], MineStats]:
+    """Hard negatives for a block of queries from one or more sources.
+
+    Args:
+        sources: candidates of each source for the same queries, in combination order.
+        positives: per query, the corpus rows of all its positives.
+        cfg: window, guard, sampling and count.
+        rng: seeded generator (used by random sampling only).
+        groups: optional (n_docs,) text-group ids for text de-duplication.
+
+    Returns:
+        One `Selected` per query, and the block's counters.
+
+    Raises:
+        ValueError: the sources disagree on the number of queries.
+    """
+    stats = MineStats(queries=len(positives))
+    for cand in sources:
+        if cand.indices.shape[0] != len(positives) or cand.scores.shape != cand.indices.shape:
+            raise ValueError(
+                f"source {cand.source!r}: indices {cand.indices.shape} / scores {cand.scores.shape} do not match "
+                f"{len(positives)} queries; pass one row per query"
+            )
+    filtered = [filter_source(c, positives, cfg, groups, stats) for c in sources]
+    keeps = [f[0] for f in filtered]
+    out = []
+    for q in range(len(positives)):
+        # A document one source finds too close to the positive is suspect for every source.
+        rejected = np.concatenate([c.indices[q, rej[q]] for c, (_, rej) in zip(sources, filtered, strict=True)])
+        banned = set((groups[rejected] if groups is not None else rejected).tolist())
+        selected = _combine_row(q, sources, keeps, banned, cfg, groups, rng)
+        out.append(selected)
+        stats.negatives += len(selected.indices)
+        stats.short += len(selected.indices) < cfg.num_negatives
+        stats.empty += not selected.indices
+        for source in selected.sources:
+            stats.per_source[source] = stats.per_source.get(source, 0) + 1
+    return out, stats
+
+
+def text_groups(texts: Sequence[str]) -> np.ndarray:
+    """(n_docs,) int64 group id per text: equal after whitespace and case folding means the same group."""
+    seen: dict[str, int] = {}
+    return np.fromiter(
+        (seen.setdefault(" ".join(t.split()).casefold(), len(seen)) for t in texts), dtype=np.int64, count=len(texts)
+    )

@@ -1,0 +1,256 @@
+"""Mine stage: dense (Ray Data encoder actors + faiss) and BM25 candidates -> mining.select_negatives -> Parquet.
+
+    pairs.parquet {query_id, positive_id, query} + corpus Parquet {doc_id, text}
+      -> dense: embed_corpus (cached, Ray actors) + exact / IVF / HNSW / sharded search
+      -> bm25:  bm25s (or pyserini) top-k
+      -> mining.select_negatives (window, positives, guard, sampling, combination)
+      -> run_dir/mine/negatives.parquet: one MinedRow per (query, positive) pair
+
+Candidate depth per query is range_max + the most positives (text duplicates included) any
+query has, so excluding positives never shrinks the window, as in the peer implementation.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from tqdm.auto import tqdm
+
+from syneg_ray import beir, mining, schema
+from syneg_ray.config import PipelineConfig
+from syneg_ray.dataset import Prepared, ensure_pairs
+
+logger = logging.getLogger(__name__)
+
+SELECT_BLOCK = 8192  # queries per selection block: bounds the (block, k) boolean masks
+
+
+@dataclass(frozen=True)
+class MineInputs:
+    """Queries, their positives and the corpus, as rows the search and selection functions take."""
+
+    query_ids: list[str]  # unique train queries, in pair order
+    query_texts: list[str]
+    positives: list[np.ndarray]  # per query, corpus rows of ALL its positives (qrels score > 0)
+    doc_ids: list[str]
+    doc_texts: list[str]
+    groups: np.ndarray | None  # text-group id per document (mine.dedup_text)
+    depth: int  # candidates retrieved per query
+    fingerprint: str  # corpus content hash (cache keys)
+
+
+def load_inputs(cfg: PipelineConfig, prepared: Prepared, pairs_path: Path) -> tuple[MineInputs, pa.Table]:
+    """Reads pairs, corpus and the split's qrels into row-indexed arrays."""
+    pairs = pq.read_table(pairs_path, columns=["query_id", "positive_id", "query"])
+    corpus = pq.read_table(prepared.corpus_parquet)
+    doc_ids = corpus.column("doc_id").to_pylist()
+    row_of = {d: i for i, d in enumerate(doc_ids)}
+    qrels, _ = beir.read_qrels(prepared.folder, cfg.data.train_split)
+    texts = dict(zip(pairs.column("query_id").to_pylist(), pairs.column("query").to_pylist(), strict=True))
+    query_ids = list(texts)  # dict keeps first-seen order
+    positives = []
+    for q, pair_pos in _pair_positives(pairs).items():
+        # Every judged-relevant document of the query, not just the pairs kept after data.limit.
+        docs = {d for d, rel in qrels.get(q, {}).items() if rel > 0} | pair_pos
+        positives.append(np.array(sorted(row_of[d] for d in docs if d in row_of), dtype=np.int64))
+    doc_texts = corpus.column("text").to_pylist()
+    groups = mining.text_groups(doc_texts) if cfg.mine.dedup_text else None
+    widest = max((_expanded(p, groups) for p in positives), default=0)
+    inputs = MineInputs(
+        query_ids,
+        [texts[q] for q in query_ids],
+        positives,
+        doc_ids,
+        doc_texts,
+        groups,
+        cfg.mine.range_max + widest,
+        prepared.fingerprint,
+    )
+    return inputs, pairs
+
+
+def _pair_positives(pairs: pa.Table) -> dict[str, set[str]]:
+    out: dict[str, set[str]] = {}
+    for q, d in zip(pairs.column("query_id").to_pylist(), pairs.column("positive_id").to_pylist(), strict=True):
+        out.setdefault(q, set()).add(d)
+    return out
+
+
+def _expanded(rows: np.ndarray, groups: np.ndarray | None) -> int:
+    """Documents a query's positives occupy in a ranking, text duplicates included."""
+    if groups is None:
+        return len(rows)
+    return int(np.isin(groups, groups[rows]).sum())
+
+
+def dense_candidates(
+    cfg: PipelineConfig, prepared: Prepared, inputs: MineInputs
+) -> tuple[mining.Candidates, np.ndarray]:
+    """Encodes (cached) and searches; returns the candidates and each query's per-positive scores."""
+    from syneg_ray.stages.embed import embed_corpus, embed_queries
+
+    corpus = embed_corpus(cfg, prepared)  # (n_docs, dim) memmap from the shared cache
+    queries = embed_queries(cfg, inputs.query_texts)  # (n_queries, dim)
+    scores, indices = dense_search(cfg, corpus, queries, inputs.depth)
+    pos_scores = [
+        corpus[np.sort(p)] @ q if len(p) else np.zeros(0, np.float32)
+        for q, p in zip(queries, inputs.positives, strict=True)
+    ]
+    return mining.Candidates("dense", scores, indices, _reference(pos_scores)), pos_scores
+
+
+def dense_search(cfg: PipelineConfig, corpus: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k by inner product with the configured index; memory bounded by mine.search_block."""
+    m = cfg.mine
+    if m.shards > 1:
+        from syneg_ray.stages.sharded_search import search_sharded
+
+        return search_sharded(cfg, corpus, queries, k)
+    from syneg_ray import ann
+
+    if m.index == "flat" and not (m.faiss_gpu and ann.gpu_count()):
+        from syneg_ray.index import search_exact
+
+        scores, indices = search_exact(queries, corpus, k, block=m.search_block)
+        return scores, indices
+    index = ann.build_index(corpus, index_spec(cfg))
+    return ann.search(index, queries, k, block=m.search_block)
+
+
+def index_spec(cfg: PipelineConfig):  # -> ann.IndexSpec
+    """The faiss index parameters of the mine section."""
+    from syneg_ray.ann import IndexSpec
+
+    m = cfg.mine
+    return IndexSpec(
+        kind=m.index, nlist=m.nlist, nprobe=m.nprobe, hnsw_m=m.hnsw_m, ef_construction=m.ef_construction,
+        ef_search=m.ef_search, use_gpu=m.faiss_gpu, seed=cfg.run.seed,
+    )  # fmt: skip
+
+
+def bm25_candidates(cfg: PipelineConfig, inputs: MineInputs) -> tuple[mining.Candidates, list[np.ndarray]]:
+    """bm25s top-k plus the exact BM25 score of every positive (for the guard)."""
+    from syneg_ray.bm25 import BM25Index, score_documents
+
+    index = BM25Index(inputs.doc_ids, inputs.doc_texts, k1=cfg.mine.bm25_k1, b=cfg.mine.bm25_b)
+    scores, indices = index.search(inputs.query_texts, inputs.depth)
+    pos_scores = score_documents(index, inputs.query_texts, [np.sort(p) for p in inputs.positives])
+    return mining.Candidates("bm25", scores, indices, _reference(pos_scores)), pos_scores
+
+
+def pyserini_candidates(cfg: PipelineConfig, inputs: MineInputs) -> tuple[mining.Candidates, list[np.ndarray]]:
+    """Lucene BM25 through pyserini (optional extra `syneg-ray[pyserini]`); the index is cached per corpus."""
+    from syneg_ray.bm25 import pyserini_search
+    from syneg_ray.config import default_cache_dir
+
+    folder = default_cache_dir(cfg) / "lucene" / inputs.fingerprint
+    positives = [np.sort(p) for p in inputs.positives]
+    scores, indices, pos_scores = pyserini_search(
+        inputs.doc_ids,
+        inputs.doc_texts,
+        inputs.query_texts,
+        inputs.depth,
+        positives,
+        folder,
+        cfg.mine.bm25_k1,
+        cfg.mine.bm25_b,
+    )
+    return mining.Candidates("pyserini", scores, indices, _reference(pos_scores)), pos_scores
+
+
+def _reference(pos_scores: list[np.ndarray]) -> np.ndarray:
+    """The guard's reference per query: its lowest positive score (nan for a query without positives)."""
+    return np.array([float(s.min()) if len(s) else np.nan for s in pos_scores], dtype=np.float32)
+
+
+SEARCHERS = {"dense": None, "bm25": bm25_candidates, "pyserini": pyserini_candidates}
+
+
+def select_all(
+    cfg: PipelineConfig, sources: list[mining.Candidates], inputs: MineInputs
+) -> tuple[list[mining.Selected], mining.MineStats]:
+    """Runs the pure selection block by block, with a progress bar."""
+    rng = np.random.default_rng(cfg.run.seed)
+    stats, selected = mining.MineStats(), []
+    n = len(inputs.query_ids)
+    for start in tqdm(range(0, n, SELECT_BLOCK), desc="select negatives", unit="block", disable=n <= SELECT_BLOCK):
+        rows = slice(start, start + SELECT_BLOCK)
+        block = [mining.Candidates(c.source, c.scores[rows], c.indices[rows], c.positive_scores[rows]) for c in sources]
+        out, block_stats = mining.select_negatives(block, inputs.positives[rows], cfg.mine, rng, inputs.groups)
+        selected += out
+        stats.merge(block_stats)
+    return selected, stats
+
+
+MINED_SCHEMA = pa.schema([
+    ("query_id", pa.string()), ("positive_id", pa.string()), ("positive_ids", pa.list_(pa.string())),
+    ("negative_ids", pa.list_(pa.string())), ("negative_scores", pa.list_(pa.float32())),
+    ("positive_score", pa.float32()), ("source", pa.list_(pa.string())),
+])  # fmt: skip
+
+
+def to_rows(
+    pairs: pa.Table, inputs: MineInputs, selected: list[mining.Selected], first_pos: list[np.ndarray]
+) -> list[schema.MinedRow]:
+    """One MinedRow per pair; positive_score is the pair's positive under the first source."""
+    qpos = {q: i for i, q in enumerate(inputs.query_ids)}
+    rows: list[schema.MinedRow] = []
+    for q, d in zip(pairs.column("query_id").to_pylist(), pairs.column("positive_id").to_pylist(), strict=True):
+        i = qpos[q]
+        pos_ids = [inputs.doc_ids[r] for r in np.sort(inputs.positives[i])]  # aligned with first_pos[i]
+        sel = selected[i]
+        rows.append({
+            "query_id": q, "positive_id": d, "positive_ids": pos_ids,
+            "negative_ids": [inputs.doc_ids[r] for r in sel.indices], "negative_scores": sel.scores,
+            "positive_score": float(first_pos[i][pos_ids.index(d)]) if d in pos_ids else float("nan"),
+            "source": sel.sources,
+        })  # fmt: skip
+    return rows
+
+
+def write_rows(path: Path, rows: list[schema.MinedRow]) -> None:
+    """Writes the Parquet atomically, so a crashed run never leaves a half file a later stage trusts."""
+    partial = path.with_suffix(".partial")
+    pq.write_table(pa.Table.from_pylist(rows, schema=MINED_SCHEMA), partial)
+    partial.replace(path)
+
+
+def run_mine(cfg: PipelineConfig) -> dict:
+    """`syneg mine`: retrieved hard negatives for every train pair into run_dir/mine/negatives.parquet.
+
+    Returns:
+        Summary: queries, pairs, avg_negatives, skipped_share, short_queries, per_source, seconds, path.
+    """
+    from syneg_ray.runtime import stage_dir
+
+    started = time.perf_counter()
+    prepared, pairs_path = ensure_pairs(cfg)
+    inputs, pairs = load_inputs(cfg, prepared, pairs_path)
+    sources, first_pos, timings = [], None, {}
+    for name in cfg.mine.sources:
+        t0 = time.perf_counter()
+        cand, pos_scores = dense_candidates(cfg, prepared, inputs) if name == "dense" else SEARCHERS[name](cfg, inputs)
+        timings[name] = round(time.perf_counter() - t0, 2)
+        sources.append(cand)
+        first_pos = pos_scores if first_pos is None else first_pos
+    selected, stats = select_all(cfg, sources, inputs)
+    path = stage_dir(cfg, "mine") / Path(schema.MINED).name
+    write_rows(path, to_rows(pairs, inputs, selected, first_pos))
+    summary = {
+        "queries": stats.queries, "pairs": pairs.num_rows, "avg_negatives": stats.negatives / max(stats.queries, 1),
+        "skipped_share": stats.skipped_share, "short_queries": stats.short, "empty_queries": stats.empty,
+        "per_source": stats.per_source, "seconds": {**timings, "total": round(time.perf_counter() - started, 2)},
+        "path": str(path),
+    }  # fmt: skip
+    logger.info(
+        "mined %s queries (%s pairs): %.1f negatives avg; %.1f%% skipped by margin; %s short of %d",
+        f"{stats.queries:,}", f"{pairs.num_rows:,}", summary["avg_negatives"], 100 * stats.skipped_share,
+        f"{stats.short:,}", cfg.mine.num_negatives,
+    )  # fmt: skip
+    return summary

@@ -1,0 +1,54 @@
+"""Mine stage without Ray: BM25 mining on the SciFact subset, checked over the whole output."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from syneg_ray import beir, schema
+from syneg_ray.config import load_config
+from syneg_ray.errors import ConfigError
+from syneg_ray.stages.mine import run_mine
+
+
+def assert_no_positive_mined(run_dir: Path, folder: Path, split: str = "train") -> list[dict]:
+    """Every mined negative of every row is checked against ALL positives of its query in the qrels."""
+    qrels, _ = beir.read_qrels(folder, split)
+    rows = pq.read_table(run_dir / schema.MINED).to_pylist()
+    for row in rows:
+        positives = {d for d, rel in qrels[row["query_id"]].items() if rel > 0}
+        assert not positives & set(row["negative_ids"]), row
+        assert set(row["positive_ids"]) >= positives and row["positive_id"] in positives
+        assert (
+            len(row["negative_ids"])
+            == len(set(row["negative_ids"]))
+            == len(row["negative_scores"])
+            == len(row["source"])
+        )
+    return rows
+
+
+def test_bm25_mining_on_scifact_small(tiny_cfg, scifact_small):
+    run, cache = tiny_cfg.run.run_dir, tiny_cfg.run.cache_dir
+    overrides = [f"run.run_dir={run}", f"data.dataset={scifact_small}", f"run.cache_dir={cache}", "mine.sources=[bm25]"]
+    cfg = load_config(None, [*overrides, "mine.num_negatives=5"])
+    summary = run_mine(cfg)
+    rows = assert_no_positive_mined(Path(cfg.run.run_dir), scifact_small)
+    pairs = pq.read_table(Path(cfg.run.run_dir) / schema.PAIRS)
+    assert len(rows) == pairs.num_rows == summary["pairs"]
+    full = [r for r in rows if len(r["negative_ids"]) == 5]
+    assert len(full) >= 0.5 * len(rows) and summary["short_queries"] == sum(
+        1 for q in {r["query_id"]: r for r in rows}.values() if len(q["negative_ids"]) < 5
+    )
+    for row in full:  # the guard held: every negative scored at most (1 - 0.05) x the lowest positive
+        assert max(row["negative_scores"]) <= 0.95 * row["positive_score"] + 1e-4 or len(row["positive_ids"]) > 1
+        assert set(row["source"]) == {"bm25"}
+
+
+def test_mine_config_rejects_impossible_window():
+    with pytest.raises(ConfigError, match="raise mine.range_max"):
+        load_config(None, ["mine.range_max=5", "mine.num_negatives=7"])
+    with pytest.raises(ConfigError, match="flat, ivf or hnsw"):
+        load_config(None, ["mine.index=pq"])

@@ -1,0 +1,117 @@
+"""mining.py: positive exclusion, rank window, false-negative guard, sampling, combination. No Ray."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from syneg_ray import mining
+from syneg_ray.config import MineConfig, Sampling
+
+RNG = np.random.default_rng(0)
+
+
+def _cand(indices, scores, pos, source="dense"):
+    return mining.Candidates(
+        source, np.asarray(scores, np.float32), np.asarray(indices, np.int64), np.asarray(pos, np.float32)
+    )
+
+
+def _cfg(**kw):
+    base = {"relative_margin": 0.0, "absolute_margin": 0.0, "num_negatives": 2, "range_max": 10, "sources": ("dense",)}
+    return MineConfig(**{**base, **kw})
+
+
+def test_all_positives_excluded_and_do_not_use_window_slots():
+    cand = _cand([[5, 1, 7, 2, 9]], [[0.9, 0.8, 0.7, 0.6, 0.5]], [0.95])
+    out, stats = mining.select_negatives([cand], [np.array([5, 2])], _cfg(range_max=2), RNG)
+    assert out[0].indices == [1, 7]  # 5 and 2 are positives; the window of 2 counts non-positives only
+    assert stats.short == 0 and stats.in_window == 2
+
+
+def test_rank_window_skips_leading_candidates():
+    cand = _cand([[1, 2, 3, 4, 5]], [[0.5, 0.4, 0.3, 0.2, 0.1]], [0.9])
+    out, _ = mining.select_negatives([cand], [np.array([0])], _cfg(range_min=2, range_max=4), RNG)
+    assert out[0].indices == [3, 4]
+
+
+def test_relative_and_absolute_margin_and_max_score():
+    cand = _cand([[1, 2, 3, 4]], [[0.85, 0.79, 0.7, 0.6]], [0.8])
+    out, stats = mining.select_negatives([cand], [np.array([0])], _cfg(relative_margin=0.05), RNG)
+    assert out[0].indices == [3, 4]  # threshold 0.8 - 0.04 = 0.76
+    assert stats.skipped_margin == 2
+    out, _ = mining.select_negatives([cand], [np.array([0])], _cfg(absolute_margin=0.15), RNG)
+    assert out[0].indices == [4]  # only 0.6 <= 0.8 - 0.15
+    out, stats = mining.select_negatives([cand], [np.array([0])], _cfg(max_score=0.65, absolute_margin=0.0), RNG)
+    assert out[0].indices == [4] and stats.skipped_max_score == 2  # 0.79 and 0.7 pass the margin, fail max_score
+
+
+def test_relative_margin_is_sign_safe_for_negative_positive_scores():
+    cand = _cand([[1, 2]], [[-0.5, -0.6]], [-0.5])
+    out, _ = mining.select_negatives([cand], [np.array([0])], _cfg(relative_margin=0.1), RNG)
+    assert out[0].indices == [2]  # threshold -0.5 - 0.05 = -0.55
+
+
+def test_max_score_never_applies_to_bm25():
+    cand = _cand([[1, 2]], [[12.0, 11.0]], [20.0], source="bm25")
+    out, _ = mining.select_negatives([cand], [np.array([0])], _cfg(max_score=0.9, sources=("bm25",)), RNG)
+    assert out[0].indices == [1, 2]
+
+
+def test_short_queries_are_counted_not_padded():
+    cand = _cand([[3, 1, -1, -1]], [[0.5, 0.95, -np.inf, -np.inf]], [0.9])
+    out, stats = mining.select_negatives([cand], [np.array([3])], _cfg(num_negatives=3), RNG)
+    assert out[0].indices == [] and stats.short == 1 and stats.empty == 1 and stats.negatives == 0
+
+
+def test_sources_round_robin_dedup_and_cross_source_ban():
+    dense = _cand([[1, 2, 3, 4]], [[0.5, 0.4, 0.3, 0.2]], [0.6])
+    bm25 = _cand([[9, 1, 5, 6]], [[30.0, 9.0, 8.0, 7.0]], [10.0], source="bm25")  # 9 outscores the positive: banned
+    cfg = _cfg(num_negatives=4, sources=("dense", "bm25"), relative_margin=0.05)
+    out, stats = mining.select_negatives([dense, bm25], [np.array([0])], cfg, RNG)
+    assert out[0].indices == [1, 5, 2, 6]  # 1 found by both is taken once; 9 never
+    assert out[0].sources == ["dense", "bm25", "dense", "bm25"]
+    assert stats.per_source == {"dense": 2, "bm25": 2}
+    dense_ban = _cand([[5, 2]], [[0.7, 0.4]], [0.6])  # dense finds 5 too close to the positive
+    out, _ = mining.select_negatives([dense_ban, bm25], [np.array([0])], cfg, RNG)
+    assert 5 not in out[0].indices
+
+
+def test_text_groups_exclude_duplicates_of_positives_and_dedup_negatives():
+    groups = mining.text_groups(["pos", "a", "POS ", "b", "a"])
+    assert groups.tolist() == [0, 1, 0, 2, 1]
+    cand = _cand([[2, 1, 4, 3]], [[0.5, 0.4, 0.3, 0.2]], [0.9])
+    out, _ = mining.select_negatives([cand], [np.array([0])], _cfg(num_negatives=3), RNG, groups=groups)
+    assert out[0].indices == [1, 3]  # 2 duplicates the positive, 4 duplicates 1
+
+
+def test_random_sampling_is_seeded_and_within_survivors():
+    cand = _cand([list(range(1, 11))], [np.linspace(0.5, 0.1, 10)], [0.9])
+    cfg = _cfg(num_negatives=3, sampling=Sampling.RANDOM)
+    a, _ = mining.select_negatives([cand], [np.array([0])], cfg, np.random.default_rng(7))
+    b, _ = mining.select_negatives([cand], [np.array([0])], cfg, np.random.default_rng(7))
+    assert a[0].indices == b[0].indices and len(set(a[0].indices)) == 3 and set(a[0].indices) <= set(range(1, 11))
+
+
+def test_vectorised_mask_matches_naive_loop():
+    rng = np.random.default_rng(1)
+    indices = rng.integers(-1, 50, size=(40, 12))
+    positives = [rng.choice(50, size=rng.integers(1, 5), replace=False) for _ in range(40)]
+    mask = mining.positive_mask(indices, positives)
+    naive = np.array([[d >= 0 and d in set(p) for d in row] for row, p in zip(indices, positives, strict=True)])
+    assert (mask == naive).all()
+
+
+def test_mismatched_sources_raise_with_shapes():
+    cand = _cand([[1, 2]], [[0.5, 0.4]], [0.9])
+    with pytest.raises(ValueError, match="do not match 2 queries"):
+        mining.select_negatives([cand], [np.array([0]), np.array([1])], _cfg(), RNG)
+
+
+def test_stats_merge_and_share():
+    a, b = (
+        mining.MineStats(queries=1, in_window=10, skipped_margin=2),
+        mining.MineStats(queries=2, in_window=10, skipped_margin=3),
+    )
+    a.merge(b)
+    assert a.queries == 3 and a.skipped_share == pytest.approx(0.25)
