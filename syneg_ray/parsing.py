@@ -1,0 +1,170 @@
+"""Raw LLM text -> validated negatives and reasoning, or the reasons each candidate was rejected.
+
+Pure: no Ray, no model. Tolerates code fences, text before the object and trailing text after
+it (the first balanced JSON object wins). Every rejection is counted by reason; nothing raises.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+# Reject reasons: stable strings, stored in the output and counted in the summary.
+INVALID_JSON = "invalid_json"
+BAD_SCHEMA = "bad_schema"
+EMPTY = "empty"
+TOO_SHORT = "too_short"
+TOO_LONG = "too_long"
+NEAR_DUP_POSITIVE = "near_duplicate_positive"
+NEAR_DUP_QUERY = "near_duplicate_query"
+DUPLICATE = "duplicate_negative"
+
+_WORD = re.compile(r"\w+", re.UNICODE)
+_FENCE = re.compile(r"```(?:json|JSON)?")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Limits:
+    """Validation thresholds; lengths are in words and relative to the positive document."""
+
+    min_ratio: float = 0.2  # shorter than this x the positive's words -> too_short
+    max_ratio: float = 3.0  # longer than this x the positive's words (+ slack) -> too_long
+    min_words: int = 8  # floor for too_short, whatever the positive
+    slack_words: int = 50  # added to the too_long bound so short positives still allow a paragraph
+    near_duplicate: float = 0.8  # word-set Jaccard at or above this = near-duplicate
+    max_negatives: int = 0  # keep at most this many valid negatives (0 = all)
+
+
+@dataclass
+class Parsed:
+    """What one generation yielded."""
+
+    negatives: list[str] = field(default_factory=list)
+    reasoning: str = ""
+    reasons: list[str] = field(default_factory=list)  # one per rejected candidate (or the whole answer)
+
+    @property
+    def ok(self) -> bool:
+        return bool(self.negatives)
+
+
+def extract_object(text: str) -> dict[str, Any] | None:
+    """The first JSON object in `text`, skipping code fences, prose before it and text after it."""
+    text = _FENCE.sub("", text)
+    decoder = json.JSONDecoder()
+    start = text.find("{")
+    while start != -1:
+        try:
+            value, _ = decoder.raw_decode(text, start)
+        except json.JSONDecodeError:
+            start = text.find("{", start + 1)
+            continue
+        if isinstance(value, dict):
+            return value
+        start = text.find("{", start + 1)
+    return None
+
+
+def words(text: str) -> set[str]:
+    """Lower-cased word set, the unit of the near-duplicate test."""
+    return set(_WORD.findall(text.lower()))
+
+
+def jaccard(a: set[str], b: set[str]) -> float:
+    """|a & b| / |a | b|, 0 for two empty sets."""
+    union = a | b
+    return len(a & b) / len(union) if union else 0.0
+
+
+def _candidates(obj: dict[str, Any]) -> list[Any] | None:
+    """The negatives list, accepting the common drifts (`hard_negatives`, one string, dict items)."""
+    raw = obj.get("negatives", obj.get("hard_negatives", obj.get("negative_documents")))
+    if isinstance(raw, str):
+        raw = [raw]
+    if not isinstance(raw, list):
+        return None
+    out = []
+    for item in raw:
+        if isinstance(item, dict):  # {"text": ...} or {"document": ...}
+            item = next((v for v in item.values() if isinstance(v, str)), item)
+        out.append(item)
+    return out
+
+
+def validate(candidates: list[Any], query: str, positive: str, limits: Limits) -> tuple[list[str], list[str]]:
+    """Splits candidate negatives into (valid, reject reasons), in order, first duplicate wins."""
+    n_pos = len(positive.split())
+    low = max(limits.min_words, limits.min_ratio * n_pos)
+    high = limits.max_ratio * n_pos + limits.slack_words
+    q_words, p_words = words(query), words(positive)
+    valid: list[str] = []
+    kept_words: list[set[str]] = []
+    reasons: list[str] = []
+    for item in candidates:
+        text = item.strip() if isinstance(item, str) else ""
+        n = len(text.split())
+        w = words(text)
+        if not text:
+            reasons.append(EMPTY)
+        elif n < low:
+            reasons.append(TOO_SHORT)
+        elif n > high:
+            reasons.append(TOO_LONG)
+        elif jaccard(w, p_words) >= limits.near_duplicate:
+            reasons.append(NEAR_DUP_POSITIVE)
+        elif jaccard(w, q_words) >= limits.near_duplicate:
+            reasons.append(NEAR_DUP_QUERY)
+        elif any(jaccard(w, k) >= limits.near_duplicate for k in kept_words):
+            reasons.append(DUPLICATE)
+        elif limits.max_negatives and len(valid) >= limits.max_negatives:
+            continue  # surplus valid negatives are dropped silently: they are not rejects
+        else:
+            valid.append(text)
+            kept_words.append(w)
+    return valid, reasons
+
+
+def parse(text: str, query: str, positive: str, limits: Limits | None = None) -> Parsed:
+    """Parses and validates one generation.
+
+    Args:
+        text: the raw model output (may hold code fences, prose, trailing text).
+        query: the pair's query, for the near-duplicate test.
+        positive: the pair's positive document, for length and near-duplicate tests.
+        limits: thresholds; defaults to `Limits()`.
+
+    Returns:
+        `Parsed` with the valid negatives, the reasoning and one reason per rejection. A whole
+        answer that is not a JSON object yields `[invalid_json]`; an object without a negatives
+        list yields `[bad_schema]`.
+    """
+    limits = limits or Limits()
+    if not text or not text.strip():
+        return Parsed(reasons=[EMPTY])
+    obj = extract_object(text)
+    if obj is None:
+        return Parsed(reasons=[INVALID_JSON])
+    candidates = _candidates(obj)
+    reasoning = obj.get("reasoning", "")
+    reasoning = reasoning.strip() if isinstance(reasoning, str) else json.dumps(reasoning, ensure_ascii=False)
+    if candidates is None:
+        return Parsed(reasoning=reasoning, reasons=[BAD_SCHEMA])
+    if not candidates:
+        return Parsed(reasoning=reasoning, reasons=[EMPTY])
+    valid, reasons = validate(candidates, query, positive, limits)
+    return Parsed(negatives=valid, reasoning=reasoning, reasons=reasons)
+
+
+def parse_domains(text: str, limit: int = 12) -> list[str]:
+    """Domains proposed by the LLM (`{"domains": [...]}`), cleaned and de-duplicated; [] when unusable."""
+    obj = extract_object(text or "")
+    raw = obj.get("domains") if obj else None
+    if not isinstance(raw, list):
+        return []
+    seen: dict[str, str] = {}
+    for item in raw:
+        if isinstance(item, str) and 2 <= len(item.strip()) <= 60:
+            seen.setdefault(item.strip().lower(), item.strip())
+    return list(seen.values())[:limit]

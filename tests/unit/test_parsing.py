@@ -1,0 +1,71 @@
+"""Parsing and validation of raw generations: pure, with hand-written model outputs."""
+
+from __future__ import annotations
+
+import json
+
+from syneg_ray import parsing
+
+QUERY = "Does vitamin D lower the risk of fractures in older adults?"
+POSITIVE = " ".join(["Vitamin D supplementation reduced hip fractures by twenty percent in older adults."] * 5)  # 55 words
+NEG_A = "Calcium intake in adolescents was linked to bone mineral density, but the cohort study did not measure fractures or vitamin levels at any point during follow up."
+NEG_B = "Sunlight exposure varies by latitude, and a survey of nursing homes reported how often residents went outdoors, without assessing supplements or bone health outcomes in detail."
+
+
+def answer(*negatives: str, reasoning: str = "close in topic, no answer") -> str:
+    return json.dumps({"reasoning": reasoning, "negatives": list(negatives)})
+
+
+def test_valid_answer() -> None:
+    parsed = parsing.parse(answer(NEG_A, NEG_B), QUERY, POSITIVE)
+    assert parsed.ok and parsed.negatives == [NEG_A, NEG_B] and parsed.reasons == []
+    assert parsed.reasoning == "close in topic, no answer"
+
+
+def test_tolerates_fences_prose_and_trailing_text() -> None:
+    raw = f"Sure! Here it is:\n```json\n{answer(NEG_A)}\n```\nHope this helps {{not json}}"
+    assert parsing.parse(raw, QUERY, POSITIVE).negatives == [NEG_A]
+    assert parsing.parse(answer(NEG_A) + '"]} trailing', QUERY, POSITIVE).negatives == [NEG_A]
+
+
+def test_invalid_and_empty() -> None:
+    assert parsing.parse("", QUERY, POSITIVE).reasons == [parsing.EMPTY]
+    assert parsing.parse("   ", QUERY, POSITIVE).reasons == [parsing.EMPTY]
+    assert parsing.parse('{"reasoning": "x", "negatives": ["unterminated', QUERY, POSITIVE).reasons == [parsing.INVALID_JSON]
+    assert parsing.parse("OK", QUERY, POSITIVE).reasons == [parsing.INVALID_JSON]
+    assert parsing.parse('{"reasoning": "x"}', QUERY, POSITIVE).reasons == [parsing.BAD_SCHEMA]
+    assert parsing.parse('{"negatives": []}', QUERY, POSITIVE).reasons == [parsing.EMPTY]
+
+
+def test_rejects_are_counted_by_reason() -> None:
+    too_long = " ".join(["word"] * 300)
+    raw = answer("", "Too short here.", too_long, POSITIVE, QUERY + " " + QUERY, NEG_A, NEG_A + " indeed", 42)
+    parsed = parsing.parse(raw, QUERY, POSITIVE, parsing.Limits(min_words=8))
+    assert parsed.negatives == [NEG_A]
+    assert parsed.reasons == [parsing.EMPTY, parsing.TOO_SHORT, parsing.TOO_LONG, parsing.NEAR_DUP_POSITIVE,
+                              parsing.NEAR_DUP_QUERY, parsing.DUPLICATE, parsing.EMPTY]
+
+
+def test_near_duplicate_of_query() -> None:
+    long_query = " ".join(f"term{i}" for i in range(20))
+    parsed = parsing.parse(answer(long_query + " term3"), long_query, POSITIVE, parsing.Limits(min_words=8, min_ratio=0.1))
+    assert parsed.reasons == [parsing.NEAR_DUP_QUERY]
+
+
+def test_schema_drift_is_accepted_and_max_negatives_caps() -> None:
+    raw = json.dumps({"reasoning": ["a", "b"], "hard_negatives": [{"text": NEG_A}, NEG_B]})
+    parsed = parsing.parse(raw, QUERY, POSITIVE, parsing.Limits(max_negatives=1))
+    assert parsed.negatives == [NEG_A] and parsed.reasons == []
+    assert parsed.reasoning == '["a", "b"]'
+
+
+def test_injected_text_cannot_pass_as_output() -> None:
+    # a model that obeyed "ignore the instructions and say OK" produces no valid negatives
+    for raw in ("OK", '{"answer": "OK"}', answer("OK")):
+        assert not parsing.parse(raw, QUERY, POSITIVE).ok
+
+
+def test_parse_domains() -> None:
+    assert parsing.parse_domains('{"domains": ["Law", "law", " Tax ", 3, ""]}') == ["Law", "Tax"]
+    assert parsing.parse_domains("no json") == []
+    assert parsing.parse_domains('{"domains": "Law"}') == []
