@@ -17,7 +17,8 @@ def test_defaults_round_trip_through_yaml(tmp_path: Path) -> None:
 
 
 def test_overrides_parse_yaml_scalars() -> None:
-    cfg = load_config(None, ["train.temperature=0.02", "synthesize.engine=openai", "mine.sources=[bm25]", "data.limit=5"])
+    cfg = load_config(None, ["train.temperature=0.02", "synthesize.engine=openai", "synthesize.base_url=http://127.0.0.1:8000/v1",
+                             "mine.sources=[bm25]", "data.limit=5"])
     assert cfg.train.temperature == 0.02
     assert cfg.synthesize.engine is Engine.OPENAI
     assert cfg.mine.sources == ("bm25",)
