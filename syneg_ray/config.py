@@ -421,6 +421,10 @@ def _build(cls: type, raw: Any, prefix: str) -> Any:
         raise ConfigError(f"{label}: {exc}") from None
 
 
+def _not_a_number(key: str, value: Any) -> float:
+    raise ConfigError(f"{key} = {value!r} must be a number")
+
+
 def _coerce(value: Any, hint: Any, key: str) -> Any:
     origin = typing.get_origin(hint)
     if dataclasses.is_dataclass(hint):
@@ -451,7 +455,10 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
     if hint is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
-        raise ConfigError(f"{key} = {value!r} must be a number")
+        try:  # YAML 1.1 reads 1e-3 (no dot) as a string
+            return float(value) if isinstance(value, str) else _not_a_number(key, value)
+        except ValueError:
+            _not_a_number(key, value)
     if hint is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value

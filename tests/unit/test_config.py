@@ -25,8 +25,9 @@ def test_overrides_parse_yaml_scalars() -> None:
     assert cfg.data.limit == 5
 
 
-def test_int_accepted_where_float_expected() -> None:
+def test_int_and_exponent_accepted_where_float_expected() -> None:
     assert load_config(None, ["mix.ratio=1"]).mix.ratio == 1.0
+    assert load_config(None, ["train.learning_rate=1e-3"]).train.learning_rate == 0.001
 
 
 @pytest.mark.parametrize(
@@ -36,6 +37,7 @@ def test_int_accepted_where_float_expected() -> None:
         ("trian.epochs=1", r"unknown key trian; known keys of config:"),
         ("train.epochs=two", r"train\.epochs = 'two' must be an integer"),
         ("train.temperature=0", r"train\.temperature = 0\.0 must be > 0"),
+        ("train.temperature=warm", r"train\.temperature = 'warm' must be a number"),
         ("mix.ratio=1.5", r"mix\.ratio = 1\.5 must be in \[0\.0, 1\.0\]"),
         ("mix.ratio=-0.1", r"mix\.ratio = -0\.1 must be in"),
         ("synthesize.engine=llamacpp", r"synthesize\.engine = 'llamacpp' is not one of hf, vllm, openai"),
