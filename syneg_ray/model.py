@@ -1,0 +1,100 @@
+"""The bi-encoder being trained: one SentenceTransformer whose weights serve queries and documents. No Ray.
+
+Training goes through `DualEncoder` (an `nn.Module` returning the pooled embedding tensor), so DDP
+can wrap it; saving goes through the SentenceTransformer inside, so the result loads with
+`SentenceTransformer(path)` and `syneg evaluate` scores it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from torch import nn
+
+logger = logging.getLogger(__name__)
+
+
+class DualEncoder(nn.Module):
+    """Shared-weight bi-encoder: the same SentenceTransformer embeds queries and documents."""
+
+    def __init__(self, st: nn.Module) -> None:
+        super().__init__()
+        self.st = st
+
+    def forward(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Tokenized features -> (N, H) pooled embeddings (normalized if the model ends in Normalize)."""
+        return self.st(features)["sentence_embedding"]  # (N, H)
+
+    def tokenize(self, texts: Sequence[str], device: torch.device | str) -> dict[str, torch.Tensor]:
+        """Pads to the longest text of the call and truncates at the model's max_seq_length."""
+        features = self.st.preprocess(list(texts))
+        return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in features.items()}
+
+    def freeze_unused(self, device: torch.device | str) -> list[str]:
+        """Stops training the parameters the embedding never uses (e.g. BERT's pooler under mean pooling).
+
+        DDP fails on parameters without gradients unless find_unused_parameters=True, which costs a
+        graph traversal every step; one probe backward here finds them once.
+
+        Returns:
+            The names of the frozen parameters.
+        """
+        self.zero_grad(set_to_none=True)
+        self(self.tokenize(["probe"], device)).sum().backward()
+        unused = [n for n, p in self.named_parameters() if p.requires_grad and p.grad is None]
+        for name, param in self.named_parameters():
+            param.grad = None
+            if name in unused:
+                param.requires_grad_(False)
+        return unused
+
+
+def load_model(path: str, device: torch.device | str = "cpu", max_seq_length: int = 0):  # -> SentenceTransformer
+    """Loads a sentence-transformers folder (or hub id) for training, in train mode on `device`."""
+    from sentence_transformers import SentenceTransformer
+
+    st = SentenceTransformer(str(path), device=str(device))
+    if max_seq_length:
+        st.max_seq_length = max_seq_length
+    return st.train()
+
+
+def save_model(st: nn.Module, folder: str | Path) -> Path:
+    """Writes the SentenceTransformer in its own format (modules.json, weights, tokenizer)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    st.save(str(folder))
+    return folder
+
+
+def build_tiny(folder: str | Path, tokenizer_from: str, hidden: int = 32, layers: int = 2, seed: int = 0) -> Path:
+    """A randomly initialised 2-layer BERT sentence-transformer (mean pooling + Normalize), for tests and smoke runs.
+
+    Args:
+        folder: where the sentence-transformers folder is written.
+        tokenizer_from: a local model folder whose tokenizer (and vocabulary) is reused.
+        hidden: hidden size; layers: transformer layers; seed: weight initialisation.
+
+    Returns:
+        The folder.
+    """
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    folder = Path(folder)
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_from)
+    config = BertConfig(
+        vocab_size=tokenizer.vocab_size, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=2,
+        intermediate_size=2 * hidden, max_position_embeddings=512,
+    )  # fmt: skip
+    torch.manual_seed(seed)
+    raw = folder.with_name(folder.name + "-hf")
+    BertModel(config).save_pretrained(raw)
+    tokenizer.save_pretrained(raw)
+    transformer = Transformer(str(raw), max_seq_length=128)
+    st = SentenceTransformer(modules=[transformer, Pooling(hidden, "mean"), Normalize()], device="cpu")
+    return save_model(st, folder)

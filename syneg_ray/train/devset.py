@@ -1,0 +1,72 @@
+"""nDCG@10 on the dev split (queries carved from train, never test) for the model being trained. No Ray."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from syneg_ray import beir, dataset, metrics, schema
+from syneg_ray.config import PipelineConfig
+from syneg_ray.encoder import EncodeOptions, encode
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DevSet:
+    """Dev queries, their qrels and the documents searched."""
+
+    query_ids: list[str]
+    query_texts: list[str]
+    doc_ids: list[str]
+    doc_texts: list[str]
+    qrels: dict[str, dict[str, int]]
+
+
+def load_devset(cfg: PipelineConfig) -> DevSet | None:
+    """The run's dev split (pairs/dev_qrels.json) against the full corpus, or a seeded sample of it.
+
+    Returns:
+        None when the run has no dev queries (data.dev_fraction = 0) or dev evaluation is off.
+    """
+    path = Path(cfg.run.run_dir) / schema.DEV_QRELS
+    if not cfg.train.dev_eval or not path.is_file():
+        return None
+    qrels = {q: docs for q, docs in json.loads(path.read_text(encoding="utf-8")).items() if docs}
+    if not qrels:
+        return None
+    prepared = dataset.prepare(cfg)
+    corpus = dataset.read_corpus(prepared)
+    queries = beir.read_queries(prepared.folder, keep=set(qrels))
+    doc_ids = list(corpus)
+    if cfg.train.dev_max_docs and cfg.train.dev_max_docs < len(doc_ids):
+        relevant = {d for docs in qrels.values() for d in docs if d in corpus}
+        others = [d for d in doc_ids if d not in relevant]
+        picked = np.random.default_rng(cfg.run.seed).permutation(len(others))[: max(0, cfg.train.dev_max_docs - len(relevant))]
+        doc_ids = sorted(relevant) + [others[i] for i in sorted(picked)]
+    query_ids = sorted(queries)
+    return DevSet(query_ids, [queries[q] for q in query_ids], doc_ids, [corpus[d] for d in doc_ids], qrels)
+
+
+def dev_metrics(st, dev: DevSet, options: EncodeOptions) -> dict[str, float]:
+    """Encodes dev queries and documents with `st` (eval mode, restored after) and scores by cosine."""
+    from syneg_ray.index import search_exact
+
+    was_training = st.training
+    st.eval()  # no dropout while measuring
+    try:
+        q = _unit(encode(st, dev.query_texts, options))
+        d = _unit(encode(st, dev.doc_texts, options))
+    finally:
+        st.train(was_training)
+    scores, indices = search_exact(q, d, min(100, len(dev.doc_ids)), device=str(st.device) if st.device.type == "cuda" else "cpu")
+    return metrics.evaluate_run(dev.qrels, metrics.to_run(dev.query_ids, dev.doc_ids, scores, indices))
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    # training scores by cosine, so dev search does too, whether or not the model ends in Normalize
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)

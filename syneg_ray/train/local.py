@@ -1,0 +1,89 @@
+"""The epoch loop shared by the Ray Train worker and the bare run, and the bare run itself (no Ray).
+
+`train_local` is the reference the benchmark measures Ray's overhead against, and what runs on a
+GPU machine that has no Ray: same step, same schedule, same data order.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+
+from syneg_ray.config import PipelineConfig
+from syneg_ray.encoder import EncodeOptions
+from syneg_ray.model import load_model, save_model
+from syneg_ray.train.devset import DevSet, dev_metrics
+from syneg_ray.train.step import Data, Session, build_session, run_epoch, steps_per_epoch
+
+logger = logging.getLogger(__name__)
+
+
+def summary_line(s: dict, epochs: int) -> str:
+    """One line per epoch, e.g. `epoch 1/2: loss 0.4231, grad-norm 1.20, grad-var 12.3, dev nDCG@10 0.6123, ...`."""
+    dev = f", dev nDCG@10 {s['dev_ndcg@10']:.4f}" if "dev_ndcg@10" in s else ""
+    return (
+        f"epoch {s['epoch'] + 1}/{epochs}: loss {s['loss']:.4f}, grad-norm {s['grad_norm']:.3f}, "
+        f"grad-var {s['grad_var']:.4g}{dev}, {s['samples_per_s']:.1f} samples/s, {s['seconds']:.0f} s"
+    )
+
+
+def progress_logger(total: int, every: int) -> Callable[[dict], None]:
+    """A per-step callback that logs one progress line every `every` steps (rank 0 only)."""
+
+    def log(record: dict) -> None:
+        if record["step"] % every == 0:
+            logger.info("epoch %d step %d/%d: loss %.4f, grad-norm %.3f, lr %.2e", record["epoch"] + 1,
+                        record["step"], total, record["loss"], record["grad_norm"], record["lr"])  # fmt: skip
+
+    return log
+
+
+def dev_options(cfg: PipelineConfig) -> EncodeOptions:
+    return EncodeOptions(
+        batch_size=cfg.encoder.batch_size, max_tokens_per_batch=cfg.encoder.max_tokens_per_batch,
+        max_seq_length=cfg.train.max_seq_length, dtype=cfg.train.dtype,
+    )  # fmt: skip
+
+
+def fit_epochs(
+    sess: Session, data: Data, cfg: PipelineConfig, done: list[dict], world: int = 1, rank: int = 0,
+    dev: DevSet | None = None, on_step: Callable[[dict], None] | None = None,
+    on_epoch_end: Callable[[list[dict]], None] | None = None,
+) -> list[dict]:  # fmt: skip
+    """Runs the epochs after those in `done`; rank 0 adds dev metrics and logs one line per epoch.
+
+    Returns:
+        All epoch summaries, `done` included.
+    """
+    summaries = list(done)
+    total = steps_per_epoch(len(data.queries), cfg.train.batch_size, world) * cfg.train.epochs
+    log = progress_logger(total, cfg.train.log_every) if rank == 0 else None
+    hooks = [h for h in (log, on_step) if h]
+    for epoch in range(len(done), cfg.train.epochs):
+        summary = run_epoch(sess, data, epoch, cfg.run.seed, world, rank, on_step=lambda r: [h(r) for h in hooks])
+        if rank == 0 and dev is not None:
+            summary.update({f"dev_{k}": v for k, v in dev_metrics(sess.encoder.st, dev, dev_options(cfg)).items()})
+        if rank == 0:
+            logger.info("%s", summary_line(summary, cfg.train.epochs))
+        summaries.append(summary)
+        if on_epoch_end:
+            on_epoch_end(summaries)
+    return summaries
+
+
+def train_local(cfg: PipelineConfig, rows: Sequence[dict], model_path: str, out_dir: str | Path, dev: DevSet | None = None) -> dict:
+    """Trains in this process (no Ray, no DDP) and saves the sentence-transformers model to `out_dir`.
+
+    Returns:
+        {"epochs": [summary per epoch], "steps": [record per step], "model": out_dir}
+    """
+    device = torch.device("cuda" if cfg.train.use_gpu and torch.cuda.is_available() else "cpu")
+    st = load_model(model_path, device, cfg.train.max_seq_length)
+    data = Data.from_rows(rows)
+    sess = build_session(st, cfg.train, steps_per_epoch(len(rows), cfg.train.batch_size, 1) * cfg.train.epochs, device)
+    summaries = fit_epochs(sess, data, cfg, [], dev=dev)
+    save_model(st, out_dir)
+    return {"epochs": summaries, "steps": sess.history, "model": str(out_dir)}

@@ -1,0 +1,218 @@
+"""The bare training step and epoch loop: InfoNCE on a DualEncoder, plain or GradCache-style. No Ray.
+
+Ray Train (train/loop.py) runs exactly this code inside each worker, with the model wrapped in DDP;
+`train_local` runs it in the current process, which is what the benchmark compares against and
+what runs on a GPU machine without Ray.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from syneg_ray import losses
+from syneg_ray.config import Dtype, TrainConfig
+from syneg_ray.model import DualEncoder
+from syneg_ray.train.gradvar import GradVariance
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Data:
+    """Instance texts, column-wise: queries[i] and docs[i] = [positive, negative_1, ..., negative_n]."""
+
+    queries: list[str]
+    docs: list[list[str]]
+
+    @classmethod
+    def from_rows(cls, rows: Sequence[dict]) -> Data:
+        return cls([r["query"] for r in rows], [[r["positive"], *r["negatives"]] for r in rows])
+
+
+@dataclass
+class Session:
+    """Everything one worker trains with."""
+
+    model: nn.Module  # forward/backward go through this (DDP-wrapped under Ray with > 1 worker)
+    encoder: DualEncoder  # the unwrapped module: tokenize, save, evaluate
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    cfg: TrainConfig
+    device: torch.device
+    grad_var: GradVariance
+    step: int = 0  # optimizer steps done, over all epochs
+    history: list[dict] = field(default_factory=list)  # one record per step (rank 0 keeps them)
+
+
+def epoch_batches(n: int, batch_size: int, world: int, rank: int, seed: int, epoch: int) -> list[np.ndarray]:
+    """This rank's instance indices for each step of `epoch`: a seeded permutation (seed + epoch), global batches
+    of batch_size * world, the last incomplete one dropped, rank r taking the r-th slice of each."""
+    order = np.random.default_rng(seed + epoch).permutation(n)
+    step = batch_size * world
+    return [order[s * step + rank * batch_size : s * step + (rank + 1) * batch_size] for s in range(n // step)]
+
+
+def steps_per_epoch(n: int, batch_size: int, world: int) -> int:
+    """Optimizer steps per epoch (the last incomplete global batch is dropped)."""
+    return n // (batch_size * world)
+
+
+def build_session(
+    st: nn.Module, cfg: TrainConfig, total_steps: int, device: torch.device, wrap: Callable[[nn.Module], nn.Module] | None = None
+) -> Session:
+    """AdamW with linear warmup (warmup_ratio) and linear decay to 0, as HF Trainer's default schedule."""
+    encoder = DualEncoder(st).to(device)
+    frozen = encoder.freeze_unused(device)
+    if frozen:
+        logger.debug("not trained (unused by the embedding): %s", ", ".join(frozen))
+    model = wrap(encoder) if wrap else encoder
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=0.0)
+    warmup = math.ceil(cfg.warmup_ratio * total_steps)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / (warmup + 1)
+        return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    return Session(model, encoder, optimizer, scheduler, cfg, device, GradVariance(cfg.grad_var_window))
+
+
+def _autocast(cfg: TrainConfig, device: torch.device):
+    if cfg.dtype is Dtype.BF16:
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def _loss_scale(cfg: TrainConfig) -> int:
+    # THE one place the world size enters: the gathered loss covers all W x B queries on every
+    # worker and DDP averages W copies of its gradient, so multiply by W to get the full gradient.
+    gathered = cfg.gather_across_workers and cfg.in_batch_negatives
+    return losses.world_size() if gathered else 1
+
+
+def _loss(sess: Session, q: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
+    cfg = sess.cfg
+    return losses.gathered_info_nce(q, d, cfg.temperature, cfg.in_batch_negatives, cfg.gather_across_workers)
+
+
+def plain_step(sess: Session, queries: list[str], docs: list[list[str]]) -> torch.Tensor:
+    """Forward both sides with the graph kept, backward the loss. Returns the (unscaled) loss."""
+    b, k = len(docs), len(docs[0])
+    with _autocast(sess.cfg, sess.device):
+        q = sess.model(sess.encoder.tokenize(queries, sess.device))  # (B, H)
+        d = sess.model(sess.encoder.tokenize([t for row in docs for t in row], sess.device))  # (B * k, H)
+    loss = _loss(sess, q, d.view(b, k, -1))
+    (loss * _loss_scale(sess.cfg)).backward()
+    return loss.detach()
+
+
+def _chunks(items: list[str], size: int) -> Iterator[list[str]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+class _RandState:
+    """CPU (and CUDA) RNG state, so the re-forward of a chunk draws the same dropout masks."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.devices = [device] if device.type == "cuda" else []
+        self.cpu = torch.get_rng_state()
+        self.cuda = [torch.cuda.get_rng_state(d) for d in self.devices]
+
+    @contextlib.contextmanager
+    def restored(self) -> Iterator[None]:
+        with torch.random.fork_rng(devices=self.devices):
+            torch.set_rng_state(self.cpu)
+            for d, state in zip(self.devices, self.cuda, strict=True):
+                torch.cuda.set_rng_state(state, d)
+            yield
+
+
+def cached_step(sess: Session, queries: list[str], docs: list[list[str]]) -> torch.Tensor:
+    """GradCache (Gao et al. 2021): the same gradient as `plain_step` with activations of one chunk at a time.
+
+    1. embed every chunk without a graph; 2. loss and backward on the embeddings only, which gives
+    d loss / d embedding; 3. re-embed chunk by chunk with a graph and backpropagate that cached
+    gradient. DDP syncs only on the last chunk's backward.
+    """
+    b, k, size = len(docs), len(docs[0]), sess.cfg.grad_cache_chunk
+    texts = [queries, [t for row in docs for t in row]]
+    feats = [[sess.encoder.tokenize(c, sess.device) for c in _chunks(side, size)] for side in texts]
+    states: list[list[_RandState]] = [[], []]
+    embs = []
+    with torch.no_grad(), _autocast(sess.cfg, sess.device):
+        for side, chunk_feats in enumerate(feats):
+            parts = []
+            for f in chunk_feats:
+                states[side].append(_RandState(sess.device))
+                parts.append(sess.model(f).float())
+            embs.append(torch.cat(parts).requires_grad_())  # (B, H) then (B * k, H)
+    loss = _loss(sess, embs[0], embs[1].view(b, k, -1))
+    (loss * _loss_scale(sess.cfg)).backward()
+    jobs = [(f, s, g) for side in range(2) for f, s, g in zip(feats[side], states[side], embs[side].grad.split(size), strict=True)]
+    no_sync = getattr(sess.model, "no_sync", contextlib.nullcontext)
+    for i, (f, state, grad) in enumerate(jobs):
+        sync = i == len(jobs) - 1
+        with (contextlib.nullcontext() if sync else no_sync()), state.restored(), _autocast(sess.cfg, sess.device):
+            out = sess.model(f)
+        out.float().backward(grad)
+    return loss.detach()
+
+
+def train_step(sess: Session, queries: list[str], docs: list[list[str]]) -> dict[str, float]:
+    """One optimizer step. Returns loss, grad_norm (before clipping), grad_var (last full window) and lr."""
+    step_fn = cached_step if sess.cfg.grad_cache_chunk else plain_step
+    loss = step_fn(sess, queries, docs)
+    params = [p for p in sess.model.parameters() if p.grad is not None]
+    grad_var = sess.grad_var.update(params)
+    limit = sess.cfg.max_grad_norm or float("inf")
+    norm = torch.nn.utils.clip_grad_norm_(params, limit)
+    lr = sess.scheduler.get_last_lr()[0]
+    sess.optimizer.step()
+    sess.scheduler.step()
+    sess.optimizer.zero_grad(set_to_none=True)
+    sess.step += 1
+    return {
+        "step": sess.step, "loss": float(loss), "grad_norm": float(norm), "grad_var": grad_var,
+        "window_end": sess.grad_var.ended, "lr": lr,
+    }  # fmt: skip
+
+
+def run_epoch(
+    sess: Session, data: Data, epoch: int, seed: int, world: int = 1, rank: int = 0,
+    on_step: Callable[[dict], None] | None = None,
+) -> dict[str, float]:  # fmt: skip
+    """Trains one epoch; returns its summary (means over steps, samples/s over all workers)."""
+    sess.model.train()
+    torch.manual_seed(seed + epoch + 7919 * rank)  # dropout: seeded per epoch and rank, so a resumed epoch replays
+    batches = epoch_batches(len(data.queries), sess.cfg.batch_size, world, rank, seed, epoch)
+    records, start = [], time.perf_counter()
+    for index in batches:
+        record = train_step(sess, [data.queries[i] for i in index], [data.docs[i] for i in index])
+        record["epoch"] = epoch
+        records.append(record)
+        if on_step:
+            on_step(record)
+    seconds = time.perf_counter() - start
+    sess.history.extend(records)
+    windows = [r["grad_var"] for r in records if r.get("window_end")]
+    return {
+        "epoch": epoch,
+        "steps": len(records),
+        "loss": float(np.mean([r["loss"] for r in records])) if records else float("nan"),
+        "grad_norm": float(np.mean([r["grad_norm"] for r in records])) if records else float("nan"),
+        "grad_var": float(np.mean(windows)) if windows else sess.grad_var.last,
+        "seconds": seconds,
+        "samples_per_s": len(records) * sess.cfg.batch_size * world / seconds if seconds else 0.0,
+    }

@@ -1,0 +1,141 @@
+"""`syneg train`: validate the instances, guard resumes, run the TorchTrainer, export the model and curves."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import yaml
+
+from syneg_ray import dataset, schema
+from syneg_ray.config import PipelineConfig, diff, to_dict
+from syneg_ray.errors import DataError, ResumeError
+from syneg_ray.mixing import check_instances
+from syneg_ray.registry import resolve_model
+
+logger = logging.getLogger(__name__)
+
+TRAIN_CONFIG = "train_config.yaml"  # what the run's training depends on; a resume must match it
+SUMMARY = "summary.json"
+CURVES = "curves.png"
+# fields that change how a run is watched or survives, not what it learns: a resume may change them
+_OPERATIONAL = {"log_every", "max_failures", "checkpoints_to_keep", "cpus_per_worker"}
+
+
+def build_trainer(cfg: PipelineConfig, instances: str | Path, model_path: str, train_dir: str | Path, callbacks=()):  # -> TorchTrainer
+    """A Ray Train V2 TorchTrainer over `train.workers` workers (gloo on CPU, nccl on GPU).
+
+    Checkpoints and Ray's own state go to `train_dir/ray/train`; fitting again with the same
+    `train_dir` resumes from the latest checkpoint there. `callbacks` are Ray Train UserCallbacks.
+    """
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from syneg_ray.train.loop import train_loop_per_worker
+
+    train_dir = Path(train_dir).resolve()
+    t = cfg.train
+    resources = {"CPU": t.cpus_per_worker, **({"GPU": 1} if t.use_gpu else {})}
+    return TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"cfg": to_dict(cfg), "instances": str(Path(instances).resolve()), "model": model_path,
+                           "train_dir": str(train_dir)},  # fmt: skip
+        torch_config=TorchConfig(backend="nccl" if t.use_gpu else "gloo"),
+        scaling_config=ScalingConfig(num_workers=t.workers, use_gpu=t.use_gpu, resources_per_worker=resources),
+        run_config=RunConfig(
+            name="train",
+            storage_path=str(train_dir / "ray"),
+            failure_config=FailureConfig(max_failures=t.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=t.checkpoints_to_keep),
+            callbacks=list(callbacks),  # e.g. Tune's TuneReportCallback, so trials see each epoch's metrics
+        ),
+    )
+
+
+def training_fingerprint(cfg: PipelineConfig, instances: Path) -> dict:
+    """The parts of the config (and the instances file) that determine the trained model."""
+    train = {k: v for k, v in to_dict(cfg.train).items() if k not in _OPERATIONAL}
+    return {"train": train, "mix": to_dict(cfg.mix), "data": to_dict(cfg.data), "seed": cfg.run.seed,
+            "model": cfg.train.model or cfg.encoder.model, "instances_sha256": dataset.file_digest(instances)[:16]}  # fmt: skip
+
+
+def check_resume(train_dir: Path, fingerprint: dict) -> bool:
+    """True when `train_dir` already holds a run of this config; raises when it holds another one.
+
+    Raises:
+        ResumeError: the saved fingerprint differs; the message lists each difference.
+    """
+    saved = train_dir / TRAIN_CONFIG
+    if not saved.is_file():
+        return False
+    changes = diff(yaml.safe_load(saved.read_text(encoding="utf-8")) or {}, fingerprint)
+    if changes:
+        raise ResumeError(f"{train_dir} was trained with a different config ({'; '.join(changes)}); "
+                          "restore those values, or use a new run.run_dir, or delete that folder to start over")  # fmt: skip
+    return True
+
+
+def read_instances(path: Path, corpus_ids) -> list[dict]:
+    """Reads and validates the instances file (DataError names the file and row)."""
+    if not path.exists():
+        raise DataError.at(path, None, "no instances file; run `syneg mix` first")
+    rows = pq.read_table(path).to_pylist()
+    check_instances(rows, path, corpus_ids)
+    return rows
+
+
+def run_train(cfg: PipelineConfig) -> dict:
+    """Trains the run's model with Ray Train and writes run_dir/train/{model, summary.json, curves.png}.
+
+    Returns:
+        {"model": path, "epochs": [...], "seconds": ...}; read back from summary.json when the run was done before.
+    """
+    from syneg_ray.runtime import init_ray
+
+    started = time.perf_counter()
+    run_dir = Path(cfg.run.run_dir)
+    train_dir, instances = run_dir / "train", run_dir / schema.INSTANCES
+    rows = read_instances(instances, dataset.read_corpus(dataset.prepare(cfg)))
+    global_batch = cfg.train.batch_size * cfg.train.workers
+    if len(rows) < global_batch:
+        raise DataError.at(instances, None, f"{len(rows)} instances, fewer than one global batch (train.batch_size x "
+                           f"train.workers = {global_batch}); lower train.batch_size or mix more pairs")  # fmt: skip
+    fingerprint = training_fingerprint(cfg, instances)
+    if check_resume(train_dir, fingerprint) and (train_dir / SUMMARY).is_file():
+        logger.info("train: %s is already trained with this config; delete it to train again", train_dir)
+        return json.loads((train_dir / SUMMARY).read_text(encoding="utf-8"))
+    train_dir.mkdir(parents=True, exist_ok=True)
+    (train_dir / TRAIN_CONFIG).write_text(yaml.safe_dump(fingerprint, sort_keys=False), encoding="utf-8")
+    model_path = resolve_model(cfg.train.model or cfg.encoder.model, cfg.run.cache_dir or None)
+    logger.info("train: %d instances x %d negatives, %d worker(s), batch %d per worker, %d epoch(s), model %s",
+                len(rows), len(rows[0]["negatives"]), cfg.train.workers, cfg.train.batch_size, cfg.train.epochs, model_path)  # fmt: skip
+    init_ray(cfg)
+    result = build_trainer(cfg, instances, model_path, train_dir).fit()
+    return export(result.checkpoint, run_dir, cfg, time.perf_counter() - started)
+
+
+def export(checkpoint, run_dir: Path, cfg: PipelineConfig, seconds: float) -> dict:
+    """Copies the final checkpoint's model to run_dir/train/model and writes the summary and the curves."""
+    from syneg_ray.plots import plot_curves
+    from syneg_ray.train.state import MODEL_DIR, read_meta
+
+    target = run_dir / schema.MODEL
+    with checkpoint.as_directory() as folder:
+        meta = read_meta(folder)
+        if target.exists():
+            shutil.rmtree(target)
+        shutil.copytree(Path(folder) / MODEL_DIR, target)
+    train_dir = target.parent
+    title = f"{cfg.mix.strategy.value} R={cfg.mix.ratio} tau={cfg.train.temperature}"
+    plot_curves(meta["steps"], meta["epochs"], train_dir / CURVES, title)
+    (train_dir / "history.json").write_text(json.dumps({"epochs": meta["epochs"], "steps": meta["steps"]}), encoding="utf-8")
+    summary = {"model": str(target), "epochs": meta["epochs"], "seconds": seconds, "curves": str(train_dir / CURVES)}
+    (train_dir / SUMMARY).write_text(json.dumps(summary, indent=2), encoding="utf-8")
+    last = meta["epochs"][-1]
+    dev = f", dev nDCG@10 {last['dev_ndcg@10']:.4f}" if "dev_ndcg@10" in last else ""
+    logger.info("trained %d epoch(s) in %.0f s: final loss %.4f%s -> %s", len(meta["epochs"]), seconds, last["loss"], dev, target)
+    return summary
