@@ -158,6 +158,8 @@ def run_synthesize(cfg: PipelineConfig) -> dict:
     model = s.model if s.engine is Engine.OPENAI else resolve_model(s.model, cfg.run.cache_dir or None)
     pools = resolve_pools(cfg, model, out)
     pairs = pq.read_table(pairs_path).to_pylist()
+    if s.max_pairs:
+        pairs = pairs[: s.max_pairs]
     parts = Path(cfg.run.run_dir) / schema.SYNTHETIC
     done = set(store.read_synthetic(parts, ["key"]).column("key").to_pylist())
     work, finished = plan(pairs, cfg, pools, done, store.latest_attempts(out / "attempts"))

@@ -59,3 +59,12 @@ def test_job_runtime_env() -> None:
     env = load("jobs/runtime_env.yaml")
     assert env["env_vars"]["TOKENIZERS_PARALLELISM"] == "false"
     assert "runs/" in env["excludes"]
+
+
+def test_shipped_pipeline_configs_load() -> None:
+    from syneg_ray.config import load_config
+
+    configs = sorted((ROOT / "configs").glob("*.yaml"))
+    assert configs
+    for path in configs:
+        assert load_config(path).run.run_dir

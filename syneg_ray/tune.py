@@ -1,0 +1,207 @@
+"""`syneg tune`: Ray Tune over temperature (tau) and synthetic ratio (R), scored by dev nDCG@10.
+
+Each trial mixes at its R and trains at its tau with the Train V2 pattern: the trial function
+builds a TorchTrainer and calls fit(); a TuneReportCallback forwards each epoch's dev metrics to
+Tune so ASHA can stop weak trials early. Trials link the run's synthesis and mining outputs
+instead of recomputing them. The dev split is carved from train queries; test is never read.
+
+    run_dir/tune/trials/<trial_id>/   one run directory per trial (its mix, train, curves)
+    run_dir/tune/trials.csv           every trial: tau, R, epochs run, dev nDCG@10
+    run_dir/tune/best.yaml            the full pipeline config with the best tau and R
+    run_dir/tune/heatmap.png          dev nDCG@10 over (tau, R)
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+import os
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from syneg_ray import schema
+from syneg_ray.config import PipelineConfig, from_dict, to_dict, to_yaml
+
+logger = logging.getLogger(__name__)
+
+METRIC = "dev_ndcg@10"
+SHARED = ("pairs", "synthesize", "mine")  # stage folders every trial links instead of recomputing
+
+
+def trial_config(base: PipelineConfig, temperature: float, ratio: float, run_dir: Path) -> PipelineConfig:
+    """The base config with one trial's tau, R and run directory (a misspelled field fails in replace)."""
+    return replace(
+        base,
+        run=replace(base.run, run_dir=str(run_dir)),
+        mix=replace(base.mix, ratio=float(ratio)),
+        train=replace(base.train, temperature=float(temperature)),
+    )
+
+
+def link_shared(base_run: Path, trial_run: Path) -> None:
+    """Points the trial's pairs/synthesize/mine folders at the base run's (read-only sharing)."""
+    trial_run.mkdir(parents=True, exist_ok=True)
+    for name in SHARED:
+        source, link = base_run / name, trial_run / name
+        if source.exists() and not link.exists():
+            link.symlink_to(source.resolve(), target_is_directory=True)
+
+
+def grid(cfg: PipelineConfig) -> tuple[list[float], list[float]]:
+    """tau on a log grid and R on a linear grid, `tune.grid_points` each."""
+    t, n = cfg.tune, cfg.tune.grid_points
+    taus = np.geomspace(t.temperature_min, t.temperature_max, n).round(5).tolist()
+    ratios = np.linspace(t.ratio_min, t.ratio_max, n).round(3).tolist()
+    return taus, ratios
+
+
+def param_space(cfg: PipelineConfig) -> dict[str, Any]:
+    from ray import tune
+
+    if cfg.tune.searcher == "grid":
+        taus, ratios = grid(cfg)
+        return {"temperature": tune.grid_search(taus), "ratio": tune.grid_search(ratios)}
+    t = cfg.tune
+    return {"temperature": tune.loguniform(t.temperature_min, t.temperature_max), "ratio": tune.uniform(t.ratio_min, t.ratio_max)}
+
+
+def _trial(params: dict[str, float], base: dict, model_path: str) -> None:
+    """One Tune trial: mix at R, then Ray Train at tau; metrics reach Tune through the callback."""
+    from ray import tune
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from syneg_ray.stages.mix import run_mix
+    from syneg_ray.train.trainer import build_trainer
+
+    base_cfg = from_dict(base)
+    trial_run = Path(base_cfg.run.run_dir) / "tune" / "trials" / tune.get_context().get_trial_id()
+    link_shared(Path(base_cfg.run.run_dir), trial_run)
+    cfg = trial_config(base_cfg, params["temperature"], params["ratio"], trial_run)
+    run_mix(cfg)
+    build_trainer(cfg, trial_run / schema.INSTANCES, model_path, trial_run / "train", callbacks=[TuneReportCallback()]).fit()
+
+
+def build_tuner(cfg: PipelineConfig, model_path: str):  # -> ray.tune.Tuner
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+
+    search_alg = None
+    if cfg.tune.searcher == "optuna":
+        from ray.tune.search.optuna import OptunaSearch
+
+        search_alg = OptunaSearch(seed=cfg.run.seed)
+    scheduler = ASHAScheduler(max_t=cfg.train.epochs, grace_period=1, reduction_factor=2) if cfg.tune.asha else None
+    trainable = tune.with_parameters(_trial, base=to_dict(cfg), model_path=model_path)
+    # The trial function itself only waits on its TorchTrainer; the workers reserve the CPUs.
+    trainable = tune.with_resources(trainable, {"CPU": 0})
+    return tune.Tuner(
+        trainable,
+        param_space=param_space(cfg),
+        tune_config=tune.TuneConfig(
+            metric=METRIC, mode="max", num_samples=1 if cfg.tune.searcher == "grid" else cfg.tune.num_samples,
+            search_alg=search_alg, scheduler=scheduler, max_concurrent_trials=cfg.tune.max_concurrent,
+        ),
+        run_config=tune.RunConfig(name="tune", storage_path=str((Path(cfg.run.run_dir) / "tune" / "ray").resolve())),
+    )
+
+
+def run_tune(cfg: PipelineConfig) -> dict[str, Any]:
+    """Searches tau and R, then writes trials.csv, best.yaml and heatmap.png under run_dir/tune.
+
+    Synthesis and mining run first when their outputs are missing; existing outputs are shared
+    as they are (run `syneg synthesize` again first to finish a partial synthesis).
+
+    Returns:
+        {"best": {"temperature", "ratio", METRIC}, "trials": n}
+    """
+    from syneg_ray.dataset import ensure_pairs
+    from syneg_ray.registry import resolve_model
+    from syneg_ray.runtime import init_ray, stage_dir
+
+    run_dir = Path(cfg.run.run_dir)
+    out = stage_dir(cfg, "tune")
+    ensure_pairs(cfg)
+    init_ray(cfg)
+    _ensure_inputs(cfg, run_dir)
+    model_path = resolve_model(cfg.train.model or cfg.encoder.model, cfg.run.cache_dir or None)
+    results = build_tuner(cfg, model_path).fit()
+    rows = trial_rows(results)
+    write_trials(rows, out / "trials.csv")
+    best = max((r for r in rows if not math.isnan(r[METRIC])), key=lambda r: r[METRIC])
+    (out / "best.yaml").write_text(to_yaml(trial_config(cfg, best["temperature"], best["ratio"], run_dir)), encoding="utf-8")
+    plot_heatmap(rows, out / "heatmap.png")
+    logger.info("tune: %d trials; best tau %.4f, R %.2f: dev nDCG@10 %.4f -> %s", len(rows), best["temperature"],
+                best["ratio"], best[METRIC], out)
+    return {"best": best, "trials": len(rows)}
+
+
+def _ensure_inputs(cfg: PipelineConfig, run_dir: Path) -> None:
+    """Runs synthesis / mining only when their outputs are missing: trials share whatever is there."""
+    from syneg_ray.stages.mine import run_mine
+    from syneg_ray.stages.synthesize import run_synthesize
+
+    if cfg.tune.ratio_max > 0 and not (run_dir / schema.SYNTHETIC).exists():
+        run_synthesize(cfg)
+    if cfg.tune.ratio_min < 1 and not (run_dir / schema.MINED).exists():
+        run_mine(cfg)
+
+
+def trial_rows(results) -> list[dict[str, Any]]:
+    """One row per trial from a ResultGrid: its parameters, epochs run and last dev nDCG@10."""
+    rows = []
+    for result in results:
+        metrics = result.metrics or {}
+        rows.append({
+            "trial": os.path.basename(result.path),
+            "temperature": result.config["temperature"],
+            "ratio": result.config["ratio"],
+            "epochs": metrics.get("training_iteration", 0),
+            METRIC: float(metrics.get(METRIC, float("nan"))),
+            "error": str(result.error) if result.error else "",
+        })  # fmt: skip
+    return sorted(rows, key=lambda r: (r["temperature"], r["ratio"]))
+
+
+def write_trials(rows: list[dict[str, Any]], path: Path) -> None:
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def plot_heatmap(rows: list[dict[str, Any]], path: Path) -> Path:
+    """dev nDCG@10 over (tau, R): a cell grid when the trials form one, else points coloured by score."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    taus = sorted({r["temperature"] for r in rows})
+    ratios = sorted({r["ratio"] for r in rows})
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    if len(taus) * len(ratios) == len(rows):
+        cells = np.full((len(ratios), len(taus)), np.nan)
+        for r in rows:
+            cells[ratios.index(r["ratio"]), taus.index(r["temperature"])] = r[METRIC]
+        image = ax.imshow(cells, origin="lower", cmap="viridis", aspect="auto")
+        ax.set_xticks(range(len(taus)), [f"{t:g}" for t in taus])
+        ax.set_yticks(range(len(ratios)), [f"{x:g}" for x in ratios])
+        for (i, j), value in np.ndenumerate(cells):
+            if not np.isnan(value):
+                ax.text(j, i, f"{value:.3f}", ha="center", va="center", color="white", fontsize=8)
+    else:
+        image = ax.scatter([r["temperature"] for r in rows], [r["ratio"] for r in rows], c=[r[METRIC] for r in rows],
+                           cmap="viridis", s=120, edgecolors="black")  # fmt: skip
+        ax.set_xscale("log")
+    fig.colorbar(image, ax=ax, label="dev nDCG@10")
+    ax.set_xlabel("temperature tau")
+    ax.set_ylabel("synthetic ratio R")
+    ax.set_title("Ray Tune: dev nDCG@10 over (tau, R)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
