@@ -62,3 +62,14 @@ def with_generation(row: dict[str, Any], gen: Generation) -> dict[str, Any]:
         "output_tokens": int(gen.output_tokens),
         "engine_error": gen.error,
     }
+
+
+def light_processor(build_processor, config, preprocess, postprocess):
+    """A ray.data.llm processor (a callable Dataset -> Dataset) whose pre/postprocess maps reserve 0.1 CPU.
+
+    They are light Python maps; at the default of a whole CPU each, they and the engine actor
+    hold every CPU of a 2-CPU Ray and the pipeline deadlocks.
+    """
+    light = {"num_cpus": 0.1}
+    return build_processor(config, preprocess=preprocess, postprocess=postprocess,
+                           preprocess_map_kwargs=light, postprocess_map_kwargs=light)

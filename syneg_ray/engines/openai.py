@@ -12,15 +12,12 @@ import json
 import os
 import urllib.error
 import urllib.request
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from syneg_ray import prompts
 from syneg_ray.config import SynthesizeConfig
-from syneg_ray.engines.base import WORK_COLUMNS, Generation, messages_of, with_generation
+from syneg_ray.engines.base import WORK_COLUMNS, Generation, light_processor, messages_of, with_generation
 from syneg_ray.errors import EngineError
-
-if TYPE_CHECKING:
-    from ray.data import Dataset
 
 
 def _headers(cfg: SynthesizeConfig) -> dict[str, str]:
@@ -114,12 +111,4 @@ def build(cfg: SynthesizeConfig, model: str) -> Any:
     def postprocess(row: dict[str, Any]) -> dict[str, Any]:
         return with_generation({name: row[name] for name in WORK_COLUMNS}, generation_of(row.get("http_response")))
 
-    # pre/postprocess are light Python maps: a whole CPU each would deadlock a 2-CPU Ray (see ENVIRONMENT.md)
-    light = {"num_cpus": 0.1}
-    processor = build_processor(config, preprocess=preprocess, postprocess=postprocess,
-                                preprocess_map_kwargs=light, postprocess_map_kwargs=light)
-
-    def step(ds: Dataset) -> Dataset:
-        return processor(ds)
-
-    return step
+    return light_processor(build_processor, config, preprocess, postprocess)

