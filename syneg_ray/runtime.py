@@ -38,7 +38,8 @@ def init_ray(cfg: PipelineConfig) -> None:
     runtime_env = {"env_vars": {"TOKENIZERS_PARALLELISM": "false", "RAY_AUTH_MODE": os.environ["RAY_AUTH_MODE"]}}
     address = cfg.ray.address or os.environ.get("RAY_ADDRESS", "")
     if address:
-        ray.init(address=address, runtime_env=runtime_env, log_to_driver=True)
+        # On a cluster the job's runtime_env (jobs/runtime_env.yaml) governs; a second one would conflict.
+        ray.init(address=address, log_to_driver=True)
         return
     ray.init(
         # One spare logical CPU: actor pools that reserve every core would otherwise starve Ray Data's

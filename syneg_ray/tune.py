@@ -96,8 +96,9 @@ def build_tuner(cfg: PipelineConfig, model_path: str):  # -> ray.tune.Tuner
         search_alg = OptunaSearch(seed=cfg.run.seed)
     scheduler = ASHAScheduler(max_t=cfg.train.epochs, grace_period=1, reduction_factor=2) if cfg.tune.asha else None
     trainable = tune.with_parameters(_trial, base=to_dict(cfg), model_path=model_path)
-    # The trial function itself only waits on its TorchTrainer; the workers reserve the CPUs.
-    trainable = tune.with_resources(trainable, {"CPU": 0})
+    # The trial function only waits on its TorchTrainer, whose workers reserve the real CPUs; Tune
+    # refuses an empty request, so the trial holds a token share.
+    trainable = tune.with_resources(trainable, {"CPU": 0.1})
     return tune.Tuner(
         trainable,
         param_space=param_space(cfg),

@@ -7,8 +7,10 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import psutil
 import pyarrow.parquet as pq
 import pytest
 
@@ -32,13 +34,23 @@ def ray_head(tmp_path: Path):
     subprocess.run(
         [BIN / "ray", "start", "--head", "--node-ip-address=127.0.0.1", f"--port={gcs}", "--num-cpus=4",
          "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
+         f"--dashboard-agent-listen-port={free_port()}",  # the default (52365) clashes with any other Ray here
          "--object-store-memory=1000000000", f"--temp-dir={temp}", "--disable-usage-stats"],
         check=True, env=env, capture_output=True, timeout=120,
     )
+    address = f"http://127.0.0.1:{dashboard}"
     try:
-        yield f"http://127.0.0.1:{dashboard}", env
+        yield address, env
     finally:
-        subprocess.run([BIN / "ray", "stop", "--force"], env=env, capture_output=True, timeout=120)
+        stop_cluster(temp)
+
+
+def stop_cluster(temp: Path) -> None:
+    """Kills only this head's processes (`ray stop` would take down every Ray cluster on the machine)."""
+    mine = [p for p in psutil.process_iter(["cmdline"]) if str(temp) in " ".join(p.info["cmdline"] or [])]
+    for proc in mine:
+        proc.kill()
+    psutil.wait_procs(mine, timeout=30)
 
 
 def test_pipeline_runs_as_a_ray_job(ray_head, tmp_path: Path, scifact_small: Path) -> None:
@@ -53,11 +65,13 @@ def test_pipeline_runs_as_a_ray_job(ray_head, tmp_path: Path, scifact_small: Pat
         "synthesize.negatives_per_pair=2", "synthesize.max_new_tokens=200", "mine.num_negatives=3",
         "mix.n_negatives=2", "train.batch_size=4", "encoder.actors=1",
     ]
-    result = subprocess.run(
-        [BIN / "ray", "job", "submit", "--address", address, "--working-dir", str(ROOT),
-         "--runtime-env-json", json.dumps(runtime_env), "--", sys.executable, "jobs/syneg_job.py", "run", *overrides],
-        env=env, capture_output=True, text=True, timeout=1500,
-    )
+    command = [BIN / "ray", "job", "submit", "--address", address, "--working-dir", str(ROOT),
+               "--runtime-env-json", json.dumps(runtime_env), "--", sys.executable, "jobs/syneg_job.py", "run", *overrides]
+    for _ in range(30):  # the head accepts requests a few seconds before its job agent can take one
+        result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=1500)
+        if "No available agent" not in result.stderr:
+            break
+        time.sleep(2)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "succeeded" in result.stdout
     assert pq.read_table(run_dir / "mix" / "instances.parquet").num_rows > 0
