@@ -111,7 +111,11 @@ def run_round(work: list[dict], step: engines.EngineFn, cfg: SynthesizeConfig, o
     import ray.data
 
     limits = limits_of(cfg)
-    ds = step(ray.data.from_arrow(pa.Table.from_pylist(work, schema=WORK_SCHEMA)))
+    # One block per engine batch: a map task hands its output on only when its block is done, so a
+    # single block would commit nothing (and show no progress) until the whole round had finished.
+    table = pa.Table.from_pylist(work, schema=WORK_SCHEMA)
+    blocks = [table.slice(i, cfg.batch_size) for i in range(0, len(work), cfg.batch_size)]
+    ds = step(ray.data.from_arrow(blocks))
     retry: list[dict] = []
     by_key = {w["key"]: w for w in work}
     for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):

@@ -1,0 +1,380 @@
+"""The SciFact ablation: does fine-tuning with SyNeg's hybrid negatives beat the baselines?
+
+    .venv/bin/python benchmarks/quality.py --data-dir ../shared/datasets --out runs/quality
+    .venv/bin/python benchmarks/quality.py --data-dir ../shared/datasets --out runs/quality --rows dense hybrid --seeds 0 1 2
+    .venv/bin/python benchmarks/quality.py --out runs/quality --table-only
+
+Every row fine-tunes the same base model (`benchmarks/quality.yaml`: minilm, tau, learning rate,
+epochs, batch, n negatives) and differs only in its negatives; each is scored on SciFact test.
+Rows: base (zero-shot), random, bm25, dense (retrieved-only), synthetic (synthetic-only), direct
+(R = 0.7), hybrid (R = 0.7) and, given `--best-ratio` or `--tune-best`, hybrid at Tune's R.
+
+Everything is resumable: a row and seed is done when its `result.json` exists with the same
+config fingerprint, the LLM negatives are written pair by pair, and mining is marked complete.
+So the table can be built over several sittings, and a rerun only prints it.
+
+    <out>/shared/            the train pairs and the LLM's negatives (always at seed 0)
+    <out>/mine-dense/, mine-bm25/
+                             retrieved negatives of the base model and of BM25 for the same pairs
+    <out>/rows/<row>/seed<s>/  mix, train and evaluate of one row; result.json when done
+    <out>/probes.json        the false-negative-guard share and the source-identifiability AUC
+    <out>/table.md, quality.png
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from syneg_ray import schema  # noqa: E402
+from syneg_ray.config import PipelineConfig, load_config, to_dict  # noqa: E402
+from syneg_ray.runtime import setup_logging  # noqa: E402
+
+logger = logging.getLogger("bench.quality")
+CONFIG = Path(__file__).with_name("quality.yaml")
+COMPLETE = "_COMPLETE.json"
+
+
+@dataclass(frozen=True)
+class Row:
+    name: str
+    label: str
+    overrides: tuple[str, ...] = ()  # on top of quality.yaml
+    mined: str = ""  # retrieved negatives it reads: "dense" | "bm25" | ""
+    synthetic: bool = False  # reads the LLM's negatives
+    trains: bool = True
+
+
+ROWS = (
+    Row("base", "base model, zero-shot", trains=False),
+    Row("random", "random negatives", ("mix.strategy=random",)),
+    Row("bm25", "BM25 negatives", ("mix.strategy=retrieved",), mined="bm25"),
+    Row("dense", "dense negatives (retrieved-only)", ("mix.strategy=retrieved",), mined="dense"),
+    Row("synthetic", "synthetic-only", ("mix.strategy=synthetic",), synthetic=True),
+    Row("direct", "direct mix, R = 0.7", ("mix.strategy=direct", "mix.ratio=0.7"), mined="dense", synthetic=True),
+    Row("hybrid", "hybrid, R = 0.7", ("mix.strategy=hybrid", "mix.ratio=0.7"), mined="dense", synthetic=True),
+)
+
+
+def best_ratio_row(ratio: float) -> Row:
+    return Row(f"hybrid-R{ratio:g}", f"hybrid, R = {ratio:g} (Tune's best)", ("mix.strategy=hybrid", f"mix.ratio={ratio}"),
+               mined="dense", synthetic=True)  # fmt: skip
+
+
+# --------------------------------------------------------------------------- configs and markers
+
+
+def config_for(args: argparse.Namespace, run_dir: Path, extra: tuple[str, ...] = (), seed: int = 0) -> PipelineConfig:
+    overrides = [f"run.run_dir={run_dir}", f"run.seed={seed}", *extra, *args.overrides]
+    if args.data_dir:
+        overrides.append(f"data.data_dir={args.data_dir}")
+    return load_config(args.config, overrides)
+
+
+def fingerprint(cfg: PipelineConfig, sections: tuple[str, ...]) -> str:
+    tree = to_dict(cfg)
+    payload = {"seed": tree["run"]["seed"], **{s: tree[s] for s in sections}}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def done(path: Path, key: str) -> dict | None:
+    """The record at `path` if it was written for this fingerprint."""
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return None
+    return record if record.get("fingerprint") == key else None
+
+
+def write_record(path: Path, record: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(record, indent=2, default=str), encoding="utf-8")
+    tmp.replace(path)  # a kill never leaves half a record that reads as done
+
+
+def link(source: Path, link_path: Path) -> None:
+    link_path.parent.mkdir(parents=True, exist_ok=True)
+    if link_path.is_symlink() and link_path.resolve() != source.resolve():
+        link_path.unlink()
+    if not link_path.exists():
+        link_path.symlink_to(source.resolve(), target_is_directory=True)
+
+
+# --------------------------------------------------------------------------- shared inputs
+
+
+def ensure_synthetic(args: argparse.Namespace) -> dict:
+    """The LLM's negatives for every train pair (resumes pair by pair)."""
+    from syneg_ray.dataset import ensure_pairs
+    from syneg_ray.stages.synthesize import run_synthesize
+
+    cfg = config_for(args, args.out / "shared")
+    ensure_pairs(cfg)
+    key = fingerprint(cfg, ("data", "synthesize"))
+    record = done(args.out / "shared" / "synthesize" / COMPLETE, key)
+    if record is None:
+        summary = run_synthesize(cfg)
+        if summary["ok"] + summary["failed"] < summary["pairs"]:
+            raise SystemExit(f"synthesis stopped with {summary['ok'] + summary['failed']} of {summary['pairs']} pairs; rerun to resume")
+        record = {"fingerprint": key, "summary": summary}
+        write_record(args.out / "shared" / "synthesize" / COMPLETE, record)
+    return record["summary"]
+
+
+def ensure_mined(args: argparse.Namespace, source: str) -> Path:
+    """Retrieved negatives from one source for the shared pairs; returns the mine folder."""
+    from syneg_ray.dataset import ensure_pairs
+    from syneg_ray.stages.mine import run_mine
+
+    run_dir = args.out / f"mine-{source}"
+    cfg = config_for(args, run_dir, (f"mine.sources=[{source}]",))
+    ensure_pairs(config_for(args, args.out / "shared"))
+    link(args.out / "shared" / "pairs", run_dir / "pairs")
+    key = fingerprint(cfg, ("data", "encoder", "mine"))
+    if done(run_dir / "mine" / COMPLETE, key) is None:
+        summary = run_mine(cfg)
+        write_record(run_dir / "mine" / COMPLETE, {"fingerprint": key, "summary": summary})
+    return run_dir / "mine"
+
+
+# --------------------------------------------------------------------------- one row
+
+
+def run_row(args: argparse.Namespace, row: Row, seed: int) -> dict:
+    """Mix, train and evaluate one row at one seed; returns its result (read back when done before)."""
+    from syneg_ray.stages.evaluate import run_evaluate
+    from syneg_ray.stages.mix import run_mix
+    from syneg_ray.train.trainer import run_train
+
+    run_dir = args.out / "rows" / row.name / f"seed{seed}"
+    cfg = config_for(args, run_dir, row.overrides, seed)
+    key = fingerprint(cfg, ("data", "encoder", "synthesize", "mine", "mix", "train", "evaluate"))
+    result_path = run_dir / "result.json"
+    if (record := done(result_path, key)) is not None:
+        return record
+    logger.info("row %s, seed %d: %s", row.name, seed, command(args, row, seed))
+    started = time.perf_counter()
+    link(args.out / "shared" / "pairs", run_dir / "pairs")
+    if row.synthetic:
+        ensure_synthetic(args)
+        link(args.out / "shared" / "synthesize", run_dir / "synthesize")
+    if row.mined:
+        link(ensure_mined(args, row.mined), run_dir / "mine")
+    record: dict = {"row": row.name, "label": row.label, "seed": seed, "fingerprint": key, "command": command(args, row, seed)}
+    model = cfg.encoder.model
+    if row.trains:
+        record["mix"] = run_mix(cfg)
+        train = run_train(cfg)
+        model = train["model"]
+        record["train_seconds"] = train["seconds"]
+        record["grad_var"] = grad_variance(run_dir / "train" / "history.json")
+    record["test"] = run_evaluate(replace(cfg, evaluate=replace(cfg.evaluate, model=model)))
+    record["seconds"] = time.perf_counter() - started
+    write_record(result_path, record)
+    logger.info("row %s, seed %d: nDCG@10 %.4f, Recall@100 %.4f (%.0f s)", row.name, seed, record["test"]["ndcg@10"],
+                record["test"]["recall@100"], record["seconds"])  # fmt: skip
+    return record
+
+
+def grad_variance(history: Path) -> dict:
+    """Mean and every value of the windowed gradient variance a training run logged (train/gradvar.py)."""
+    steps = json.loads(history.read_text(encoding="utf-8"))["steps"]
+    values = [s["grad_var"] for s in steps if s.get("window_end") and not math.isnan(s["grad_var"])]
+    return {"mean": float(np.mean(values)) if values else None, "windows": values}
+
+
+def command(args: argparse.Namespace, row: Row, seed: int) -> str:
+    parts = [".venv/bin/python benchmarks/quality.py", f"--out {args.out}", f"--rows {row.name}", f"--seeds {seed}"]
+    if args.data_dir:
+        parts.insert(1, f"--data-dir {args.data_dir}")
+    if row.name.startswith("hybrid-R"):
+        parts.append(f"--best-ratio {row.name.removeprefix('hybrid-R')}")
+    return " ".join(parts + list(args.overrides))
+
+
+# --------------------------------------------------------------------------- probes
+
+
+def run_probes(args: argparse.Namespace) -> dict:
+    """False-negative-guard share of synthetic negatives and the synthetic-vs-retrieved AUC, on the base model."""
+    from syneg_ray.encoder import EncodeOptions, encode, load_encoder
+    from syneg_ray.probes import guard_flags, source_auc
+    from syneg_ray.registry import resolve_model
+    from syneg_ray.stages.mix import read_mined, read_synthetic
+
+    cfg = config_for(args, args.out / "shared")
+    key = fingerprint(cfg, ("data", "encoder", "synthesize", "mine"))
+    path = args.out / "probes.json"
+    if (record := done(path, key)) is not None:
+        return record
+    from syneg_ray.dataset import prepare, read_corpus
+
+    ensure_synthetic(args)
+    mine_dir = ensure_mined(args, "dense")
+    corpus = read_corpus(prepare(cfg))
+    pairs = pq.read_table(args.out / "shared" / schema.PAIRS).to_pylist()
+    synthetic = read_synthetic(args.out / "shared" / schema.SYNTHETIC)
+    mined, _ = read_mined(mine_dir / Path(schema.MINED).name, corpus)
+    k = cfg.synthesize.negatives_per_pair
+    with_syn = [p for p in pairs if synthetic.get((p["query_id"], p["positive_id"])) and synthetic[(p["query_id"], p["positive_id"])].texts]
+
+    encoder = load_encoder(resolve_model(cfg.encoder.model, cfg.run.cache_dir or None))
+    options = EncodeOptions(batch_size=cfg.encoder.batch_size, max_tokens_per_batch=cfg.encoder.max_tokens_per_batch, dtype=cfg.encoder.dtype)
+    query = encode(encoder, [p["query"] for p in with_syn], options)
+    positive = encode(encoder, [p["positive"] for p in with_syn], options)
+    syn_texts, syn_slot, ret_texts, groups_syn, groups_ret = [], [], [], [], []
+    for i, p in enumerate(with_syn):
+        texts = synthetic[(p["query_id"], p["positive_id"])].texts[:k]
+        syn_texts += texts
+        syn_slot += [(i, j) for j in range(len(texts))]
+        groups_syn += [p["query_id"]] * len(texts)
+        retrieved = [corpus[doc] for doc, _ in mined.get((p["query_id"], p["positive_id"]), ())][: len(texts)]
+        ret_texts += retrieved  # as many retrieved as synthetic per pair: a balanced probe
+        groups_ret += [p["query_id"]] * len(retrieved)
+    syn_emb = encode(encoder, syn_texts, options)
+    negatives = np.full((len(with_syn), k, syn_emb.shape[1]), np.nan, dtype=np.float32)
+    for (i, j), row in zip(syn_slot, syn_emb, strict=True):
+        negatives[i, j] = row
+    flags_strict = guard_flags(query, positive, negatives)
+    flags_margin = guard_flags(query, positive, negatives, cfg.mine.relative_margin)
+    ret_emb = encode(encoder, ret_texts, options)
+    auc, auc_std = source_auc(np.vstack([syn_emb, ret_emb]), np.r_[np.ones(len(syn_emb)), np.zeros(len(ret_emb))],
+                              np.array(groups_syn + groups_ret), seed=cfg.run.seed)  # fmt: skip
+    record = {
+        "fingerprint": key, "model": cfg.encoder.model, "llm": cfg.synthesize.model, "pairs": len(with_syn),
+        "synthetic_negatives": len(syn_texts), "retrieved_negatives": len(ret_texts),
+        "guard_share_strict": float(flags_strict.sum() / len(syn_texts)),
+        "guard_share_margin": float(flags_margin.sum() / len(syn_texts)), "relative_margin": cfg.mine.relative_margin,
+        "source_auc": auc, "source_auc_std": auc_std,
+    }  # fmt: skip
+    write_record(path, record)
+    return record
+
+
+# --------------------------------------------------------------------------- the table
+
+
+def collect(out: Path) -> dict[str, list[dict]]:
+    results: dict[str, list[dict]] = {}
+    for path in sorted((out / "rows").glob("*/seed*/result.json")):
+        record = json.loads(path.read_text(encoding="utf-8"))
+        results.setdefault(record["row"], []).append(record)
+    return results
+
+
+def _mean_std(values: list[float]) -> str:
+    if len(values) == 1:
+        return f"{values[0]:.4f}"
+    return f"{np.mean(values):.4f} ± {np.std(values, ddof=1):.4f}"
+
+
+def write_table(out: Path, order: list[str]) -> str:
+    results = collect(out)
+    names = [n for n in order if n in results] + sorted(set(results) - set(order))
+    base = [r["test"]["ndcg@10"] for r in results.get("base", [])]
+    lines = ["| row | seeds | nDCG@10 | Δ vs base | Recall@100 | instances | realized R | grad var (mean) |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]  # fmt: skip
+    for name in names:
+        runs = results[name]
+        ndcg = [r["test"]["ndcg@10"] for r in runs]
+        delta = f"{100 * (np.mean(ndcg) - np.mean(base)):+.2f}" if base and name != "base" else ""
+        mix = runs[0].get("mix", {})
+        gv = [r["grad_var"]["mean"] for r in runs if r.get("grad_var", {}).get("mean") is not None]
+        lines.append(" | ".join([
+            f"| {runs[0]['label']}", str(len(runs)), _mean_std(ndcg), delta, _mean_std([r["test"]["recall@100"] for r in runs]),
+            str(mix.get("instances", "")), f"{mix['realized_ratio']:.3f}" if "realized_ratio" in mix else "",
+            f"{np.mean(gv):.1f}" if gv else "",
+        ]) + " |")  # fmt: skip
+    if (out / "probes.json").is_file():
+        p = json.loads((out / "probes.json").read_text(encoding="utf-8"))
+        lines += ["", f"Source-identifiability probe (logistic regression on base-model embeddings, 5 query-grouped folds): "
+                  f"AUC {p['source_auc']:.3f} ± {p['source_auc_std']:.3f} over {p['synthetic_negatives']} synthetic vs "
+                  f"{p['retrieved_negatives']} dense-retrieved negatives.",
+                  f"Synthetic negatives the false-negative guard flags: {100 * p['guard_share_strict']:.1f}% score above "
+                  f"their positive; {100 * p['guard_share_margin']:.1f}% within the miner's {p['relative_margin']:.0%} margin."]  # fmt: skip
+    lines += ["", "Commands:"] + [f"- `{r['command']}`" for n in names for r in results[n]]
+    table = "\n".join(lines)
+    (out / "table.md").write_text(table + "\n", encoding="utf-8")
+    plot(results, names, out / "quality.png")
+    return table
+
+
+def plot(results: dict[str, list[dict]], names: list[str], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    means = [np.mean([r["test"]["ndcg@10"] for r in results[n]]) for n in names]
+    spread = [np.std([r["test"]["ndcg@10"] for r in results[n]], ddof=1) if len(results[n]) > 1 else 0.0 for n in names]
+    fig, ax = plt.subplots(figsize=(7, 0.45 * len(names) + 1.2))
+    colors = ["#999999" if n == "base" else "#d95f02" if n.startswith(("hybrid", "direct", "synthetic")) else "#1b9e77" for n in names]
+    ax.barh(range(len(names)), means, xerr=spread, color=colors)
+    ax.set_yticks(range(len(names)), [results[n][0]["label"] for n in names])
+    ax.invert_yaxis()
+    lo = min(means) - 0.02
+    ax.set_xlim(lo, max(means) + 0.01)
+    for i, m in enumerate(means):
+        ax.text(m + 0.001, i, f"{m:.4f}", va="center", fontsize=8)
+    ax.set_xlabel("SciFact test nDCG@10 (all-MiniLM-L6-v2 fine-tuned)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# --------------------------------------------------------------------------- main
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=Path("runs/quality"))
+    parser.add_argument("--config", default=str(CONFIG), help="shared settings of every row")
+    parser.add_argument("--data-dir", help="folder of BEIR datasets (data.data_dir)")
+    parser.add_argument("--rows", nargs="*", help=f"default: all of {[r.name for r in ROWS]}")
+    parser.add_argument("--seeds", nargs="*", type=int, default=[0])
+    parser.add_argument("--best-ratio", type=float, help="adds a hybrid row at this R (Tune's best)")
+    parser.add_argument("--tune-best", type=Path, help="adds a hybrid row at mix.ratio of a Tune best.yaml")
+    parser.add_argument("--no-probes", action="store_true")
+    parser.add_argument("--table-only", action="store_true", help="print the table of what is done and exit")
+    parser.add_argument("overrides", nargs="*", metavar="section.key=value", help="applied to every row (changes the fingerprints)")
+    args = parser.parse_args()
+    setup_logging()
+    rows = list(ROWS)
+    ratio = args.best_ratio
+    if args.tune_best:
+        ratio = load_config(args.tune_best).mix.ratio
+    if ratio is not None:
+        rows.append(best_ratio_row(ratio))
+    order = [r.name for r in rows]
+    if not args.table_only:
+        chosen = [r for r in rows if not args.rows or r.name in args.rows]
+        unknown = set(args.rows or ()) - set(order)
+        if unknown:
+            parser.error(f"unknown rows {sorted(unknown)}; choose from {order}")
+        for row in chosen:
+            for seed in args.seeds:
+                run_row(args, row, seed)
+        if not args.no_probes and any(r.synthetic for r in chosen):
+            logger.info("probes: %s", {k: v for k, v in run_probes(args).items() if k != "fingerprint"})
+    print(write_table(args.out, order))
+
+
+if __name__ == "__main__":
+    main()

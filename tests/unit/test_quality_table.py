@@ -1,0 +1,49 @@
+"""The ablation table of benchmarks/quality.py: aggregation over seeds and the delta column."""
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "quality.py"
+
+
+@pytest.fixture(scope="module")
+def quality():
+    spec = importlib.util.spec_from_file_location("bench_quality", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the file executes
+    spec.loader.exec_module(module)
+    return module
+
+
+def _result(out: Path, row: str, seed: int, ndcg: float, **extra) -> None:
+    folder = out / "rows" / row / f"seed{seed}"
+    folder.mkdir(parents=True)
+    record = {"row": row, "label": row, "seed": seed, "command": f"cmd {row} {seed}",
+              "test": {"ndcg@10": ndcg, "recall@100": 0.9}, **extra}
+    (folder / "result.json").write_text(json.dumps(record))
+
+
+def test_table_means_seeds_and_measures_against_base(tmp_path, quality) -> None:
+    _result(tmp_path, "base", 0, 0.60)
+    _result(tmp_path, "hybrid", 0, 0.64, mix={"instances": 700, "realized_ratio": 0.667}, grad_var={"mean": 10.0})
+    _result(tmp_path, "hybrid", 1, 0.66, mix={"instances": 700, "realized_ratio": 0.667}, grad_var={"mean": 20.0})
+    table = quality.write_table(tmp_path, ["base", "hybrid"])
+    base_line, hybrid_line = [line for line in table.splitlines() if line.startswith("| base") or line.startswith("| hybrid")]
+    assert "| 1 | 0.6000 |  |" in base_line
+    assert "| 2 | 0.6500 ± 0.0141 | +5.00 |" in hybrid_line
+    assert "| 700 | 0.667 | 15.0 |" in hybrid_line
+    assert "`cmd hybrid 1`" in table
+    assert (tmp_path / "table.md").read_text().strip() == table.strip()
+    assert (tmp_path / "quality.png").stat().st_size > 0
+
+
+def test_rows_resume_only_for_the_same_fingerprint(tmp_path, quality) -> None:
+    path = tmp_path / "result.json"
+    quality.write_record(path, {"fingerprint": "abc", "x": 1})
+    assert quality.done(path, "abc") == {"fingerprint": "abc", "x": 1}
+    assert quality.done(path, "other") is None
+    assert quality.done(tmp_path / "missing.json", "abc") is None
