@@ -101,18 +101,17 @@ def direct_vllm(rows: list[dict], cfg) -> dict:
 
 
 def pipeline(rows: list[dict], cfg) -> dict:
-    import pyarrow as pa
     import ray
 
     from syneg_ray import engines
-    from syneg_ray.engines.base import WORK_SCHEMA
     from syneg_ray.registry import resolve_model
     from syneg_ray.runtime import init_ray
+    from syneg_ray.stages.synthesize import work_dataset
 
     init_ray(cfg)
     ray.data.DataContext.get_current().enable_progress_bars = False
     step = engines.build(cfg.synthesize, resolve_model(cfg.synthesize.model))
-    ds = step(ray.data.from_arrow(pa.Table.from_pylist(rows, schema=WORK_SCHEMA)))
+    ds = step(work_dataset(rows, cfg.synthesize.batch_size))  # the stage's own blocking
     start, first, out = time.perf_counter(), None, []
     for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
         first = first or time.perf_counter()  # the first answer: the actor has loaded its model by now

@@ -5,10 +5,15 @@ is written by us and the model only fills the string fields, one batched `genera
 `{"reasoning": "` -> model text up to a `"` -> `", "negatives": ["` -> ... -> `"]}`. The result
 always matches `prompts.json_schema(k)` (constrained decoding by construction); the parser still
 validates every negative.
+
+The prompt (instructions plus the positive document: most of the tokens) is encoded once per
+batch and its key/value cache is reused by all k + 1 field calls; each call encodes only the
+answer written so far. Without that reuse the prompt's prefill dominates the cost on CPUs.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import os
@@ -59,7 +64,7 @@ class HFGenerator:
         self.quote_ids = torch.tensor([i for i, t in enumerate(vocab) if t and '"' in t], device=device)
 
     def generate(self, batch: list[list[dict[str, str]]], k: int, spec: SamplingSpec, seed: int,
-                 positive_words: list[int] | None = None) -> list[Generation]:
+                 positive_words: list[int] | None = None, reuse_prompt_cache: bool = True) -> list[Generation]:
         """Writes one JSON answer (reasoning + `k` negatives) per chat in `batch`.
 
         Args:
@@ -69,13 +74,17 @@ class HFGenerator:
             seed: seeds the sampler for the whole batch (rows share one generator).
             positive_words: per row, the positive's length in words; a negative may not end before
                 `MIN_SHARE` of it (in tokens). None: no minimum.
+            reuse_prompt_cache: encode the prompts once for all fields (False: re-encode per field,
+                the reference the cached path is tested against).
 
         Returns:
             One `Generation` per row, its text a JSON object.
         """
         prompts = [self.tokenizer.apply_chat_template(m, add_generation_prompt=True, tokenize=False) for m in batch]
-        prompt_tokens = [len(self.tokenizer(p, add_special_tokens=False).input_ids) for p in prompts]
-        contexts = [p + _OPEN for p in prompts]
+        prompt = self.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
+        prompt_tokens = prompt.attention_mask.sum(1).tolist()
+        cache = self.prefill(prompt) if reuse_prompt_cache else None
+        answers = [_OPEN] * len(batch)  # the JSON written so far, after the prompt
         fields: list[list[str]] = [[] for _ in batch]
         output_tokens = [0] * len(batch)
         reasoning_budget, negative_budget = budgets(spec.max_new_tokens, k)
@@ -85,11 +94,11 @@ class HFGenerator:
         for step in range(k + 1):
             budget = reasoning_budget if step == 0 else negative_budget
             hold = [min(16, budget // 2)] * len(batch) if step == 0 else holds
-            pieces, counts = self.continue_strings(contexts, budget, spec, hold)
+            pieces, counts = self.continue_strings(prompt, cache, answers, budget, spec, hold)
             for i, (piece, count) in enumerate(zip(pieces, counts, strict=True)):
                 fields[i].append(piece)
                 output_tokens[i] += count
-                contexts[i] += piece + (_AFTER_REASONING if step == 0 else _BETWEEN)
+                answers[i] += piece + (_AFTER_REASONING if step == 0 else _BETWEEN)
         return [
             Generation(
                 text=json.dumps({"reasoning": f[0], "negatives": f[1:]}, ensure_ascii=False),
@@ -108,10 +117,21 @@ class HFGenerator:
                                       pad_token_id=self.tokenizer.pad_token_id)
         return prefill + self.tokenizer.decode(out[0, inputs.input_ids.shape[1]:], skip_special_tokens=True)
 
-    def continue_strings(self, contexts: list[str], budget: int, spec: SamplingSpec,
-                         hold: list[int]) -> tuple[list[str], list[int]]:
-        """Continues every context until it closes its JSON string (a `"`), EOS or `budget` tokens.
+    def prefill(self, prompt: Any) -> Any:
+        """The key/value cache of the left-padded prompt batch."""
+        # positions from the mask, as generate computes them: a padded row starts at position 0
+        positions = (prompt.attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+        with self.torch.inference_mode():
+            return self.model(input_ids=prompt.input_ids, attention_mask=prompt.attention_mask, position_ids=positions,
+                              use_cache=True).past_key_values
 
+    def continue_strings(self, prompt: Any, cache: Any, answers: list[str], budget: int, spec: SamplingSpec,
+                         hold: list[int]) -> tuple[list[str], list[int]]:
+        """Continues every prompt + answer until it closes its JSON string (a `"`), EOS or `budget` tokens.
+
+        The batch is [prompt, left-padded | answer, left-padded]: the padding in the middle is masked
+        and positions follow the mask, so a row reads exactly its own prompt and answer. `cache`
+        (the prompt's, from `prefill`) is copied, never extended, so every field starts from it.
         Row i may not close its string (quote or EOS) before `hold[i]` new tokens.
         """
         from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
@@ -119,8 +139,10 @@ class HFGenerator:
         torch = self.torch
         quote_ids = self.quote_ids
         banned = torch.cat([quote_ids, torch.tensor([self.tokenizer.eos_token_id, self.tokenizer.pad_token_id], device=self.device)])
-        inputs = self.tokenizer(contexts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
-        start = inputs.input_ids.shape[1]
+        answer = self.tokenizer(answers, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
+        input_ids = torch.cat([prompt.input_ids, answer.input_ids], dim=1)
+        attention_mask = torch.cat([prompt.attention_mask, answer.attention_mask], dim=1)
+        start = input_ids.shape[1]
         minimum = torch.tensor(hold, device=self.device)  # (B,)
 
         class _QuoteClosed(StoppingCriteria):
@@ -137,7 +159,9 @@ class HFGenerator:
         sampling = {"do_sample": True, "temperature": spec.temperature, "top_p": spec.top_p} if spec.temperature > 0 else {"do_sample": False}
         with self.torch.inference_mode():
             out = self.model.generate(
-                **inputs,
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                past_key_values=copy.deepcopy(cache) if cache is not None else None,
                 max_new_tokens=budget,
                 stopping_criteria=StoppingCriteriaList([_QuoteClosed()]),
                 logits_processor=LogitsProcessorList([_HoldOpen()]),

@@ -105,17 +105,23 @@ def resolve_pools(cfg: PipelineConfig, model: str, out_dir: Path) -> attributes.
     return pools
 
 
+def work_dataset(work: list[dict], batch_size: int):  # -> ray.data.Dataset
+    """The work rows as a Dataset of one block per engine batch.
+
+    A map task hands its output on only when its whole block is done, so a single block would
+    commit nothing (and show no progress) until the round had finished.
+    """
+    import ray.data
+
+    table = pa.Table.from_pylist(work, schema=WORK_SCHEMA)
+    return ray.data.from_arrow([table.slice(i, batch_size) for i in range(0, len(work), batch_size)])
+
+
 def run_round(work: list[dict], step: engines.EngineFn, cfg: SynthesizeConfig, out: Path, bar: Any,
               totals: Counter) -> list[dict]:
     """One pass of the engine over `work`; commits finished rows, logs retries; returns rows to retry."""
-    import ray.data
-
     limits = limits_of(cfg)
-    # One block per engine batch: a map task hands its output on only when its block is done, so a
-    # single block would commit nothing (and show no progress) until the whole round had finished.
-    table = pa.Table.from_pylist(work, schema=WORK_SCHEMA)
-    blocks = [table.slice(i, cfg.batch_size) for i in range(0, len(work), cfg.batch_size)]
-    ds = step(ray.data.from_arrow(blocks))
+    ds = step(work_dataset(work, cfg.batch_size))
     retry: list[dict] = []
     by_key = {w["key"]: w for w in work}
     for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):

@@ -102,3 +102,31 @@ def test_bad_engine_inputs(tmp_path) -> None:
             engines.build(load_config(None, ["synthesize.engine=vllm"]).synthesize, "m")
     with pytest.raises(ConfigError, match="cannot read attribute pools"):
         stage.resolve_pools(load_config(None, [f"synthesize.attribute_pools={tmp_path / 'nope.yaml'}"]), "m", tmp_path)
+
+
+def test_work_is_one_block_per_engine_batch(cfg, ray_local) -> None:
+    # one block per batch is what lets each finished batch be committed before the round ends
+    rows = [{**work_row(cfg), "key": f"k{i}"} for i in range(7)]
+    ds = stage.work_dataset(rows, batch_size=3)
+    assert ds.num_blocks() == 3
+    assert [r["key"] for r in ds.take_all()] == [f"k{i}" for i in range(7)]
+
+
+def test_hf_prompt_cache_reuse_changes_no_token() -> None:
+    """Greedy answers with the prompt's KV cache reused across fields equal those re-encoding the prompt per field.
+
+    The shorter prompt is left-padded, so this also checks positions and masks around the padding.
+    """
+    from syneg_ray.engines.base import SamplingSpec
+    from syneg_ray.engines.hf import HFGenerator
+    from syneg_ray.registry import resolve_model
+
+    gen = HFGenerator(resolve_model("smollm2-135m"), threads=2)
+    batch = [[{"role": "user", "content": f"Query: {PAIR['query']}\nPositive: {PAIR['positive']}\nWrite two negatives."}],
+             [{"role": "user", "content": f"Positive: {NEG}\nWrite two negatives."}]]
+    spec = SamplingSpec(max_new_tokens=48, temperature=0.0, top_p=1.0)
+    cached = gen.generate(batch, 2, spec, seed=0, positive_words=[40, 10], reuse_prompt_cache=True)
+    reference = gen.generate(batch, 2, spec, seed=0, positive_words=[40, 10], reuse_prompt_cache=False)
+    assert [g.text for g in cached] == [g.text for g in reference]
+    assert [g.output_tokens for g in cached] == [g.output_tokens for g in reference]
+    assert cached[0].prompt_tokens > cached[1].prompt_tokens  # the second row really was padded
