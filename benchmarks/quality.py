@@ -165,7 +165,9 @@ def run_row(args: argparse.Namespace, row: Row, seed: int) -> dict:
 
     run_dir = args.out / "rows" / row.name / f"seed{seed}"
     cfg = config_for(args, run_dir, row.overrides, seed)
-    key = fingerprint(cfg, ("data", "encoder", "synthesize", "mine", "mix", "train", "evaluate"))
+    # a row is redone only when a section it reads changes (e.g. not the LLM's engine for the bm25 row)
+    sections = ("data", "encoder", "evaluate") + ("mix", "train") * row.trains + ("synthesize",) * row.synthetic + ("mine",) * bool(row.mined)
+    key = fingerprint(cfg, sections)
     result_path = run_dir / "result.json"
     if (record := done(result_path, key)) is not None:
         return record

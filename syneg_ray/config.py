@@ -124,8 +124,8 @@ class EvaluateConfig:
 class SynthesizeConfig:
     engine: Engine = Engine.HF
     model: str = "smollm2-135m"  # registry short name, HF id, local path or the server's model name
-    max_pairs: int = 128  # synthesize only the first N train pairs (0 = all); hybrid mixing tops the rest up from
-    # mining. 128 keeps the embedded default run under 30 minutes on a 2-core laptop; set 0 on real hardware.
+    max_pairs: int = 64  # synthesize only the first N train pairs (0 = all); hybrid mixing tops the rest up from
+    # mining. 64 keeps the embedded default run near 30 minutes on a 2-core laptop; set 0 on real hardware.
     negatives_per_pair: int = 3  # k negatives the LLM writes per call
     max_new_tokens: int = 768  # generation budget per call (reasoning + k negatives)
     temperature: float = 0.7
