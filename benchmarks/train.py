@@ -14,7 +14,6 @@ batch size, sequence length, learning rate and schedule, in one process, one aft
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import logging
 import os

@@ -124,10 +124,10 @@ class EvaluateConfig:
 class SynthesizeConfig:
     engine: Engine = Engine.HF
     model: str = "smollm2-135m"  # registry short name, HF id, local path or the server's model name
-    max_pairs: int = 64  # synthesize only the first N train pairs (0 = all); hybrid mixing tops the rest up from
-    # mining. 64 keeps the embedded default run near 30 minutes on a 2-core laptop; set 0 on real hardware.
+    max_pairs: int = 32  # synthesize only the first N train pairs (0 = all); hybrid mixing tops the rest up from
+    # mining. The small LLM writes about 2 pairs a minute on 2 CPU cores; set 0 on real hardware.
     negatives_per_pair: int = 3  # k negatives the LLM writes per call
-    max_new_tokens: int = 768  # generation budget per call (reasoning + k negatives)
+    max_new_tokens: int = 384  # generation budget per call (reasoning + k negatives); SciFact-length negatives need ~1,000
     temperature: float = 0.7
     top_p: float = 0.9
     batch_size: int = 8  # prompts per generate call / per ray.data.llm batch
@@ -240,7 +240,7 @@ class TrainConfig:
     max_seq_length: int = 128  # tokens per text in training (SciFact abstracts average ~300: the head carries most signal)
     workers: int = 1  # Ray Train workers
     use_gpu: bool = False
-    cpus_per_worker: float = 1.0
+    cpus_per_worker: float = 0.0  # logical CPUs (and torch threads) per worker; 0 = this machine's cores / workers
     dtype: Dtype = Dtype.FP32  # bf16 = autocast
     gather_across_workers: bool = True  # in-batch negatives from every worker
     in_batch_negatives: bool = True
@@ -281,7 +281,7 @@ class TuneConfig:
     searcher: str = "random"  # random | grid (grid_points per axis, a true heatmap) | optuna (TPE)
     grid_points: int = 3  # grid searcher: values per axis (tau log-spaced, R linear)
     asha: bool = True  # ASHA early stopping over epochs (needs train.epochs > 1 to stop anything)
-    max_concurrent: int = 1  # trials at once; each holds train.workers x train.cpus_per_worker CPUs
+    max_concurrent: int = 1  # trials at once; each holds train.workers x train.cpus_per_worker CPUs (set that to fit several)
 
     def __post_init__(self) -> None:
         _check_min("tune.num_samples", self.num_samples, 1)

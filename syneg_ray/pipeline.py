@@ -35,7 +35,6 @@ class Stage:
 
 def _stages() -> list[Stage]:
     # Imported here so `syneg --help` stays fast and a missing optional engine only fails its stage.
-    from syneg_ray.stages.evaluate import run_evaluate
     from syneg_ray.stages.mine import run_mine
     from syneg_ray.stages.mix import run_mix
     from syneg_ray.stages.synthesize import run_synthesize

@@ -17,7 +17,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import torch
 
-from syneg_ray.config import PipelineConfig, from_dict
+from syneg_ray.config import from_dict
 from syneg_ray.model import load_model
 from syneg_ray.train.devset import load_devset
 from syneg_ray.train.local import fit_epochs
@@ -34,7 +34,7 @@ def train_loop_per_worker(config: dict) -> None:
     """Trains `config["cfg"]` on `config["instances"]` from `config["model"]` (or the latest checkpoint).
 
     Args:
-        config: {"cfg": to_dict(PipelineConfig), "instances": parquet path, "model": local model path,
+        config: {"cfg": to_dict(PipelineConfig), "instances": parquet path, "model": local model path, "threads": int,
             "train_dir": folder for progress files}.
     """
     import ray.train
@@ -43,7 +43,7 @@ def train_loop_per_worker(config: dict) -> None:
     cfg = from_dict(config["cfg"])
     context = ray.train.get_context()  # [ray] rank and world size of this worker
     rank, world = context.get_world_rank(), context.get_world_size()
-    _setup_worker(cfg, rank)
+    _setup_worker(rank, config.get("threads", 1))
     device = ray.train.torch.get_device()  # [ray] cuda:<local rank> or cpu
     data = Data.from_rows(pq.read_table(config["instances"]).to_pylist())
     total = steps_per_epoch(len(data.queries), cfg.train.batch_size, world) * cfg.train.epochs
@@ -75,9 +75,9 @@ def _report(sess: Session, cfg_dict: dict, rank: int, summaries: list[dict]) -> 
         ray.train.report(metrics, checkpoint=checkpoint)  # [ray] report + checkpoint (uploaded before returning)
 
 
-def _setup_worker(cfg: PipelineConfig, rank: int) -> None:
-    # Ray sets OMP_NUM_THREADS from the worker's CPUs; torch must agree or it oversubscribes cores
-    torch.set_num_threads(max(1, int(cfg.train.cpus_per_worker)))
+def _setup_worker(rank: int, threads: int) -> None:
+    # one torch thread per CPU the worker reserved: more oversubscribes cores, fewer leaves them idle
+    torch.set_num_threads(threads)
     if rank == 0 and not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     logging.getLogger("syneg_ray").setLevel(logging.INFO if rank == 0 else logging.WARNING)  # rank 0 logs only

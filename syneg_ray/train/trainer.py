@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import time
 from pathlib import Path
@@ -12,7 +13,7 @@ import pyarrow.parquet as pq
 import yaml
 
 from syneg_ray import dataset, schema
-from syneg_ray.config import PipelineConfig, diff, to_dict
+from syneg_ray.config import PipelineConfig, TrainConfig, diff, to_dict
 from syneg_ray.errors import DataError, ResumeError
 from syneg_ray.mixing import check_instances
 from syneg_ray.registry import resolve_model
@@ -24,6 +25,11 @@ SUMMARY = "summary.json"
 CURVES = "curves.png"
 # fields that change how a run is watched or survives, not what it learns: a resume may change them
 _OPERATIONAL = {"log_every", "max_failures", "checkpoints_to_keep", "cpus_per_worker"}
+
+
+def worker_cpus(t: TrainConfig) -> float:
+    """CPUs each worker reserves and uses as torch threads: the configured number, else the cores shared by the workers."""
+    return t.cpus_per_worker or float(max(1, (os.cpu_count() or 1) // t.workers))
 
 
 def build_trainer(cfg: PipelineConfig, instances: str | Path, model_path: str, train_dir: str | Path, callbacks=()):  # -> TorchTrainer
@@ -39,11 +45,12 @@ def build_trainer(cfg: PipelineConfig, instances: str | Path, model_path: str, t
 
     train_dir = Path(train_dir).resolve()
     t = cfg.train
-    resources = {"CPU": t.cpus_per_worker, **({"GPU": 1} if t.use_gpu else {})}
+    cpus = worker_cpus(t)
+    resources = {"CPU": cpus, **({"GPU": 1} if t.use_gpu else {})}
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"cfg": to_dict(cfg), "instances": str(Path(instances).resolve()), "model": model_path,
-                           "train_dir": str(train_dir)},  # fmt: skip
+                           "train_dir": str(train_dir), "threads": max(1, int(cpus))},  # fmt: skip
         torch_config=TorchConfig(backend="nccl" if t.use_gpu else "gloo"),
         scaling_config=ScalingConfig(num_workers=t.workers, use_gpu=t.use_gpu, resources_per_worker=resources),
         run_config=RunConfig(

@@ -73,3 +73,13 @@ def test_diff_lists_changed_keys() -> None:
     old = to_dict(PipelineConfig())
     new = to_dict(load_config(None, ["train.epochs=3", "mix.ratio=0.5"]))
     assert diff(old, new) == ["mix.ratio: 0.7 -> 0.5", "train.epochs: 1 -> 3"]
+
+
+def test_train_workers_share_the_machine_unless_told(monkeypatch) -> None:
+    from syneg_ray.train.trainer import worker_cpus
+
+    monkeypatch.setattr("os.cpu_count", lambda: 8)
+    assert worker_cpus(load_config(None, []).train) == 8.0  # one worker: every core
+    assert worker_cpus(load_config(None, ["train.workers=3"]).train) == 2.0
+    assert worker_cpus(load_config(None, ["train.workers=16"]).train) == 1.0
+    assert worker_cpus(load_config(None, ["train.cpus_per_worker=1.5"]).train) == 1.5
