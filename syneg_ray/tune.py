@@ -85,6 +85,41 @@ def _trial(params: dict[str, float], base: dict, model_path: str) -> None:
     build_trainer(cfg, trial_run / schema.INSTANCES, model_path, trial_run / "train", callbacks=[TuneReportCallback()]).fit()
 
 
+def _release_worker_groups(trials_dir: Path):  # -> ray.tune.Callback
+    """A Tune callback that removes a finished trial's Ray Train placement group.
+
+    Ray Train V2 ties a worker group's placement group to the driver, so when Tune stops a trial
+    (ASHA, or the scheduler acting on its last report) the group's CPUs stay reserved and later
+    trials wait for them forever (ray-project/ray#54305). Rank 0 records the group's id
+    (train/loop.py); removing a group the controller already removed is harmless.
+    """
+    from ray.tune import Callback
+
+    from syneg_ray.train.loop import PLACEMENT_GROUP
+
+    class ReleaseWorkerGroups(Callback):
+        def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+            self.release(trial.trial_id)
+
+        def on_trial_error(self, iteration, trials, trial, **info) -> None:
+            self.release(trial.trial_id)
+
+        @staticmethod
+        def release(trial_id: str) -> None:
+            from ray import PlacementGroupID
+            from ray.util.placement_group import PlacementGroup, remove_placement_group
+
+            path = trials_dir / trial_id / "train" / PLACEMENT_GROUP
+            if not path.is_file():
+                return
+            try:
+                remove_placement_group(PlacementGroup(PlacementGroupID.from_hex(path.read_text(encoding="utf-8").strip())))
+            except Exception as exc:  # already gone with its controller
+                logger.debug("placement group of trial %s: %s", trial_id, exc)
+
+    return ReleaseWorkerGroups()
+
+
 def build_tuner(cfg: PipelineConfig, model_path: str):  # -> ray.tune.Tuner
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
@@ -106,7 +141,8 @@ def build_tuner(cfg: PipelineConfig, model_path: str):  # -> ray.tune.Tuner
             metric=METRIC, mode="max", num_samples=1 if cfg.tune.searcher == "grid" else cfg.tune.num_samples,
             search_alg=search_alg, scheduler=scheduler, max_concurrent_trials=cfg.tune.max_concurrent,
         ),
-        run_config=tune.RunConfig(name="tune", storage_path=str((Path(cfg.run.run_dir) / "tune" / "ray").resolve())),
+        run_config=tune.RunConfig(name="tune", storage_path=str((Path(cfg.run.run_dir) / "tune" / "ray").resolve()),
+                                  callbacks=[_release_worker_groups(Path(cfg.run.run_dir).resolve() / "tune" / "trials")]),
     )
 
 

@@ -25,6 +25,7 @@ from syneg_ray.train.state import MODEL_DIR, load_state, save_state
 from syneg_ray.train.step import Data, Session, build_session, steps_per_epoch
 
 logger = logging.getLogger("syneg_ray.train")
+PLACEMENT_GROUP = "placement_group.txt"  # the worker group's placement group id, written by rank 0
 
 PROGRESS_FILE = "progress.json"  # rank 0's latest step, with its pid (monitoring, and the kill test)
 ATTEMPTS_FILE = "attempts.jsonl"  # one line per worker start: pid, rank, first epoch to run
@@ -55,12 +56,23 @@ def train_loop_per_worker(config: dict) -> None:
         done = load_state(sess, ckpt_dir)["epochs"] if ckpt_dir else []
     train_dir = Path(config["train_dir"])
     _append_attempt(train_dir, rank, len(done))
+    if rank == 0:
+        _record_placement_group(train_dir)
     if rank == 0 and done:
         logger.info("resumed from the checkpoint of epoch %d (step %d)", len(done), sess.step)
     dev = load_devset(cfg) if rank == 0 else None
     on_step = _progress_writer(train_dir) if rank == 0 else None
     fit_epochs(sess, data, cfg, done, world, rank, dev, on_step=on_step,
                on_epoch_end=lambda summaries: _report(sess, config["cfg"], rank, summaries))  # fmt: skip
+
+
+def _record_placement_group(train_dir: Path) -> None:
+    """Writes the worker group's placement group id, so a Tune trial stopped mid-run can release it (tune.py)."""
+    import ray.util
+
+    group = ray.util.get_current_placement_group()
+    if group is not None:
+        (train_dir / PLACEMENT_GROUP).write_text(group.id.hex(), encoding="utf-8")
 
 
 def _report(sess: Session, cfg_dict: dict, rank: int, summaries: list[dict]) -> None:
