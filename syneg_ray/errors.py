@@ -39,3 +39,7 @@ class EngineError(SynegError):
 
 class ResumeError(SynegError):
     """A stage output exists but was made with a different config; the message shows the difference."""
+
+
+class TuneError(SynegError):
+    """A Tune search produced no usable trial."""

@@ -25,6 +25,7 @@ import numpy as np
 
 from syneg_ray import schema
 from syneg_ray.config import PipelineConfig, from_dict, to_dict, to_yaml
+from syneg_ray.errors import TuneError
 
 logger = logging.getLogger(__name__)
 
@@ -159,6 +160,7 @@ def run_tune(cfg: PipelineConfig) -> dict[str, Any]:
     from syneg_ray.registry import resolve_model
     from syneg_ray.runtime import init_ray, stage_dir
 
+    cfg = with_absolute_paths(cfg)  # Tune runs every trial in a working directory of its own
     run_dir = Path(cfg.run.run_dir)
     out = stage_dir(cfg, "tune")
     ensure_pairs(cfg)
@@ -168,12 +170,28 @@ def run_tune(cfg: PipelineConfig) -> dict[str, Any]:
     results = build_tuner(cfg, model_path).fit()
     rows = trial_rows(results)
     write_trials(rows, out / "trials.csv")
-    best = max((r for r in rows if not math.isnan(r[METRIC])), key=lambda r: r[METRIC])
+    scored = [r for r in rows if not math.isnan(r[METRIC])]
+    if not scored:
+        raise TuneError(f"all {len(rows)} trials failed; their errors are in {out / 'trials.csv'} and under {out / 'ray'}")
+    best = max(scored, key=lambda r: r[METRIC])
     (out / "best.yaml").write_text(to_yaml(trial_config(cfg, best["temperature"], best["ratio"], run_dir)), encoding="utf-8")
     plot_heatmap(rows, out / "heatmap.png")
     logger.info("tune: %d trials; best tau %.4f, R %.2f: dev nDCG@10 %.4f -> %s", len(rows), best["temperature"],
                 best["ratio"], best[METRIC], out)
     return {"best": best, "trials": len(rows)}
+
+
+def with_absolute_paths(cfg: PipelineConfig) -> PipelineConfig:
+    """The config with its run, cache and data paths made absolute from the current directory."""
+    dataset = cfg.data.dataset
+    if Path(dataset).exists():  # a dataset given as a folder, not a BEIR name
+        dataset = str(Path(dataset).resolve())
+    return replace(
+        cfg,
+        run=replace(cfg.run, run_dir=str(Path(cfg.run.run_dir).resolve()),
+                    cache_dir=str(Path(cfg.run.cache_dir).resolve()) if cfg.run.cache_dir else ""),
+        data=replace(cfg.data, dataset=dataset, data_dir=str(Path(cfg.data.data_dir).resolve()) if cfg.data.data_dir else ""),
+    )
 
 
 def _ensure_inputs(cfg: PipelineConfig, run_dir: Path) -> None:

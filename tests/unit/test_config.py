@@ -83,3 +83,15 @@ def test_train_workers_share_the_machine_unless_told(monkeypatch) -> None:
     assert worker_cpus(load_config(None, ["train.workers=3"]).train) == 2.0
     assert worker_cpus(load_config(None, ["train.workers=16"]).train) == 1.0
     assert worker_cpus(load_config(None, ["train.cpus_per_worker=1.5"]).train) == 1.5
+
+
+def test_tune_resolves_relative_paths_before_trials_change_directory(tmp_path, monkeypatch) -> None:
+    from syneg_ray.tune import with_absolute_paths
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data" / "mine").mkdir(parents=True)
+    cfg = with_absolute_paths(load_config(None, ["run.run_dir=runs/x", "data.data_dir=data", "data.dataset=data/mine"]))
+    assert (cfg.run.run_dir, cfg.data.data_dir, cfg.data.dataset) == (
+        str(tmp_path / "runs" / "x"), str(tmp_path / "data"), str(tmp_path / "data" / "mine"))
+    assert with_absolute_paths(load_config(None, ["data.dataset=scifact"])).data.dataset == "scifact"  # a BEIR name stays
+    assert cfg.run.cache_dir == ""  # unset stays unset
