@@ -44,11 +44,11 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from syneg_ray import schema  # noqa: E402
 from syneg_ray.config import PipelineConfig, load_config, to_dict  # noqa: E402
+from syneg_ray.pipeline import MARKER  # noqa: E402
 from syneg_ray.runtime import setup_logging  # noqa: E402
 
 logger = logging.getLogger("bench.quality")
 CONFIG = Path(__file__).with_name("quality.yaml")
-COMPLETE = "_COMPLETE.json"
 
 
 @dataclass(frozen=True)
@@ -128,13 +128,13 @@ def ensure_synthetic(args: argparse.Namespace) -> dict:
     cfg = config_for(args, args.out / "shared")
     ensure_pairs(cfg)
     key = fingerprint(cfg, ("data", "synthesize"))
-    record = done(args.out / "shared" / "synthesize" / COMPLETE, key)
+    record = done(args.out / "shared" / "synthesize" / MARKER, key)
     if record is None:
         summary = run_synthesize(cfg)
         if summary["ok"] + summary["failed"] < summary["pairs"]:
             raise SystemExit(f"synthesis stopped with {summary['ok'] + summary['failed']} of {summary['pairs']} pairs; rerun to resume")
         record = {"fingerprint": key, "summary": summary}
-        write_record(args.out / "shared" / "synthesize" / COMPLETE, record)
+        write_record(args.out / "shared" / "synthesize" / MARKER, record)
     return record["summary"]
 
 
@@ -148,9 +148,9 @@ def ensure_mined(args: argparse.Namespace, source: str) -> Path:
     ensure_pairs(config_for(args, args.out / "shared"))
     link(args.out / "shared" / "pairs", run_dir / "pairs")
     key = fingerprint(cfg, ("data", "encoder", "mine"))
-    if done(run_dir / "mine" / COMPLETE, key) is None:
+    if done(run_dir / "mine" / MARKER, key) is None:
         summary = run_mine(cfg)
-        write_record(run_dir / "mine" / COMPLETE, {"fingerprint": key, "summary": summary})
+        write_record(run_dir / "mine" / MARKER, {"fingerprint": key, "summary": summary})
     return run_dir / "mine"
 
 

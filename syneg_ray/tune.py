@@ -76,16 +76,14 @@ def _trial(params: dict[str, float], base: dict, model_path: str) -> None:
     from ray.tune.integration.ray_train import TuneReportCallback
 
     from syneg_ray.stages.mix import run_mix
-    from syneg_ray.train.trainer import build_trainer
+    from syneg_ray.train.trainer import build_trainer, require_one_batch
 
     base_cfg = from_dict(base)
     trial_run = Path(base_cfg.run.run_dir) / "tune" / "trials" / tune.get_context().get_trial_id()
     link_shared(Path(base_cfg.run.run_dir), trial_run)
     cfg = trial_config(base_cfg, params["temperature"], params["ratio"], trial_run)
-    mixed = run_mix(cfg)
-    if mixed["instances"] < cfg.train.batch_size * cfg.train.workers:  # e.g. R = 1 with fewer synthetic than n negatives
-        raise TuneError(f"tau={params['temperature']}, R={params['ratio']}: {mixed['instances']} instances mixed "
-                        f"({mixed['dropped_short']} pairs short of {cfg.mix.n_negatives} negatives), fewer than one batch")
+    # e.g. R = 1 with fewer synthetic negatives than n per pair: fail the trial, not report the untrained model
+    require_one_batch(cfg, run_mix(cfg)["instances"], trial_run / schema.INSTANCES)
     build_trainer(cfg, trial_run / schema.INSTANCES, model_path, trial_run / "train", callbacks=[TuneReportCallback()]).fit()
 
 

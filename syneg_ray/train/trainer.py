@@ -32,6 +32,14 @@ def worker_cpus(t: TrainConfig) -> float:
     return t.cpus_per_worker or float(max(1, (os.cpu_count() or 1) // t.workers))
 
 
+def require_one_batch(cfg: PipelineConfig, n_instances: int, instances: Path) -> None:
+    """Raises DataError when the mix left fewer instances than one global batch (nothing to train)."""
+    global_batch = cfg.train.batch_size * cfg.train.workers
+    if n_instances < global_batch:
+        raise DataError.at(instances, None, f"{n_instances} instances, fewer than one global batch (train.batch_size x "
+                           f"train.workers = {global_batch}); lower train.batch_size or mix more pairs")  # fmt: skip
+
+
 def build_trainer(cfg: PipelineConfig, instances: str | Path, model_path: str, train_dir: str | Path, callbacks=()):  # -> TorchTrainer
     """A Ray Train V2 TorchTrainer over `train.workers` workers (gloo on CPU, nccl on GPU).
 
@@ -107,10 +115,7 @@ def run_train(cfg: PipelineConfig) -> dict:
     run_dir = Path(cfg.run.run_dir)
     train_dir, instances = run_dir / "train", run_dir / schema.INSTANCES
     rows = read_instances(instances, dataset.read_corpus(dataset.prepare(cfg)))
-    global_batch = cfg.train.batch_size * cfg.train.workers
-    if len(rows) < global_batch:
-        raise DataError.at(instances, None, f"{len(rows)} instances, fewer than one global batch (train.batch_size x "
-                           f"train.workers = {global_batch}); lower train.batch_size or mix more pairs")  # fmt: skip
+    require_one_batch(cfg, len(rows), instances)
     fingerprint = training_fingerprint(cfg, instances)
     if check_resume(train_dir, fingerprint) and (train_dir / SUMMARY).is_file():
         logger.info("train: %s is already trained with this config; delete it to train again", train_dir)
