@@ -68,6 +68,7 @@ class DataConfig:
     train_split: str = "train"  # qrels split the pairs come from
     eval_split: str = "test"  # qrels split the final evaluation reports
     dev_fraction: float = 0.1  # share of train queries held out as the dev split (for Tune, epochs)
+    split_seed: int = 0  # seeds the dev split; apart from run.seed so runs at several seeds train on the same pairs
     limit: int = 0  # use only the first `limit` train pairs (0 = all); for smoke runs
     download: bool = True  # fetch a missing BEIR dataset from its public URL when the network allows
 

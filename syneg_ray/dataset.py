@@ -76,7 +76,7 @@ def split_dev(query_ids: list[str], fraction: float, seed: int) -> tuple[set[str
 def build_pairs(cfg: PipelineConfig, prepared: Prepared, corpus: dict[str, str]) -> tuple[list[schema.Pair], beir.Qrels]:
     """Pairs of the train split (dev queries removed, `data.limit` applied) and the dev qrels."""
     split = beir.load_split(prepared.folder, cfg.data.train_split, corpus=corpus)
-    train_ids, dev_ids = split_dev(list(split.qrels), cfg.data.dev_fraction, cfg.run.seed)
+    train_ids, dev_ids = split_dev(list(split.qrels), cfg.data.dev_fraction, cfg.data.split_seed)
     train_qrels = {q: split.qrels[q] for q in train_ids}
     pairs: list[schema.Pair] = [
         {"query_id": q, "positive_id": d, "query": split.queries[q], "positive": corpus[d]}
@@ -97,15 +97,35 @@ def write_pairs(run_dir: Path, pairs: list[schema.Pair], dev_qrels: beir.Qrels) 
 
 
 def ensure_pairs(cfg: PipelineConfig) -> tuple[Prepared, Path]:
-    """Prepares the dataset and writes the run's pairs unless they already exist."""
+    """Prepares the dataset and writes the run's pairs unless pairs of the same settings exist.
+
+    Pairs written for other settings (another `data.limit`, split, dev share, seed or corpus) are
+    rebuilt, so a resumed run never trains or synthesizes on a stale list.
+    """
     prepared = prepare(cfg)
     run_dir = Path(cfg.run.run_dir)
     path = run_dir / schema.PAIRS
-    if not path.is_file():
+    source = pairs_source(cfg, prepared)
+    if not path.is_file() or _read_json(run_dir / schema.PAIRS_SOURCE) != source:
         pairs, dev = build_pairs(cfg, prepared, read_corpus(prepared))
         write_pairs(run_dir, pairs, dev)
+        (run_dir / schema.PAIRS_SOURCE).write_text(json.dumps(source, sort_keys=True), encoding="utf-8")
         logger.info("pairs: %s train pairs, %s dev queries", f"{len(pairs):,}", f"{len(dev):,}")
     return prepared, path
+
+
+def pairs_source(cfg: PipelineConfig, prepared: Prepared) -> dict:
+    """Everything the pair list depends on."""
+    d = cfg.data
+    return {"corpus": prepared.fingerprint, "folder": prepared.folder.name, "train_split": d.train_split,
+            "dev_fraction": d.dev_fraction, "split_seed": d.split_seed, "limit": d.limit}  # fmt: skip
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return None
 
 
 PAIR_SCHEMA = pa.schema([("query_id", pa.string()), ("positive_id", pa.string()), ("query", pa.string()), ("positive", pa.string())])

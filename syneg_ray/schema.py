@@ -20,6 +20,7 @@ from typing import TypedDict
 
 PAIRS = "pairs/pairs.parquet"
 DEV_QRELS = "pairs/dev_qrels.json"
+PAIRS_SOURCE = "pairs/source.json"  # the settings the pairs were built with
 SYNTHETIC = "synthesize/negatives.parquet"
 MINED = "mine/negatives.parquet"
 INSTANCES = "mix/instances.parquet"
