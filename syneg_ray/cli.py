@@ -88,6 +88,8 @@ def resolve(args: argparse.Namespace) -> PipelineConfig:
         if value is None:
             continue
         overrides.append(f"{key or MODEL_KEY[args.command]}={value}")
+    if args.command == "synthesize" and args.limit is not None:
+        overrides.append("synthesize.max_pairs=0")  # `synthesize --limit N` means N pairs, not the default cap
     return load_config(args.config, [*overrides, *args.overrides])
 
 
