@@ -127,6 +127,7 @@ class SynthesizeConfig:
     model: str = "smollm2-135m"  # registry short name, HF id, local path or the server's model name
     max_pairs: int = 32  # synthesize only the first N train pairs (0 = all); hybrid mixing tops the rest up from
     # mining. The small LLM writes about 2 pairs a minute on 2 CPU cores; set 0 on real hardware.
+    # `syneg synthesize --limit N` sets it to 0: that command synthesizes the N pairs it names.
     negatives_per_pair: int = 3  # k negatives the LLM writes per call
     max_new_tokens: int = 384  # generation budget per call (reasoning + k negatives); SciFact-length negatives need ~1,000
     temperature: float = 0.7
