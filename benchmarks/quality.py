@@ -47,10 +47,10 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from syneg_ray import schema  # noqa: E402
-from syneg_ray.config import PipelineConfig, load_config, to_dict  # noqa: E402
-from syneg_ray.pipeline import MARKER  # noqa: E402
-from syneg_ray.runtime import setup_logging  # noqa: E402
+from syneg_ray import schema
+from syneg_ray.config import PipelineConfig, load_config, to_dict
+from syneg_ray.pipeline import MARKER
+from syneg_ray.runtime import setup_logging
 
 logger = logging.getLogger("bench.quality")
 CONFIG = Path(__file__).with_name("quality.yaml")
@@ -311,11 +311,11 @@ def write_table(out: Path, order: list[str]) -> str:
         ]) + " |")  # fmt: skip
     if (out / "probes.json").is_file():
         p = json.loads((out / "probes.json").read_text(encoding="utf-8"))
-        lines += ["", f"Source-identifiability probe (logistic regression on base-model embeddings, 5 query-grouped folds): "
+        lines += ["", (f"Source-identifiability probe (logistic regression on base-model embeddings, 5 query-grouped folds): "
                   f"AUC {p['source_auc']:.3f} ± {p['source_auc_std']:.3f} over {p['synthetic_negatives']} synthetic vs "
-                  f"{p['retrieved_negatives']} dense-retrieved negatives.",
-                  f"Synthetic negatives the false-negative guard flags: {100 * p['guard_share_strict']:.1f}% score above "
-                  f"their positive; {100 * p['guard_share_margin']:.1f}% within the miner's {p['relative_margin']:.0%} margin."]  # fmt: skip
+                  f"{p['retrieved_negatives']} dense-retrieved negatives."),
+                  (f"Synthetic negatives the false-negative guard flags: {100 * p['guard_share_strict']:.1f}% score above "
+                  f"their positive; {100 * p['guard_share_margin']:.1f}% within the miner's {p['relative_margin']:.0%} margin.")]  # fmt: skip
     lines += ["", "Commands:"] + [f"- `{r['command']}`" for n in names for r in results[n]]
     table = "\n".join(lines)
     (out / "table.md").write_text(table + "\n", encoding="utf-8")

@@ -30,12 +30,12 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from syneg_ray import beir, metrics, schema  # noqa: E402
-from syneg_ray.config import Dtype, load_config  # noqa: E402
-from syneg_ray.dataset import ensure_pairs, read_corpus  # noqa: E402
-from syneg_ray.encoder import EncodeOptions, encode, load_encoder  # noqa: E402
-from syneg_ray.index import search_exact  # noqa: E402
-from syneg_ray.registry import resolve_model  # noqa: E402
+from syneg_ray import beir, metrics, schema
+from syneg_ray.config import Dtype, load_config
+from syneg_ray.dataset import ensure_pairs, read_corpus
+from syneg_ray.encoder import EncodeOptions, encode, load_encoder
+from syneg_ray.index import search_exact
+from syneg_ray.registry import resolve_model
 
 logger = logging.getLogger("bench.train")
 SCIFACT = ROOT.parent / "shared" / "datasets" / "scifact"
@@ -144,7 +144,11 @@ def throughput(args) -> dict:
 def peer(cfg, rows: list[dict], model_path: str) -> dict:
     """SentenceTransformerTrainer + MNRL on the same instances, batch, sequence length and schedule."""
     import datasets
-    from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer, SentenceTransformerTrainingArguments
+    from sentence_transformers import (
+        SentenceTransformer,
+        SentenceTransformerTrainer,
+        SentenceTransformerTrainingArguments,
+    )
     from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
 
     st = SentenceTransformer(model_path, device="cpu")

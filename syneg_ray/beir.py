@@ -80,7 +80,7 @@ def _download(name: str, root: Path) -> None:
     url = BEIR_URL.format(name=name)
     logger.info("downloading %s from %s", name, url)
     try:
-        with urllib.request.urlopen(url, timeout=30) as response:  # noqa: S310 - fixed https URL
+        with urllib.request.urlopen(url, timeout=30) as response:
             payload = response.read()
     except (urllib.error.URLError, TimeoutError, OSError) as exc:
         raise DataError(

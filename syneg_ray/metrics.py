@@ -59,5 +59,5 @@ def write_trec(run: Run, path, tag: str) -> None:
     """Writes a TREC run file: `qid Q0 docid rank score tag`, ranks from 1."""
     with open(path, "w", encoding="utf-8") as out:
         for query_id, docs in run.items():
-            for rank, (doc_id, score) in enumerate(sorted(docs.items(), key=lambda kv: (-kv[1], kv[0])), start=1):
-                out.write(f"{query_id} Q0 {doc_id} {rank} {score:.6f} {tag}\n")
+            ranked = sorted(docs.items(), key=lambda kv: (-kv[1], kv[0]))
+            out.writelines(f"{query_id} Q0 {doc_id} {rank} {score:.6f} {tag}\n" for rank, (doc_id, score) in enumerate(ranked, start=1))

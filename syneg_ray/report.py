@@ -100,11 +100,11 @@ def write_report(cfg: PipelineConfig, summaries: dict[str, Any], timings: dict[s
         summary = summaries.get(stage)
         text = ", ".join(f"{k}: {v}" for k, v in summary.items() if not isinstance(v, dict)) if isinstance(summary, dict) else ""
         lines.append(f"| {stage} | {seconds:.0f} | {text} |")
-    lines += ["", f"LLM: `{cfg.synthesize.model}` ({cfg.synthesize.engine.value}); encoder: `{cfg.encoder.model}`; "
-              f"mix: {cfg.mix.strategy.value}, R = {cfg.mix.ratio}; tau = {cfg.train.temperature}", ""]
+    lines += ["", (f"LLM: `{cfg.synthesize.model}` ({cfg.synthesize.engine.value}); encoder: `{cfg.encoder.model}`; "
+              f"mix: {cfg.mix.strategy.value}, R = {cfg.mix.ratio}; tau = {cfg.train.temperature}"), ""]
     try:
         plot = similarity_plot(cfg, run_dir)
-    except Exception as exc:  # a plot must never fail a finished run
+    except Exception as exc:  # noqa: BLE001 - a plot must never fail a finished run
         logger.warning("similarity plot skipped: %s", exc)
         plot = None
     pictures = ([plot] if plot else []) + sorted((run_dir / "train").glob("*.png"))

@@ -116,7 +116,7 @@ def _release_worker_groups(trials_dir: Path):  # -> ray.tune.Callback
                 return
             try:
                 remove_placement_group(PlacementGroup(PlacementGroupID.from_hex(path.read_text(encoding="utf-8").strip())))
-            except Exception as exc:  # already gone with its controller
+            except Exception as exc:  # noqa: BLE001 - already gone with its controller
                 logger.debug("placement group of trial %s: %s", trial_id, exc)
 
     return ReleaseWorkerGroups()

@@ -73,13 +73,13 @@ def make_handler(server: ChatServer) -> type[BaseHTTPRequestHandler]:
             self.end_headers()
             self.wfile.write(data)
 
-        def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+        def do_GET(self) -> None:  # http.server's naming
             if self.path.rstrip("/") in ("/v1/models", "/models"):
                 self._send(200, {"object": "list", "data": [{"id": server.name, "object": "model", "owned_by": "syneg"}]})
             else:
                 self._send(404, {"error": {"message": f"no route {self.path}"}})
 
-        def do_POST(self) -> None:  # noqa: N802
+        def do_POST(self) -> None:
             if self.path.rstrip("/") not in ("/v1/chat/completions", "/chat/completions"):
                 self._send(404, {"error": {"message": f"no route {self.path}"}})
                 return
@@ -88,7 +88,7 @@ def make_handler(server: ChatServer) -> type[BaseHTTPRequestHandler]:
                 self._send(200, server.answer(body))
             except (KeyError, ValueError, TypeError) as exc:
                 self._send(400, {"error": {"message": f"bad request: {exc}"}})
-            except Exception as exc:  # noqa: BLE001 - a model failure is the client's 500, the server lives on
+            except Exception as exc:  # a model failure is the client's 500; the server lives on
                 logger.exception("generation failed")
                 self._send(500, {"error": {"message": f"{type(exc).__name__}: {exc}"}})
 

@@ -58,7 +58,7 @@ def build_trainer(cfg: PipelineConfig, instances: str | Path, model_path: str, t
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"cfg": to_dict(cfg), "instances": str(Path(instances).resolve()), "model": model_path,
-                           "train_dir": str(train_dir), "threads": max(1, int(cpus))},  # fmt: skip
+                           "train_dir": str(train_dir), "threads": max(1, int(cpus))},
         torch_config=TorchConfig(backend="nccl" if t.use_gpu else "gloo"),
         scaling_config=ScalingConfig(num_workers=t.workers, use_gpu=t.use_gpu, resources_per_worker=resources),
         run_config=RunConfig(

@@ -31,8 +31,8 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 
 def _cfg(tiny_cfg, model: str, **train):
-    base = dict(model=model, workers=2, batch_size=2, epochs=2, learning_rate=1e-3, max_seq_length=64, grad_var_window=2,
-                log_every=5)  # fmt: skip
+    base = {"model": model, "workers": 2, "batch_size": 2, "epochs": 2, "learning_rate": 1e-3, "max_seq_length": 64, "grad_var_window": 2,
+                "log_every": 5}  # fmt: skip
     return dataclasses.replace(
         tiny_cfg,
         mix=MixConfig(strategy=MixStrategy.RETRIEVED, ratio=0.0, n_negatives=3),

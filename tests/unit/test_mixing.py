@@ -51,7 +51,7 @@ def test_hybrid_drops_instances_short_in_total() -> None:
 
 
 def test_direct_assigns_a_fraction_of_instances_to_one_source() -> None:
-    instances, stats = _mix(MixStrategy.DIRECT, 0.7, 4)
+    instances, _stats = _mix(MixStrategy.DIRECT, 0.7, 4)
     per_instance = [_syn_count(i) for i in instances]
     assert sorted(set(per_instance)) == [0, 4] and per_instance.count(4) == 7
     again, _ = _mix(MixStrategy.DIRECT, 0.7, 4)
@@ -68,7 +68,7 @@ def test_direct_and_single_source_never_borrow() -> None:
 
 
 def test_random_never_draws_a_positive_and_is_seeded() -> None:
-    pairs, syn, ret = _inputs(30)
+    pairs, _syn, _ret = _inputs(30)
     cfg = MixConfig(strategy=MixStrategy.RANDOM, n_negatives=8)
     positives = {"q0": ["d1", "d2", "d3"]}
     a, stats = mixing.mix(pairs, {}, {}, CORPUS, cfg, seed=3, positives=positives)

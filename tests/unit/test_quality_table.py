@@ -32,7 +32,7 @@ def test_table_means_seeds_and_measures_against_base(tmp_path, quality) -> None:
     _result(tmp_path, "hybrid", 0, 0.64, mix={"instances": 700, "realized_ratio": 0.667}, grad_var={"mean": 10.0})
     _result(tmp_path, "hybrid", 1, 0.66, mix={"instances": 700, "realized_ratio": 0.667}, grad_var={"mean": 20.0})
     table = quality.write_table(tmp_path, ["base", "hybrid"])
-    base_line, hybrid_line = [line for line in table.splitlines() if line.startswith("| base") or line.startswith("| hybrid")]
+    base_line, hybrid_line = [line for line in table.splitlines() if line.startswith(("| base", "| hybrid"))]
     assert "| 1 | 0.6000 |  |" in base_line
     assert "| 2 | 0.6500 ± 0.0141 | +5.00 |" in hybrid_line
     assert "| 700 | 0.667 | 15.0 |" in hybrid_line

@@ -63,7 +63,7 @@ def test_cli_data_error_has_no_traceback(tmp_path: Path) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "syneg_ray", "evaluate", "--model", "bm25", "--dataset", str(tmp_path),
          f"run.run_dir={tmp_path / 'run'}", f"run.cache_dir={tmp_path / 'cache'}"],
-        capture_output=True, text=True, timeout=120,
+        check=False, capture_output=True, text=True, timeout=120,
     )
     assert result.returncode == 2
     assert "corpus.jsonl:2: duplicate _id 'd1'" in result.stderr
