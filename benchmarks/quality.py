@@ -49,6 +49,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from syneg_ray import schema
 from syneg_ray.config import PipelineConfig, load_config, to_dict
+from syneg_ray.errors import DataError
 from syneg_ray.pipeline import MARKER
 from syneg_ray.runtime import setup_logging
 
@@ -166,7 +167,7 @@ def run_row(args: argparse.Namespace, row: Row, seed: int) -> dict:
     """Mix, train and evaluate one row at one seed; returns its result (read back when done before)."""
     from syneg_ray.stages.evaluate import run_evaluate
     from syneg_ray.stages.mix import run_mix
-    from syneg_ray.train.trainer import run_train
+    from syneg_ray.train.trainer import require_one_batch, run_train
 
     run_dir = args.out / "rows" / row.name / f"seed{seed}"
     cfg = config_for(args, run_dir, row.overrides, seed)
@@ -188,6 +189,13 @@ def run_row(args: argparse.Namespace, row: Row, seed: int) -> dict:
     model = cfg.encoder.model
     if row.trains:
         record["mix"] = run_mix(cfg)
+        try:
+            require_one_batch(cfg, record["mix"]["instances"], run_dir / schema.INSTANCES)
+        except DataError as exc:  # e.g. synthetic-only when few pairs got k valid negatives: a finding, not a crash
+            record["not_trained"] = str(exc)
+            write_record(result_path, record)
+            logger.warning("row %s, seed %d: not trained: %s", row.name, seed, exc)
+            return record
         train = run_train(cfg)
         model = train["model"]
         record["train_seconds"] = train["seconds"]
@@ -298,17 +306,24 @@ def write_table(out: Path, order: list[str]) -> str:
     base = [r["test"]["ndcg@10"] for r in results.get("base", [])]
     lines = ["| row | seeds | nDCG@10 | Δ vs base | Recall@100 | instances | realized R | grad var (mean) |",
              "| --- | --- | --- | --- | --- | --- | --- | --- |"]  # fmt: skip
+    notes = []
     for name in names:
         runs = results[name]
+        mix = runs[0].get("mix", {})
+        if any("not_trained" in r for r in runs):
+            lines.append(f"| {runs[0]['label']} | {len(runs)} | not trained¹ | | | {mix.get('instances', '')} | "
+                         f"{mix.get('realized_ratio', 0):.3f} | |")  # fmt: skip
+            notes.append(f"¹ {runs[0]['label']}: {runs[0]['not_trained']}")
+            continue
         ndcg = [r["test"]["ndcg@10"] for r in runs]
         delta = f"{100 * (np.mean(ndcg) - np.mean(base)):+.2f}" if base and name != "base" else ""
-        mix = runs[0].get("mix", {})
         gv = [r["grad_var"]["mean"] for r in runs if r.get("grad_var", {}).get("mean") is not None]
         lines.append(" | ".join([
             f"| {runs[0]['label']}", str(len(runs)), _mean_std(ndcg), delta, _mean_std([r["test"]["recall@100"] for r in runs]),
             str(mix.get("instances", "")), f"{mix['realized_ratio']:.3f}" if "realized_ratio" in mix else "",
             f"{np.mean(gv):.1f}" if gv else "",
         ]) + " |")  # fmt: skip
+    lines += ["", *notes] if notes else []
     if (out / "probes.json").is_file():
         p = json.loads((out / "probes.json").read_text(encoding="utf-8"))
         lines += ["", (f"Source-identifiability probe (logistic regression on base-model embeddings, 5 query-grouped folds): "
@@ -319,7 +334,7 @@ def write_table(out: Path, order: list[str]) -> str:
     lines += ["", "Commands:"] + [f"- `{r['command']}`" for n in names for r in results[n]]
     table = "\n".join(lines)
     (out / "table.md").write_text(table + "\n", encoding="utf-8")
-    plot(results, names, out / "quality.png")
+    plot(results, [n for n in names if all("test" in r for r in results[n])], out / "quality.png")
     return table
 
 

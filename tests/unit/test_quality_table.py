@@ -47,3 +47,17 @@ def test_rows_resume_only_for_the_same_fingerprint(tmp_path, quality) -> None:
     assert quality.done(path, "abc") == {"fingerprint": "abc", "x": 1}
     assert quality.done(path, "other") is None
     assert quality.done(tmp_path / "missing.json", "abc") is None
+
+
+def test_a_row_left_with_less_than_a_batch_is_reported_not_scored(tmp_path, quality) -> None:
+    _result(tmp_path, "base", 0, 0.60)
+    folder = tmp_path / "rows" / "synthetic" / "seed0"
+    folder.mkdir(parents=True)
+    reason = "mix/instances.parquet: 11 instances, fewer than one global batch"
+    (folder / "result.json").write_text(json.dumps({"row": "synthetic", "label": "synthetic-only", "seed": 0, "command": "c",
+                                                    "mix": {"instances": 11, "realized_ratio": 1.0}, "not_trained": reason}))
+    table = quality.write_table(tmp_path, ["base", "synthetic"])
+    line = next(line for line in table.splitlines() if line.startswith("| synthetic-only"))
+    assert "not trained" in line and "| 11 | 1.000 |" in line
+    assert reason in table
+    assert (tmp_path / "quality.png").stat().st_size > 0  # plotted without the unscored row
