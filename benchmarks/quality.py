@@ -352,9 +352,9 @@ def plot(results: dict[str, list[dict]], names: list[str], path: Path) -> None:
     ax.set_yticks(range(len(names)), [results[n][0]["label"] for n in names])
     ax.invert_yaxis()
     lo = min(means) - 0.02
-    ax.set_xlim(lo, max(means) + 0.01)
-    for i, m in enumerate(means):
-        ax.text(m + 0.001, i, f"{m:.4f}", va="center", fontsize=8)
+    ax.set_xlim(lo, max(m + s for m, s in zip(means, spread, strict=True)) + 0.012)
+    for i, (m, s) in enumerate(zip(means, spread, strict=True)):
+        ax.text(m + s + 0.001, i, f"{m:.4f}", va="center", fontsize=8)  # right of the error bar
     ax.set_xlabel("SciFact test nDCG@10 (all-MiniLM-L6-v2 fine-tuned)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
