@@ -19,6 +19,7 @@ TOO_SHORT = "too_short"
 TOO_LONG = "too_long"
 NEAR_DUP_POSITIVE = "near_duplicate_positive"
 NEAR_DUP_QUERY = "near_duplicate_query"
+CONTAINS_QUERY = "contains_query"  # restates a query of 5+ words verbatim, then adds text: it answers, not misses
 DUPLICATE = "duplicate_negative"
 
 _WORD = re.compile(r"\w+", re.UNICODE)
@@ -72,6 +73,11 @@ def words(text: str) -> set[str]:
     return set(_WORD.findall(text.lower()))
 
 
+def _tokens(text: str) -> list[str]:
+    """Lower-cased word tokens in order (punctuation and spacing ignored), for verbatim containment."""
+    return _WORD.findall(text.lower())
+
+
 def jaccard(a: set[str], b: set[str]) -> float:
     """|a & b| / |a | b|, 0 for two empty sets."""
     union = a | b
@@ -99,6 +105,7 @@ def validate(candidates: list[Any], query: str, positive: str, limits: Limits) -
     low = max(limits.min_words, limits.min_ratio * n_pos)
     high = limits.max_ratio * n_pos + limits.slack_words
     q_words, p_words = words(query), words(positive)
+    q_tokens = _tokens(query)
     valid: list[str] = []
     kept_words: list[set[str]] = []
     reasons: list[str] = []
@@ -116,6 +123,8 @@ def validate(candidates: list[Any], query: str, positive: str, limits: Limits) -
             reasons.append(NEAR_DUP_POSITIVE)
         elif jaccard(w, q_words) >= limits.near_duplicate:
             reasons.append(NEAR_DUP_QUERY)
+        elif len(q_tokens) >= 5 and f" {' '.join(q_tokens)} " in f" {' '.join(_tokens(text))} ":
+            reasons.append(CONTAINS_QUERY)
         elif any(jaccard(w, k) >= limits.near_duplicate for k in kept_words):
             reasons.append(DUPLICATE)
         elif limits.max_negatives and len(valid) >= limits.max_negatives:

@@ -52,6 +52,18 @@ def test_near_duplicate_of_query() -> None:
     assert parsed.reasons == [parsing.NEAR_DUP_QUERY]
 
 
+def test_a_negative_that_restates_the_query_is_rejected() -> None:
+    """The commonest failure of a small LLM: it repeats the claim, then affirms it (Jaccard stays low)."""
+    restates = ("does VITAMIN D lower the risk of fractures, in older adults? Yes: a large trial of daily supplements in "
+                "nursing homes found fewer hip fractures over three years, and the effect held in every subgroup studied.")
+    parsed = parsing.parse(answer(restates, NEG_A), QUERY, POSITIVE)
+    assert parsed.negatives == [NEG_A] and parsed.reasons == [parsing.CONTAINS_QUERY]
+    short_query = "vitamin D"  # a short query is a topic, not a claim: mentioning it is what a hard negative does
+    assert parsing.parse(answer(NEG_A), short_query, POSITIVE).negatives == [NEG_A]
+    partial = NEG_B + " Whether vitamin D lowers the risk remains open."  # shares words, does not restate
+    assert parsing.parse(answer(partial), QUERY, POSITIVE).negatives == [partial]
+
+
 def test_schema_drift_is_accepted_and_max_negatives_caps() -> None:
     raw = json.dumps({"reasoning": ["a", "b"], "hard_negatives": [{"text": NEG_A}, NEG_B]})
     parsed = parsing.parse(raw, QUERY, POSITIVE, parsing.Limits(max_negatives=1))
