@@ -51,7 +51,7 @@ from syneg_ray import schema
 from syneg_ray.config import PipelineConfig, load_config, to_dict
 from syneg_ray.errors import DataError
 from syneg_ray.pipeline import MARKER
-from syneg_ray.runtime import setup_logging
+from syneg_ray.runtime import read_json, setup_logging
 
 logger = logging.getLogger("bench.quality")
 CONFIG = Path(__file__).with_name("quality.yaml")
@@ -101,11 +101,8 @@ def fingerprint(cfg: PipelineConfig, sections: tuple[str, ...]) -> str:
 
 def done(path: Path, key: str) -> dict | None:
     """The record at `path` if it was written for this fingerprint."""
-    try:
-        record = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        return None
-    return record if record.get("fingerprint") == key else None
+    record = read_json(path)
+    return record if record and record.get("fingerprint") == key else None
 
 
 def write_record(path: Path, record: dict) -> None:

@@ -19,6 +19,7 @@ import pyarrow.parquet as pq
 
 from syneg_ray import beir, schema
 from syneg_ray.config import PipelineConfig, default_cache_dir
+from syneg_ray.runtime import read_json
 
 logger = logging.getLogger(__name__)
 
@@ -106,7 +107,7 @@ def ensure_pairs(cfg: PipelineConfig) -> tuple[Prepared, Path]:
     run_dir = Path(cfg.run.run_dir)
     path = run_dir / schema.PAIRS
     source = pairs_source(cfg, prepared)
-    if not path.is_file() or _read_json(run_dir / schema.PAIRS_SOURCE) != source:
+    if not path.is_file() or read_json(run_dir / schema.PAIRS_SOURCE) != source:
         pairs, dev = build_pairs(cfg, prepared, read_corpus(prepared))
         write_pairs(run_dir, pairs, dev)
         (run_dir / schema.PAIRS_SOURCE).write_text(json.dumps(source, sort_keys=True), encoding="utf-8")
@@ -119,13 +120,6 @@ def pairs_source(cfg: PipelineConfig, prepared: Prepared) -> dict:
     d = cfg.data
     return {"corpus": prepared.fingerprint, "folder": prepared.folder.name, "train_split": d.train_split,
             "dev_fraction": d.dev_fraction, "split_seed": d.split_seed, "limit": d.limit}  # fmt: skip
-
-
-def _read_json(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        return None
 
 
 PAIR_SCHEMA = pa.schema([("query_id", pa.string()), ("positive_id", pa.string()), ("query", pa.string()), ("positive", pa.string())])

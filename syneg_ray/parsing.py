@@ -68,14 +68,14 @@ def extract_object(text: str) -> dict[str, Any] | None:
     return None
 
 
-def words(text: str) -> set[str]:
-    """Lower-cased word set, the unit of the near-duplicate test."""
-    return set(_WORD.findall(text.lower()))
-
-
-def _tokens(text: str) -> list[str]:
+def tokens(text: str) -> list[str]:
     """Lower-cased word tokens in order (punctuation and spacing ignored), for verbatim containment."""
     return _WORD.findall(text.lower())
+
+
+def words(text: str) -> set[str]:
+    """Lower-cased word set, the unit of the near-duplicate test."""
+    return set(tokens(text))
 
 
 def jaccard(a: set[str], b: set[str]) -> float:
@@ -104,15 +104,17 @@ def validate(candidates: list[Any], query: str, positive: str, limits: Limits) -
     n_pos = len(positive.split())
     low = max(limits.min_words, limits.min_ratio * n_pos)
     high = limits.max_ratio * n_pos + limits.slack_words
-    q_words, p_words = words(query), words(positive)
-    q_tokens = _tokens(query)
+    q_tokens = tokens(query)
+    q_words, p_words = set(q_tokens), words(positive)
+    q_phrase = f" {' '.join(q_tokens)} " if len(q_tokens) >= 5 else ""  # a short query is a topic, not a claim
     valid: list[str] = []
     kept_words: list[set[str]] = []
     reasons: list[str] = []
     for item in candidates:
         text = item.strip() if isinstance(item, str) else ""
         n = len(text.split())
-        w = words(text)
+        t = tokens(text)
+        w = set(t)
         if not text:
             reasons.append(EMPTY)
         elif n < low:
@@ -123,7 +125,7 @@ def validate(candidates: list[Any], query: str, positive: str, limits: Limits) -
             reasons.append(NEAR_DUP_POSITIVE)
         elif jaccard(w, q_words) >= limits.near_duplicate:
             reasons.append(NEAR_DUP_QUERY)
-        elif len(q_tokens) >= 5 and f" {' '.join(q_tokens)} " in f" {' '.join(_tokens(text))} ":
+        elif q_phrase and q_phrase in f" {' '.join(t)} ":
             reasons.append(CONTAINS_QUERY)
         elif any(jaccard(w, k) >= limits.near_duplicate for k in kept_words):
             reasons.append(DUPLICATE)

@@ -57,10 +57,9 @@ def fingerprint(cfg: PipelineConfig, stage: Stage, upstream: dict[str, str]) -> 
 
 
 def read_marker(folder: Path) -> dict | None:
-    try:
-        return json.loads((folder / MARKER).read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        return None
+    from syneg_ray.runtime import read_json
+
+    return read_json(folder / MARKER)
 
 
 def run_evaluate_pair(cfg: PipelineConfig) -> dict[str, dict[str, float]]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from pathlib import Path
@@ -68,3 +69,11 @@ def stage_dir(cfg: PipelineConfig, stage: str) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     (Path(cfg.run.run_dir) / "config.yaml").write_text(to_yaml(cfg), encoding="utf-8")
     return folder
+
+
+def read_json(path: Path) -> dict | None:
+    """The JSON record at `path`, or None when it is missing or unreadable (a run cut off while writing it)."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return None

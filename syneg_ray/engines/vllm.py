@@ -79,7 +79,6 @@ def build(cfg: SynthesizeConfig, model: str) -> Any:
     extra: dict[str, Any] = {}
     if cfg.gpus_per_replica <= 0:  # CPU: reserve CPUs instead of the default one-GPU bundle per worker
         extra["placement_group_config"] = {"bundles": [{"CPU": cfg.cpus_per_replica}] * bundles}
-        extra["runtime_env"] = runtime_env(cfg)
     config = vLLMEngineProcessorConfig(
         model_source=model,
         engine_kwargs=engine_kwargs(cfg),
@@ -87,6 +86,7 @@ def build(cfg: SynthesizeConfig, model: str) -> Any:
         concurrency=cfg.replicas,
         # metrics export needs ray[serve] and a metrics port; a batch job does not need it
         log_engine_metrics=False,
+        runtime_env=runtime_env(cfg),
         # the chat template and tokenizer run in their own CPU actors; keep them small on a laptop
         chat_template_stage={"num_cpus": 0.25},
         tokenize_stage={"num_cpus": 0.25},
