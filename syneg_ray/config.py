@@ -129,7 +129,8 @@ class SynthesizeConfig:
     # mining. The small LLM writes about 2 pairs a minute on 2 CPU cores; set 0 on real hardware.
     # `syneg synthesize --limit N` sets it to 0: that command synthesizes the N pairs it names.
     negatives_per_pair: int = 3  # k negatives the LLM writes per call
-    max_new_tokens: int = 384  # generation budget per call (reasoning + k negatives); SciFact-length negatives need ~1,000
+    max_new_tokens: int = 384  # output tokens per answer (reasoning + k negatives); an answer for a long positive
+    # gets more, up to twice this, so its negatives can reach the length floor (prompts.answer_budget)
     temperature: float = 0.7
     top_p: float = 0.9
     batch_size: int = 8  # prompts per generate call / per ray.data.llm batch

@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from typing import Any
 
 # Bump whenever the wording or the output schema changes: it is part of every resume key.
 PROMPT_VERSION = "syneg-v1"
 MAX_POSITIVE_WORDS = 350  # the positive is cut to this many words inside the prompt
+TOKENS_PER_WORD = 1.5  # BPE tokens per word of English scientific prose (SmolLM2 and Qwen2.5 on SciFact: 1.50-1.52)
+REASONING_TOKENS = 160  # the most an answer spends on its reasoning field
 
 SYSTEM = (
     "You write training data for search engines. You always answer with one JSON object and nothing else. "
@@ -87,6 +90,20 @@ def build_messages(query: str, positive: str, attributes: dict[str, str], k: int
         words=words,
     )
     return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": user}]
+
+
+def answer_budget(max_new_tokens: int, k: int, positive_words: int, min_ratio: float) -> int:
+    """The output-token budget of one answer: `max_new_tokens`, raised for a long positive.
+
+    Validation rejects a negative shorter than `min_ratio` x the positive's words, so an answer for
+    a long positive needs room for k such negatives after its reasoning; a fixed budget made every
+    attempt on a 500-word positive fail as too short. Each negative gets 1.5x its floor (room to
+    end a sentence). The budget rises to at most twice `max_new_tokens`, which bounds the cost of
+    an outlier document.
+    """
+    floor_tokens = min_ratio * positive_words * TOKENS_PER_WORD
+    needed = REASONING_TOKENS + k * math.ceil(1.5 * floor_tokens)
+    return min(max(max_new_tokens, needed), 2 * max_new_tokens)
 
 
 def domain_messages(samples: list[str], n: int = 8) -> list[dict[str, str]]:

@@ -14,11 +14,13 @@ from typing import Any
 
 import pyarrow as pa
 
-# The columns of the dataset every engine receives and must keep (`chat` holds the JSON messages).
+# The columns of the dataset every engine receives and must keep (`chat` holds the JSON messages,
+# `max_tokens` the answer's output-token budget: `prompts.answer_budget`).
 WORK_SCHEMA = pa.schema(
     [("key", pa.string()), ("query_id", pa.string()), ("positive_id", pa.string()), ("query", pa.string()),
      ("positive", pa.string()), ("domain", pa.string()), ("difficulty", pa.string()), ("length", pa.string()),
-     ("seed", pa.int64()), ("gen_seed", pa.int64()), ("attempt", pa.int64()), ("k", pa.int64()), ("chat", pa.string()),
+     ("seed", pa.int64()), ("gen_seed", pa.int64()), ("attempt", pa.int64()), ("k", pa.int64()), ("max_tokens", pa.int64()),
+     ("chat", pa.string()),
      ("prior_prompt_tokens", pa.int64()), ("prior_output_tokens", pa.int64()), ("prior_reasons", pa.list_(pa.string()))]
 )
 WORK_COLUMNS = tuple(WORK_SCHEMA.names)

@@ -42,6 +42,12 @@ def budgets(max_new_tokens: int, k: int) -> tuple[int, int]:
     return reasoning, max(8, (max_new_tokens - reasoning) // k)
 
 
+def hold_tokens(positive_words: int, negative_budget: int) -> int:
+    """Tokens a negative must write before it may close: `MIN_SHARE` of the positive's words, less
+    what it needs to end a sentence within its budget."""
+    return max(0, min(int(MIN_SHARE * positive_words), negative_budget - 16, negative_budget * 7 // 8))
+
+
 class HFGenerator:
     """A causal LM and its tokenizer, loaded once; `generate` fills the JSON scaffold for a batch."""
 
@@ -64,16 +70,19 @@ class HFGenerator:
         self.quote_ids = torch.tensor([i for i, t in enumerate(vocab) if t and '"' in t], device=device)
 
     def generate(self, batch: list[list[dict[str, str]]], k: int, spec: SamplingSpec, seed: int,
-                 positive_words: list[int] | None = None, reuse_prompt_cache: bool = True) -> list[Generation]:
+                 positive_words: list[int] | None = None, max_tokens: list[int] | None = None,
+                 reuse_prompt_cache: bool = True) -> list[Generation]:
         """Writes one JSON answer (reasoning + `k` negatives) per chat in `batch`.
 
         Args:
             batch: chat messages per row.
             k: negatives per row.
-            spec: sampling settings; `max_new_tokens` is split across the fields.
+            spec: sampling settings.
             seed: seeds the sampler for the whole batch (rows share one generator).
             positive_words: per row, the positive's length in words; a negative may not end before
                 `MIN_SHARE` of it (in tokens). None: no minimum.
+            max_tokens: per row, the answer's token budget, split across its fields (see `budgets`).
+                None: `spec.max_new_tokens` for every row.
             reuse_prompt_cache: encode the prompts once for all fields (False: re-encode per field,
                 the reference the cached path is tested against).
 
@@ -87,13 +96,14 @@ class HFGenerator:
         answers = [_OPEN] * len(batch)  # the JSON written so far, after the prompt
         fields: list[list[str]] = [[] for _ in batch]
         output_tokens = [0] * len(batch)
-        reasoning_budget, negative_budget = budgets(spec.max_new_tokens, k)
+        row_budgets = [budgets(total, k) for total in (max_tokens or [spec.max_new_tokens] * len(batch))]
         self.torch.manual_seed(seed)
-        # a negative may not close its string before ~MIN_SHARE of the positive's length (the length attribute)
-        holds = [min(int(MIN_SHARE * w), negative_budget * 3 // 4) for w in (positive_words or [0] * len(batch))]
+        words = positive_words or [0] * len(batch)
+        holds = [hold_tokens(w, negative) for w, (_, negative) in zip(words, row_budgets, strict=True)]
         for step in range(k + 1):
-            budget = reasoning_budget if step == 0 else negative_budget
-            hold = [min(16, budget // 2)] * len(batch) if step == 0 else holds
+            # one generate call per field for the whole batch: rows stop on their own closing quote
+            budget = max(reasoning if step == 0 else negative for reasoning, negative in row_budgets)
+            hold = [min(16, r // 2) for r, _ in row_budgets] if step == 0 else holds
             pieces, counts = self.continue_strings(prompt, cache, answers, budget, spec, hold)
             for i, (piece, count) in enumerate(zip(pieces, counts, strict=True)):
                 fields[i].append(piece)
@@ -194,7 +204,8 @@ class HFGenerateUDF:
         k = int(rows[0]["k"])
         seed = int(sum(int(r["gen_seed"]) for r in rows) % (2**31))
         lengths = [len(str(r["positive"]).split()) for r in rows]
-        gens = self.generator.generate([messages_of(r) for r in rows], k, self.spec, seed, lengths)
+        gens = self.generator.generate([messages_of(r) for r in rows], k, self.spec, seed, lengths,
+                                       [int(r["max_tokens"]) for r in rows])
         return pa.Table.from_pylist([with_generation(r, g) for r, g in zip(rows, gens, strict=True)], schema=OUTPUT_SCHEMA)
 
 

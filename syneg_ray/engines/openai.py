@@ -48,12 +48,13 @@ def check_server(cfg: SynthesizeConfig, timeout: float = 5.0) -> list[str]:
     return [m.get("id", "") for m in body.get("data", []) if isinstance(m, dict)]
 
 
-def payload(cfg: SynthesizeConfig, model: str, messages: list[dict[str, str]], k: int, seed: int) -> dict[str, Any]:
-    """The chat-completions request body: JSON-schema response format, sampling, seed."""
+def payload(cfg: SynthesizeConfig, model: str, messages: list[dict[str, str]], k: int, seed: int,
+            max_tokens: int) -> dict[str, Any]:
+    """The chat-completions request body: JSON-schema response format, sampling, seed, token budget."""
     return {
         "model": model,
         "messages": messages,
-        "max_tokens": cfg.max_new_tokens,
+        "max_tokens": max_tokens,
         "temperature": cfg.temperature,
         "top_p": cfg.top_p,
         "seed": seed,
@@ -106,7 +107,7 @@ def build(cfg: SynthesizeConfig, model: str) -> Any:
     )
 
     def preprocess(row: dict[str, Any]) -> dict[str, Any]:
-        return {"payload": payload(cfg, model, messages_of(row), int(row["k"]), int(row["gen_seed"]))}
+        return {"payload": payload(cfg, model, messages_of(row), int(row["k"]), int(row["gen_seed"]), int(row["max_tokens"]))}
 
     def postprocess(row: dict[str, Any]) -> dict[str, Any]:
         return with_generation({name: row[name] for name in WORK_COLUMNS}, generation_of(row.get("http_response")))

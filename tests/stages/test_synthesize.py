@@ -40,6 +40,9 @@ def test_plan_skips_done_and_continues_attempts(cfg) -> None:
     (again,), _ = stage.plan([PAIR], cfg, attributes.POOLS["scifact"], set(), logged)
     assert again["attempt"] == 1 and again["gen_seed"] != row["gen_seed"] and again["prior_reasons"] == ["too_short"]
     assert again["domain"] == row["domain"]  # the attribute draw belongs to the pair, not the attempt
+    long_pair = {**PAIR, "positive_id": "d2", "positive": "word " * 800}
+    (short, long), _ = stage.plan([PAIR, long_pair], cfg, attributes.POOLS["scifact"], set(), {})
+    assert short["max_tokens"] == cfg.synthesize.max_new_tokens < long["max_tokens"]
 
 
 def test_finish_ok_retry_failed(cfg) -> None:
@@ -78,7 +81,7 @@ def test_hf_udf_writes_schema_json(cfg) -> None:
     from syneg_ray.registry import resolve_model
 
     udf = HFGenerateUDF(resolve_model("smollm2-135m"), "fp32", 0, "cpu", {"max_new_tokens": 40, "temperature": 0.7, "top_p": 0.9})
-    out = udf(pa.Table.from_pylist([work_row(cfg)], schema=WORK_SCHEMA)).to_pylist()[0]
+    out = udf(pa.Table.from_pylist([{**work_row(cfg), "max_tokens": 40}], schema=WORK_SCHEMA)).to_pylist()[0]
     answer = json.loads(out["generated_text"])
     assert set(answer) == {"reasoning", "negatives"} and len(answer["negatives"]) == 1
     assert out["prompt_tokens"] > 100 and 0 < out["output_tokens"] <= 40 + 2

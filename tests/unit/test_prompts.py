@@ -84,3 +84,17 @@ def test_keys_are_stable_and_sensitive() -> None:
     assert key not in others and len(others) == 4
     assert attributes.pair_seed(0, "q1", "d1") == attributes.pair_seed(0, "q1", "d1") != attributes.pair_seed(1, "q1", "d1")
     assert len({prompts.attempt_seed(5, a) for a in range(4)}) == 4
+
+
+def test_answer_budget_makes_room_for_long_positives() -> None:
+    from syneg_ray.engines.hf import budgets, hold_tokens
+
+    assert prompts.answer_budget(384, 3, positive_words=150, min_ratio=0.2) == 384  # a typical positive: as configured
+    assert prompts.answer_budget(384, 3, positive_words=100_000, min_ratio=0.2) == 768  # an outlier: capped at 2x
+    for words in (412, 536):  # the positives whose every attempt fell short at a fixed 384 tokens
+        total = prompts.answer_budget(384, 3, words, min_ratio=0.2)
+        reasoning, negative = budgets(total, 3)
+        floor_tokens = 0.2 * words * prompts.TOKENS_PER_WORD
+        assert reasoning + 3 * negative <= total and negative > floor_tokens
+        # the hf engine holds each negative open past the validation floor, with room left to end it
+        assert floor_tokens < hold_tokens(words, negative) <= negative - 16
