@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import psutil
 
-SIDES = ("peer", "ours", "ours-bf16")
+SIDES = ("peer", "ours", "ours-torch", "ours-bf16")  # ours: the default backend (ONNX Runtime, fp32, on CPUs)
 
 
 def tree_rss(pid: int) -> int:
@@ -69,8 +69,10 @@ def run_side(side: str, args: argparse.Namespace, out: Path) -> None:
 
     cache = Path(tempfile.mkdtemp(prefix="bench-cache-"))  # cold: no cached embeddings on either side
     overrides = [f"data.dataset={args.dataset}", f"data.data_dir={args.data_dir}", f"run.cache_dir={cache}"]
+    if side == "ours-torch":
+        overrides.append("encoder.backend=torch")
     if side == "ours-bf16":
-        overrides.append("encoder.dtype=bf16")
+        overrides.append("encoder.dtype=bf16")  # bf16 autocast runs on the torch backend
     cfg = load_config(None, overrides)
     texts = list(read_corpus(prepare(cfg)).values())
     model_path = resolve_model(args.model)

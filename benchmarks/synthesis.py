@@ -32,7 +32,9 @@ def work_rows(args: argparse.Namespace, run_dir: Path) -> tuple[list[dict], obje
     overrides = [f"run.run_dir={run_dir}", f"data.dataset={args.dataset}", f"data.limit={args.pairs}",
                  f"synthesize.engine={args.engine}", f"synthesize.negatives_per_pair={args.k}",
                  f"synthesize.max_new_tokens={args.max_new_tokens}", f"synthesize.batch_size={args.batch_size}",
-                 f"synthesize.dtype={args.dtype}", f"synthesize.cpus_per_replica={args.cpus}", "ray.num_cpus=2"]
+                 f"synthesize.dtype={args.dtype}", f"synthesize.cpus_per_replica={args.cpus}"]
+    # Ray keeps its own default size (cores + 1 logical CPUs): the vllm processor's tokenizer and
+    # template actors need a share beside the engine's bundle, and a 2-CPU Ray left them none (a hang).
     if args.data_dir:
         overrides.append(f"data.data_dir={args.data_dir}")
     cfg = load_config(None, overrides)
@@ -83,10 +85,11 @@ def direct_vllm(rows: list[dict], cfg) -> dict:
 
     from syneg_ray import prompts
     from syneg_ray.engines.base import messages_of
-    from syneg_ray.engines.vllm import engine_kwargs
+    from syneg_ray.engines.vllm import engine_kwargs, runtime_env
     from syneg_ray.registry import resolve_model
 
     s = cfg.synthesize
+    os.environ.update((runtime_env(s) or {}).get("env_vars", {}))  # the settings the pipeline's engine actor gets
     start = time.perf_counter()
     kwargs = {k: v for k, v in engine_kwargs(s).items() if k not in ("pipeline_parallel_size",)}
     llm = LLM(model=resolve_model(s.model), **kwargs)
@@ -98,6 +101,11 @@ def direct_vllm(rows: list[dict], cfg) -> dict:
     start = time.perf_counter()
     outs = llm.chat([messages_of(r) for r in rows], params, use_tqdm=False)
     seconds = time.perf_counter() - start
+    # stop the engine before the pipeline starts its own: two engines would share the cores
+    shutdown = getattr(getattr(llm.llm_engine, "engine_core", None), "shutdown", None)
+    if shutdown is not None:
+        shutdown()
+    del llm
     return score(rows, [o.outputs[0].text for o in outs], sum(len(o.outputs[0].token_ids) for o in outs), seconds, load)
 
 

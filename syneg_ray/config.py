@@ -22,6 +22,14 @@ import yaml
 from syneg_ray.errors import ConfigError
 
 
+class Backend(str, enum.Enum):
+    """What runs an encoder's transformer."""
+
+    AUTO = "auto"  # onnx for fp32 on CPUs (when onnxruntime is installed), torch otherwise
+    TORCH = "torch"
+    ONNX = "onnx"  # ONNX Runtime with fused attention kernels; fp32, CPU
+
+
 class Dtype(str, enum.Enum):
     """Compute precision of encoders and LLMs."""
 
@@ -96,6 +104,7 @@ class EncoderConfig:
     max_tokens_per_batch: int = 8192  # padded tokens per forward pass; length-sorted batches fill it
     max_seq_length: int = 0  # truncate inputs to this many tokens; 0 = the model's own limit
     dtype: Dtype = Dtype.FP32  # bf16 is 1.5-3x faster on CPUs with AVX512_BF16 and on GPUs
+    backend: Backend = Backend.AUTO  # auto: ONNX Runtime for fp32 on CPUs, torch on GPUs and for bf16
     actors: int = 2  # encoder actors (Ray Data actor pool size)
     cpus_per_actor: float = 1.0  # logical CPUs each actor reserves; also its torch thread count
     gpus_per_actor: float = 0.0  # >0 places actors on GPUs
@@ -109,6 +118,9 @@ class EncoderConfig:
         _check_min("encoder.actors", self.actors, 1)
         _check_range("encoder.cpus_per_actor", self.cpus_per_actor, 0.0, 1024.0)
         _check_range("encoder.gpus_per_actor", self.gpus_per_actor, 0.0, 16.0)
+        if self.backend is Backend.ONNX and (self.dtype is not Dtype.FP32 or self.gpus_per_actor > 0):
+            raise ConfigError("encoder.backend = onnx runs fp32 on CPUs; use encoder.backend=torch (or auto) "
+                              "for bf16 or GPU actors")
 
 
 @dataclass(frozen=True, kw_only=True)

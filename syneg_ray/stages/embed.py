@@ -19,7 +19,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
-from syneg_ray.config import EncoderConfig, PipelineConfig, default_cache_dir
+from syneg_ray import onnx_backend
+from syneg_ray.config import Backend, Dtype, EncoderConfig, PipelineConfig, default_cache_dir
 from syneg_ray.dataset import Prepared, file_digest
 from syneg_ray.encoder import EncodeOptions, embedding_dimension, encode, load_encoder
 from syneg_ray.registry import resolve_model
@@ -29,17 +30,39 @@ logger = logging.getLogger(__name__)
 ROWS_PER_ACTOR_CALL = 512  # rows handed to an actor at once; it re-batches them by token budget
 
 
+def backend_of(e: EncoderConfig) -> Backend:
+    """The backend `auto` stands for: ONNX Runtime for fp32 on CPU actors when installed, else torch."""
+    if e.backend is not Backend.AUTO:
+        return e.backend
+    on_cpu = e.gpus_per_actor == 0
+    return Backend.ONNX if on_cpu and e.dtype is Dtype.FP32 and onnx_backend.available() else Backend.TORCH
+
+
+def onnx_file(cfg: PipelineConfig, model_path: str) -> Path:
+    """Where the model's exported transformer is cached (one file per model weights)."""
+    return default_cache_dir(cfg) / "onnx" / f"{model_fingerprint(model_path)}.onnx"
+
+
+def open_encoder(model_path: str, backend: Backend, onnx_path: str, threads: int = 0, max_seq_length: int = 0):
+    """The encoder `encoder.encode` runs: the sentence-transformers model, on ONNX Runtime if asked."""
+    if backend is Backend.ONNX:
+        model = load_encoder(model_path, device="cpu", max_seq_length=max_seq_length)
+        return onnx_backend.OnnxEncoder(model, onnx_backend.export(model, Path(onnx_path)), threads)
+    return load_encoder(model_path, max_seq_length=max_seq_length)
+
+
 class EncodeUDF:
     """Callable class for `map_batches`: loads the encoder once per actor.
 
     Row schema: {row: int64, text: str} -> {row: int64, embedding: float32[dim]}
     """
 
-    def __init__(self, model_path: str, options: EncodeOptions, threads: int, max_seq_length: int = 0):
+    def __init__(self, model_path: str, options: EncodeOptions, threads: int, max_seq_length: int = 0,
+                 backend: str = "torch", onnx_path: str = ""):
         import torch
 
-        torch.set_num_threads(threads)  # one actor per core beats one process with 2 threads on CPU
-        self.model = load_encoder(model_path, max_seq_length=max_seq_length)
+        torch.set_num_threads(threads)
+        self.model = open_encoder(model_path, Backend(backend), onnx_path, threads, max_seq_length)
         self.options = options
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -72,7 +95,8 @@ def model_fingerprint(model_path: str) -> str:
 
 def cache_path(cfg: PipelineConfig, model_path: str, corpus_fingerprint: str) -> Path:
     e = cfg.encoder
-    key = json.dumps([model_fingerprint(model_path), corpus_fingerprint, e.dtype.value, e.max_seq_length, e.document_prompt])
+    key = json.dumps([model_fingerprint(model_path), corpus_fingerprint, e.dtype.value, e.max_seq_length, e.document_prompt,
+                      backend_of(e).value])
     return default_cache_dir(cfg) / "embeddings" / f"{hashlib.sha256(key.encode()).hexdigest()[:24]}.npy"
 
 
@@ -106,7 +130,8 @@ def encode_with_ray(cfg: PipelineConfig, model_path: str, texts: list[str], prom
 
     init_ray(cfg)
     e = cfg.encoder
-    dim = embedding_dimension(load_encoder(model_path))
+    if not texts:  # no batch will arrive to tell the width
+        return np.zeros((0, embedding_dimension(load_encoder(model_path))), dtype=np.float32)
     ds = ray.data.from_arrow(pa.table({"row": np.arange(len(texts), dtype=np.int64), "text": texts}))
     ds = ds.repartition(max(e.actors * 4, len(texts) // 4096 + 1))  # enough blocks to keep every actor busy
     ds = ds.map_batches(
@@ -116,6 +141,8 @@ def encode_with_ray(cfg: PipelineConfig, model_path: str, texts: list[str], prom
             "options": encode_options(e, prompt),
             "threads": max(1, int(e.cpus_per_actor)),
             "max_seq_length": e.max_seq_length,
+            "backend": backend_of(e).value,
+            "onnx_path": str(onnx_file(cfg, model_path)),
         },
         batch_size=ROWS_PER_ACTOR_CALL,
         compute=ray.data.ActorPoolStrategy(size=e.actors),
@@ -124,18 +151,22 @@ def encode_with_ray(cfg: PipelineConfig, model_path: str, texts: list[str], prom
     )
     target.parent.mkdir(parents=True, exist_ok=True)
     partial = target.with_name(target.stem + f".{os.getpid()}.partial.npy")
-    out = np.lib.format.open_memmap(partial, mode="w+", dtype=np.float32, shape=(len(texts), dim))
+    out = None  # opened at the first batch, whose width is the model's: the driver never loads the model
     for batch in ds.iter_batches(batch_format="numpy", batch_size=None):
-        out[batch["row"]] = np.stack(batch["embedding"]) if batch["embedding"].dtype == object else batch["embedding"]
+        vectors = np.stack(batch["embedding"]) if batch["embedding"].dtype == object else batch["embedding"]
+        if out is None:
+            out = np.lib.format.open_memmap(partial, mode="w+", dtype=np.float32, shape=(len(texts), vectors.shape[1]))
+        out[batch["row"]] = vectors
     out.flush()
     del out
     os.replace(partial, target)
-    logger.info("encoded %s texts with %s actors into %s", f"{len(texts):,}", e.actors, target.name)
+    logger.info("encoded %s texts with %s %s actors into %s", f"{len(texts):,}", e.actors, backend_of(e).value, target.name)
     return np.load(target, mmap_mode="r")
 
 
 def embed_queries(cfg: PipelineConfig, texts: list[str], model: str | None = None) -> np.ndarray:
     """Query embeddings in the driver process: queries are few, and an actor pool would cost more to start."""
     model_path = resolve_model(model or cfg.encoder.model, default_cache_dir(cfg))
-    encoder = load_encoder(model_path, max_seq_length=cfg.encoder.max_seq_length)
+    encoder = open_encoder(model_path, backend_of(cfg.encoder), str(onnx_file(cfg, model_path)),
+                           max_seq_length=cfg.encoder.max_seq_length)
     return encode(encoder, texts, encode_options(cfg.encoder, cfg.encoder.query_prompt))

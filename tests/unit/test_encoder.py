@@ -51,3 +51,30 @@ def test_bf16_is_close_and_prompt_changes_the_embedding(minilm) -> None:
 
 def test_empty_input(minilm) -> None:
     assert encode(minilm, []).shape == (0, 384)
+
+
+def test_onnx_backend_matches_torch_and_exports_once(minilm, tmp_path) -> None:
+    from syneg_ray.onnx_backend import OnnxEncoder, export
+
+    target = tmp_path / "minilm.onnx"
+    assert export(minilm, target) == target and target.is_file()
+    stamp = target.stat().st_mtime_ns
+    assert export(minilm, target).stat().st_mtime_ns == stamp  # cached: a second actor does not export again
+    assert [p.name for p in tmp_path.iterdir() if p.suffix == ".onnx"] == ["minilm.onnx"]  # no temp file left
+    texts = ["short", "a much longer text " * 40, "medium length sentence about aspirin and fever", ""]
+    options = EncodeOptions(batch_size=2, max_tokens_per_batch=512)
+    onnx = encode(OnnxEncoder(minilm, target, threads=2), texts, options)
+    np.testing.assert_allclose(onnx, encode(minilm, texts, options), atol=1e-5)
+
+
+def test_backend_choice() -> None:
+    from syneg_ray.config import Backend, EncoderConfig
+    from syneg_ray.errors import ConfigError
+    from syneg_ray.stages.embed import backend_of
+
+    assert backend_of(EncoderConfig()) is Backend.ONNX  # fp32 on CPU actors
+    assert backend_of(EncoderConfig(dtype=Dtype.BF16)) is Backend.TORCH
+    assert backend_of(EncoderConfig(gpus_per_actor=1)) is Backend.TORCH
+    assert backend_of(EncoderConfig(backend=Backend.TORCH)) is Backend.TORCH
+    with pytest.raises(ConfigError, match="onnx runs fp32 on CPUs"):
+        EncoderConfig(backend=Backend.ONNX, dtype=Dtype.BF16)
