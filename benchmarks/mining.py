@@ -119,12 +119,12 @@ def _our_config(folder: Path, run_dir: Path, cache: Path, dtype: str):
     return load_config(None, [
         f"run.run_dir={run_dir}", f"run.cache_dir={cache}", f"data.dataset={folder}", "data.dev_fraction=0.0",
         "mine.sources=[dense]", "mine.dedup_text=false", "mine.sampling=top", f"encoder.dtype={dtype}",
-        "encoder.actors=2", "encoder.cpus_per_actor=0.5", *[f"mine.{k}={v}" for k, v in SETTINGS.items()],
+        *[f"mine.{k}={v}" for k, v in SETTINGS.items()],
     ])  # fmt: skip
 
 
 def side_ours(folder: Path, out: Path, run_dir: Path, cache: Path, dtype: str) -> None:
-    """Ours: Ray Data encoder actors (2 x 1 thread), exact faiss search, pure selection."""
+    """Ours: the default encoder stage (one actor with every core; ONNX Runtime in fp32), exact faiss search, pure selection."""
     out.write_text(json.dumps(run_mine_quiet(_our_config(folder, run_dir, cache, dtype))))
 
 

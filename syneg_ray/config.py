@@ -105,8 +105,8 @@ class EncoderConfig:
     max_seq_length: int = 0  # truncate inputs to this many tokens; 0 = the model's own limit
     dtype: Dtype = Dtype.FP32  # bf16 is 1.5-3x faster on CPUs with AVX512_BF16 and on GPUs
     backend: Backend = Backend.AUTO  # auto: ONNX Runtime for fp32 on CPUs, torch on GPUs and for bf16
-    actors: int = 2  # encoder actors (Ray Data actor pool size)
-    cpus_per_actor: float = 1.0  # logical CPUs each actor reserves; also its torch thread count
+    actors: int = 1  # encoder actors (Ray Data actor pool size): one per GPU, or per CPU node on a cluster
+    cpus_per_actor: float = 0.0  # logical CPUs each actor reserves, also its thread count; 0 = this node's cores / actors
     gpus_per_actor: float = 0.0  # >0 places actors on GPUs
     query_prompt: str = ""  # prefix for queries (e.g. "query: " for E5)
     document_prompt: str = ""  # prefix for documents (e.g. "passage: " for E5)

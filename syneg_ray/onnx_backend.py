@@ -16,10 +16,14 @@ import contextlib
 import fcntl
 import logging
 import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from syneg_ray.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -53,17 +57,26 @@ def input_names(model: Any) -> list[str]:
     return [n for n in ("input_ids", "attention_mask", "token_type_ids") if n in names]
 
 
-def export(model: Any, target: Path) -> Path:
-    """Exports `model[0]`'s transformer to `target` (optimized ONNX) unless it is already there.
+def export(model_path: str, target: Path) -> Path:
+    """Exports the transformer of the model at `model_path` to `target` (optimized ONNX) unless it is there.
 
     Several actors may start at once on a node: a file lock makes one of them export while the
-    others wait, and the file appears atomically.
+    others wait, and the file appears atomically. The export runs in a child process: tracing
+    and optimizing take about 700 MB that an actor would otherwise keep for its whole life.
+
+    Raises:
+        ConfigError: the export failed (an architecture the exporter cannot trace).
     """
     target.parent.mkdir(parents=True, exist_ok=True)
     with open(target.with_suffix(".lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not target.is_file():
-            _export_unlocked(model, target)
+            cmd = [sys.executable, "-m", "syneg_ray.onnx_backend", model_path, str(target)]
+            child = subprocess.run(cmd, capture_output=True, text=True, check=False)
+            if child.returncode or not target.is_file():
+                last = (child.stderr.strip().splitlines() or ["no output"])[-1]
+                raise ConfigError(f"encoder.backend = onnx: exporting {model_path} failed ({last}); "
+                                  "set encoder.backend=torch")
     return target
 
 
@@ -136,3 +149,10 @@ class OnnxEncoder:
         for module in list(self.model)[1:]:  # Pooling, Dense, Normalize, ...: the model's own code
             features = module(features)
         return features
+
+
+if __name__ == "__main__":  # the child process of `export`: python -m syneg_ray.onnx_backend MODEL TARGET
+    from syneg_ray.encoder import load_encoder
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    _export_unlocked(load_encoder(sys.argv[1], device="cpu"), Path(sys.argv[2]))

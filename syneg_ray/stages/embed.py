@@ -38,6 +38,27 @@ def backend_of(e: EncoderConfig) -> Backend:
     return Backend.ONNX if on_cpu and e.dtype is Dtype.FP32 and onnx_backend.available() else Backend.TORCH
 
 
+def cpus_per_actor(e: EncoderConfig, smallest_node_cpus: float = 0.0) -> float:
+    """CPUs (and threads) of one encoder actor: as configured, else the cores shared by the actors.
+
+    The cores are this machine's, or the smallest CPU node's on a cluster, so that an actor always
+    fits a node. One actor with every core beats several 1-core actors on a small machine: the
+    threads scale as well, and each actor holds its own copy of the model and runtime.
+    """
+    if e.cpus_per_actor:
+        return e.cpus_per_actor
+    cores = min(os.cpu_count() or 1, smallest_node_cpus or float("inf"))
+    return float(max(1, int(cores) // e.actors))
+
+
+def smallest_node_cpus() -> float:
+    """CPUs of the smallest alive Ray node that has any (a local Ray: this machine plus the spare)."""
+    import ray
+
+    sizes = [n["Resources"].get("CPU", 0.0) for n in ray.nodes() if n.get("Alive")]
+    return min((c for c in sizes if c > 0), default=0.0)
+
+
 def onnx_file(cfg: PipelineConfig, model_path: str) -> Path:
     """Where the model's exported transformer is cached (one file per model weights)."""
     return default_cache_dir(cfg) / "onnx" / f"{model_fingerprint(model_path)}.onnx"
@@ -46,8 +67,9 @@ def onnx_file(cfg: PipelineConfig, model_path: str) -> Path:
 def open_encoder(model_path: str, backend: Backend, onnx_path: str, threads: int = 0, max_seq_length: int = 0):
     """The encoder `encoder.encode` runs: the sentence-transformers model, on ONNX Runtime if asked."""
     if backend is Backend.ONNX:
+        exported = onnx_backend.export(model_path, Path(onnx_path))
         model = load_encoder(model_path, device="cpu", max_seq_length=max_seq_length)
-        return onnx_backend.OnnxEncoder(model, onnx_backend.export(model, Path(onnx_path)), threads)
+        return onnx_backend.OnnxEncoder(model, exported, threads)
     return load_encoder(model_path, max_seq_length=max_seq_length)
 
 
@@ -130,6 +152,7 @@ def encode_with_ray(cfg: PipelineConfig, model_path: str, texts: list[str], prom
 
     init_ray(cfg)
     e = cfg.encoder
+    cpus = cpus_per_actor(e, smallest_node_cpus())
     if not texts:  # no batch will arrive to tell the width
         return np.zeros((0, embedding_dimension(load_encoder(model_path))), dtype=np.float32)
     ds = ray.data.from_arrow(pa.table({"row": np.arange(len(texts), dtype=np.int64), "text": texts}))
@@ -139,14 +162,14 @@ def encode_with_ray(cfg: PipelineConfig, model_path: str, texts: list[str], prom
         fn_constructor_kwargs={
             "model_path": model_path,
             "options": encode_options(e, prompt),
-            "threads": max(1, int(e.cpus_per_actor)),
+            "threads": max(1, int(cpus)),
             "max_seq_length": e.max_seq_length,
             "backend": backend_of(e).value,
             "onnx_path": str(onnx_file(cfg, model_path)),
         },
         batch_size=ROWS_PER_ACTOR_CALL,
         compute=ray.data.ActorPoolStrategy(size=e.actors),
-        num_cpus=e.cpus_per_actor,
+        num_cpus=cpus,
         num_gpus=e.gpus_per_actor,
     )
     target.parent.mkdir(parents=True, exist_ok=True)

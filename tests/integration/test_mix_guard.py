@@ -27,6 +27,7 @@ def test_guard_drops_synthetic_negatives_that_restate_the_positive(ray_local, ti
     # each pair's "negatives": its own positive, copied (a false negative), and an unrelated passage
     rows = [{"key": f"k{i}", "query_id": p["query_id"], "positive_id": p["positive_id"], "status": "ok",
              "negatives": [p["positive"], f"{UNRELATED} ({i})"]} for i, p in enumerate(pairs)]  # fmt: skip
+    (Path(cfg.run.run_dir) / schema.SYNTHETIC).parent.mkdir(parents=True, exist_ok=True)
     pq.write_table(pa.Table.from_pylist(rows), Path(cfg.run.run_dir) / schema.SYNTHETIC)
 
     stats = run_mix(cfg)

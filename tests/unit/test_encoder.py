@@ -57,14 +57,23 @@ def test_onnx_backend_matches_torch_and_exports_once(minilm, tmp_path) -> None:
     from syneg_ray.onnx_backend import OnnxEncoder, export
 
     target = tmp_path / "minilm.onnx"
-    assert export(minilm, target) == target and target.is_file()
+    assert export(resolve_model("minilm"), target) == target and target.is_file()
     stamp = target.stat().st_mtime_ns
-    assert export(minilm, target).stat().st_mtime_ns == stamp  # cached: a second actor does not export again
+    assert export(resolve_model("minilm"), target).stat().st_mtime_ns == stamp  # cached: a second actor does not export again
     assert [p.name for p in tmp_path.iterdir() if p.suffix == ".onnx"] == ["minilm.onnx"]  # no temp file left
     texts = ["short", "a much longer text " * 40, "medium length sentence about aspirin and fever", ""]
     options = EncodeOptions(batch_size=2, max_tokens_per_batch=512)
     onnx = encode(OnnxEncoder(minilm, target, threads=2), texts, options)
     np.testing.assert_allclose(onnx, encode(minilm, texts, options), atol=1e-5)
+
+
+def test_onnx_export_failure_is_one_clear_line(tmp_path) -> None:
+    from syneg_ray.errors import ConfigError
+    from syneg_ray.onnx_backend import export
+
+    with pytest.raises(ConfigError, match=r"exporting .*not-a-model failed .*set encoder.backend=torch"):
+        export(str(tmp_path / "not-a-model"), tmp_path / "x.onnx")
+    assert not (tmp_path / "x.onnx").exists()
 
 
 def test_backend_choice() -> None:
@@ -78,3 +87,16 @@ def test_backend_choice() -> None:
     assert backend_of(EncoderConfig(backend=Backend.TORCH)) is Backend.TORCH
     with pytest.raises(ConfigError, match="onnx runs fp32 on CPUs"):
         EncoderConfig(backend=Backend.ONNX, dtype=Dtype.BF16)
+
+
+def test_cpus_per_actor_fits_the_smallest_node() -> None:
+    import os
+
+    from syneg_ray.config import EncoderConfig
+    from syneg_ray.stages.embed import cpus_per_actor
+
+    cores = os.cpu_count() or 1
+    assert cpus_per_actor(EncoderConfig(cpus_per_actor=0.5)) == 0.5  # as configured
+    assert cpus_per_actor(EncoderConfig()) == cores  # one actor, every core of this machine
+    assert cpus_per_actor(EncoderConfig(), smallest_node_cpus=cores + 1) == cores  # a local Ray's spare CPU is not a core
+    assert cpus_per_actor(EncoderConfig(actors=2), smallest_node_cpus=1) == 1  # never more than a node has
