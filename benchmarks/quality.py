@@ -53,7 +53,7 @@ from syneg_ray import schema
 from syneg_ray.config import PipelineConfig, load_config, to_dict
 from syneg_ray.errors import DataError
 from syneg_ray.pipeline import MARKER
-from syneg_ray.runtime import read_json, setup_logging
+from syneg_ray.runtime import read_json, setup_logging, write_text_atomic
 
 logger = logging.getLogger("bench.quality")
 CONFIG = Path(__file__).with_name("quality.yaml")
@@ -110,10 +110,7 @@ def done(path: Path, key: str) -> dict | None:
 
 
 def write_record(path: Path, record: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(record, indent=2, default=str), encoding="utf-8")
-    tmp.replace(path)  # a kill never leaves half a record that reads as done
+    write_text_atomic(path, json.dumps(record, indent=2, default=str))  # a kill never leaves half a record that reads as done
 
 
 def link(source: Path, link_path: Path) -> None:

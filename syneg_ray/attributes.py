@@ -133,11 +133,10 @@ def load_pools(path: str | Path) -> Pools:
 
 
 def save_pools(pools: Pools, path: Path) -> None:
-    """Writes pools as YAML atomically (tmp + rename), so a killed run never leaves half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(yaml.safe_dump(pools.to_dict(), sort_keys=False), encoding="utf-8")
-    tmp.replace(path)
+    """Writes pools as YAML atomically, so a killed run never leaves half a file."""
+    from syneg_ray.runtime import write_text_atomic
+
+    write_text_atomic(path, yaml.safe_dump(pools.to_dict(), sort_keys=False))
 
 
 def pair_seed(root_seed: int, query_id: str, positive_id: str) -> int:

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from syneg_ray.config import PipelineConfig, to_dict
+from syneg_ray.runtime import read_json, write_text_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -57,7 +58,6 @@ def fingerprint(cfg: PipelineConfig, stage: Stage, upstream: dict[str, str]) -> 
 
 
 def read_marker(folder: Path) -> dict | None:
-    from syneg_ray.runtime import read_json
 
     return read_json(folder / MARKER)
 
@@ -107,8 +107,7 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
         timings[stage.name] = time.perf_counter() - started
         summaries[stage.name] = summary
         record = {"fingerprint": fingerprints[stage.name], "seconds": timings[stage.name], "summary": summary}
-        (run_dir / stage.name).mkdir(parents=True, exist_ok=True)
-        (run_dir / stage.name / MARKER).write_text(json.dumps(record, indent=2, default=str), encoding="utf-8")
+        write_text_atomic(run_dir / stage.name / MARKER, json.dumps(record, indent=2, default=str))  # "done" only when whole
     from syneg_ray.report import write_report
 
     report = write_report(cfg, summaries, timings)

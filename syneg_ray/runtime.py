@@ -71,6 +71,14 @@ def stage_dir(cfg: PipelineConfig, stage: str) -> Path:
     return folder
 
 
+def write_text_atomic(path: Path, text: str) -> None:
+    """Writes `text` through a temporary file and a rename: a reader, or a rerun after a kill, never sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
 def read_json(path: Path) -> dict | None:
     """The JSON record at `path`, or None when it is missing or unreadable (a run cut off while writing it)."""
     try:

@@ -102,10 +102,11 @@ def _append_attempt(train_dir: Path, rank: int, start_epoch: int) -> None:
 
 
 def _progress_writer(train_dir: Path):
-    path, tmp = train_dir / PROGRESS_FILE, train_dir / (PROGRESS_FILE + ".tmp")
+    from syneg_ray.runtime import write_text_atomic
+
+    path = train_dir / PROGRESS_FILE
 
     def write(record: dict) -> None:
-        tmp.write_text(json.dumps({"pid": os.getpid(), "epoch": record["epoch"], "step": record["step"], "loss": record["loss"]}))
-        tmp.replace(path)  # atomic: a reader never sees half a file
+        write_text_atomic(path, json.dumps({"pid": os.getpid(), "epoch": record["epoch"], "step": record["step"], "loss": record["loss"]}))
 
     return write
