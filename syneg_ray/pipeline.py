@@ -58,7 +58,6 @@ def fingerprint(cfg: PipelineConfig, stage: Stage, upstream: dict[str, str]) -> 
 
 
 def read_marker(folder: Path) -> dict | None:
-
     return read_json(folder / MARKER)
 
 

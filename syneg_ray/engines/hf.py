@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
+from syneg_ray import prompts
 from syneg_ray.config import Dtype, SynthesizeConfig
 from syneg_ray.engines.base import OUTPUT_SCHEMA, Generation, SamplingSpec, messages_of, with_generation
 
@@ -38,7 +39,7 @@ MIN_SHARE = 0.35  # minimum tokens of a negative, as a share of the positive's w
 
 def budgets(max_new_tokens: int, k: int) -> tuple[int, int]:
     """Tokens for the reasoning and for each negative out of the call's total budget."""
-    reasoning = max(8, min(160, max_new_tokens // 4))
+    reasoning = max(8, min(prompts.REASONING_TOKENS, max_new_tokens // 4))
     return reasoning, max(8, (max_new_tokens - reasoning) // k)
 
 

@@ -152,6 +152,7 @@ def encode_with_ray(cfg: PipelineConfig, model_path: str, texts: list[str], prom
 
     init_ray(cfg)
     e = cfg.encoder
+    backend = backend_of(e)
     cpus = cpus_per_actor(e, smallest_node_cpus())
     if not texts:  # no batch will arrive to tell the width
         return np.zeros((0, embedding_dimension(load_encoder(model_path))), dtype=np.float32)
@@ -164,7 +165,7 @@ def encode_with_ray(cfg: PipelineConfig, model_path: str, texts: list[str], prom
             "options": encode_options(e, prompt),
             "threads": max(1, int(cpus)),
             "max_seq_length": e.max_seq_length,
-            "backend": backend_of(e).value,
+            "backend": backend.value,
             "onnx_path": str(onnx_file(cfg, model_path)),
         },
         batch_size=ROWS_PER_ACTOR_CALL,
@@ -183,7 +184,7 @@ def encode_with_ray(cfg: PipelineConfig, model_path: str, texts: list[str], prom
     out.flush()
     del out
     os.replace(partial, target)
-    logger.info("encoded %s texts with %s %s actors into %s", f"{len(texts):,}", e.actors, backend_of(e).value, target.name)
+    logger.info("encoded %s texts with %s %s actors into %s", f"{len(texts):,}", e.actors, backend.value, target.name)
     return np.load(target, mmap_mode="r")
 
 
