@@ -7,6 +7,11 @@ Both sides get the prompts the stage builds (prompts.py, the SciFact attribute p
 answers go through parsing.py. Reported per side: output tokens/s (model load excluded and
 included), valid-JSON rate (answers holding a JSON object) and valid rate (answers with at least
 one valid negative); efficiency = pipeline tok/s / direct tok/s. Prints one JSON object.
+
+`--rounds 2` runs the sides in the order direct, pipeline, pipeline, direct. On a shared VM the
+same batch can take 10-20% longer an hour later, and one side run after the other folds that
+drift into the ratio; alternating cancels a steady drift. The sides' seconds and tokens are summed
+over the rounds.
 """
 
 from __future__ import annotations
@@ -135,6 +140,23 @@ def pipeline(rows: list[dict], cfg) -> dict:
     return result
 
 
+def combine(runs: list[dict]) -> dict:
+    """One side's rounds as one figure: seconds and tokens summed, rates averaged, each round kept."""
+    if len(runs) == 1:
+        return runs[0]
+    tokens = sum(r["output_tokens"] for r in runs)
+    seconds = sum(r["seconds"] for r in runs)
+    load = sum(r["load_seconds"] for r in runs)
+    return {
+        "answers": sum(r["answers"] for r in runs), "output_tokens": tokens, "seconds": round(seconds, 2),
+        "load_seconds": round(load, 2), "tokens_per_s": round(tokens / seconds, 2),
+        "tokens_per_s_incl_load": round(tokens / (seconds + load), 2),
+        "valid_json_rate": round(sum(r["valid_json_rate"] for r in runs) / len(runs), 3),
+        "valid_rate": round(sum(r["valid_rate"] for r in runs) / len(runs), 3),
+        "rounds": runs,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--engine", choices=["hf", "vllm"], default="hf")
@@ -146,21 +168,28 @@ def main() -> None:
     parser.add_argument("--cpus", type=float, default=1.0, help="logical CPUs per LLM actor")
     parser.add_argument("--dataset", default="scifact")
     parser.add_argument("--data-dir", default=os.environ.get("SYNEG_DATA_DIR", ""))
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="rounds of both sides, alternating their order (2 = direct, pipeline, pipeline, direct)")
     parser.add_argument("--out", help="also write the JSON result here")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     with tempfile.TemporaryDirectory(prefix="synth-bench-") as tmp:
         rows, cfg = work_rows(args, Path(tmp))
-        direct = direct_hf(rows, cfg) if args.engine == "hf" else direct_vllm(rows, cfg)
-        logger.info("direct: %s", direct)
-        piped = pipeline(rows, cfg)
-        logger.info("pipeline: %s", piped)
+        runs: dict[str, list[dict]] = {"direct": [], "pipeline": []}
+        for round_ in range(args.rounds):
+            for side in ("direct", "pipeline") if round_ % 2 == 0 else ("pipeline", "direct"):
+                if side == "direct":
+                    runs[side].append(direct_hf(rows, cfg) if args.engine == "hf" else direct_vllm(rows, cfg))
+                else:
+                    runs[side].append(pipeline(rows, cfg))
+                logger.info("round %d, %s: %s", round_ + 1, side, runs[side][-1])
+    direct, piped = combine(runs["direct"]), combine(runs["pipeline"])
     result = {
         "engine": args.engine, "model": cfg.synthesize.model, "pairs": len(rows), "k": args.k,
         "max_new_tokens": args.max_new_tokens, "batch_size": args.batch_size, "dtype": args.dtype,
         "machine": f"{platform.machine()} {os.cpu_count()} cores, {platform.python_version()}",
-        "direct": direct, "pipeline": piped,
+        "rounds": args.rounds, "direct": direct, "pipeline": piped,
         "efficiency": round(piped["tokens_per_s"] / direct["tokens_per_s_incl_load"], 3),
         "efficiency_vs_direct_without_load": round(piped["tokens_per_s"] / direct["tokens_per_s"], 3),
     }
