@@ -176,13 +176,11 @@ def main() -> None:
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     with tempfile.TemporaryDirectory(prefix="synth-bench-") as tmp:
         rows, cfg = work_rows(args, Path(tmp))
+        measure = {"direct": direct_hf if args.engine == "hf" else direct_vllm, "pipeline": pipeline}
         runs: dict[str, list[dict]] = {"direct": [], "pipeline": []}
         for round_ in range(args.rounds):
             for side in ("direct", "pipeline") if round_ % 2 == 0 else ("pipeline", "direct"):
-                if side == "direct":
-                    runs[side].append(direct_hf(rows, cfg) if args.engine == "hf" else direct_vllm(rows, cfg))
-                else:
-                    runs[side].append(pipeline(rows, cfg))
+                runs[side].append(measure[side](rows, cfg))
                 logger.info("round %d, %s: %s", round_ + 1, side, runs[side][-1])
     direct, piped = combine(runs["direct"]), combine(runs["pipeline"])
     result = {
