@@ -5,6 +5,10 @@ batches of short texts waste the budget and long ones pad to the longest. Here t
 by *token* length and packed until `max_tokens_per_batch` padded tokens, which keeps every forward
 pass about the same cost. The same function runs inside a Ray Data actor (stages/embed.py), a
 training job, or bare on a GPU machine for benchmarks.
+
+The encoder is a SentenceTransformer, run here with torch, or an `onnx_backend.OnnxEncoder`, which
+tokenizes and embeds by itself without torch. Torch is imported only for the former, so a process
+that encodes on ONNX Runtime never loads it.
 """
 
 from __future__ import annotations
@@ -15,7 +19,6 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
 from syneg_ray.config import Dtype
 
@@ -35,6 +38,7 @@ class EncodeOptions:
 
 def load_encoder(path: str, device: str | None = None, max_seq_length: int = 0):  # -> SentenceTransformer
     """Loads a sentence-transformers model in eval mode on `device` (default: cuda if present)."""
+    import torch
     from sentence_transformers import SentenceTransformer
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -42,13 +46,6 @@ def load_encoder(path: str, device: str | None = None, max_seq_length: int = 0):
     if max_seq_length:
         model.max_seq_length = max_seq_length
     return model.eval()
-
-
-def token_lengths(model, texts: Sequence[str]) -> np.ndarray:
-    """Token count of each text after truncation, special tokens included."""
-    limit = model.max_seq_length or 512
-    ids = model.tokenizer(list(texts), add_special_tokens=True, truncation=True, max_length=limit)["input_ids"]
-    return np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(texts))
 
 
 def plan_batches(lengths: np.ndarray, batch_size: int, max_tokens: int) -> list[np.ndarray]:
@@ -72,22 +69,45 @@ def plan_batches(lengths: np.ndarray, batch_size: int, max_tokens: int) -> list[
     return batches
 
 
-def _autocast(model, dtype: Dtype):
-    if dtype is Dtype.BF16:
-        return torch.autocast(device_type=model.device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+class _TorchRunner:
+    """Drives a SentenceTransformer through the two calls `iter_encode` needs."""
+
+    def __init__(self, model, dtype: Dtype) -> None:
+        self.model, self.dtype = model, dtype
+
+    def token_lengths(self, texts: Sequence[str]) -> np.ndarray:
+        """Token count of each text after truncation, special tokens included."""
+        limit = self.model.max_seq_length or 512
+        ids = self.model.tokenizer(list(texts), add_special_tokens=True, truncation=True, max_length=limit)["input_ids"]
+        return np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(texts))
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        import torch
+
+        model = self.model
+        autocast = (torch.autocast(device_type=model.device.type, dtype=torch.bfloat16) if self.dtype is Dtype.BF16
+                    else contextlib.nullcontext())
+        with torch.inference_mode(), autocast:
+            features = model.preprocess(list(texts))
+            features = {k: v.to(model.device) if isinstance(v, torch.Tensor) else v for k, v in features.items()}
+            embeddings = model(features)["sentence_embedding"]  # (batch, dim), normalized if the model says so
+            return embeddings.float().cpu().numpy()
+
+
+def _runner(model, dtype: Dtype):
+    """The model itself when it tokenizes and embeds on its own (OnnxEncoder), else torch driving it."""
+    if hasattr(model, "embed") and hasattr(model, "token_lengths"):
+        return model
+    return _TorchRunner(model, dtype)
 
 
 def iter_encode(model, texts: Sequence[str], options: EncodeOptions) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Yields (indices, float32 embeddings) per batch, in planned (length-sorted) order."""
     texts = [options.prompt + t for t in texts] if options.prompt else list(texts)
-    batches = plan_batches(token_lengths(model, texts), options.batch_size, options.max_tokens_per_batch)
-    with torch.inference_mode(), _autocast(model, options.dtype):
-        for index in batches:
-            features = model.preprocess([texts[i] for i in index])
-            features = {k: v.to(model.device) if isinstance(v, torch.Tensor) else v for k, v in features.items()}
-            embeddings = model(features)["sentence_embedding"]  # (batch, dim), normalized if the model says so
-            yield index, embeddings.float().cpu().numpy()
+    runner = _runner(model, options.dtype)
+    batches = plan_batches(runner.token_lengths(texts), options.batch_size, options.max_tokens_per_batch)
+    for index in batches:
+        yield index, runner.embed([texts[i] for i in index])
 
 
 def encode(model, texts: Sequence[str], options: EncodeOptions = EncodeOptions()) -> np.ndarray:

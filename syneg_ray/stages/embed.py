@@ -30,12 +30,14 @@ logger = logging.getLogger(__name__)
 ROWS_PER_ACTOR_CALL = 512  # rows handed to an actor at once; it re-batches them by token budget
 
 
-def backend_of(e: EncoderConfig) -> Backend:
-    """The backend `auto` stands for: ONNX Runtime for fp32 on CPU actors when installed, else torch."""
+def backend_of(e: EncoderConfig, model_path: str) -> Backend:
+    """The backend `auto` stands for: ONNX Runtime for fp32 on CPU actors when installed and the model's
+    modules allow it (`onnx_backend.unsupported`), else torch."""
     if e.backend is not Backend.AUTO:
         return e.backend
     on_cpu = e.gpus_per_actor == 0
-    return Backend.ONNX if on_cpu and e.dtype is Dtype.FP32 and onnx_backend.available() else Backend.TORCH
+    onnx = on_cpu and e.dtype is Dtype.FP32 and onnx_backend.available() and not onnx_backend.unsupported(model_path)
+    return Backend.ONNX if onnx else Backend.TORCH
 
 
 def cpus_per_actor(e: EncoderConfig, smallest_node_cpus: float = 0.0) -> float:
@@ -65,11 +67,10 @@ def onnx_file(cfg: PipelineConfig, model_path: str) -> Path:
 
 
 def open_encoder(model_path: str, backend: Backend, onnx_path: str, threads: int = 0, max_seq_length: int = 0):
-    """The encoder `encoder.encode` runs: the sentence-transformers model, on ONNX Runtime if asked."""
+    """The encoder `encoder.encode` runs: the sentence-transformers model, or its torch-free ONNX Runtime twin."""
     if backend is Backend.ONNX:
         exported = onnx_backend.export(model_path, Path(onnx_path))
-        model = load_encoder(model_path, device="cpu", max_seq_length=max_seq_length)
-        return onnx_backend.OnnxEncoder(model, exported, threads)
+        return onnx_backend.OnnxEncoder(model_path, exported, threads, max_seq_length)
     return load_encoder(model_path, max_seq_length=max_seq_length)
 
 
@@ -81,9 +82,10 @@ class EncodeUDF:
 
     def __init__(self, model_path: str, options: EncodeOptions, threads: int, max_seq_length: int = 0,
                  backend: str = "torch", onnx_path: str = ""):
-        import torch
+        if Backend(backend) is Backend.TORCH:  # the ONNX backend sets its own threads and never imports torch
+            import torch
 
-        torch.set_num_threads(threads)
+            torch.set_num_threads(threads)
         self.model = open_encoder(model_path, Backend(backend), onnx_path, threads, max_seq_length)
         self.options = options
 
@@ -118,7 +120,7 @@ def model_fingerprint(model_path: str) -> str:
 def cache_path(cfg: PipelineConfig, model_path: str, corpus_fingerprint: str) -> Path:
     e = cfg.encoder
     key = json.dumps([model_fingerprint(model_path), corpus_fingerprint, e.dtype.value, e.max_seq_length, e.document_prompt,
-                      backend_of(e).value])
+                      backend_of(e, model_path).value])
     return default_cache_dir(cfg) / "embeddings" / f"{hashlib.sha256(key.encode()).hexdigest()[:24]}.npy"
 
 
@@ -150,12 +152,17 @@ def encode_with_ray(cfg: PipelineConfig, model_path: str, texts: list[str], prom
 
     from syneg_ray.runtime import init_ray
 
-    init_ray(cfg)
     e = cfg.encoder
-    backend = backend_of(e)
+    backend = backend_of(e, model_path)
+    if backend is Backend.ONNX:
+        # The driver needs the export for its queries anyway. Doing it before Ray starts keeps the
+        # export's peak (torch, tracing: about 1.3 GB for MiniLM) apart from Ray's daemons and the actors.
+        onnx_backend.export(model_path, onnx_file(cfg, model_path))
+    init_ray(cfg)
     cpus = cpus_per_actor(e, smallest_node_cpus())
     if not texts:  # no batch will arrive to tell the width
-        return np.zeros((0, embedding_dimension(load_encoder(model_path))), dtype=np.float32)
+        encoder = open_encoder(model_path, backend, str(onnx_file(cfg, model_path)), max_seq_length=e.max_seq_length)
+        return np.zeros((0, embedding_dimension(encoder)), dtype=np.float32)
     ds = ray.data.from_arrow(pa.table({"row": np.arange(len(texts), dtype=np.int64), "text": texts}))
     ds = ds.repartition(max(e.actors * 4, len(texts) // 4096 + 1))  # enough blocks to keep every actor busy
     ds = ds.map_batches(
@@ -191,6 +198,6 @@ def encode_with_ray(cfg: PipelineConfig, model_path: str, texts: list[str], prom
 def embed_queries(cfg: PipelineConfig, texts: list[str], model: str | None = None) -> np.ndarray:
     """Query embeddings in the driver process: queries are few, and an actor pool would cost more to start."""
     model_path = resolve_model(model or cfg.encoder.model, default_cache_dir(cfg))
-    encoder = open_encoder(model_path, backend_of(cfg.encoder), str(onnx_file(cfg, model_path)),
+    encoder = open_encoder(model_path, backend_of(cfg.encoder, model_path), str(onnx_file(cfg, model_path)),
                            max_seq_length=cfg.encoder.max_seq_length)
     return encode(encoder, texts, encode_options(cfg.encoder, cfg.encoder.query_prompt))

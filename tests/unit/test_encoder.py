@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -53,26 +60,109 @@ def test_empty_input(minilm) -> None:
     assert encode(minilm, []).shape == (0, 384)
 
 
-def test_onnx_backend_matches_torch_and_exports_once(minilm, tmp_path) -> None:
-    from syneg_ray.onnx_backend import OnnxEncoder, export
+@pytest.fixture(scope="module")
+def minilm_onnx(tmp_path_factory) -> Path:
+    from syneg_ray.onnx_backend import export
 
-    target = tmp_path / "minilm.onnx"
+    target = tmp_path_factory.mktemp("onnx") / "minilm.onnx"
     assert export(resolve_model("minilm"), target) == target and target.is_file()
-    stamp = target.stat().st_mtime_ns
-    assert export(resolve_model("minilm"), target).stat().st_mtime_ns == stamp  # cached: a second actor does not export again
-    assert [p.name for p in tmp_path.iterdir() if p.suffix == ".onnx"] == ["minilm.onnx"]  # no temp file left
+    return target
+
+
+def test_onnx_export_happens_once(minilm_onnx) -> None:
+    from syneg_ray.onnx_backend import export
+
+    stamp = minilm_onnx.stat().st_mtime_ns
+    assert export(resolve_model("minilm"), minilm_onnx).stat().st_mtime_ns == stamp  # cached: a second actor does not export again
+    assert [p.name for p in minilm_onnx.parent.iterdir() if p.suffix == ".onnx"] == ["minilm.onnx"]  # no temp file left
+
+
+@pytest.mark.parametrize("options", [EncodeOptions(batch_size=2, max_tokens_per_batch=512),
+                                     EncodeOptions(prompt="query: ", max_seq_length=16)])
+def test_onnx_backend_matches_torch(minilm, minilm_onnx, options) -> None:
+    from syneg_ray.onnx_backend import OnnxEncoder
+
     texts = ["short", "a much longer text " * 40, "medium length sentence about aspirin and fever", ""]
-    options = EncodeOptions(batch_size=2, max_tokens_per_batch=512)
-    onnx = encode(OnnxEncoder(minilm, target, threads=2), texts, options)
-    np.testing.assert_allclose(onnx, encode(minilm, texts, options), atol=1e-5)
+    torch_model = load_encoder(resolve_model("minilm"), device="cpu", max_seq_length=options.max_seq_length)
+    onnx = OnnxEncoder(resolve_model("minilm"), minilm_onnx, threads=2, max_seq_length=options.max_seq_length)
+    assert onnx.max_seq_length == torch_model.max_seq_length  # 256 from the model's config, or the override
+    np.testing.assert_allclose(encode(onnx, texts, options), encode(torch_model, texts, options), atol=1e-5)
+    assert encode(onnx, []).shape == (0, 384)
+
+
+def test_an_onnx_encoder_process_never_imports_torch(minilm_onnx) -> None:
+    """The backend's memory saving: an encoder actor on it holds no torch, transformers or sentence-transformers."""
+    script = (
+        "import sys\n"
+        "from syneg_ray.config import Backend\n"
+        "from syneg_ray.encoder import encode\n"
+        "from syneg_ray.stages.embed import EncodeUDF, open_encoder\n"
+        f"model = open_encoder({resolve_model('minilm')!r}, Backend.ONNX, {str(minilm_onnx)!r}, threads=1)\n"
+        "assert encode(model, ['aspirin and fever']).shape == (1, 384)\n"
+        "print(sorted(m for m in ('torch', 'transformers', 'sentence_transformers') if m in sys.modules))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("modes", [("mean",), ("cls",), ("max",), ("mean_sqrt_len_tokens",), ("lasttoken",), ("cls", "mean")])
+def test_numpy_pooling_equals_sentence_transformers(modes) -> None:
+    import torch
+    from sentence_transformers.sentence_transformer.modules import Pooling
+
+    from syneg_ray.onnx_backend import pool
+
+    rng = np.random.default_rng(0)
+    hidden = rng.normal(size=(3, 7, 8)).astype(np.float32)
+    mask = np.array([[1] * 7, [1] * 4 + [0] * 3, [1] + [0] * 6], dtype=np.int64)  # right padding, as the tokenizer pads
+    features = {"token_embeddings": torch.from_numpy(hidden), "attention_mask": torch.from_numpy(mask)}
+    expected = Pooling(8, pooling_mode=modes if len(modes) > 1 else modes[0])(features)["sentence_embedding"].numpy()
+    np.testing.assert_allclose(pool(hidden, mask, modes), expected, atol=1e-6)
+
+
+def _model_variant(tmp_path: Path, modules: list[str] | None = None, drop: str = "") -> str:
+    """A copy of minilm's folder (weights linked) with another module stack or a file missing."""
+    source = Path(resolve_model("minilm"))
+    folder = tmp_path / "variant"
+    shutil.copytree(source, folder, copy_function=os.symlink, ignore=shutil.ignore_patterns(drop) if drop else None)
+    if modules:
+        (folder / "modules.json").unlink()
+        stack = [{"idx": i, "name": str(i), "path": "" if i == 0 else f"{i}_{kind}", "type": f"sentence_transformers.models.{kind}"}
+                 for i, kind in enumerate(modules)]
+        (folder / "modules.json").write_text(json.dumps(stack))
+    return str(folder)
+
+
+def test_models_the_onnx_backend_cannot_run_fall_back_to_torch_or_fail_clearly(tmp_path) -> None:
+    from syneg_ray.config import Backend, EncoderConfig
+    from syneg_ray.errors import ConfigError
+    from syneg_ray.onnx_backend import unsupported
+    from syneg_ray.stages.embed import backend_of, open_encoder
+
+    assert unsupported(resolve_model("minilm")) == ""
+    dense = _model_variant(tmp_path / "a", modules=["Transformer", "Pooling", "Dense", "Normalize"])
+    no_fast_tokenizer = _model_variant(tmp_path / "b", drop="tokenizer.json")
+    assert "Dense" in unsupported(dense)
+    assert "no tokenizer.json" in unsupported(no_fast_tokenizer)
+    assert "not a local" in unsupported("org/hub-model")
+    for path in (dense, no_fast_tokenizer):
+        assert backend_of(EncoderConfig(), path) is Backend.TORCH  # auto: the model still runs, on torch
+        with pytest.raises(ConfigError, match=r"encoder.backend = onnx: .* set encoder.backend=torch or auto"):
+            open_encoder(path, Backend.ONNX, str(tmp_path / "never-exported.onnx"))
+    assert not (tmp_path / "never-exported.onnx").exists()
 
 
 def test_onnx_export_failure_is_one_clear_line(tmp_path) -> None:
     from syneg_ray.errors import ConfigError
     from syneg_ray.onnx_backend import export
 
-    with pytest.raises(ConfigError, match=r"exporting .*not-a-model failed .*set encoder.backend=torch"):
+    with pytest.raises(ConfigError, match=r"not-a-model is not a local sentence-transformers folder .*set encoder.backend=torch"):
         export(str(tmp_path / "not-a-model"), tmp_path / "x.onnx")
+    broken = _model_variant(tmp_path, drop="config.json")  # the module stack is fine, the transformer cannot load
+    (Path(broken) / "config.json").write_text('{"model_type": "no-such-architecture"}')
+    with pytest.raises(ConfigError, match=r"exporting .*variant failed \(.*\); set encoder.backend=torch"):
+        export(broken, tmp_path / "x.onnx")
     assert not (tmp_path / "x.onnx").exists()
 
 
@@ -81,10 +171,11 @@ def test_backend_choice() -> None:
     from syneg_ray.errors import ConfigError
     from syneg_ray.stages.embed import backend_of
 
-    assert backend_of(EncoderConfig()) is Backend.ONNX  # fp32 on CPU actors
-    assert backend_of(EncoderConfig(dtype=Dtype.BF16)) is Backend.TORCH
-    assert backend_of(EncoderConfig(gpus_per_actor=1)) is Backend.TORCH
-    assert backend_of(EncoderConfig(backend=Backend.TORCH)) is Backend.TORCH
+    minilm = resolve_model("minilm")
+    assert backend_of(EncoderConfig(), minilm) is Backend.ONNX  # fp32 on CPU actors
+    assert backend_of(EncoderConfig(dtype=Dtype.BF16), minilm) is Backend.TORCH
+    assert backend_of(EncoderConfig(gpus_per_actor=1), minilm) is Backend.TORCH
+    assert backend_of(EncoderConfig(backend=Backend.TORCH), minilm) is Backend.TORCH
     with pytest.raises(ConfigError, match="onnx runs fp32 on CPUs"):
         EncoderConfig(backend=Backend.ONNX, dtype=Dtype.BF16)
 
