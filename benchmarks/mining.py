@@ -5,8 +5,10 @@
 Each side runs in its own subprocess, from a cold start (imports, model load, Ray start and
 encoding all counted; our embedding cache starts empty), while this parent samples the summed
 PSS and RSS of the child's whole process tree (Ray's raylet, GCS and actors included) every
-0.5 s. Then ours runs again on its warm embedding cache. Same model, window (0, 50), relative
-margin 0.05, 7 negatives, top sampling, faiss; the peer encodes with its default batch size 32.
+0.5 s. Ours runs three times: cold (the model's one-time ONNX export included), with the model
+prepared (export cached, corpus not yet encoded: every later run on a new corpus), and warm
+(embeddings cached). Same model, window (0, 50), relative margin 0.05, 7 negatives, top
+sampling, faiss; the peer encodes with its default batch size 32.
 Overlap is measured by document text (the peer de-duplicates the corpus by text).
 """
 
@@ -16,6 +18,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -223,11 +226,16 @@ def main() -> None:
         load_start = os.getloadavg()
         peer = measure([*common, "--side", "peer"])
         ours_cold = measure([*common, "--side", "ours"])
+        # Every later run on this model starts here: its ONNX export is cached, the corpus is not encoded yet.
+        shutil.rmtree(work / "cache" / "embeddings")
+        ours_prepared = measure([*common, "--side", "ours"])
         ours_warm = measure([*common, "--side", "ours"])  # same cache folder: embeddings reused
         result = {
             "machine": f"{platform.machine()}, {os.cpu_count()} cores, {psutil.virtual_memory().total >> 30} GiB",
-            "load_avg": [load_start, os.getloadavg()], "dtype": args.dtype, "settings": SETTINGS, "peer": peer, "ours_cold": ours_cold, "ours_warm": ours_warm,
+            "load_avg": [load_start, os.getloadavg()], "dtype": args.dtype, "settings": SETTINGS, "peer": peer, "ours_cold": ours_cold,
+            "ours_model_prepared": ours_prepared, "ours_warm": ours_warm,
             "speedup_cold": round(peer["wall_s"] / ours_cold["wall_s"], 2),
+            "speedup_model_prepared": round(peer["wall_s"] / ours_prepared["wall_s"], 2),
             "speedup_warm": round(peer["wall_s"] / ours_warm["wall_s"], 2),
             "ours_summary": json.loads((work / "ours.json").read_text()),
             **overlap(args.dataset, work / "peer.json", work / "run" / "mine" / "negatives.parquet"),
