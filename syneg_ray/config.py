@@ -101,7 +101,7 @@ class RayConfig:
 class EncoderConfig:
     model: str = "minilm"  # registry short name, HF id or local path of a sentence-transformers model
     batch_size: int = 64  # texts per forward pass (upper bound; see max_tokens_per_batch)
-    max_tokens_per_batch: int = 8192  # padded tokens per forward pass; length-sorted batches fill it
+    max_tokens_per_batch: int = 0  # padded tokens per forward pass, filled by length-sorted batches; 0 = 1024 on CPU, 8192 on GPU
     max_seq_length: int = 0  # truncate inputs to this many tokens; 0 = the model's own limit
     dtype: Dtype = Dtype.FP32  # bf16 is 1.5-3x faster on CPUs with AVX512_BF16 and on GPUs
     backend: Backend = Backend.AUTO  # auto: ONNX Runtime for fp32 on CPUs, torch on GPUs and for bf16
@@ -113,7 +113,8 @@ class EncoderConfig:
 
     def __post_init__(self) -> None:
         _check_min("encoder.batch_size", self.batch_size, 1)
-        _check_min("encoder.max_tokens_per_batch", self.max_tokens_per_batch, 16)
+        if self.max_tokens_per_batch:  # 0 = the kernel's per-device default
+            _check_min("encoder.max_tokens_per_batch", self.max_tokens_per_batch, 16)
         _check_min("encoder.max_seq_length", self.max_seq_length, 0)
         _check_min("encoder.actors", self.actors, 1)
         _check_range("encoder.cpus_per_actor", self.cpus_per_actor, 0.0, 1024.0)

@@ -56,6 +56,15 @@ def test_bf16_is_close_and_prompt_changes_the_embedding(minilm) -> None:
     assert not np.allclose(prompted, fp32)
 
 
+def test_the_default_token_budget_on_cpu_is_1024(minilm) -> None:
+    from syneg_ray.encoder import CPU_TOKENS_PER_BATCH, iter_encode
+
+    texts = ["word " * 120] * 30  # 122 tokens each with [CLS] and [SEP]
+    sizes = [len(index) for index, _ in iter_encode(minilm, texts, EncodeOptions())]
+    assert CPU_TOKENS_PER_BATCH == 1024 and sizes == [8, 8, 8, 6]  # 1024 // 122 rows per batch
+    assert [len(i) for i, _ in iter_encode(minilm, texts, EncodeOptions(max_tokens_per_batch=244))] == [2] * 15
+
+
 def test_empty_input(minilm) -> None:
     assert encode(minilm, []).shape == (0, 384)
 
