@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import psutil
 
-SIDES = ("peer", "ours", "ours-torch", "ours-bf16")  # ours: the default backend (ONNX Runtime, fp32, on CPUs)
+SIDES = ("peer", "ours", "ours-torch", "ours-bf16", "ours-int8")  # ours: the default backend (ONNX Runtime, fp32, on CPUs)
 
 
 def tree_rss(pid: int) -> int:
@@ -73,6 +73,8 @@ def run_side(side: str, args: argparse.Namespace, out: Path) -> None:
         overrides.append("encoder.backend=torch")
     if side == "ours-bf16":
         overrides.append("encoder.dtype=bf16")  # bf16 autocast runs on the torch backend
+    if side == "ours-int8":
+        overrides.append("encoder.dtype=int8")  # ONNX Runtime, dynamically quantized
     cfg = load_config(None, overrides)
     texts = list(read_corpus(prepare(cfg)).values())
     model_path = resolve_model(args.model)
@@ -99,8 +101,12 @@ def run_side(side: str, args: argparse.Namespace, out: Path) -> None:
     (out / f"{side}.json").write_text(json.dumps(record))
 
 
-def ndcg(args: argparse.Namespace, embeddings: np.ndarray) -> float:
-    """nDCG@10 on the test split with the given corpus embeddings (queries encoded the same for all sides)."""
+def ndcg(args: argparse.Namespace, embeddings: np.ndarray, side: str) -> float:
+    """nDCG@10 on the test split with the given corpus embeddings.
+
+    Queries are encoded in fp32 by sentence-transformers for every side but int8, whose queries
+    are int8 too, as `syneg evaluate` with `encoder.dtype=int8` encodes them.
+    """
     from syneg_ray import beir, metrics
     from syneg_ray.config import load_config
     from syneg_ray.dataset import prepare, read_corpus
@@ -113,7 +119,14 @@ def ndcg(args: argparse.Namespace, embeddings: np.ndarray) -> float:
     doc_ids = list(read_corpus(prepared))
     qrels, _ = beir.read_qrels(prepared.folder, "test")
     queries = beir.read_queries(prepared.folder, keep=set(qrels))
-    query_embeddings = encode(load_encoder(resolve_model(args.model), device="cpu"), list(queries.values()))
+    if side == "ours-int8":
+        from syneg_ray.stages.embed import embed_queries
+
+        int8 = load_config(None, [f"data.dataset={args.dataset}", f"data.data_dir={args.data_dir}",
+                                  f"run.cache_dir={tempfile.mkdtemp(prefix='bench-cache-')}", "encoder.dtype=int8"])
+        query_embeddings = embed_queries(int8, list(queries.values()), args.model)
+    else:
+        query_embeddings = encode(load_encoder(resolve_model(args.model), device="cpu"), list(queries.values()))
     scores, indices = search_exact(query_embeddings, embeddings, 100)
     return metrics.evaluate_run(qrels, metrics.to_run(list(queries), doc_ids, scores, indices))["ndcg@10"]
 
@@ -139,7 +152,7 @@ def main() -> None:
                "--data-dir", args.data_dir, "--model", args.model, "--peer-batch-size", str(args.peer_batch_size)]
         subprocess.run(cmd, check=True)
         results[side] = json.loads((out / f"{side}.json").read_text())
-        results[side]["ndcg@10"] = ndcg(args, np.load(out / f"{side}.npy"))
+        results[side]["ndcg@10"] = ndcg(args, np.load(out / f"{side}.npy"), side)
     print(f"\n{args.model} on {args.dataset} corpus ({results[args.sides[0]]['docs']:,} docs), cold cache, one run")
     print(f"{'side':<10} {'seconds':>8} {'docs/s':>8} {'peak RSS GB':>12} {'nDCG@10':>8}")
     for side, r in results.items():

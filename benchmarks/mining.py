@@ -1,6 +1,6 @@
 """Dense mining, ours vs `sentence_transformers.util.mine_hard_negatives`, on SciFact train with minilm.
 
-    nice .venv/bin/python benchmarks/mining.py --dataset <scifact folder> [--dtype bf16] [--out result.json]
+    nice .venv/bin/python benchmarks/mining.py --dataset <scifact folder> [--dtype bf16|int8] [--out result.json]
 
 Each side runs in its own subprocess, from a cold start (imports, model load, Ray start and
 encoding all counted; our embedding cache starts empty), while this parent samples the summed
@@ -194,7 +194,7 @@ def overlap(folder: Path, peer_file: Path, ours_parquet: Path) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", type=Path, default=ROOT.parent / "shared" / "datasets" / "scifact")
-    parser.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])
+    parser.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "int8"], help="our encoder's; the peer runs fp32")
     parser.add_argument("--side", choices=["peer", "ours"], help=argparse.SUPPRESS)
     parser.add_argument("--work", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help="write the result JSON here too")

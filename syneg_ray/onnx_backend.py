@@ -13,6 +13,9 @@ the graph (about 300 MB for MiniLM) instead of torch, transformers and sentence-
 
     tokenizer.json (tokenizers) -> ORT session (last_hidden_state) -> Pooling, Normalize (numpy) -> embedding
 
+`encoder.dtype = int8` runs the same graph after dynamic quantization (`quantized`): about twice
+as fast on CPUs with integer dot-product instructions, at a cosine of about 0.995 to fp32.
+
 Models with other modules (Dense, a custom head) or without a fast tokenizer run on the torch
 backend; `unsupported(path)` says why.
 """
@@ -78,16 +81,32 @@ def export(model_path: str, target: Path) -> Path:
             failed (an architecture the exporter cannot trace).
     """
     check_supported(model_path)
+    return _make_in_child(["export", model_path], target, f"exporting {model_path}", "set encoder.backend=torch")
+
+
+def quantized(fp32_path: Path) -> Path:
+    """The int8 twin of an exported transformer (`<name>.int8.onnx` beside it), made once.
+
+    Dynamic quantization: weights become int8 per output channel, activations are quantized per
+    batch at run time, and the MatMuls and fused Attention run as integer kernels (VNNI or AMX
+    where the CPU has them). Per channel matters: per-tensor scales lost 6% cosine to fp32 on MiniLM,
+    per-channel about 0.5% (benchmarks/RESULTS.md, Mining).
+    """
+    target = fp32_path.with_name(f"{fp32_path.stem}.int8.onnx")
+    return _make_in_child(["quantize", str(fp32_path)], target, f"quantizing {fp32_path.name}", "use encoder.dtype=fp32")
+
+
+def _make_in_child(args: list[str], target: Path, what: str, fix: str) -> Path:
+    """Runs `python -m syneg_ray.onnx_backend ARGS TARGET` under a lock on `target`, unless `target` exists."""
     target.parent.mkdir(parents=True, exist_ok=True)
     with open(target.with_suffix(".lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not target.is_file():
-            cmd = [sys.executable, "-m", "syneg_ray.onnx_backend", model_path, str(target)]
+            cmd = [sys.executable, "-m", "syneg_ray.onnx_backend", *args, str(target)]
             child = subprocess.run(cmd, capture_output=True, text=True, check=False)
             if child.returncode or not target.is_file():
                 last = (child.stderr.strip().splitlines() or ["no output"])[-1]
-                raise ConfigError(f"encoder.backend = onnx: exporting {model_path} failed ({last}); "
-                                  "set encoder.backend=torch")
+                raise ConfigError(f"encoder.backend = onnx: {what} failed ({last}); {fix}")
     return target
 
 
@@ -290,8 +309,27 @@ class OnnxEncoder:
         return vectors
 
 
-if __name__ == "__main__":  # the child process of `export`: python -m syneg_ray.onnx_backend MODEL TARGET
-    from syneg_ray.encoder import load_encoder
+def _quantize_unlocked(source: Path, target: Path) -> None:
+    from onnx import TensorProto
+    from onnxruntime.quantization import QuantType, quantize_dynamic
 
+    partial = target.with_name(f"{target.stem}.{os.getpid()}.partial.onnx")
+    # The fused graph holds contrib ops (Attention, SkipLayerNormalization) that ONNX shape inference
+    # cannot type; their outputs are float32.
+    try:
+        quantize_dynamic(str(source), str(partial), weight_type=QuantType.QInt8, per_channel=True,
+                         extra_options={"DefaultTensorType": TensorProto.FLOAT})
+        os.replace(partial, target)
+    finally:
+        partial.unlink(missing_ok=True)
+
+
+if __name__ == "__main__":  # the child process of `export` and `quantized`
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    _export_unlocked(load_encoder(sys.argv[1], device="cpu"), Path(sys.argv[2]))
+    task, source, destination = sys.argv[1:4]
+    if task == "export":  # python -m syneg_ray.onnx_backend export MODEL TARGET
+        from syneg_ray.encoder import load_encoder
+
+        _export_unlocked(load_encoder(source, device="cpu"), Path(destination))
+    else:  # python -m syneg_ray.onnx_backend quantize FP32_ONNX TARGET
+        _quantize_unlocked(Path(source), Path(destination))

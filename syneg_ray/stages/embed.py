@@ -23,6 +23,7 @@ from syneg_ray import onnx_backend
 from syneg_ray.config import Backend, Dtype, EncoderConfig, PipelineConfig, default_cache_dir
 from syneg_ray.dataset import Prepared, file_digest
 from syneg_ray.encoder import EncodeOptions, embedding_dimension, encode, load_encoder
+from syneg_ray.errors import ConfigError
 from syneg_ray.registry import resolve_model
 
 logger = logging.getLogger(__name__)
@@ -32,7 +33,16 @@ ROWS_PER_ACTOR_CALL = 512  # rows handed to an actor at once; it re-batches them
 
 def backend_of(e: EncoderConfig, model_path: str) -> Backend:
     """The backend `auto` stands for: ONNX Runtime for fp32 on CPU actors when installed and the model's
-    modules allow it (`onnx_backend.unsupported`), else torch."""
+    modules allow it (`onnx_backend.unsupported`), else torch. int8 runs only on ONNX Runtime.
+
+    Raises:
+        ConfigError: int8 for a model, or an install, that ONNX Runtime cannot serve.
+    """
+    if e.dtype is Dtype.INT8:
+        reason = onnx_backend.unsupported(model_path) or ("" if onnx_backend.available() else "onnxruntime is not installed")
+        if reason:
+            raise ConfigError(f"encoder.dtype = int8 runs on ONNX Runtime: {reason}; use encoder.dtype=fp32")
+        return Backend.ONNX
     if e.backend is not Backend.AUTO:
         return e.backend
     on_cpu = e.gpus_per_actor == 0
@@ -62,15 +72,21 @@ def smallest_node_cpus() -> float:
 
 
 def onnx_file(cfg: PipelineConfig, model_path: str) -> Path:
-    """Where the model's exported transformer is cached (one file per model weights)."""
+    """Where the model's exported transformer is cached (one file per model weights, in fp32)."""
     return default_cache_dir(cfg) / "onnx" / f"{model_fingerprint(model_path)}.onnx"
 
 
-def open_encoder(model_path: str, backend: Backend, onnx_path: str, threads: int = 0, max_seq_length: int = 0):
+def prepare_onnx(model_path: str, onnx_path: str, dtype: Dtype = Dtype.FP32) -> Path:
+    """The ONNX graph an encoder of `dtype` runs: the fp32 export, or its int8 twin; each made once."""
+    exported = onnx_backend.export(model_path, Path(onnx_path))
+    return onnx_backend.quantized(exported) if dtype is Dtype.INT8 else exported
+
+
+def open_encoder(model_path: str, backend: Backend, onnx_path: str, threads: int = 0, max_seq_length: int = 0,
+                 dtype: Dtype = Dtype.FP32):
     """The encoder `encoder.encode` runs: the sentence-transformers model, or its torch-free ONNX Runtime twin."""
     if backend is Backend.ONNX:
-        exported = onnx_backend.export(model_path, Path(onnx_path))
-        return onnx_backend.OnnxEncoder(model_path, exported, threads, max_seq_length)
+        return onnx_backend.OnnxEncoder(model_path, prepare_onnx(model_path, onnx_path, dtype), threads, max_seq_length)
     return load_encoder(model_path, max_seq_length=max_seq_length)
 
 
@@ -86,7 +102,7 @@ class EncodeUDF:
             import torch
 
             torch.set_num_threads(threads)
-        self.model = open_encoder(model_path, Backend(backend), onnx_path, threads, max_seq_length)
+        self.model = open_encoder(model_path, Backend(backend), onnx_path, threads, max_seq_length, options.dtype)
         self.options = options
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -157,11 +173,12 @@ def encode_with_ray(cfg: PipelineConfig, model_path: str, texts: list[str], prom
     if backend is Backend.ONNX:
         # The driver needs the export for its queries anyway. Doing it before Ray starts keeps the
         # export's peak (torch, tracing: about 1.3 GB for MiniLM) apart from Ray's daemons and the actors.
-        onnx_backend.export(model_path, onnx_file(cfg, model_path))
+        prepare_onnx(model_path, str(onnx_file(cfg, model_path)), e.dtype)
     init_ray(cfg)
     cpus = cpus_per_actor(e, smallest_node_cpus())
     if not texts:  # no batch will arrive to tell the width
-        encoder = open_encoder(model_path, backend, str(onnx_file(cfg, model_path)), max_seq_length=e.max_seq_length)
+        encoder = open_encoder(model_path, backend, str(onnx_file(cfg, model_path)), max_seq_length=e.max_seq_length,
+                               dtype=e.dtype)
         return np.zeros((0, embedding_dimension(encoder)), dtype=np.float32)
     ds = ray.data.from_arrow(pa.table({"row": np.arange(len(texts), dtype=np.int64), "text": texts}))
     ds = ds.repartition(max(e.actors * 4, len(texts) // 4096 + 1))  # enough blocks to keep every actor busy
@@ -199,5 +216,5 @@ def embed_queries(cfg: PipelineConfig, texts: list[str], model: str | None = Non
     """Query embeddings in the driver process: queries are few, and an actor pool would cost more to start."""
     model_path = resolve_model(model or cfg.encoder.model, default_cache_dir(cfg))
     encoder = open_encoder(model_path, backend_of(cfg.encoder, model_path), str(onnx_file(cfg, model_path)),
-                           max_seq_length=cfg.encoder.max_seq_length)
+                           max_seq_length=cfg.encoder.max_seq_length, dtype=cfg.encoder.dtype)
     return encode(encoder, texts, encode_options(cfg.encoder, cfg.encoder.query_prompt))

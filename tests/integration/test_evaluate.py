@@ -46,6 +46,20 @@ def test_dense_evaluation_caches_embeddings_and_matches_sentence_transformers(ra
     assert scores["ndcg@10"] == pytest.approx(metrics.evaluate_run(qrels, peer_run)["ndcg@10"], abs=0.002)
 
 
+def test_int8_encoder_actors_keep_retrieval_quality(ray_local, tiny_cfg) -> None:
+    from dataclasses import replace
+
+    from syneg_ray.config import Dtype
+
+    fp32 = run_evaluate(tiny_cfg)
+    int8_cfg = replace(tiny_cfg, encoder=replace(tiny_cfg.encoder, dtype=Dtype.INT8))
+    int8 = run_evaluate(int8_cfg)
+    cached = sorted(p.name for p in (Path(tiny_cfg.run.cache_dir) / "embeddings").glob("*.npy"))
+    assert len(cached) == 2  # int8 embeddings are cached apart from fp32's
+    assert int8["ndcg@10"] == pytest.approx(fp32["ndcg@10"], abs=0.03)
+    assert int8["recall@100"] == pytest.approx(fp32["recall@100"], abs=0.03)
+
+
 def test_bm25_baseline(tiny_cfg) -> None:
     from dataclasses import replace
 

@@ -83,7 +83,7 @@ def test_onnx_export_happens_once(minilm_onnx) -> None:
 
     stamp = minilm_onnx.stat().st_mtime_ns
     assert export(resolve_model("minilm"), minilm_onnx).stat().st_mtime_ns == stamp  # cached: a second actor does not export again
-    assert [p.name for p in minilm_onnx.parent.iterdir() if p.suffix == ".onnx"] == ["minilm.onnx"]  # no temp file left
+    assert not [p.name for p in minilm_onnx.parent.iterdir() if "raw" in p.name or "partial" in p.name]  # no temp file left
 
 
 @pytest.mark.parametrize("options", [EncodeOptions(batch_size=2, max_tokens_per_batch=512),
@@ -99,14 +99,49 @@ def test_onnx_backend_matches_torch(minilm, minilm_onnx, options) -> None:
     assert encode(onnx, []).shape == (0, 384)
 
 
-def test_an_onnx_encoder_process_never_imports_torch(minilm_onnx) -> None:
+def test_int8_is_made_once_and_stays_close_to_fp32(minilm_onnx, scifact) -> None:
+    from syneg_ray.onnx_backend import OnnxEncoder, quantized
+
+    int8 = quantized(minilm_onnx)
+    stamp = int8.stat().st_mtime_ns
+    assert int8.name == "minilm.int8.onnx" and quantized(minilm_onnx).stat().st_mtime_ns == stamp
+    assert int8.stat().st_size < minilm_onnx.stat().st_size / 3  # int8 weights: a quarter of fp32's
+    lines = (scifact / "corpus.jsonl").read_text(encoding="utf-8").splitlines()[:40]
+    texts = [json.loads(line)["text"] for line in lines]
+    fp32_vectors = encode(OnnxEncoder(resolve_model("minilm"), minilm_onnx, threads=2), texts)
+    int8_vectors = encode(OnnxEncoder(resolve_model("minilm"), int8, threads=2), texts)
+    cosines = (fp32_vectors * int8_vectors).sum(axis=1)  # both normalized
+    assert cosines.min() > 0.97 and cosines.mean() > 0.985
+    # what mining needs: each document's nearest neighbours among the others barely move
+    def neighbours(vectors: np.ndarray) -> np.ndarray:
+        scores = vectors @ vectors.T - 2 * np.eye(len(vectors))
+        return np.argsort(-scores, axis=1)[:, :5]
+
+    same = [len(set(a) & set(b)) for a, b in zip(neighbours(fp32_vectors), neighbours(int8_vectors), strict=True)]
+    assert sum(same) / (5 * len(texts)) >= 0.8
+
+
+def test_a_failed_quantization_is_one_clear_line(tmp_path) -> None:
+    from syneg_ray.errors import ConfigError
+    from syneg_ray.onnx_backend import quantized
+
+    broken = tmp_path / "broken.onnx"
+    broken.write_bytes(b"not a protobuf")
+    with pytest.raises(ConfigError, match=r"quantizing broken.onnx failed \(.+\); use encoder.dtype=fp32"):
+        quantized(broken)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["broken.int8.lock", "broken.onnx"]
+
+
+@pytest.mark.parametrize("dtype", [Dtype.FP32, Dtype.INT8])
+def test_an_onnx_encoder_process_never_imports_torch(minilm_onnx, dtype) -> None:
     """The backend's memory saving: an encoder actor on it holds no torch, transformers or sentence-transformers."""
     script = (
         "import sys\n"
-        "from syneg_ray.config import Backend\n"
+        "from syneg_ray.config import Backend, Dtype\n"
         "from syneg_ray.encoder import encode\n"
         "from syneg_ray.stages.embed import EncodeUDF, open_encoder\n"
-        f"model = open_encoder({resolve_model('minilm')!r}, Backend.ONNX, {str(minilm_onnx)!r}, threads=1)\n"
+        f"model = open_encoder({resolve_model('minilm')!r}, Backend.ONNX, {str(minilm_onnx)!r}, threads=1, "
+        f"dtype=Dtype({dtype.value!r}))\n"
         "assert encode(model, ['aspirin and fever']).shape == (1, 384)\n"
         "print(sorted(m for m in ('torch', 'transformers', 'sentence_transformers') if m in sys.modules))\n"
     )
@@ -185,8 +220,27 @@ def test_backend_choice() -> None:
     assert backend_of(EncoderConfig(dtype=Dtype.BF16), minilm) is Backend.TORCH
     assert backend_of(EncoderConfig(gpus_per_actor=1), minilm) is Backend.TORCH
     assert backend_of(EncoderConfig(backend=Backend.TORCH), minilm) is Backend.TORCH
-    with pytest.raises(ConfigError, match="onnx runs fp32 on CPUs"):
+    with pytest.raises(ConfigError, match="onnx runs fp32 and int8 on CPUs"):
         EncoderConfig(backend=Backend.ONNX, dtype=Dtype.BF16)
+
+
+def test_int8_runs_only_on_onnx_runtime_on_cpus(tmp_path) -> None:
+    from syneg_ray.config import Backend, EncoderConfig, SynthesizeConfig, TrainConfig
+    from syneg_ray.errors import ConfigError
+    from syneg_ray.stages.embed import backend_of
+
+    assert backend_of(EncoderConfig(dtype=Dtype.INT8), resolve_model("minilm")) is Backend.ONNX
+    assert backend_of(EncoderConfig(dtype=Dtype.INT8, backend=Backend.ONNX), resolve_model("minilm")) is Backend.ONNX
+    for wrong in ({"backend": Backend.TORCH}, {"gpus_per_actor": 1}):
+        with pytest.raises(ConfigError, match="encoder.dtype = int8 runs on ONNX Runtime on CPUs"):
+            EncoderConfig(dtype=Dtype.INT8, **wrong)
+    dense = _model_variant(tmp_path, modules=["Transformer", "Pooling", "Dense", "Normalize"])
+    with pytest.raises(ConfigError, match=r"int8 runs on ONNX Runtime: .*Dense.*; use encoder.dtype=fp32"):
+        backend_of(EncoderConfig(dtype=Dtype.INT8), dense)  # auto would pick torch, which has no int8 path here
+    with pytest.raises(ConfigError, match="synthesize.dtype = int8 is for encoder.dtype only"):
+        SynthesizeConfig(dtype=Dtype.INT8)
+    with pytest.raises(ConfigError, match="train.dtype = int8 is for encoder.dtype only"):
+        TrainConfig(dtype=Dtype.INT8)
 
 
 def test_cpus_per_actor_fits_the_smallest_node() -> None:
