@@ -8,6 +8,9 @@ answers go through parsing.py. Reported per side: output tokens/s (model load ex
 included), valid-JSON rate (answers holding a JSON object) and valid rate (answers with at least
 one valid negative); efficiency = pipeline tok/s / direct tok/s. Prints one JSON object.
 
+`--threads 1` on a 2-core machine gives the generator one core on both sides and leaves the other
+to Ray's own processes, as a cluster node with cores to spare does.
+
 `--rounds 2` runs the sides in the order direct, pipeline, pipeline, direct. On a shared VM the
 same batch can take 10-20% longer an hour later, and one side run after the other folds that
 drift into the ratio; alternating cancels a steady drift. The sides' seconds and tokens are summed
@@ -37,7 +40,8 @@ def work_rows(args: argparse.Namespace, run_dir: Path) -> tuple[list[dict], obje
     overrides = [f"run.run_dir={run_dir}", f"data.dataset={args.dataset}", f"data.limit={args.pairs}",
                  f"synthesize.engine={args.engine}", f"synthesize.negatives_per_pair={args.k}",
                  f"synthesize.max_new_tokens={args.max_new_tokens}", f"synthesize.batch_size={args.batch_size}",
-                 f"synthesize.dtype={args.dtype}", f"synthesize.cpus_per_replica={args.cpus}"]
+                 f"synthesize.dtype={args.dtype}", f"synthesize.cpus_per_replica={args.cpus}",
+                 f"synthesize.threads_per_replica={args.threads}"]
     # Ray keeps its own default size (cores + 1 logical CPUs): the vllm processor's tokenizer and
     # template actors need a share beside the engine's bundle, and a 2-CPU Ray left them none (a hang).
     if args.data_dir:
@@ -166,6 +170,9 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32")
     parser.add_argument("--cpus", type=float, default=1.0, help="logical CPUs per LLM actor")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch threads of the hf engine on both sides; 0 = every core. Fewer threads than cores "
+                             "leave Ray's bookkeeping a core of its own, as on a node with spare cores")
     parser.add_argument("--dataset", default="scifact")
     parser.add_argument("--data-dir", default=os.environ.get("SYNEG_DATA_DIR", ""))
     parser.add_argument("--rounds", type=int, default=1,
