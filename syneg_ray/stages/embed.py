@@ -39,15 +39,20 @@ def backend_of(e: EncoderConfig, model_path: str) -> Backend:
         ConfigError: int8 for a model, or an install, that ONNX Runtime cannot serve.
     """
     if e.dtype is Dtype.INT8:
-        reason = onnx_backend.unsupported(model_path) or ("" if onnx_backend.available() else "onnxruntime is not installed")
+        reason = _why_not_onnx(model_path)
         if reason:
             raise ConfigError(f"encoder.dtype = int8 runs on ONNX Runtime: {reason}; use encoder.dtype=fp32")
         return Backend.ONNX
     if e.backend is not Backend.AUTO:
         return e.backend
     on_cpu = e.gpus_per_actor == 0
-    onnx = on_cpu and e.dtype is Dtype.FP32 and onnx_backend.available() and not onnx_backend.unsupported(model_path)
+    onnx = on_cpu and e.dtype is Dtype.FP32 and not _why_not_onnx(model_path)
     return Backend.ONNX if onnx else Backend.TORCH
+
+
+def _why_not_onnx(model_path: str) -> str:
+    """Why ONNX Runtime cannot encode with the model at `model_path` here, or "" when it can."""
+    return onnx_backend.unsupported(model_path) or ("" if onnx_backend.available() else "onnxruntime is not installed")
 
 
 def cpus_per_actor(e: EncoderConfig, smallest_node_cpus: float = 0.0) -> float:
