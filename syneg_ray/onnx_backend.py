@@ -278,6 +278,7 @@ class OnnxEncoder:
         options.intra_op_num_threads = threads or (os.cpu_count() or 1)
         options.inter_op_num_threads = 1
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self.path = Path(onnx_path)  # the graph it runs: the fp32 export or its int8 twin
         self.session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
         self.names = [i.name for i in self.session.get_inputs()]
         width = pooling.get("embedding_dimension") or pooling.get("word_embedding_dimension")
@@ -331,5 +332,7 @@ if __name__ == "__main__":  # the child process of `export` and `quantized`
         from syneg_ray.encoder import load_encoder
 
         _export_unlocked(load_encoder(source, device="cpu"), Path(destination))
-    else:  # python -m syneg_ray.onnx_backend quantize FP32_ONNX TARGET
+    elif task == "quantize":  # python -m syneg_ray.onnx_backend quantize FP32_ONNX TARGET
         _quantize_unlocked(Path(source), Path(destination))
+    else:
+        sys.exit(f"unknown task {task!r}: use export or quantize")

@@ -69,15 +69,17 @@ def similarity_plot(cfg: PipelineConfig, run_dir: Path) -> Path | None:
     instances_path = run_dir / schema.INSTANCES
     if not instances_path.exists():
         return None
-    from syneg_ray.encoder import encode, load_encoder
+    from syneg_ray.encoder import encode
     from syneg_ray.registry import resolve_model
+    from syneg_ray.stages.embed import encode_options, local_encoder
 
     rows = pq.read_table(instances_path).slice(0, MAX_INSTANCES).to_pylist()
-    encoder = load_encoder(resolve_model(cfg.encoder.model), max_seq_length=cfg.encoder.max_seq_length)
-    query = encode(encoder, [r["query"] for r in rows])
-    positive = encode(encoder, [r["positive"] for r in rows])
+    encoder = local_encoder(cfg, resolve_model(cfg.encoder.model, cfg.run.cache_dir or None))
+    as_query, as_document = encode_options(cfg.encoder, cfg.encoder.query_prompt), encode_options(cfg.encoder, cfg.encoder.document_prompt)
+    query = encode(encoder, [r["query"] for r in rows], as_query)
+    positive = encode(encoder, [r["positive"] for r in rows], as_document)
     owner = np.array([i for i, r in enumerate(rows) for _ in r["negatives"]], dtype=np.int64)
-    negatives = encode(encoder, [n for r in rows for n in r["negatives"]])
+    negatives = encode(encoder, [n for r in rows for n in r["negatives"]], as_document)
     sources = [s for r in rows for s in r["negative_sources"]]
     sims = similarity_by_source(query, positive, negatives, owner, sources)
     return plot_similarity(sims, run_dir / "similarity.png")

@@ -95,6 +95,15 @@ def open_encoder(model_path: str, backend: Backend, onnx_path: str, threads: int
     return load_encoder(model_path, max_seq_length=max_seq_length)
 
 
+def local_encoder(cfg: PipelineConfig, model_path: str):
+    """The configured encoder, opened in this process: for diagnostics that encode a few hundred
+    texts (probes, plots) and must see the backend and precision the actors use. Encode with
+    `encode_options(cfg.encoder, prompt)`."""
+    e = cfg.encoder
+    return open_encoder(model_path, backend_of(e, model_path), str(onnx_file(cfg, model_path)),
+                        max_seq_length=e.max_seq_length, dtype=e.dtype)
+
+
 class EncodeUDF:
     """Callable class for `map_batches`: loads the encoder once per actor.
 

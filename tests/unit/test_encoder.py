@@ -121,6 +121,28 @@ def test_int8_is_made_once_and_stays_close_to_fp32(minilm_onnx, scifact) -> None
     assert sum(same) / (5 * len(texts)) >= 0.8
 
 
+def test_diagnostics_encode_with_the_configured_backend_and_precision(minilm_onnx, tmp_path) -> None:
+    """Probes and plots open the encoder in-process; under int8 they must not quietly run fp32 torch."""
+    import shutil
+
+    from syneg_ray.config import load_config
+    from syneg_ray.onnx_backend import OnnxEncoder
+    from syneg_ray.stages.embed import local_encoder, onnx_file
+
+    def opened(dtype: str):
+        cfg = load_config(None, [f"run.cache_dir={tmp_path}", f"encoder.dtype={dtype}"])
+        cached = onnx_file(cfg, resolve_model("minilm"))
+        if not cached.exists():  # the module's export, where the cache expects it: no second export
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(minilm_onnx, cached)
+        return local_encoder(cfg, resolve_model("minilm"))
+
+    int8 = opened("int8")
+    assert isinstance(int8, OnnxEncoder) and int8.path.name.endswith(".int8.onnx")
+    assert isinstance(opened("fp32"), OnnxEncoder) and opened("fp32").path.suffixes == [".onnx"]
+    assert not isinstance(opened("bf16"), OnnxEncoder)  # bf16 runs on torch autocast
+
+
 def test_a_failed_quantization_is_one_clear_line(tmp_path) -> None:
     from syneg_ray.errors import ConfigError
     from syneg_ray.onnx_backend import quantized
