@@ -227,9 +227,10 @@ def command(args: argparse.Namespace, row: Row, seed: int) -> str:
 
 def run_probes(args: argparse.Namespace) -> dict:
     """False-negative-guard share of synthetic negatives and the synthetic-vs-retrieved AUC, on the base model."""
-    from syneg_ray.encoder import EncodeOptions, encode, load_encoder
+    from syneg_ray.encoder import encode
     from syneg_ray.probes import guard_flags, source_auc
     from syneg_ray.registry import resolve_model
+    from syneg_ray.stages.embed import encode_options, local_encoder
     from syneg_ray.stages.mix import read_mined, read_synthetic
 
     cfg = config_for(args, args.out / "shared")
@@ -248,9 +249,9 @@ def run_probes(args: argparse.Namespace) -> dict:
     k = cfg.synthesize.negatives_per_pair
     with_syn = [p for p in pairs if synthetic.get((p["query_id"], p["positive_id"])) and synthetic[(p["query_id"], p["positive_id"])].texts]
 
-    encoder = load_encoder(resolve_model(cfg.encoder.model, cfg.run.cache_dir or None))
-    options = EncodeOptions(batch_size=cfg.encoder.batch_size, max_tokens_per_batch=cfg.encoder.max_tokens_per_batch, dtype=cfg.encoder.dtype)
-    query = encode(encoder, [p["query"] for p in with_syn], options)
+    encoder = local_encoder(cfg, resolve_model(cfg.encoder.model, cfg.run.cache_dir or None))  # the miner's backend and precision
+    as_query, options = encode_options(cfg.encoder, cfg.encoder.query_prompt), encode_options(cfg.encoder, cfg.encoder.document_prompt)
+    query = encode(encoder, [p["query"] for p in with_syn], as_query)
     positive = encode(encoder, [p["positive"] for p in with_syn], options)
     syn_texts, syn_slot, ret_texts, groups_syn, groups_ret = [], [], [], [], []
     for i, p in enumerate(with_syn):

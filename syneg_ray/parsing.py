@@ -37,6 +37,10 @@ class Limits:
     near_duplicate: float = 0.8  # word-set Jaccard at or above this = near-duplicate
     max_negatives: int = 0  # keep at most this many valid negatives (0 = all)
 
+    def shortest(self, positive_words: int) -> float:
+        """The fewest words a negative may have beside a positive of `positive_words` words."""
+        return max(self.min_words, self.min_ratio * positive_words)
+
 
 @dataclass
 class Parsed:
@@ -102,7 +106,7 @@ def _candidates(obj: dict[str, Any]) -> list[Any] | None:
 def validate(candidates: list[Any], query: str, positive: str, limits: Limits) -> tuple[list[str], list[str]]:
     """Splits candidate negatives into (valid, reject reasons), in order, first duplicate wins."""
     n_pos = len(positive.split())
-    low = max(limits.min_words, limits.min_ratio * n_pos)
+    low = limits.shortest(n_pos)
     high = limits.max_ratio * n_pos + limits.slack_words
     q_tokens = tokens(query)
     q_words, p_words = set(q_tokens), words(positive)

@@ -15,9 +15,12 @@ import math
 from typing import Any
 
 # Bump whenever the wording or the output schema changes: it is part of every resume key.
-PROMPT_VERSION = "syneg-v1"
+PROMPT_VERSION = "syneg-v2"  # v2: the vllm engine holds each negative open to the length floor
 MAX_POSITIVE_WORDS = 350  # the positive is cut to this many words inside the prompt
 TOKENS_PER_WORD = 1.5  # BPE tokens per word of English scientific prose (SmolLM2 and Qwen2.5 on SciFact: 1.50-1.52)
+# Characters that hold a word of English scientific prose, with margin: SciFact averages 6.9 with
+# spaces, but runs of long terms go past 8; at 9, 99.9% of its 360-character stretches hold 40 words.
+CHARS_PER_WORD = 9.0
 REASONING_TOKENS = 160  # the most an answer spends on its reasoning field
 
 SYSTEM = (
@@ -47,16 +50,20 @@ All the negative documents should be in the education level of {difficulty} to c
 Answer with exactly one JSON object with two keys: "reasoning" (a string) and "negatives" (a list of {k} strings, each one complete document written by you). No text before or after it."""
 
 
-def json_schema(k: int) -> dict[str, Any]:
+def json_schema(k: int, min_chars: int = 0) -> dict[str, Any]:
     """The JSON schema of one answer: a reasoning string and exactly `k` negative strings.
 
     Used for constrained decoding (vLLM `structured_outputs`, OpenAI `response_format`).
+    `min_chars` > 0 also makes each negative at least that long (`negative_min_chars`).
     """
+    negative: dict[str, Any] = {"type": "string"}
+    if min_chars > 0:
+        negative["minLength"] = min_chars
     return {
         "type": "object",
         "properties": {
             "reasoning": {"type": "string"},
-            "negatives": {"type": "array", "items": {"type": "string"}, "minItems": k, "maxItems": k},
+            "negatives": {"type": "array", "items": negative, "minItems": k, "maxItems": k},
         },
         "required": ["reasoning", "negatives"],
         "additionalProperties": False,
@@ -90,6 +97,14 @@ def build_messages(query: str, positive: str, attributes: dict[str, str], k: int
         words=words,
     )
     return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": user}]
+
+
+def negative_min_chars(shortest_words: float) -> int:
+    """Characters that hold at least `shortest_words` words: the length floor of validation, in the
+    unit a JSON schema's `minLength` speaks. Small LLMs stop a negative early (Qwen2.5-1.5B: 35 words
+    beside a 200-word positive), and the validator then rejects it; a decoding constraint makes the
+    model keep writing instead, as the `hf` engine's hold does."""
+    return math.ceil(shortest_words * CHARS_PER_WORD)
 
 
 def answer_budget(max_new_tokens: int, k: int, positive_words: int, min_ratio: float) -> int:

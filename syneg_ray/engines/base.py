@@ -48,6 +48,7 @@ class SamplingSpec:
     max_new_tokens: int
     temperature: float
     top_p: float
+    presence_penalty: float = 0.0  # subtracted from the logit of every token the answer already holds
 
 
 def messages_of(row: dict[str, Any]) -> list[dict[str, str]]:

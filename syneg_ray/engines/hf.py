@@ -167,6 +167,14 @@ class HFGenerator:
                     scores[rows.unsqueeze(1), banned.unsqueeze(0)] = -float("inf")
                 return scores
 
+        prompt_width, pad, penalty = prompt.input_ids.shape[1], self.tokenizer.pad_token_id, spec.presence_penalty
+
+        class _Presence(LogitsProcessor):  # OpenAI's presence_penalty over the answer's tokens, never the prompt's
+            def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+                seen = torch.zeros_like(scores, dtype=torch.bool).scatter_(1, input_ids[:, prompt_width:], True)
+                seen[:, pad] = False  # the answer's left padding
+                return scores - penalty * seen
+
         sampling = {"do_sample": True, "temperature": spec.temperature, "top_p": spec.top_p} if spec.temperature > 0 else {"do_sample": False}
         with self.torch.inference_mode():
             out = self.model.generate(
@@ -175,7 +183,7 @@ class HFGenerator:
                 past_key_values=copy.deepcopy(cache) if cache is not None else None,
                 max_new_tokens=budget,
                 stopping_criteria=StoppingCriteriaList([_QuoteClosed()]),
-                logits_processor=LogitsProcessorList([_HoldOpen()]),
+                logits_processor=LogitsProcessorList([_HoldOpen(), *([_Presence()] if penalty else [])]),
                 pad_token_id=self.tokenizer.pad_token_id,
                 **sampling,
             )
@@ -219,7 +227,8 @@ def build(cfg: SynthesizeConfig, model: str) -> Any:
     """The `hf` engine step: `ds.map_batches(HFGenerateUDF)` on a fixed pool of `cfg.replicas` actors."""
     import ray.data
 
-    spec = {"max_new_tokens": cfg.max_new_tokens, "temperature": cfg.temperature, "top_p": cfg.top_p}
+    spec = {"max_new_tokens": cfg.max_new_tokens, "temperature": cfg.temperature, "top_p": cfg.top_p,
+            "presence_penalty": cfg.presence_penalty}
     device = "cuda" if cfg.gpus_per_replica > 0 else "cpu"
 
     def step(ds: Dataset) -> Dataset:

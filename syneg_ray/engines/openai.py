@@ -51,7 +51,7 @@ def check_server(cfg: SynthesizeConfig, timeout: float = 5.0) -> list[str]:
 def payload(cfg: SynthesizeConfig, model: str, messages: list[dict[str, str]], k: int, seed: int,
             max_tokens: int) -> dict[str, Any]:
     """The chat-completions request body: JSON-schema response format, sampling, seed, token budget."""
-    return {
+    body = {
         "model": model,
         "messages": messages,
         "max_tokens": max_tokens,
@@ -60,6 +60,9 @@ def payload(cfg: SynthesizeConfig, model: str, messages: list[dict[str, str]], k
         "seed": seed,
         "response_format": {"type": "json_schema", "json_schema": {"name": "hard_negatives", "schema": prompts.json_schema(k), "strict": True}},
     }
+    if cfg.presence_penalty:
+        body["presence_penalty"] = cfg.presence_penalty
+    return body
 
 
 def generation_of(response: Any) -> Generation:

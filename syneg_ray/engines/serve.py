@@ -44,7 +44,7 @@ class ChatServer:
     def answer(self, body: dict[str, Any]) -> dict[str, Any]:
         messages = body["messages"]
         spec = SamplingSpec(max_new_tokens=int(body.get("max_tokens") or 256), temperature=float(body.get("temperature", 0.7)),
-                            top_p=float(body.get("top_p", 1.0)))
+                            top_p=float(body.get("top_p", 1.0)), presence_penalty=float(body.get("presence_penalty", 0.0)))
         k = schema_k(body)
         with self.lock:
             if k:

