@@ -14,6 +14,9 @@ from typing import Any
 
 import pyarrow as pa
 
+from syneg_ray import parsing
+from syneg_ray.config import SynthesizeConfig
+
 # The columns of the dataset every engine receives and must keep (`chat` holds the JSON messages,
 # `max_tokens` the answer's output-token budget: `prompts.answer_budget`).
 WORK_SCHEMA = pa.schema(
@@ -49,6 +52,12 @@ class SamplingSpec:
     temperature: float
     top_p: float
     presence_penalty: float = 0.0  # subtracted from the logit of every token the answer already holds
+
+
+def limits_of(cfg: SynthesizeConfig) -> parsing.Limits:
+    """Validation thresholds from the config: what the stage validates against and an engine may decode toward."""
+    return parsing.Limits(min_ratio=cfg.min_length_ratio, max_ratio=cfg.max_length_ratio,
+                          near_duplicate=cfg.near_duplicate, max_negatives=cfg.negatives_per_pair)
 
 
 def messages_of(row: dict[str, Any]) -> list[dict[str, str]]:

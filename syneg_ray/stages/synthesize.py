@@ -22,20 +22,13 @@ import pyarrow.parquet as pq
 from syneg_ray import attributes, engines, parsing, prompts, schema
 from syneg_ray import synthetic_store as store
 from syneg_ray.config import Engine, PipelineConfig, SynthesizeConfig
-from syneg_ray.engines.base import WORK_SCHEMA
+from syneg_ray.engines.base import WORK_SCHEMA, limits_of
 from syneg_ray.errors import EngineError, SynegError
 
 logger = logging.getLogger(__name__)
 
 ENGINE_ERROR = "engine_error"  # reject reason of a request the engine answered with an error
 POOLS_FILE = "attribute_pools.yaml"
-
-
-
-def limits_of(cfg: SynthesizeConfig) -> parsing.Limits:
-    """Validation thresholds from the config."""
-    return parsing.Limits(min_ratio=cfg.min_length_ratio, max_ratio=cfg.max_length_ratio,
-                          near_duplicate=cfg.near_duplicate, max_negatives=cfg.negatives_per_pair)
 
 
 def plan(pairs: list[dict], cfg: PipelineConfig, pools: attributes.Pools, done: set[str],
