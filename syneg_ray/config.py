@@ -92,10 +92,12 @@ class RayConfig:
     num_cpus: int = 0  # logical CPUs for a local Ray; 0 = the machine's cores
     object_store_gb: float = 2.0  # object store of a local Ray, in GiB
     dashboard: bool = False  # the dashboard costs about 1 GiB on a laptop
+    idle_workers: int = 0  # idle workers a local Ray keeps warm between tasks (about 130 MB each); -1 = Ray's default, one per CPU
 
     def __post_init__(self) -> None:
         _check_min("ray.num_cpus", self.num_cpus, 0)
         _check_range("ray.object_store_gb", self.object_store_gb, 0.1, 10_000.0)
+        _check_min("ray.idle_workers", self.idle_workers, -1)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -50,8 +50,16 @@ def init_ray(cfg: PipelineConfig) -> None:
         include_dashboard=cfg.ray.dashboard,
         runtime_env=runtime_env,
         log_to_driver=True,
+        _system_config=_idle_worker_config(cfg.ray.idle_workers),
     )
     _quiet_ray_data()
+
+
+def _idle_worker_config(idle_workers: int) -> dict:
+    """Ray keeps up to one idle worker per CPU after tasks finish, each a full Python with Ray
+    imported. On a laptop that memory is better spent on the stage's own actors; a worker that is
+    needed again starts in a second or two."""
+    return {} if idle_workers < 0 else {"num_workers_soft_limit": idle_workers}
 
 
 def _quiet_ray_data() -> None:

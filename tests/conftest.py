@@ -63,10 +63,13 @@ def scifact_small(scifact: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
 
 @pytest.fixture(scope="module")
 def ray_local():
-    """A real local Ray with fractional-CPU-friendly sizing; shut down after the module."""
+    """A real local Ray, started the way the product starts it, with fractional-CPU-friendly sizing; shut down after the module."""
     import ray
 
-    ray.init(num_cpus=4, object_store_memory=1 * 1024**3, include_dashboard=False, log_to_driver=False)
+    from syneg_ray.config import load_config
+    from syneg_ray.runtime import init_ray
+
+    init_ray(load_config(None, ["ray.num_cpus=4", "ray.object_store_gb=1"]))
     ray.data.DataContext.get_current().enable_progress_bars = False
     yield ray
     ray.shutdown()

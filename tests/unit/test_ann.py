@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -57,3 +61,18 @@ def test_unknown_kind_names_choices():
 
 def test_default_nlist_respects_training_ratio():
     assert ann.default_nlist(1_000_000) == 4000 and ann.default_nlist(100) == 2 and ann.default_nlist(5) == 1
+
+
+@pytest.mark.skipif(any(os.path.exists(n) for n in ("/dev/nvidiactl", "/dev/kfd")), reason="a GPU node: torch is the right search path")
+def test_exact_search_on_a_cpu_machine_does_not_import_torch():
+    """The mining driver searches with faiss on CPU; importing torch only to learn there is no GPU cost it about 100 MB."""
+    script = (
+        "import sys, numpy as np\n"
+        "from syneg_ray.index import search_exact\n"
+        "x = np.eye(4, dtype=np.float32)\n"
+        "scores, indices = search_exact(x, x, 1)\n"
+        "assert indices[:, 0].tolist() == [0, 1, 2, 3]\n"
+        "print('torch' in sys.modules)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "False"

@@ -1,0 +1,25 @@
+"""The local Ray the product starts: what it keeps running between tasks."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import psutil
+
+
+def test_local_ray_keeps_no_idle_workers(ray_local):
+    """Ray's default keeps one idle worker per CPU (4 here) alive after tasks end, about 130 MB
+    each; the product's `ray.idle_workers = 0` lets the raylet stop them."""
+
+    @ray_local.remote(num_cpus=1)
+    def worker_pid() -> int:
+        time.sleep(0.5)  # hold the worker, so the tasks spread over several
+        return os.getpid()
+
+    pids = set(ray_local.get([worker_pid.remote() for _ in range(8)]))
+    assert len(pids) >= 2
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and any(psutil.pid_exists(p) for p in pids):
+        time.sleep(0.5)
+    assert [p for p in pids if psutil.pid_exists(p)] == []
