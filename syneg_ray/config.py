@@ -424,6 +424,26 @@ def diff(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str
     return changes
 
 
+def with_absolute_paths(cfg: PipelineConfig) -> PipelineConfig:
+    """The config with its local run, cache and data paths made absolute from the current directory.
+
+    For configs handed to processes that work elsewhere: Ray Train workers and Tune trials run in
+    working directories of their own, where a relative path names another folder.
+    """
+
+    def absolute(path: str) -> str:
+        return path if not path or "://" in path else str(Path(path).expanduser().resolve())
+
+    dataset = cfg.data.dataset
+    if Path(dataset).expanduser().exists():  # a dataset given as a folder, not a BEIR name
+        dataset = absolute(dataset)
+    return dataclasses.replace(
+        cfg,
+        run=dataclasses.replace(cfg.run, run_dir=absolute(cfg.run.run_dir), cache_dir=absolute(cfg.run.cache_dir)),
+        data=dataclasses.replace(cfg.data, dataset=dataset, data_dir=absolute(cfg.data.data_dir)),
+    )
+
+
 def default_cache_dir(cfg: PipelineConfig) -> Path:
     """Where embeddings and converted models are cached."""
     return Path(cfg.run.cache_dir or os.environ.get("SYNEG_CACHE") or Path.home() / ".cache" / "syneg-ray")

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from syneg_ray import schema
-from syneg_ray.config import PipelineConfig, from_dict, to_dict, to_yaml
+from syneg_ray.config import PipelineConfig, from_dict, to_dict, to_yaml, with_absolute_paths
 from syneg_ray.errors import TuneError
 
 logger = logging.getLogger(__name__)
@@ -180,19 +180,6 @@ def run_tune(cfg: PipelineConfig) -> dict[str, Any]:
     logger.info("tune: %d trials; best tau %.4f, R %.2f: dev nDCG@10 %.4f -> %s", len(rows), best["temperature"],
                 best["ratio"], best[METRIC], out)
     return {"best": best, "trials": len(rows)}
-
-
-def with_absolute_paths(cfg: PipelineConfig) -> PipelineConfig:
-    """The config with its run, cache and data paths made absolute from the current directory."""
-    dataset = cfg.data.dataset
-    if Path(dataset).exists():  # a dataset given as a folder, not a BEIR name
-        dataset = str(Path(dataset).resolve())
-    return replace(
-        cfg,
-        run=replace(cfg.run, run_dir=str(Path(cfg.run.run_dir).resolve()),
-                    cache_dir=str(Path(cfg.run.cache_dir).resolve()) if cfg.run.cache_dir else ""),
-        data=replace(cfg.data, dataset=dataset, data_dir=str(Path(cfg.data.data_dir).resolve()) if cfg.data.data_dir else ""),
-    )
 
 
 def _ensure_inputs(cfg: PipelineConfig, run_dir: Path) -> None:

@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import yaml
 
 from syneg_ray import dataset, schema
-from syneg_ray.config import PipelineConfig, TrainConfig, diff, to_dict
+from syneg_ray.config import PipelineConfig, TrainConfig, diff, to_dict, with_absolute_paths
 from syneg_ray.errors import DataError, ResumeError
 from syneg_ray.mixing import check_instances
 from syneg_ray.registry import resolve_model
@@ -57,7 +57,8 @@ def build_trainer(cfg: PipelineConfig, instances: str | Path, model_path: str, t
     resources = {"CPU": cpus, **({"GPU": 1} if t.use_gpu else {})}
     return TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"cfg": to_dict(cfg), "instances": str(Path(instances).resolve()), "model": model_path,
+        # workers run in a directory of their own: relative paths in the config would name other folders
+        train_loop_config={"cfg": to_dict(with_absolute_paths(cfg)), "instances": str(Path(instances).resolve()), "model": model_path,
                            "train_dir": str(train_dir), "threads": max(1, int(cpus))},
         torch_config=TorchConfig(backend="nccl" if t.use_gpu else "gloo"),
         scaling_config=ScalingConfig(num_workers=t.workers, use_gpu=t.use_gpu, resources_per_worker=resources),

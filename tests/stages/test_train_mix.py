@@ -100,3 +100,20 @@ def test_resume_with_a_changed_config_shows_the_difference(tiny_cfg) -> None:
     changed = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, temperature=0.02))
     with pytest.raises(ResumeError, match=r"train.temperature: 0.05 -> 0.02"):
         run_train(changed)
+
+
+def test_train_workers_get_absolute_paths(tiny_cfg, tmp_path, monkeypatch) -> None:
+    """Ray Train workers run in a directory of their own. With a relative run directory they
+    silently found no dev split, and with a relative dataset they failed to find the corpus."""
+    from syneg_ray.config import from_dict, load_config
+    from syneg_ray.train.trainer import build_trainer
+
+    monkeypatch.chdir(tmp_path)
+    dataset = Path(tiny_cfg.data.dataset)
+    (tmp_path / "data").symlink_to(dataset.parent)
+    cfg = load_config(None, ["run.run_dir=runs/rel", f"data.dataset=data/{dataset.name}", "data.data_dir=data"])
+    trainer = build_trainer(cfg, "runs/rel/mix/instances.parquet", "model", "runs/rel/train")
+    seen = from_dict(trainer.train_loop_config["cfg"])
+    assert seen.run.run_dir == str(tmp_path / "runs" / "rel")
+    assert Path(seen.data.dataset).is_absolute() and Path(seen.data.dataset, "corpus.jsonl").is_file()
+    assert seen.data.data_dir == str((tmp_path / "data").resolve())

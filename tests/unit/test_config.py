@@ -85,8 +85,8 @@ def test_train_workers_share_the_machine_unless_told(monkeypatch) -> None:
     assert worker_cpus(load_config(None, ["train.cpus_per_worker=1.5"]).train) == 1.5
 
 
-def test_tune_resolves_relative_paths_before_trials_change_directory(tmp_path, monkeypatch) -> None:
-    from syneg_ray.tune import with_absolute_paths
+def test_relative_paths_resolve_before_workers_change_directory(tmp_path, monkeypatch) -> None:
+    from syneg_ray.config import with_absolute_paths
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "data" / "mine").mkdir(parents=True)
@@ -95,3 +95,4 @@ def test_tune_resolves_relative_paths_before_trials_change_directory(tmp_path, m
         str(tmp_path / "runs" / "x"), str(tmp_path / "data"), str(tmp_path / "data" / "mine"))
     assert with_absolute_paths(load_config(None, ["data.dataset=scifact"])).data.dataset == "scifact"  # a BEIR name stays
     assert cfg.run.cache_dir == ""  # unset stays unset
+    assert with_absolute_paths(load_config(None, ["run.run_dir=s3://bucket/run"])).run.run_dir == "s3://bucket/run"
