@@ -14,6 +14,7 @@ answer written so far. Without that reuse the prompt's prefill dominates the cos
 from __future__ import annotations
 
 import copy
+import inspect
 import json
 import logging
 import os
@@ -66,6 +67,8 @@ class HFGenerator:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         torch_dtype = torch.bfloat16 if dtype is Dtype.BF16 else torch.float32
         self.model = AutoModelForCausalLM.from_pretrained(model, dtype=torch_dtype).to(device).eval()
+        # transformers 5.2x renamed the key/value cache `past_key_values` -> `cache` (the old name warns on every call)
+        self.cache_name = "cache" if "cache" in inspect.signature(self.model.forward).parameters else "past_key_values"
         # ids whose text holds a double quote: generating one closes the current JSON string
         vocab = self.tokenizer.convert_ids_to_tokens(list(range(len(self.tokenizer))))
         self.quote_ids = torch.tensor([i for i, t in enumerate(vocab) if t and '"' in t], device=device)
@@ -133,8 +136,9 @@ class HFGenerator:
         # positions from the mask, as generate computes them: a padded row starts at position 0
         positions = (prompt.attention_mask.long().cumsum(-1) - 1).clamp(min=0)
         with self.torch.inference_mode():
-            return self.model(input_ids=prompt.input_ids, attention_mask=prompt.attention_mask, position_ids=positions,
-                              use_cache=True).past_key_values
+            out = self.model(input_ids=prompt.input_ids, attention_mask=prompt.attention_mask, position_ids=positions,
+                             use_cache=True)
+        return getattr(out, self.cache_name)
 
     def continue_strings(self, prompt: Any, cache: Any, answers: list[str], budget: int, spec: SamplingSpec,
                          hold: list[int]) -> tuple[list[str], list[int]]:
@@ -180,7 +184,7 @@ class HFGenerator:
             out = self.model.generate(
                 input_ids=input_ids,
                 attention_mask=attention_mask,
-                past_key_values=copy.deepcopy(cache) if cache is not None else None,
+                **{self.cache_name: copy.deepcopy(cache) if cache is not None else None},
                 max_new_tokens=budget,
                 stopping_criteria=StoppingCriteriaList([_QuoteClosed()]),
                 logits_processor=LogitsProcessorList([_HoldOpen(), *([_Presence()] if penalty else [])]),
