@@ -445,8 +445,9 @@ def with_absolute_paths(cfg: PipelineConfig) -> PipelineConfig:
 
 
 def default_cache_dir(cfg: PipelineConfig) -> Path:
-    """Where embeddings and converted models are cached."""
-    return Path(cfg.run.cache_dir or os.environ.get("SYNEG_CACHE") or Path.home() / ".cache" / "syneg-ray")
+    """Where embeddings and converted models are cached, as an absolute path: the paths built from it
+    are handed to actors, which may run in another working directory."""
+    return Path(cfg.run.cache_dir or os.environ.get("SYNEG_CACHE") or Path.home() / ".cache" / "syneg-ray").expanduser().resolve()
 
 
 # --------------------------------------------------------------------------- validation helpers

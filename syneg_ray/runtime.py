@@ -20,7 +20,7 @@ def setup_logging(verbose: bool = False) -> None:
         datefmt="%H:%M:%S",
     )
     if not verbose:
-        for noisy in ("ray", "urllib3", "httpx", "filelock", "sentence_transformers", "transformers"):
+        for noisy in ("ray", "urllib3", "httpx", "filelock", "sentence_transformers", "transformers", "faiss"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
@@ -36,7 +36,8 @@ def init_ray(cfg: PipelineConfig) -> None:
     # Ray 2.60 turns token auth on by default; a local, loopback-only Ray does not need it.
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     # Workers inherit the driver's env: keep torch from oversubscribing cores inside each actor.
-    runtime_env = {"env_vars": {"TOKENIZERS_PARALLELISM": "false", "RAY_AUTH_MODE": os.environ["RAY_AUTH_MODE"]}}
+    runtime_env = {"env_vars": {"TOKENIZERS_PARALLELISM": "false", "RAY_AUTH_MODE": os.environ["RAY_AUTH_MODE"]},
+                   "worker_process_setup_hook": "syneg_ray.runtime.quiet_worker_logs"}
     address = cfg.ray.address or os.environ.get("RAY_ADDRESS", "")
     if address:
         # On a cluster the job's runtime_env (jobs/runtime_env.yaml) governs; a second one would conflict.
@@ -53,6 +54,15 @@ def init_ray(cfg: PipelineConfig) -> None:
         _system_config=_idle_worker_config(cfg.ray.idle_workers),
     )
     _quiet_ray_data()
+
+
+def quiet_worker_logs() -> None:
+    """Runs first in every worker of a local Ray (its runtime_env's worker_process_setup_hook)."""
+    # Ray Train's placement-group cleaner asks the State API every second whether the train
+    # controller still lives. A local Ray without the dashboard does not serve that API, so every
+    # check logged a warning: hundreds of lines per training run. Its job, freeing the placement
+    # group of a controller that died, falls to the local cluster's own exit.
+    logging.getLogger("ray.train.v2._internal.execution.controller.placement_group_cleaner").setLevel(logging.ERROR)
 
 
 def _idle_worker_config(idle_workers: int) -> dict:

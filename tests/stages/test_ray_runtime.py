@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 
@@ -23,3 +24,15 @@ def test_local_ray_keeps_no_idle_workers(ray_local):
     while time.monotonic() < deadline and any(psutil.pid_exists(p) for p in pids):
         time.sleep(0.5)
     assert [p for p in pids if psutil.pid_exists(p)] == []
+
+
+def test_workers_run_the_setup_hook(ray_local):
+    """Ray Train's placement-group cleaner polls the State API, which a local Ray without the
+    dashboard does not serve; unsilenced, it logged a warning every second of training."""
+    cleaner = "ray.train.v2._internal.execution.controller.placement_group_cleaner"
+
+    @ray_local.remote
+    def level() -> int:
+        return logging.getLogger(cleaner).getEffectiveLevel()
+
+    assert ray_local.get(level.remote()) == logging.ERROR
