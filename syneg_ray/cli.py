@@ -36,7 +36,7 @@ COMMANDS = {
 SHORTCUTS = {
     "dataset": "data.dataset",
     "data_dir": "data.data_dir",
-    "split": "evaluate.split",
+    "split": None,  # resolved per command below
     "model": None,  # resolved per command below
     "run_dir": "run.run_dir",
     "limit": "data.limit",
@@ -44,6 +44,7 @@ SHORTCUTS = {
     "engine": "synthesize.engine",
 }
 MODEL_KEY = {"evaluate": "evaluate.model", "synthesize": "synthesize.model", "train": "train.model", "mine": "encoder.model"}
+SPLIT_KEY = {"evaluate": "evaluate.split"}  # every other command reads its pairs from data.train_split
 
 SMOKE_TEST = [  # a config that finishes in a minute or two on a laptop
     "data.limit=16",
@@ -71,6 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--model", help=f"model name, path or 'bm25' ({MODEL_KEY[name]})")
         if name == "evaluate":
             p.add_argument("--split", help="qrels split to score (evaluate.split)")
+        else:
+            p.add_argument("--split", help="qrels split the (query, positive) pairs come from (data.train_split)")
         if name == "synthesize":
             p.add_argument("--engine", choices=["hf", "vllm", "openai"], help="synthesize.engine")
         p.add_argument("--smoke-test", action="store_true", help="tiny sizes: a quick end-to-end check")
@@ -87,7 +90,9 @@ def resolve(args: argparse.Namespace) -> PipelineConfig:
         value = getattr(args, flag, None)
         if value is None:
             continue
-        overrides.append(f"{key or MODEL_KEY[args.command]}={value}")
+        if key is None:
+            key = MODEL_KEY[args.command] if flag == "model" else SPLIT_KEY.get(args.command, "data.train_split")
+        overrides.append(f"{key}={value}")
     if args.command == "synthesize" and args.limit is not None:
         overrides.append("synthesize.max_pairs=0")  # `synthesize --limit N` means N pairs, not the default cap
     return load_config(args.config, [*overrides, *args.overrides])

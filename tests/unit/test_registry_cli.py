@@ -68,3 +68,15 @@ def test_cli_data_error_has_no_traceback(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "corpus.jsonl:2: duplicate _id 'd1'" in result.stderr
     assert "Traceback" not in result.stderr
+
+def test_split_names_the_pairs_split_outside_evaluate() -> None:
+    """`syneg synthesize --dataset scifact --split train --limit 64` reads its pairs from train;
+    `evaluate --split` keeps naming the split it scores."""
+    from syneg_ray.cli import build_parser, resolve
+
+    cfg = resolve(build_parser().parse_args(["synthesize", "--dataset", "scifact", "--split", "train", "--limit", "64"]))
+    assert (cfg.data.train_split, cfg.data.limit, cfg.synthesize.max_pairs) == ("train", 64, 0)
+    cfg = resolve(build_parser().parse_args(["mine", "--split", "dev"]))
+    assert (cfg.data.train_split, cfg.evaluate.split) == ("dev", "")
+    cfg = resolve(build_parser().parse_args(["evaluate", "--split", "dev"]))
+    assert (cfg.data.train_split, cfg.evaluate.split) == ("train", "dev")
