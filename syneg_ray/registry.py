@@ -186,7 +186,12 @@ _cache_override: Path | None = None
 
 
 def _cache_root() -> Path:
-    return _cache_override or Path(os.environ.get("SYNEG_CACHE") or Path.home() / ".cache" / "syneg-ray")
+    return _cache_override or _absolute(os.environ.get("SYNEG_CACHE") or Path.home() / ".cache" / "syneg-ray")
+
+
+def _absolute(path: str | Path) -> Path:
+    """Model paths are handed to actors, which may work in another directory: never relative."""
+    return Path(os.path.abspath(Path(path).expanduser()))
 
 
 def resolve_model(name: str, cache_dir: str | Path | None = None) -> str:
@@ -205,11 +210,11 @@ def resolve_model(name: str, cache_dir: str | Path | None = None) -> str:
     """
     global _cache_override
     if cache_dir:
-        _cache_override = Path(cache_dir)
+        _cache_override = _absolute(cache_dir)
     if name in REGISTRY:
         return str(REGISTRY[name].materialize(_cache_root()))
     if Path(name).expanduser().exists():
-        return str(Path(name).expanduser())
+        return str(_absolute(name))
     if name.count("/") == 1 and not name.startswith((".", "/")):
         return name  # a hub id; loading it needs the network
     known = ", ".join(sorted(REGISTRY))

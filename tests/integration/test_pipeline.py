@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import replace
 from pathlib import Path
 
@@ -22,9 +23,14 @@ TINY = [
 
 
 def test_run_writes_every_stage_then_skips_and_reruns_only_what_changed(ray_local, tmp_path: Path, scifact_small: Path, monkeypatch) -> None:
-    cfg = load_config(None, [f"run.run_dir={tmp_path / 'run'}", f"run.cache_dir={tmp_path / 'cache'}", f"data.dataset={scifact_small}", *TINY])
+    # relative paths, as in the README's `syneg run --data-dir ../shared/datasets`: Ray Train workers
+    # run in a directory of their own and must still find the dataset and the dev split
+    monkeypatch.chdir(tmp_path)
+    dataset = os.path.relpath(scifact_small, tmp_path)
+    cfg = load_config(None, ["run.run_dir=run", "run.cache_dir=cache", f"data.dataset={dataset}", *TINY])
     summaries = pipeline.run_pipeline(cfg)
     run_dir = Path(cfg.run.run_dir)
+    assert "dev_ndcg@10" in summaries["train"]["epochs"][-1]  # the workers found the dev split
 
     assert pq.read_table(run_dir / schema.SYNTHETIC).num_rows == 8
     assert pq.read_table(run_dir / schema.MINED).num_rows == 8
