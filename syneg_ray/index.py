@@ -45,7 +45,7 @@ def search_exact(
 
 
 def _default_device() -> str:
-    # torch costs a CPU-only driver about 100 MB for an answer it can only give as "cpu": ask it only
+    # torch costs a CPU-only driver about 180 MB for an answer it can only give as "cpu": ask it only
     # where a GPU's device node exists (NVIDIA, or AMD's ROCm) or where it is loaded already.
     if "torch" not in sys.modules and not any(os.path.exists(node) for node in ("/dev/nvidiactl", "/dev/kfd")):
         return "cpu"

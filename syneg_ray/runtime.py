@@ -36,13 +36,14 @@ def init_ray(cfg: PipelineConfig) -> None:
     # Ray 2.60 turns token auth on by default; a local, loopback-only Ray does not need it.
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     # Workers inherit the driver's env: keep torch from oversubscribing cores inside each actor.
-    runtime_env = {"env_vars": {"TOKENIZERS_PARALLELISM": "false", "RAY_AUTH_MODE": os.environ["RAY_AUTH_MODE"]},
-                   "worker_process_setup_hook": "syneg_ray.runtime.quiet_worker_logs"}
+    runtime_env = {"env_vars": {"TOKENIZERS_PARALLELISM": "false", "RAY_AUTH_MODE": os.environ["RAY_AUTH_MODE"]}}
     address = cfg.ray.address or os.environ.get("RAY_ADDRESS", "")
     if address:
         # On a cluster the job's runtime_env (jobs/runtime_env.yaml) governs; a second one would conflict.
         ray.init(address=address, log_to_driver=True)
         return
+    if not cfg.ray.dashboard:
+        runtime_env["worker_process_setup_hook"] = "syneg_ray.runtime.quiet_worker_logs"
     ray.init(
         # One spare logical CPU: actor pools that reserve every core would otherwise starve Ray Data's
         # read and write tasks (a deadlock seen on 2 cores).
@@ -57,7 +58,7 @@ def init_ray(cfg: PipelineConfig) -> None:
 
 
 def quiet_worker_logs() -> None:
-    """Runs first in every worker of a local Ray (its runtime_env's worker_process_setup_hook)."""
+    """Runs first in every worker of a local Ray without the dashboard (its runtime_env's worker_process_setup_hook)."""
     # Ray Train's placement-group cleaner asks the State API every second whether the train
     # controller still lives. A local Ray without the dashboard does not serve that API, so every
     # check logged a warning: hundreds of lines per training run. Its job, freeing the placement
