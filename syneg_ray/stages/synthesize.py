@@ -157,8 +157,8 @@ def run_synthesize(cfg: PipelineConfig) -> dict:
     from syneg_ray.runtime import init_ray, stage_dir
 
     s = cfg.synthesize
+    _, pairs_path = ensure_pairs(cfg)  # a bad dataset or split fails here, before Ray starts
     init_ray(cfg)
-    _, pairs_path = ensure_pairs(cfg)
     out = stage_dir(cfg, "synthesize")
     model = s.model if s.engine is Engine.OPENAI else resolve_model(s.model, cfg.run.cache_dir or None)
     pools = resolve_pools(cfg, model, out)

@@ -80,3 +80,11 @@ def test_split_names_the_pairs_split_outside_evaluate() -> None:
     assert (cfg.data.train_split, cfg.evaluate.split) == ("dev", "")
     cfg = resolve(build_parser().parse_args(["evaluate", "--split", "dev"]))
     assert (cfg.data.train_split, cfg.evaluate.split) == ("train", "dev")
+
+
+def test_synthesize_with_a_missing_split_fails_before_ray_starts(scifact: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["synthesize", "--dataset", str(scifact), "--split", "dev", "--limit", "4", "--run-dir", str(tmp_path / "run")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "split 'dev' not found; available splits: test, train" in err
+    assert "ray" not in sys.modules or not sys.modules["ray"].is_initialized()
