@@ -444,10 +444,16 @@ def with_absolute_paths(cfg: PipelineConfig) -> PipelineConfig:
     )
 
 
+def cache_root(cache_dir: str | Path = "") -> Path:
+    """Where embeddings and converted models are cached: `cache_dir`, else $SYNEG_CACHE, else
+    ~/.cache/syneg-ray. Always absolute: paths built from it are handed to actors, which may run
+    in another working directory."""
+    return Path(os.path.abspath(Path(cache_dir or os.environ.get("SYNEG_CACHE") or Path.home() / ".cache" / "syneg-ray").expanduser()))
+
+
 def default_cache_dir(cfg: PipelineConfig) -> Path:
-    """Where embeddings and converted models are cached, as an absolute path: the paths built from it
-    are handed to actors, which may run in another working directory."""
-    return Path(cfg.run.cache_dir or os.environ.get("SYNEG_CACHE") or Path.home() / ".cache" / "syneg-ray").expanduser().resolve()
+    """The run's cache folder (`cache_root` of `run.cache_dir`)."""
+    return cache_root(cfg.run.cache_dir)
 
 
 # --------------------------------------------------------------------------- validation helpers

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from syneg_ray.config import cache_root
 from syneg_ray.errors import ModelNotFoundError
 
 logger = logging.getLogger(__name__)
@@ -186,12 +187,7 @@ _cache_override: Path | None = None
 
 
 def _cache_root() -> Path:
-    return _cache_override or _absolute(os.environ.get("SYNEG_CACHE") or Path.home() / ".cache" / "syneg-ray")
-
-
-def _absolute(path: str | Path) -> Path:
-    """Model paths are handed to actors, which may work in another directory: never relative."""
-    return Path(os.path.abspath(Path(path).expanduser()))
+    return _cache_override or cache_root()
 
 
 def resolve_model(name: str, cache_dir: str | Path | None = None) -> str:
@@ -210,11 +206,11 @@ def resolve_model(name: str, cache_dir: str | Path | None = None) -> str:
     """
     global _cache_override
     if cache_dir:
-        _cache_override = _absolute(cache_dir)
+        _cache_override = cache_root(cache_dir)
     if name in REGISTRY:
         return str(REGISTRY[name].materialize(_cache_root()))
     if Path(name).expanduser().exists():
-        return str(_absolute(name))
+        return os.path.abspath(Path(name).expanduser())  # handed to actors, which may work in another directory
     if name.count("/") == 1 and not name.startswith((".", "/")):
         return name  # a hub id; loading it needs the network
     known = ", ".join(sorted(REGISTRY))

@@ -65,7 +65,7 @@ def test_default_nlist_respects_training_ratio():
 
 @pytest.mark.skipif(any(os.path.exists(n) for n in ("/dev/nvidiactl", "/dev/kfd")), reason="a GPU node: torch is the right search path")
 def test_exact_search_on_a_cpu_machine_does_not_import_torch():
-    """The mining driver searches with faiss on CPU; importing torch only to learn there is no GPU cost it about 100 MB."""
+    """The mining driver searches with faiss on CPU; importing torch only to learn there is no GPU cost it about 180 MB."""
     script = (
         "import sys, numpy as np\n"
         "from syneg_ray.index import search_exact\n"

@@ -69,6 +69,7 @@ def test_cli_data_error_has_no_traceback(tmp_path: Path) -> None:
     assert "corpus.jsonl:2: duplicate _id 'd1'" in result.stderr
     assert "Traceback" not in result.stderr
 
+
 def test_split_names_the_pairs_split_outside_evaluate() -> None:
     """`syneg synthesize --dataset scifact --split train --limit 64` reads its pairs from train;
     `evaluate --split` keeps naming the split it scores."""
