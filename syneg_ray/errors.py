@@ -43,3 +43,15 @@ class ResumeError(SynegError):
 
 class TuneError(SynegError):
     """A Tune search produced no usable trial."""
+
+
+def yaml_error_message(path: object, exc: Exception, fix: str = "") -> str:
+    """`path:line: not valid YAML (problem)[; fix]` on one line, for a YAMLError raised while parsing `path`.
+
+    str() of a YAMLError spans several lines (context, problem, the offending line and a caret), so
+    only the problem and its line are kept.
+    """
+    mark = getattr(exc, "problem_mark", None)
+    where = f"{path}:{mark.line + 1}" if mark is not None else f"{path}"
+    problem = " ".join(str(getattr(exc, "problem", None) or exc).split())
+    return f"{where}: not valid YAML ({problem})" + (f"; {fix}" if fix else "")

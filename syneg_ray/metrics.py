@@ -31,9 +31,15 @@ def evaluate_run(qrels: Mapping[str, Mapping[str, int]], run: Mapping[str, Mappi
 
     Returns:
         {"ndcg@10": ..., "recall@100": ..., "mrr@10": ..., "map@100": ...}
+
+    Raises:
+        ValueError: `qrels` holds no query (a mean over none is undefined); callers that read a
+            qrels file check this first and name the file.
     """
     import pytrec_eval
 
+    if not qrels:
+        raise ValueError("evaluate_run needs qrels with at least one judged query")
     qrels = {q: {d: int(r) for d, r in docs.items()} for q, docs in qrels.items()}
     full = {q: {d: float(s) for d, s in run.get(q, {}).items()} or {"__none__": 0.0} for q in qrels}
     per_query = pytrec_eval.RelevanceEvaluator(qrels, {"ndcg_cut.10", "recall.100", "map_cut.100"}).evaluate(full)

@@ -11,7 +11,7 @@ small hand-written file (tests do this) or run alone on a cluster.
       mine/negatives.parquet            MinedRow rows, one per pair
       mix/instances.parquet             Instance rows
       train/model/                      sentence-transformers folder
-      evaluate/metrics.json, run.trec
+      evaluate/<model>-<split>/         metrics.json and run.trec of one model on one split
 """
 
 from __future__ import annotations

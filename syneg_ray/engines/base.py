@@ -2,8 +2,9 @@
 
 An engine is a function `Dataset -> Dataset` that reads the `chat` column (JSON chat messages),
 `gen_seed` and `k`, and adds `generated_text`, `prompt_tokens` and `output_tokens` while keeping
-every input column. Each engine module also exposes a direct (non-Ray) call on the same prompts,
-which the benchmark compares against the Ray Data pipeline.
+every input column. hf.py (`HFGenerator`) and openai.py (`chat_once`) also expose a direct
+(non-Ray) call; vllm.py has none: the benchmark builds `vllm.LLM` itself from `engine_kwargs`, and
+the one-off direct answer of a vllm run comes from `HFGenerator` (engines.complete).
 """
 
 from __future__ import annotations

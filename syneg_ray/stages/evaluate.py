@@ -11,6 +11,7 @@ from pathlib import Path
 from syneg_ray import beir, metrics, schema
 from syneg_ray.config import PipelineConfig
 from syneg_ray.dataset import prepare, read_corpus
+from syneg_ray.errors import DataError
 
 logger = logging.getLogger(__name__)
 
@@ -23,10 +24,12 @@ def model_to_evaluate(cfg: PipelineConfig) -> str:
     return str(trained) if (trained / "modules.json").is_file() else cfg.encoder.model
 
 
-def retrieve(cfg: PipelineConfig, model: str, queries: dict[str, str], top_k: int) -> metrics.Run:
-    """Top-k documents for every query with `model` ("bm25" or a dense encoder)."""
+def retrieve(cfg: PipelineConfig, model: str, queries: dict[str, str], top_k: int,
+             corpus: dict[str, str] | None = None) -> metrics.Run:
+    """Top-k documents for every query with `model` ("bm25" or a dense encoder); `corpus` reuses one already read."""
     prepared = prepare(cfg)
-    corpus = read_corpus(prepared)
+    if corpus is None:
+        corpus = read_corpus(prepared)
     doc_ids = list(corpus)
     query_ids = list(queries)
     query_texts = [queries[q] for q in query_ids]
@@ -53,9 +56,13 @@ def run_evaluate(cfg: PipelineConfig) -> dict[str, float]:
     split = cfg.evaluate.split or cfg.data.eval_split
     model = model_to_evaluate(cfg)
     prepared = prepare(cfg)
-    qrels, _ = beir.read_qrels(prepared.folder, split)
-    queries = beir.read_queries(prepared.folder, keep=set(qrels))
-    run = retrieve(cfg, model, queries, cfg.evaluate.top_k)
+    corpus = read_corpus(prepared)
+    judged = beir.load_split(prepared.folder, split, corpus=corpus, keep_unknown_docs=True)
+    qrels, queries = judged.qrels, judged.queries
+    if not qrels:  # a header-only file: every metric would be a mean over no queries
+        raise DataError.at(prepared.folder / "qrels" / f"{split}.tsv", None,
+                           "no judged query; add query-id, corpus-id, score rows below the header, or choose another evaluate.split")
+    run = retrieve(cfg, model, queries, cfg.evaluate.top_k, corpus=corpus)
     scores = metrics.evaluate_run(qrels, run)
 
     out = Path(cfg.run.run_dir) / "evaluate" / f"{_label(model)}-{split}"

@@ -1,4 +1,6 @@
-"""train_loop_per_worker: what each Ray Train worker runs. The only file that calls ray.train.*.
+"""train_loop_per_worker: what each Ray Train worker runs. The only file that calls ray.train.* inside a worker.
+
+train/trainer.py builds the TorchTrainer and tune.py wraps it in a Tuner, both on the driver.
 
 Everything else (step, schedule, data order, dev metrics, checkpoint format) is Ray-free code in
 train/step.py, train/local.py and train/state.py; the `# [ray]` comments mark each touch point.

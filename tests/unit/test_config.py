@@ -94,5 +94,34 @@ def test_relative_paths_resolve_before_workers_change_directory(tmp_path, monkey
     assert (cfg.run.run_dir, cfg.data.data_dir, cfg.data.dataset) == (
         str(tmp_path / "runs" / "x"), str(tmp_path / "data"), str(tmp_path / "data" / "mine"))
     assert with_absolute_paths(load_config(None, ["data.dataset=scifact"])).data.dataset == "scifact"  # a BEIR name stays
-    assert cfg.run.cache_dir == ""  # unset stays unset
+    # unset folders get their defaults, absolute: a worker elsewhere would look them up in its own directory
+    monkeypatch.delenv("SYNEG_DATA_DIR", raising=False)
+    monkeypatch.setenv("SYNEG_CACHE", "cache-here")
+    defaults = with_absolute_paths(load_config(None, []))
+    assert (defaults.data.data_dir, defaults.run.cache_dir) == (str(tmp_path / "datasets"), str(tmp_path / "cache-here"))
     assert with_absolute_paths(load_config(None, ["run.run_dir=s3://bucket/run"])).run.run_dir == "s3://bucket/run"
+
+
+def test_pipeline_skips_what_the_mix_does_not_read_and_ignores_where_data_lives() -> None:
+    from syneg_ray import pipeline
+
+    stages = {s.name: s for s in pipeline._stages()}
+
+    def needed(strategy: str, ratio: float = 0.7) -> set[str]:
+        cfg = load_config(None, [f"mix.strategy={strategy}", f"mix.ratio={ratio}"])
+        return {n for n in ("synthesize", "mine") if pipeline.needed(cfg, stages[n])}
+
+    assert needed("hybrid") == needed("hybrid", 0.0) == needed("hybrid", 1.0) == {"synthesize", "mine"}
+    assert needed("retrieved") == {"mine"} and needed("synthetic") == {"synthesize"} and needed("random") == set()
+
+    def prints(overrides: list[str]) -> dict[str, str]:
+        cfg, done = load_config(None, overrides), {}
+        for stage in stages.values():
+            done[stage.name] = pipeline.fingerprint(cfg, stage, done)
+        return done
+
+    base = prints([])
+    assert prints(["data.data_dir=/elsewhere", "data.download=false"]) == base
+    moved = prints(["data.eval_split=dev"])
+    assert [n for n in base if moved[n] != base[n]] == ["evaluate"]
+    assert [n for n in base if prints(["mix.ratio=0.5"])[n] != base[n]] == ["mix", "train", "evaluate"]
