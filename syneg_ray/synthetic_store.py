@@ -18,6 +18,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from syneg_ray import attributes, prompts
+from syneg_ray.config import PipelineConfig
+
 SYNTHETIC_SCHEMA = pa.schema(
     [
         ("key", pa.string()),
@@ -49,6 +52,13 @@ ATTEMPT_SCHEMA = pa.schema(
         ("reject_reasons", pa.list_(pa.string())),
     ]
 )
+
+
+def pair_key(cfg: PipelineConfig, query_id: str, positive_id: str) -> str:
+    """The key under which this config's synthesis of one pair is stored: it names the prompt
+    version, the LLM and the pair's seed, so rows of another model or seed never pass for this one's."""
+    seed = attributes.pair_seed(cfg.run.seed, query_id, positive_id)
+    return prompts.pair_key(query_id, positive_id, prompts.PROMPT_VERSION, cfg.synthesize.model, seed)
 
 
 def write_part(folder: Path, rows: list[dict], schema: pa.Schema) -> Path | None:

@@ -122,15 +122,27 @@ def _release_worker_groups(trials_dir: Path):  # -> ray.tune.Callback
     return ReleaseWorkerGroups()
 
 
+def search_alg(cfg: PipelineConfig):  # -> ray.tune.search.SearchAlgorithm | Searcher
+    """The searcher, seeded from run.seed, holding `tune.max_concurrent` trials at a time.
+
+    The limit lives here because Tune ignores TuneConfig.max_concurrent_trials (with a warning)
+    when given a BasicVariantGenerator, and without a seed the random searcher draws other
+    (tau, R) points on every run.
+    """
+    from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter
+
+    t = cfg.tune
+    if t.searcher == "optuna":
+        from ray.tune.search.optuna import OptunaSearch
+
+        return ConcurrencyLimiter(OptunaSearch(seed=cfg.run.seed), max_concurrent=t.max_concurrent)
+    return BasicVariantGenerator(max_concurrent=t.max_concurrent, random_state=cfg.run.seed)
+
+
 def build_tuner(cfg: PipelineConfig, model_path: str):  # -> ray.tune.Tuner
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
 
-    search_alg = None
-    if cfg.tune.searcher == "optuna":
-        from ray.tune.search.optuna import OptunaSearch
-
-        search_alg = OptunaSearch(seed=cfg.run.seed)
     scheduler = ASHAScheduler(max_t=cfg.train.epochs, grace_period=1, reduction_factor=2) if cfg.tune.asha else None
     trainable = tune.with_parameters(_trial, base=to_dict(cfg), model_path=model_path)
     # The trial function only waits on its TorchTrainer, whose workers reserve the real CPUs; Tune
@@ -141,7 +153,7 @@ def build_tuner(cfg: PipelineConfig, model_path: str):  # -> ray.tune.Tuner
         param_space=param_space(cfg),
         tune_config=tune.TuneConfig(
             metric=METRIC, mode="max", num_samples=1 if cfg.tune.searcher == "grid" else cfg.tune.num_samples,
-            search_alg=search_alg, scheduler=scheduler, max_concurrent_trials=cfg.tune.max_concurrent,
+            search_alg=search_alg(cfg), scheduler=scheduler,  # the search algorithm limits concurrency
         ),
         run_config=tune.RunConfig(name="tune", storage_path=str((Path(cfg.run.run_dir) / "tune" / "ray").resolve()),
                                   callbacks=[_release_worker_groups(Path(cfg.run.run_dir).resolve() / "tune" / "trials")]),

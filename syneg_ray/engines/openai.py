@@ -17,7 +17,7 @@ from typing import Any
 from syneg_ray import prompts
 from syneg_ray.config import SynthesizeConfig
 from syneg_ray.engines.base import WORK_COLUMNS, Generation, light_processor, messages_of, with_generation
-from syneg_ray.errors import EngineError
+from syneg_ray.errors import ConfigError, EngineError
 
 
 def _headers(cfg: SynthesizeConfig) -> dict[str, str]:
@@ -77,26 +77,59 @@ def generation_of(response: Any) -> Generation:
 
 
 def chat_once(cfg: SynthesizeConfig, model: str, messages: list[dict[str, str]], max_new_tokens: int) -> str:
-    """One direct request (no Ray), for the one-off domain proposal; '' on a non-answer."""
+    """One direct request (no Ray), for the one-off domain proposal: the answer text.
+
+    Raises:
+        EngineError: the server failed the request or answered with an error instead of a reply.
+    """
     check_server(cfg)
     body = {"model": model, "messages": messages, "max_tokens": max_new_tokens, "temperature": 0.0,
             "response_format": {"type": "json_object"}}
-    request = urllib.request.Request(cfg.base_url.rstrip("/") + "/chat/completions", data=json.dumps(body).encode(),
+    url = cfg.base_url.rstrip("/") + "/chat/completions"
+    request = urllib.request.Request(url, data=json.dumps(body).encode(),
                                      headers={"Content-Type": "application/json", **_headers(cfg)})
+    # a failed request is not an answer: reported as one, it would pass for an LLM that proposed nothing
+    hint = "check the server log and synthesize.model, or name pools in synthesize.attribute_pools to skip this request"
     try:
         with urllib.request.urlopen(request, timeout=600) as response:
-            return generation_of(json.loads(response.read().decode("utf-8"))).text
-    except (urllib.error.URLError, OSError, json.JSONDecodeError):
-        return ""
+            generation = generation_of(json.loads(response.read().decode("utf-8")))
+    except urllib.error.HTTPError as exc:
+        raise EngineError(f"openai engine: {url} answered HTTP {exc.code} {exc.reason}; {hint}") from None
+    except (urllib.error.URLError, OSError) as exc:
+        raise EngineError(f"openai engine: request to {url} failed ({getattr(exc, 'reason', exc)}); {hint}") from None
+    except ValueError:  # not JSON, or not UTF-8
+        raise EngineError(f"openai engine: {url} did not answer JSON; {hint}") from None
+    if generation.error:
+        raise EngineError(f"openai engine: {url} answered with an error: {generation.error}; {hint}")
+    return generation.text
+
+
+def qps_per_replica(cfg: SynthesizeConfig) -> int | None:
+    """`requests_per_minute` as the whole requests per second each replica may send; None = unlimited.
+
+    Raises:
+        ConfigError: the limit is below one request per second per replica.
+    """
+    if not cfg.requests_per_minute:
+        return None
+    # Ray's HTTP processor takes a per-actor qps and only whole numbers: rounding a smaller budget
+    # up to 1/s would send more than the limit asked for, so refuse it instead
+    qps = cfg.requests_per_minute // 60 // cfg.replicas
+    if qps < 1:
+        raise ConfigError(
+            f"synthesize.requests_per_minute = {cfg.requests_per_minute} is below 60 x synthesize.replicas "
+            f"= {60 * cfg.replicas}, the lowest limit the openai engine can enforce (1 request per second "
+            "per replica); raise it, lower synthesize.replicas, or set 0 for no limit"
+        )
+    return qps
 
 
 def build(cfg: SynthesizeConfig, model: str) -> Any:
     """The `openai` engine step: preprocess rows into payloads, POST them, postprocess the replies."""
+    qps = qps_per_replica(cfg)
     check_server(cfg)  # fail in a second with the URL, not after Ray's retries
     from ray.data.llm import HttpRequestProcessorConfig, build_processor
 
-    # Ray's qps is per actor and an integer: split the budget across replicas, at least 1/s each
-    qps = max(1, cfg.requests_per_minute // 60 // cfg.replicas) if cfg.requests_per_minute else None
     config = HttpRequestProcessorConfig(
         url=cfg.base_url.rstrip("/") + "/chat/completions",
         headers=_headers(cfg),

@@ -49,24 +49,31 @@ def shard_bounds(n: int, shards: int) -> list[tuple[int, int]]:
 
 
 def start_shards(cfg: PipelineConfig, corpus: np.ndarray, spec: ann.IndexSpec) -> list:
-    """Starts one actor per shard and waits until every index is built."""
+    """Starts one actor per shard and waits until every index is built; kills them all if one fails."""
     import ray
 
     m = cfg.mine
     remote = ray.remote(ShardSearcher)
     actors = []
-    for start, stop in shard_bounds(len(corpus), m.shards):
-        shard_ref = ray.put(
-            np.ascontiguousarray(corpus[start:stop], dtype=np.float32)
-        )  # one shard in the driver at a time
-        memory = int(INDEX_OVERHEAD * (stop - start) * corpus.shape[1] * 4)
-        actors.append(
-            remote.options(num_cpus=m.shard_cpus, memory=memory, scheduling_strategy="SPREAD").remote(
-                shard_ref, start, spec, max(1, int(m.shard_cpus))
+    try:
+        for start, stop in shard_bounds(len(corpus), m.shards):
+            shard_ref = ray.put(
+                np.ascontiguousarray(corpus[start:stop], dtype=np.float32)
+            )  # one shard in the driver at a time
+            memory = int(INDEX_OVERHEAD * (stop - start) * corpus.shape[1] * 4)
+            actors.append(
+                remote.options(num_cpus=m.shard_cpus, memory=memory, scheduling_strategy="SPREAD").remote(
+                    shard_ref, start, spec, max(1, int(m.shard_cpus))
+                )
             )
-        )
-        del shard_ref  # the actor holds it now; the object store can evict it once the index is built
-    sizes = ray.get([a.ready.remote() for a in actors])
+            del shard_ref  # the actor holds it now; the object store can evict it once the index is built
+        sizes = ray.get([a.ready.remote() for a in actors])
+    except BaseException:
+        # the caller only gets the actors once all are ready, so it cannot kill them: without this a
+        # shard that fails to build would leave the others holding their memory until the driver exits
+        for actor in actors:
+            ray.kill(actor)
+        raise
     logger.info("sharded search: %d shards of %s vectors", len(actors), "/".join(f"{s:,}" for s in sizes))
     return actors
 

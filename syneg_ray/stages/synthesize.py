@@ -38,7 +38,7 @@ def plan(pairs: list[dict], cfg: PipelineConfig, pools: attributes.Pools, done: 
     rows, finished = [], 0
     for pair in pairs:
         seed = attributes.pair_seed(cfg.run.seed, pair["query_id"], pair["positive_id"])
-        key = prompts.pair_key(pair["query_id"], pair["positive_id"], prompts.PROMPT_VERSION, s.model, seed)
+        key = store.pair_key(cfg, pair["query_id"], pair["positive_id"])
         if key in done:
             finished += 1
             continue
@@ -76,7 +76,11 @@ def finish(row: dict[str, Any], cfg: SynthesizeConfig, limits: parsing.Limits) -
 
 
 def resolve_pools(cfg: PipelineConfig, model: str, out_dir: Path) -> attributes.Pools:
-    """Pools from `synthesize.attribute_pools`, else built in, else derived once by the LLM and stored."""
+    """Pools from `synthesize.attribute_pools`, else built in, else derived once by the LLM and stored.
+
+    Only pools the LLM proposed are stored: when its answer holds no usable domains, this run uses
+    the generic pools and a rerun asks again. An engine that fails the request raises EngineError.
+    """
     if cfg.synthesize.attribute_pools:
         return attributes.load_pools(cfg.synthesize.attribute_pools)
     builtin = attributes.pools_for(cfg.data.dataset)
@@ -91,9 +95,12 @@ def resolve_pools(cfg: PipelineConfig, model: str, out_dir: Path) -> attributes.
     sample = random.Random(cfg.run.seed).sample(corpus, min(12, len(corpus)))
     text = engines.complete(cfg.synthesize, model, prompts.domain_messages(sample))
     domains = parsing.parse_domains(text)
-    pools = attributes.Pools(domains=tuple(domains)) if len(domains) >= 2 else attributes.GENERIC
     if len(domains) < 2:
-        logger.warning("the LLM proposed no usable domains (%r); using generic pools", text[:200])
+        # not stored: a stored file is reused by every rerun, which would then never ask the LLM again
+        logger.warning("the LLM proposed no usable domains (%r); using generic pools for this run (not saved; "
+                       "name pools in synthesize.attribute_pools to choose them)", text[:200])
+        return attributes.GENERIC
+    pools = attributes.Pools(domains=tuple(domains))
     attributes.save_pools(pools, stored)
     logger.info("attribute pools derived by the LLM: %s (saved to %s; override with synthesize.attribute_pools)",
                 ", ".join(pools.domains), stored)
@@ -187,9 +194,7 @@ def run_synthesize(cfg: PipelineConfig) -> dict:
 
 def summarize(cfg: PipelineConfig, pairs: list[dict], parts: Path, totals: Counter, seconds: float) -> dict:
     """Counts over the whole output (not just this invocation) and the one summary line."""
-    s = cfg.synthesize
-    keys = {prompts.pair_key(p["query_id"], p["positive_id"], prompts.PROMPT_VERSION, s.model,
-                             attributes.pair_seed(cfg.run.seed, p["query_id"], p["positive_id"])) for p in pairs}
+    keys = {store.pair_key(cfg, p["query_id"], p["positive_id"]) for p in pairs}
     table = store.read_synthetic(parts, ["key", "status", "negatives"])
     rows = [r for r in table.to_pylist() if r["key"] in keys]
     ok = sum(r["status"] == "ok" for r in rows)
