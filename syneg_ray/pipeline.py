@@ -4,7 +4,9 @@ A stage that finishes writes `<stage>/_COMPLETE.json` holding a fingerprint of t
 it read and of the stages it read from. On the next run a stage whose fingerprint matches is
 skipped; one that was cut off (no marker) is rerun, and since every stage resumes from what it
 already wrote, nothing finished is redone. Changing a section reruns that stage and everything
-downstream of it.
+downstream of it; a model trained under the old config is replaced. Where the dataset is found
+(`data.data_dir`, `data.download`) is not part of any fingerprint, and the evaluation split only of
+evaluate's. Synthesis and mining are skipped when the mix strategy reads neither's output.
 """
 
 from __future__ import annotations
@@ -32,6 +34,10 @@ class Stage:
     run: Callable[[PipelineConfig], Any]
     sections: tuple[str, ...]  # config sections the stage reads
     upstream: tuple[str, ...]  # stages whose outputs it reads
+    ignored: tuple[str, ...] = ("data.eval_split",)  # keys of those sections that do not change its output
+
+
+LOCATION_KEYS = ("data.data_dir", "data.download")  # where the dataset is found, not what it holds
 
 
 def _stages() -> list[Stage]:
@@ -41,18 +47,33 @@ def _stages() -> list[Stage]:
     from syneg_ray.stages.synthesize import run_synthesize
     from syneg_ray.train.trainer import run_train
 
+    def train(cfg: PipelineConfig) -> Any:
+        # the pipeline reran mix or changed train: the model it holds is of another config
+        return run_train(cfg, replace_other_config=True)
+
     return [
         Stage("synthesize", run_synthesize, ("data", "synthesize"), ()),
         Stage("mine", run_mine, ("data", "encoder", "mine"), ()),
         Stage("mix", run_mix, ("data", "mix"), ("synthesize", "mine")),
-        Stage("train", run_train, ("data", "encoder", "train"), ("mix",)),
-        Stage("evaluate", run_evaluate_pair, ("data", "encoder", "evaluate"), ("train",)),
+        Stage("train", train, ("data", "encoder", "train"), ("mix",)),
+        Stage("evaluate", run_evaluate_pair, ("data", "encoder", "evaluate"), ("train",), ignored=()),
     ]
+
+
+def needed(cfg: PipelineConfig, stage: Stage) -> bool:
+    """False for synthesis or mining when the mix strategy reads nothing of theirs."""
+    from syneg_ray.stages.mix import sources_needed
+
+    synthetic, retrieved = sources_needed(cfg)
+    return {"synthesize": synthetic, "mine": retrieved}.get(stage.name, True)
 
 
 def fingerprint(cfg: PipelineConfig, stage: Stage, upstream: dict[str, str]) -> str:
     """Hash of the sections a stage reads, the root seed, and its upstream stages' fingerprints."""
     tree = to_dict(cfg)
+    for dotted in (*LOCATION_KEYS, *stage.ignored):
+        section, key = dotted.split(".")
+        tree[section].pop(key, None)
     payload = {"seed": tree["run"]["seed"], **{s: tree[s] for s in stage.sections}, "upstream": [upstream[u] for u in stage.upstream]}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -94,6 +115,9 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
     timings: dict[str, float] = {}
     for stage in _stages():
         fingerprints[stage.name] = fingerprint(cfg, stage, fingerprints)
+        if not needed(cfg, stage):
+            logger.info("%s: skipped, mix.strategy=%s reads nothing of it", stage.name, cfg.mix.strategy.value)
+            continue
         marker = read_marker(run_dir / stage.name)
         if marker and marker.get("fingerprint") == fingerprints[stage.name]:
             logger.info("%s: complete for this config, skipped", stage.name)

@@ -16,6 +16,7 @@ import pyarrow.parquet as pq
 
 from syneg_ray import schema
 from syneg_ray.config import PipelineConfig, to_yaml
+from syneg_ray.metrics import METRICS
 
 logger = logging.getLogger(__name__)
 
@@ -85,13 +86,18 @@ def similarity_plot(cfg: PipelineConfig, run_dir: Path) -> Path | None:
     return plot_similarity(sims, run_dir / "similarity.png")
 
 
+def _value(v: Any) -> str:
+    # four significant digits: a summary cell is read, not parsed (the full values stay in each stage's files)
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
 def write_report(cfg: PipelineConfig, summaries: dict[str, Any], timings: dict[str, float]) -> Path:
     """Writes run_dir/report.md and returns its path."""
     run_dir = Path(cfg.run.run_dir)
     lines = [f"# syneg-ray run: {run_dir.name}", ""]
     evaluation = summaries.get("evaluate") or {}
     if evaluation:
-        names = ["ndcg@10", "recall@100", "mrr@10", "map@100"]
+        names = list(METRICS)
         lines += [f"## Retrieval on {cfg.data.dataset} / {cfg.evaluate.split or cfg.data.eval_split}", "",
                   "| model | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
         for label, scores in evaluation.items():
@@ -100,7 +106,7 @@ def write_report(cfg: PipelineConfig, summaries: dict[str, Any], timings: dict[s
     lines += ["## Stages", "", "| stage | seconds | summary |", "|---|---|---|"]
     for stage, seconds in timings.items():
         summary = summaries.get(stage)
-        text = ", ".join(f"{k}: {v}" for k, v in summary.items() if not isinstance(v, dict)) if isinstance(summary, dict) else ""
+        text = ", ".join(f"{k}: {_value(v)}" for k, v in summary.items() if not isinstance(v, dict | list)) if isinstance(summary, dict) else ""
         lines.append(f"| {stage} | {seconds:.0f} | {text} |")
     lines += ["", (f"LLM: `{cfg.synthesize.model}` ({cfg.synthesize.engine.value}); encoder: `{cfg.encoder.model}`; "
               f"mix: {cfg.mix.strategy.value}, R = {cfg.mix.ratio}; tau = {cfg.train.temperature}"), ""]

@@ -24,6 +24,30 @@ def setup_logging(verbose: bool = False) -> None:
             logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
+def smallest_node_cpus() -> float:
+    """CPUs of the smallest alive Ray node that has any (a local Ray: this machine plus the spare);
+    0 when this process has not started or joined Ray."""
+    import ray
+
+    if not ray.is_initialized():
+        return 0.0
+    sizes = [n["Resources"].get("CPU", 0.0) for n in ray.nodes() if n.get("Alive")]
+    return min((c for c in sizes if c > 0), default=0.0)
+
+
+def shared_cores(n: int, smallest_node: float | None = None) -> int:
+    """This machine's cores shared by `n` actors or workers, never more than the smallest Ray node
+    has, so that each one fits wherever Ray places it and its threads do not oversubscribe the node.
+
+    Args:
+        n: actors or workers sharing the cores.
+        smallest_node: CPUs of the smallest node; None asks the running Ray (smallest_node_cpus).
+    """
+    smallest = smallest_node_cpus() if smallest_node is None else smallest_node
+    cores = min(os.cpu_count() or 1, smallest or float("inf"))
+    return max(1, int(cores) // n)
+
+
 def init_ray(cfg: PipelineConfig) -> None:
     """Starts a local Ray sized for this machine, or joins the cluster in `ray.address`.
 

@@ -9,6 +9,11 @@ validates every negative.
 The prompt (instructions plus the positive document: most of the tokens) is encoded once per
 batch and its key/value cache is reused by all k + 1 field calls; each call encodes only the
 answer written so far. Without that reuse the prompt's prefill dominates the cost on CPUs.
+
+Sampling is seeded per batch (transformers' `generate` draws from one generator for all rows),
+from the rows' own seeds. A pair's text therefore depends on which pairs share its batch: a
+resumed run, whose batches hold only the unfinished pairs, samples them differently than an
+uninterrupted one would have. Finished pairs are never regenerated, so this costs no row twice.
 """
 
 from __future__ import annotations
@@ -17,7 +22,6 @@ import copy
 import inspect
 import json
 import logging
-import os
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
@@ -223,8 +227,11 @@ class HFGenerateUDF:
 
 
 def threads_for(cfg: SynthesizeConfig) -> int:
-    """Torch threads per actor: the configured value, else this machine's cores shared by the replicas."""
-    return cfg.threads_per_replica or max(1, (os.cpu_count() or 1) // cfg.replicas)
+    """Torch threads per actor: the configured value, else the cores shared by the replicas
+    (runtime.shared_cores: this machine's, at most the smallest node's)."""
+    from syneg_ray.runtime import shared_cores
+
+    return cfg.threads_per_replica or shared_cores(cfg.replicas)
 
 
 def build(cfg: SynthesizeConfig, model: str) -> Any:

@@ -25,6 +25,7 @@ from syneg_ray.dataset import Prepared, file_digest
 from syneg_ray.encoder import EncodeOptions, embedding_dimension, encode, load_encoder
 from syneg_ray.errors import ConfigError
 from syneg_ray.registry import resolve_model
+from syneg_ray.runtime import shared_cores
 
 logger = logging.getLogger(__name__)
 
@@ -55,25 +56,14 @@ def _why_not_onnx(model_path: str) -> str:
     return onnx_backend.unsupported(model_path) or ("" if onnx_backend.available() else "onnxruntime is not installed")
 
 
-def cpus_per_actor(e: EncoderConfig, smallest_node_cpus: float = 0.0) -> float:
-    """CPUs (and threads) of one encoder actor: as configured, else the cores shared by the actors.
+def cpus_per_actor(e: EncoderConfig, smallest_node_cpus: float | None = None) -> float:
+    """CPUs (and threads) of one encoder actor: as configured, else the cores shared by the actors
+    (runtime.shared_cores: this machine's, at most the smallest node's).
 
-    The cores are this machine's, or the smallest CPU node's on a cluster, so that an actor always
-    fits a node. One actor with every core beats several 1-core actors on a small machine: the
-    threads scale as well, and each actor holds its own copy of the model and runtime.
+    One actor with every core beats several 1-core actors on a small machine: the threads scale as
+    well, and each actor holds its own copy of the model and runtime.
     """
-    if e.cpus_per_actor:
-        return e.cpus_per_actor
-    cores = min(os.cpu_count() or 1, smallest_node_cpus or float("inf"))
-    return float(max(1, int(cores) // e.actors))
-
-
-def smallest_node_cpus() -> float:
-    """CPUs of the smallest alive Ray node that has any (a local Ray: this machine plus the spare)."""
-    import ray
-
-    sizes = [n["Resources"].get("CPU", 0.0) for n in ray.nodes() if n.get("Alive")]
-    return min((c for c in sizes if c > 0), default=0.0)
+    return e.cpus_per_actor or float(shared_cores(e.actors, smallest_node_cpus))
 
 
 def onnx_file(cfg: PipelineConfig, model_path: str) -> Path:
@@ -96,9 +86,9 @@ def open_encoder(model_path: str, backend: Backend, onnx_path: str, threads: int
 
 
 def local_encoder(cfg: PipelineConfig, model_path: str):
-    """The configured encoder, opened in this process: for diagnostics that encode a few hundred
-    texts (probes, plots) and must see the backend and precision the actors use. Encode with
-    `encode_options(cfg.encoder, prompt)`."""
+    """The configured encoder, opened in this process, with the backend and precision the actors
+    use: for queries (few) and for diagnostics that encode a few hundred texts (probes, plots).
+    Encode with `encode_options(cfg.encoder, prompt)`."""
     e = cfg.encoder
     return open_encoder(model_path, backend_of(e, model_path), str(onnx_file(cfg, model_path)),
                         max_seq_length=e.max_seq_length, dtype=e.dtype)
@@ -189,11 +179,9 @@ def encode_with_ray(cfg: PipelineConfig, model_path: str, texts: list[str], prom
         # export's peak (torch, tracing: about 1.3 GB for MiniLM) apart from Ray's daemons and the actors.
         prepare_onnx(model_path, str(onnx_file(cfg, model_path)), e.dtype)
     init_ray(cfg)
-    cpus = cpus_per_actor(e, smallest_node_cpus())
+    cpus = cpus_per_actor(e)
     if not texts:  # no batch will arrive to tell the width
-        encoder = open_encoder(model_path, backend, str(onnx_file(cfg, model_path)), max_seq_length=e.max_seq_length,
-                               dtype=e.dtype)
-        return np.zeros((0, embedding_dimension(encoder)), dtype=np.float32)
+        return np.zeros((0, embedding_dimension(local_encoder(cfg, model_path))), dtype=np.float32)
     ds = ray.data.from_arrow(pa.table({"row": np.arange(len(texts), dtype=np.int64), "text": texts}))
     ds = ds.repartition(max(e.actors * 4, len(texts) // 4096 + 1))  # enough blocks to keep every actor busy
     ds = ds.map_batches(
@@ -229,6 +217,4 @@ def encode_with_ray(cfg: PipelineConfig, model_path: str, texts: list[str], prom
 def embed_queries(cfg: PipelineConfig, texts: list[str], model: str | None = None) -> np.ndarray:
     """Query embeddings in the driver process: queries are few, and an actor pool would cost more to start."""
     model_path = resolve_model(model or cfg.encoder.model, default_cache_dir(cfg))
-    encoder = open_encoder(model_path, backend_of(cfg.encoder, model_path), str(onnx_file(cfg, model_path)),
-                           max_seq_length=cfg.encoder.max_seq_length, dtype=cfg.encoder.dtype)
-    return encode(encoder, texts, encode_options(cfg.encoder, cfg.encoder.query_prompt))
+    return encode(local_encoder(cfg, model_path), texts, encode_options(cfg.encoder, cfg.encoder.query_prompt))

@@ -3,6 +3,8 @@
 Inputs are plain Parquet in the run directory, so a test (or a user) can replace synthesis or
 mining by a small hand-written file:
     synthesize/negatives.parquet  {key, query_id, positive_id, negatives: list<str>, status?}  (file or folder)
+                                  (rows that `syneg synthesize` wrote count only under the current
+                                  config's key: another model, seed or prompt version is ignored)
     mine/negatives.parquet        {query_id, positive_id, negative_ids: list<str>, source: list<str>, positive_ids?}
 Output: mix/instances.parquet (schema.Instance rows) and mix/stats.json.
 """
@@ -18,7 +20,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from syneg_ray import mixing, probes, schema
+from syneg_ray import mixing, probes, schema, synthetic_store
 from syneg_ray.config import MixStrategy, PipelineConfig
 from syneg_ray.dataset import ensure_pairs, read_corpus
 from syneg_ray.errors import DataError
@@ -36,20 +38,35 @@ INSTANCE_SCHEMA = pa.schema(
 def _read(path: Path, required: tuple[str, ...], hint: str) -> list[dict]:
     if not path.exists():
         raise DataError.at(path, None, f"not found; {hint}")
-    table = pq.read_table(path)
+    try:
+        table = pq.read_table(path)
+    except (pa.ArrowInvalid, OSError) as exc:  # an interrupted write, or not Parquet at all
+        raise DataError.at(path, None, f"not a readable Parquet file ({' '.join(str(exc).split())}); "
+                                       f"delete the damaged file and rerun `syneg {path.parent.name}` to rewrite it") from None
     missing = set(required) - set(table.column_names)
     if missing:
         raise DataError.at(path, None, f"missing columns {sorted(missing)}; expected {list(required)}")
-    return table.select(list(required) + [c for c in ("status", "positive_ids") if c in table.column_names]).to_pylist()
+    optional = ("status", "positive_ids", "prompt_version")
+    return table.select(list(required) + [c for c in optional if c in table.column_names]).to_pylist()
 
 
-def read_synthetic(path: Path) -> dict[mixing.PairKey, mixing.SyntheticNegs]:
-    """(query_id, positive_id) -> valid synthetic negatives; failed rows count as none."""
-    out = {}
+def read_synthetic(path: Path, current_keys: set[str] | None = None) -> dict[mixing.PairKey, mixing.SyntheticNegs]:
+    """(query_id, positive_id) -> valid synthetic negatives; failed rows count as none.
+
+    Rows that `syneg synthesize` wrote (they carry a prompt version) count only when their key is
+    in `current_keys`: after a change of LLM, seed or prompt, the old rows stay on disk (nothing
+    written is lost) but must not be mixed in. A hand-written file without that column is read whole.
+    """
+    out, stale = {}, 0
     for row in _read(path, SYNTHETIC_COLUMNS, "run `syneg synthesize` first, or use mix.strategy=retrieved"):
+        if current_keys is not None and row.get("prompt_version") and row["key"] not in current_keys:
+            stale += 1
+            continue
         texts = tuple(t for t in (row["negatives"] or ()) if t and t.strip())
         if row.get("status", "ok") == "ok" and texts:
             out[(row["query_id"], row["positive_id"])] = mixing.SyntheticNegs(row["key"], texts)
+    if stale:
+        logger.info("%s: %d rows of another model, seed or prompt version ignored", path, stale)
     return out
 
 
@@ -72,16 +89,30 @@ def read_mined(path: Path, corpus: dict[str, str]) -> tuple[dict[mixing.PairKey,
     return mined, positives
 
 
-def _needs(cfg: PipelineConfig) -> tuple[bool, bool]:
-    """(needs synthetic, needs retrieved) for the strategy and R."""
+def sources_needed(cfg: PipelineConfig) -> tuple[bool, bool]:
+    """(reads synthetic negatives, reads retrieved negatives) for the strategy and R.
+
+    Hybrid reads both at every R: a source that runs short is topped up from the other one
+    (mixing.py), so even at R = 0 or 1 the other source keeps a pair from being dropped.
+    """
     s, r = cfg.mix.strategy, cfg.mix.ratio
     if s is MixStrategy.RANDOM:
         return False, False
-    if s is MixStrategy.SYNTHETIC or (s in (MixStrategy.HYBRID, MixStrategy.DIRECT) and r == 1.0):
+    if s is MixStrategy.HYBRID:
+        return True, True
+    if s is MixStrategy.SYNTHETIC or (s is MixStrategy.DIRECT and r == 1.0):
         return True, False
     if s is MixStrategy.RETRIEVED or r == 0.0:
         return False, True
     return True, True
+
+
+def _top_up_only(cfg: PipelineConfig) -> str:
+    """The source a hybrid mix at R = 0 or 1 reads only to top up the other ("" otherwise): if its
+    file is missing, the mix goes on without it rather than failing."""
+    if cfg.mix.strategy is not MixStrategy.HYBRID or 0.0 < cfg.mix.ratio < 1.0:
+        return ""
+    return "synthetic" if cfg.mix.ratio == 0.0 else "retrieved"
 
 
 def guard_synthetic(cfg: PipelineConfig, pairs: list[dict], synthetic: dict[mixing.PairKey, mixing.SyntheticNegs],
@@ -134,8 +165,14 @@ def run_mix(cfg: PipelineConfig) -> dict:
     prepared, pairs_path = ensure_pairs(cfg)
     pairs = pq.read_table(pairs_path).to_pylist()
     corpus = read_corpus(prepared)
-    need_syn, need_ret = _needs(cfg)
-    synthetic = read_synthetic(run_dir / schema.SYNTHETIC) if need_syn else {}
+    need_syn, need_ret = sources_needed(cfg)
+    top_up = _top_up_only(cfg)
+    for source, path in (("synthetic", run_dir / schema.SYNTHETIC), ("retrieved", run_dir / schema.MINED)):
+        if source == top_up and not path.exists():
+            logger.info("hybrid R=%g: no %s to top up from (%s missing)", cfg.mix.ratio, source, path)
+            need_syn, need_ret = need_syn and source != "synthetic", need_ret and source != "retrieved"
+    current = {synthetic_store.pair_key(cfg, p["query_id"], p["positive_id"]) for p in pairs}
+    synthetic = read_synthetic(run_dir / schema.SYNTHETIC, current) if need_syn else {}
     out = run_dir / schema.INSTANCES
     out.parent.mkdir(parents=True, exist_ok=True)
     guarded_out = 0

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 import time
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
 
@@ -25,11 +25,16 @@ SUMMARY = "summary.json"
 CURVES = "curves.png"
 # fields that change how a run is watched or survives, not what it learns: a resume may change them
 _OPERATIONAL = {"log_every", "max_failures", "checkpoints_to_keep", "cpus_per_worker"}
+# where the dataset is found and which split is reported: the trained model does not depend on them
+_DATA_ELSEWHERE = {"data_dir", "download", "eval_split"}
 
 
 def worker_cpus(t: TrainConfig) -> float:
-    """CPUs each worker reserves and uses as torch threads: the configured number, else the cores shared by the workers."""
-    return t.cpus_per_worker or float(max(1, (os.cpu_count() or 1) // t.workers))
+    """CPUs each worker reserves and uses as torch threads: the configured number, else the cores
+    shared by the workers (runtime.shared_cores: this machine's, at most the smallest node's)."""
+    from syneg_ray.runtime import shared_cores
+
+    return t.cpus_per_worker or float(shared_cores(t.workers))
 
 
 def require_one_batch(cfg: PipelineConfig, n_instances: int, instances: Path) -> None:
@@ -75,7 +80,8 @@ def build_trainer(cfg: PipelineConfig, instances: str | Path, model_path: str, t
 def training_fingerprint(cfg: PipelineConfig, instances: Path) -> dict:
     """The parts of the config (and the instances file) that determine the trained model."""
     train = {k: v for k, v in to_dict(cfg.train).items() if k not in _OPERATIONAL}
-    return {"train": train, "mix": to_dict(cfg.mix), "data": to_dict(cfg.data), "seed": cfg.run.seed,
+    data = {k: v for k, v in to_dict(cfg.data).items() if k not in _DATA_ELSEWHERE}
+    return {"train": train, "mix": to_dict(cfg.mix), "data": data, "seed": cfg.run.seed,
             "model": cfg.train.model or cfg.encoder.model, "instances_sha256": dataset.file_digest(instances)[:16]}  # fmt: skip
 
 
@@ -99,13 +105,21 @@ def read_instances(path: Path, corpus_ids) -> list[dict]:
     """Reads and validates the instances file (DataError names the file and row)."""
     if not path.exists():
         raise DataError.at(path, None, "no instances file; run `syneg mix` first")
-    rows = pq.read_table(path).to_pylist()
+    try:
+        rows = pq.read_table(path).to_pylist()
+    except (pa.ArrowInvalid, OSError) as exc:  # an interrupted write, or not Parquet at all
+        raise DataError.at(path, None, f"not a readable Parquet file ({' '.join(str(exc).split())}); "
+                                       "rerun `syneg mix` to rewrite it") from None
     check_instances(rows, path, corpus_ids)
     return rows
 
 
-def run_train(cfg: PipelineConfig) -> dict:
+def run_train(cfg: PipelineConfig, replace_other_config: bool = False) -> dict:
     """Trains the run's model with Ray Train and writes run_dir/train/{model, summary.json, curves.png}.
+
+    Args:
+        replace_other_config: when run_dir/train holds a run of another config, delete it and train
+            anew (`syneg run` after a config change) instead of raising ResumeError (`syneg train`).
 
     Returns:
         {"model": path, "epochs": [...], "seconds": ...}; read back from summary.json when the run was done before.
@@ -118,7 +132,15 @@ def run_train(cfg: PipelineConfig) -> dict:
     rows = read_instances(instances, dataset.read_corpus(dataset.prepare(cfg)))
     require_one_batch(cfg, len(rows), instances)
     fingerprint = training_fingerprint(cfg, instances)
-    if check_resume(train_dir, fingerprint) and (train_dir / SUMMARY).is_file():
+    try:
+        resumable = check_resume(train_dir, fingerprint)
+    except ResumeError as exc:
+        if not replace_other_config:
+            raise
+        logger.warning("train: replacing the model of the previous config: %s", exc)
+        shutil.rmtree(train_dir)  # the model, its checkpoints and curves: all of that config
+        resumable = False
+    if resumable and (train_dir / SUMMARY).is_file():
         logger.info("train: %s is already trained with this config; delete it to train again", train_dir)
         return json.loads((train_dir / SUMMARY).read_text(encoding="utf-8"))
     train_dir.mkdir(parents=True, exist_ok=True)

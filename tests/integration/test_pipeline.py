@@ -44,13 +44,24 @@ def test_run_writes_every_stage_then_skips_and_reruns_only_what_changed(ray_loca
     for stage in ("synthesize", "mine", "mix", "train", "evaluate"):
         assert json.loads((run_dir / stage / pipeline.MARKER).read_text())["fingerprint"]
 
-    # a rerun with the same config runs nothing; a new R reruns mix and everything after it only
+    # a rerun with the same config runs nothing, and neither does a change of how the data is found
     ran: list[str] = []
     real = pipeline._stages()
     fake = [replace(s, run=lambda c, name=s.name: ran.append(name) or {}) for s in real]
     monkeypatch.setattr(pipeline, "_stages", lambda: fake)
-    monkeypatch.setattr("syneg_ray.report.similarity_plot", lambda *a: None)
     pipeline.run_pipeline(cfg)
+    pipeline.run_pipeline(replace(cfg, data=replace(cfg.data, download=False)))
     assert ran == []
-    pipeline.run_pipeline(replace(cfg, mix=replace(cfg.mix, ratio=0.5)))
-    assert ran == ["mix", "train", "evaluate"]
+
+    # a new R reruns mix and everything after it, for real: the model trained at the old R is replaced
+    monkeypatch.setattr(pipeline, "_stages", lambda: real)
+    before = {stage: (run_dir / stage / pipeline.MARKER).read_text() for stage in ("synthesize", "mine", "mix", "train")}
+    summaries = pipeline.run_pipeline(replace(cfg, mix=replace(cfg.mix, ratio=0.5)))
+    assert set(summaries) == {"synthesize", "mine", "mix", "train", "evaluate"}
+    for stage in ("synthesize", "mine"):
+        assert (run_dir / stage / pipeline.MARKER).read_text() == before[stage]
+    for stage in ("mix", "train"):
+        assert (run_dir / stage / pipeline.MARKER).read_text() != before[stage]
+    assert json.loads((run_dir / "mix" / "stats.json").read_text())["ratio"] == 0.5
+    assert "ratio: 0.5" in (run_dir / "train" / "train_config.yaml").read_text()
+    assert (run_dir / schema.MODEL / "modules.json").is_file()

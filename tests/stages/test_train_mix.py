@@ -117,3 +117,77 @@ def test_train_workers_get_absolute_paths(tiny_cfg, tmp_path, monkeypatch) -> No
     assert seen.run.run_dir == str(tmp_path / "runs" / "rel")
     assert Path(seen.data.dataset).is_absolute() and Path(seen.data.dataset, "corpus.jsonl").is_file()
     assert seen.data.data_dir == str((tmp_path / "data").resolve())
+
+
+def _stored_synthesis(cfg, model: str, text: str) -> None:
+    """Rows as `syneg synthesize` stores them, for every pair, under `model`'s keys."""
+    from syneg_ray import synthetic_store as store
+
+    pairs = pq.read_table(ensure_pairs(cfg)[1]).to_pylist()
+    as_model = dataclasses.replace(cfg, synthesize=dataclasses.replace(cfg.synthesize, model=model))
+    rows = [{"key": store.pair_key(as_model, p["query_id"], p["positive_id"]), "query_id": p["query_id"],
+             "positive_id": p["positive_id"], "negatives": [f"{text} {i}.{j}" for j in range(3)], "model": model,
+             "prompt_version": "v", "status": "ok"} for i, p in enumerate(pairs)]  # fmt: skip
+    store.write_part(Path(cfg.run.run_dir) / schema.SYNTHETIC, rows, store.SYNTHETIC_SCHEMA)
+
+
+def test_run_mix_reads_only_the_current_llms_synthesis(tiny_cfg) -> None:
+    """After a change of LLM the old model's rows stay on disk; mixing them in would train on
+    negatives of a config that is no longer the run's."""
+    write_inputs(tiny_cfg, synthetic=False)
+    _stored_synthesis(tiny_cfg, "old-llm", "stale")
+    _stored_synthesis(tiny_cfg, tiny_cfg.synthesize.model, "current")
+    cfg = dataclasses.replace(tiny_cfg, mix=MixConfig(strategy=MixStrategy.SYNTHETIC, n_negatives=3))
+    run_mix(cfg)
+    negatives = [n for r in pq.read_table(Path(cfg.run.run_dir) / schema.INSTANCES).to_pylist() for n in r["negatives"]]
+    assert negatives and all(n.startswith("current ") for n in negatives)
+
+
+def test_hybrid_at_r_1_tops_up_from_mining_and_at_r_0_needs_no_synthesis(tiny_cfg) -> None:
+    write_inputs(tiny_cfg)  # every fifth pair failed synthesis
+    at_one = dataclasses.replace(tiny_cfg, mix=MixConfig(strategy=MixStrategy.HYBRID, ratio=1.0, n_negatives=4))
+    stats = run_mix(at_one)
+    assert stats["instances"] == stats["pairs"]  # failed pairs borrowed 4 retrieved negatives instead of being dropped
+    assert stats["borrowed_synthetic"] > 0
+    import shutil
+
+    shutil.rmtree(Path(tiny_cfg.run.run_dir) / schema.SYNTHETIC)
+    at_zero = dataclasses.replace(tiny_cfg, mix=MixConfig(strategy=MixStrategy.HYBRID, ratio=0.0, n_negatives=4))
+    assert run_mix(at_zero)["instances"] == stats["pairs"]
+
+
+def test_train_in_the_pipeline_replaces_a_model_of_another_config(tiny_cfg, monkeypatch) -> None:
+    """`syneg train` refuses a run directory trained under another config; `syneg run`, which reruns
+    train because mix or train changed, replaces it."""
+    from syneg_ray.train import trainer
+
+    write_inputs(tiny_cfg, synthetic=False)
+    cfg = dataclasses.replace(tiny_cfg, mix=MixConfig(strategy=MixStrategy.RETRIEVED, ratio=0.0))
+    run_mix(cfg)
+    train_dir = Path(cfg.run.run_dir) / "train"
+    (train_dir / "model").mkdir(parents=True)
+    (train_dir / "model" / "old-weights").write_text("x")
+    import yaml
+
+    (train_dir / "train_config.yaml").write_text(yaml.safe_dump(training_fingerprint(cfg, Path(cfg.run.run_dir) / schema.INSTANCES)))
+    changed = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, temperature=0.02))
+
+    class Started(Exception):
+        pass
+
+    def no_training(*args, **kwargs):
+        raise Started
+
+    monkeypatch.setattr(trainer, "build_trainer", no_training)
+    monkeypatch.setattr("syneg_ray.runtime.init_ray", lambda cfg: None)
+    with pytest.raises(ResumeError):
+        run_train(changed)
+    assert (train_dir / "model" / "old-weights").is_file()  # refused, nothing lost
+    with pytest.raises(Started):
+        run_train(changed, replace_other_config=True)
+    assert not (train_dir / "model").exists()
+    assert "temperature: 0.02" in (train_dir / "train_config.yaml").read_text()
+    # where the dataset is found, or which split is reported, is not another config
+    elsewhere = dataclasses.replace(changed, data=dataclasses.replace(changed.data, download=False, eval_split="dev"))
+    with pytest.raises(Started):
+        run_train(elsewhere)
