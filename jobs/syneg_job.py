@@ -4,7 +4,8 @@
         python jobs/syneg_job.py mine --config configs/scifact.yaml run.run_dir=s3://bucket/runs/scifact
 
 The run directory may be a local path shared by the nodes or a pyarrow URI (s3://, gs://): then
-it is mirrored locally for the stage and the results are copied back.
+it is mirrored into the driver's local disk for the stage and the results are copied back, which
+serves a single-node job; Ray Train workers on other nodes need the shared path.
 """
 
 from __future__ import annotations

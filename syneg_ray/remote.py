@@ -1,8 +1,9 @@
 """Run directories on any pyarrow filesystem (local path, s3://, gs://, hdfs://) for `ray job submit`.
 
 Stages read and write a local folder. A job whose run directory is a URI mirrors it into a local
-working folder first and copies the results back after, so the same stage code runs on a laptop
-and on a cluster whose nodes share only object storage.
+working folder of the driver first and copies the results back after, so the same stage code runs
+on a laptop and in a job. Ray Train workers placed on other nodes read the run directory by path
+and do not see that folder: a multi-node run needs the run directory on a shared filesystem.
 """
 
 from __future__ import annotations
