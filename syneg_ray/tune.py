@@ -173,9 +173,10 @@ def run_tune(cfg: PipelineConfig) -> dict[str, Any]:
     from syneg_ray.registry import resolve_model
     from syneg_ray.runtime import init_ray, stage_dir
 
+    given = cfg  # config.yaml and best.yaml keep the user's config, paths as the user wrote them
+    out = stage_dir(given, "tune").resolve()
     cfg = with_absolute_paths(cfg)  # Tune runs every trial in a working directory of its own
     run_dir = Path(cfg.run.run_dir)
-    out = stage_dir(cfg, "tune")
     ensure_pairs(cfg)
     init_ray(cfg)
     _ensure_inputs(cfg, run_dir)
@@ -187,7 +188,8 @@ def run_tune(cfg: PipelineConfig) -> dict[str, Any]:
     if not scored:
         raise TuneError(f"all {len(rows)} trials failed; their errors are in {out / 'trials.csv'} and under {out / 'ray'}")
     best = max(scored, key=lambda r: r[METRIC])
-    (out / "best.yaml").write_text(to_yaml(trial_config(cfg, best["temperature"], best["ratio"], run_dir)), encoding="utf-8")
+    best_config = trial_config(given, best["temperature"], best["ratio"], Path(given.run.run_dir))
+    (out / "best.yaml").write_text(to_yaml(best_config), encoding="utf-8")
     plot_heatmap(rows, out / "heatmap.png")
     logger.info("tune: %d trials; best tau %.4f, R %.2f: dev nDCG@10 %.4f -> %s", len(rows), best["temperature"],
                 best["ratio"], best[METRIC], out)
