@@ -63,9 +63,20 @@ def load_model(path: str, device: torch.device | str = "cpu", max_seq_length: in
 
 
 def save_model(st: nn.Module, folder: str | Path) -> Path:
-    """Writes the SentenceTransformer in its own format (modules.json, weights, tokenizer)."""
+    """Writes the SentenceTransformer in its own format (modules.json, weights, tokenizer).
+
+    A model that does not end in Normalize is saved with one appended: training scored by cosine
+    (losses.scores), while evaluation, mining and users search by inner product, which is then that
+    same cosine. `st` itself is left as it is (it may still be training).
+    """
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.modules import Normalize
+
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
+    if not isinstance(list(st)[-1], Normalize):
+        st = SentenceTransformer(modules=[*st, Normalize()], device=str(st.device), prompts=st.prompts,
+                                 default_prompt_name=st.default_prompt_name, similarity_fn_name=st.similarity_fn_name)
     st.save(str(folder))
     return folder
 

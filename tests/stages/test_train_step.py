@@ -90,3 +90,22 @@ def test_bf16_autocast_step_runs_and_keeps_fp32_weights(tiny_model_dir: str) -> 
     loss = plain_step(sess, [r["query"] for r in rows], [[r["positive"], *r["negatives"]] for r in rows])
     assert torch.isfinite(loss) and loss.dtype == torch.float32
     assert all(p.dtype == torch.float32 for p in sess.model.parameters())
+
+
+def test_a_model_without_normalize_is_saved_with_one(tiny_model_dir: str, tmp_path) -> None:
+    """Training scores by cosine; evaluation and mining search by inner product. A saved model that
+    ends in Normalize makes the two the same."""
+    import numpy as np
+    from sentence_transformers import SentenceTransformer
+
+    from syneg_ray.model import save_model
+
+    normalized = load_model(tiny_model_dir)
+    unnormalized = SentenceTransformer(modules=list(normalized)[:-1], device="cpu")
+    save_model(unnormalized, tmp_path / "saved")
+    assert len(list(unnormalized)) == 2  # the model being trained is not changed
+    back = SentenceTransformer(str(tmp_path / "saved"), device="cpu")
+    assert [type(m).__name__ for m in back] == ["Transformer", "Pooling", "Normalize"]
+    raw = unnormalized.encode(["protein folding", "river erosion"])
+    saved = back.encode(["protein folding", "river erosion"])
+    np.testing.assert_allclose(saved, raw / np.linalg.norm(raw, axis=1, keepdims=True), atol=1e-5)
