@@ -3,8 +3,8 @@
 Inputs are plain Parquet in the run directory, so a test (or a user) can replace synthesis or
 mining by a small hand-written file:
     synthesize/negatives.parquet  {key, query_id, positive_id, negatives: list<str>, status?}  (file or folder)
-                                  (rows that `syneg synthesize` wrote count only under the current
-                                  config's key: another model, seed or prompt version is ignored)
+                                  (rows that `syneg synthesize` wrote under another LLM or prompt
+                                  version are ignored; this seed's row of a pair wins over another seed's)
     mine/negatives.parquet        {query_id, positive_id, negative_ids: list<str>, source: list<str>, positive_ids?}
 Output: mix/instances.parquet (schema.Instance rows) and mix/stats.json.
 """
@@ -20,7 +20,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from syneg_ray import mixing, probes, schema, synthetic_store
+from syneg_ray import mixing, probes, prompts, schema, synthetic_store
 from syneg_ray.config import MixStrategy, PipelineConfig
 from syneg_ray.dataset import ensure_pairs, read_corpus
 from syneg_ray.errors import DataError
@@ -46,28 +46,33 @@ def _read(path: Path, required: tuple[str, ...], hint: str) -> list[dict]:
     missing = set(required) - set(table.column_names)
     if missing:
         raise DataError.at(path, None, f"missing columns {sorted(missing)}; expected {list(required)}")
-    optional = ("status", "positive_ids", "prompt_version")
+    optional = ("status", "positive_ids", "model", "prompt_version")
     return table.select(list(required) + [c for c in optional if c in table.column_names]).to_pylist()
 
 
-def read_synthetic(path: Path, current_keys: set[str] | None = None) -> dict[mixing.PairKey, mixing.SyntheticNegs]:
+def read_synthetic(path: Path, llm: tuple[str, str] | None = None,
+                   current_keys: frozenset[str] = frozenset()) -> dict[mixing.PairKey, mixing.SyntheticNegs]:
     """(query_id, positive_id) -> valid synthetic negatives; failed rows count as none.
 
-    Rows that `syneg synthesize` wrote (they carry a prompt version) count only when their key is
-    in `current_keys`: after a change of LLM, seed or prompt, the old rows stay on disk (nothing
-    written is lost) but must not be mixed in. A hand-written file without that column is read whole.
+    Rows that `syneg synthesize` wrote carry their LLM and prompt version. When `llm` (model,
+    prompt version) is given, rows of another LLM or prompt are skipped: after such a change the old
+    rows stay on disk (nothing written is lost) but must not be mixed in. Of the rest, a pair's row
+    under `current_keys` (this run's seed) wins over one written at another seed, which is used
+    only when the pair has none of this seed (runs at several training seeds may share one
+    synthesis). A hand-written file without those columns is read whole.
     """
-    out, stale = {}, 0
+    current, other, stale = {}, {}, 0
     for row in _read(path, SYNTHETIC_COLUMNS, "run `syneg synthesize` first, or use mix.strategy=retrieved"):
-        if current_keys is not None and row.get("prompt_version") and row["key"] not in current_keys:
+        if llm is not None and row.get("prompt_version") and (row.get("model"), row["prompt_version"]) != llm:
             stale += 1
             continue
         texts = tuple(t for t in (row["negatives"] or ()) if t and t.strip())
         if row.get("status", "ok") == "ok" and texts:
-            out[(row["query_id"], row["positive_id"])] = mixing.SyntheticNegs(row["key"], texts)
+            into = current if row["key"] in current_keys else other
+            into[(row["query_id"], row["positive_id"])] = mixing.SyntheticNegs(row["key"], texts)
     if stale:
-        logger.info("%s: %d rows of another model, seed or prompt version ignored", path, stale)
-    return out
+        logger.info("%s: %d rows of another LLM or prompt version ignored", path, stale)
+    return {**other, **current}
 
 
 def read_mined(path: Path, corpus: dict[str, str]) -> tuple[dict[mixing.PairKey, list[tuple[str, str]]], dict[str, set[str]]]:
@@ -171,8 +176,9 @@ def run_mix(cfg: PipelineConfig) -> dict:
         if source == top_up and not path.exists():
             logger.info("hybrid R=%g: no %s to top up from (%s missing)", cfg.mix.ratio, source, path)
             need_syn, need_ret = need_syn and source != "synthetic", need_ret and source != "retrieved"
-    current = {synthetic_store.pair_key(cfg, p["query_id"], p["positive_id"]) for p in pairs}
-    synthetic = read_synthetic(run_dir / schema.SYNTHETIC, current) if need_syn else {}
+    llm = (cfg.synthesize.model, prompts.PROMPT_VERSION)
+    current = frozenset(synthetic_store.pair_key(cfg, p["query_id"], p["positive_id"]) for p in pairs)
+    synthetic = read_synthetic(run_dir / schema.SYNTHETIC, llm, current) if need_syn else {}
     out = run_dir / schema.INSTANCES
     out.parent.mkdir(parents=True, exist_ok=True)
     guarded_out = 0

@@ -119,16 +119,24 @@ def test_train_workers_get_absolute_paths(tiny_cfg, tmp_path, monkeypatch) -> No
     assert seen.data.data_dir == str((tmp_path / "data").resolve())
 
 
-def _stored_synthesis(cfg, model: str, text: str) -> None:
-    """Rows as `syneg synthesize` stores them, for every pair, under `model`'s keys."""
+def _stored_synthesis(cfg, model: str, text: str, seed: int = 0) -> None:
+    """Rows as `syneg synthesize` stores them, for every pair, under `model`'s and `seed`'s keys."""
+    from syneg_ray import prompts
     from syneg_ray import synthetic_store as store
 
     pairs = pq.read_table(ensure_pairs(cfg)[1]).to_pylist()
-    as_model = dataclasses.replace(cfg, synthesize=dataclasses.replace(cfg.synthesize, model=model))
-    rows = [{"key": store.pair_key(as_model, p["query_id"], p["positive_id"]), "query_id": p["query_id"],
+    as_run = dataclasses.replace(cfg, synthesize=dataclasses.replace(cfg.synthesize, model=model),
+                                 run=dataclasses.replace(cfg.run, seed=seed))
+    rows = [{"key": store.pair_key(as_run, p["query_id"], p["positive_id"]), "query_id": p["query_id"],
              "positive_id": p["positive_id"], "negatives": [f"{text} {i}.{j}" for j in range(3)], "model": model,
-             "prompt_version": "v", "status": "ok"} for i, p in enumerate(pairs)]  # fmt: skip
+             "prompt_version": prompts.PROMPT_VERSION, "status": "ok"} for i, p in enumerate(pairs)]  # fmt: skip
     store.write_part(Path(cfg.run.run_dir) / schema.SYNTHETIC, rows, store.SYNTHETIC_SCHEMA)
+
+
+def _mixed_negatives(cfg) -> list[str]:
+    cfg = dataclasses.replace(cfg, mix=MixConfig(strategy=MixStrategy.SYNTHETIC, n_negatives=3))
+    run_mix(cfg)
+    return [n for r in pq.read_table(Path(cfg.run.run_dir) / schema.INSTANCES).to_pylist() for n in r["negatives"]]
 
 
 def test_run_mix_reads_only_the_current_llms_synthesis(tiny_cfg) -> None:
@@ -136,11 +144,23 @@ def test_run_mix_reads_only_the_current_llms_synthesis(tiny_cfg) -> None:
     negatives of a config that is no longer the run's."""
     write_inputs(tiny_cfg, synthetic=False)
     _stored_synthesis(tiny_cfg, "old-llm", "stale")
-    _stored_synthesis(tiny_cfg, tiny_cfg.synthesize.model, "current")
-    cfg = dataclasses.replace(tiny_cfg, mix=MixConfig(strategy=MixStrategy.SYNTHETIC, n_negatives=3))
-    run_mix(cfg)
-    negatives = [n for r in pq.read_table(Path(cfg.run.run_dir) / schema.INSTANCES).to_pylist() for n in r["negatives"]]
+    assert _mixed_negatives(tiny_cfg) == []  # another LLM's rows are no synthesis of this run's
+    _stored_synthesis(tiny_cfg, tiny_cfg.synthesize.model, "current", seed=7)
+    negatives = _mixed_negatives(tiny_cfg)
     assert negatives and all(n.startswith("current ") for n in negatives)
+
+
+def test_run_mix_prefers_this_seeds_synthesis_and_falls_back_to_another(tiny_cfg) -> None:
+    """Runs at several training seeds may share one synthesis (the ablation does); a synthesis at
+    the run's own seed, when there is one, wins."""
+    write_inputs(tiny_cfg, synthetic=False)
+    at_one = dataclasses.replace(tiny_cfg, run=dataclasses.replace(tiny_cfg.run, seed=1))
+    _stored_synthesis(tiny_cfg, tiny_cfg.synthesize.model, "seed-zero", seed=0)
+    shared = _mixed_negatives(at_one)
+    assert shared and all(n.startswith("seed-zero ") for n in shared)
+    _stored_synthesis(tiny_cfg, tiny_cfg.synthesize.model, "seed-one", seed=1)
+    own = _mixed_negatives(at_one)
+    assert len(own) == len(shared) and all(n.startswith("seed-one ") for n in own)
 
 
 def test_hybrid_at_r_1_tops_up_from_mining_and_at_r_0_needs_no_synthesis(tiny_cfg) -> None:
