@@ -137,4 +137,4 @@ def _digest_if_file(path: Path) -> str:
     return file_digest(path)[:16] if path.is_file() else ""
 
 
-PAIR_SCHEMA = pa.schema([("query_id", pa.string()), ("positive_id", pa.string()), ("query", pa.string()), ("positive", pa.string())])
+PAIR_SCHEMA = schema.arrow_schema(schema.Pair)

@@ -16,7 +16,11 @@ small hand-written file (tests do this) or run alone on a cluster.
 
 from __future__ import annotations
 
-from typing import TypedDict
+import typing
+from typing import TYPE_CHECKING, TypedDict
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 PAIRS = "pairs/pairs.parquet"
 DEV_QRELS = "pairs/dev_qrels.json"
@@ -83,3 +87,18 @@ class Instance(TypedDict):
 
 
 INSTANCE_COLUMNS = tuple(Instance.__annotations__)
+
+
+def arrow_schema(row: type) -> pa.Schema:
+    """The Parquet schema of a row type above: its fields in order; str, int (int64), float (float32,
+    the precision scores are kept in) and lists of them."""
+    import pyarrow as pa
+
+    scalars = {str: pa.string(), int: pa.int64(), float: pa.float32()}
+
+    def arrow(hint: typing.Any) -> pa.DataType:
+        if typing.get_origin(hint) is list:
+            return pa.list_(arrow(typing.get_args(hint)[0]))
+        return scalars[hint]
+
+    return pa.schema([(name, arrow(hint)) for name, hint in typing.get_type_hints(row).items()])

@@ -18,30 +18,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from syneg_ray import attributes, prompts
+from syneg_ray import attributes, prompts, schema
 from syneg_ray.config import PipelineConfig
 
-SYNTHETIC_SCHEMA = pa.schema(
-    [
-        ("key", pa.string()),
-        ("query_id", pa.string()),
-        ("positive_id", pa.string()),
-        ("negatives", pa.list_(pa.string())),
-        ("domain", pa.string()),
-        ("difficulty", pa.string()),
-        ("length", pa.string()),
-        ("reasoning", pa.string()),
-        ("model", pa.string()),
-        ("engine", pa.string()),
-        ("prompt_version", pa.string()),
-        ("seed", pa.int64()),
-        ("attempts", pa.int64()),
-        ("prompt_tokens", pa.int64()),
-        ("output_tokens", pa.int64()),
-        ("status", pa.string()),
-        ("reject_reasons", pa.list_(pa.string())),
-    ]
-)
+SYNTHETIC_SCHEMA = schema.arrow_schema(schema.SyntheticRow)
 
 ATTEMPT_SCHEMA = pa.schema(
     [

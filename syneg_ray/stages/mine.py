@@ -188,11 +188,7 @@ def select_all(
     return selected, stats
 
 
-MINED_SCHEMA = pa.schema([
-    ("query_id", pa.string()), ("positive_id", pa.string()), ("positive_ids", pa.list_(pa.string())),
-    ("negative_ids", pa.list_(pa.string())), ("negative_scores", pa.list_(pa.float32())),
-    ("positive_score", pa.float32()), ("source", pa.list_(pa.string())),
-])  # fmt: skip
+MINED_SCHEMA = schema.arrow_schema(schema.MinedRow)
 
 
 def to_rows(

@@ -29,10 +29,7 @@ logger = logging.getLogger(__name__)
 
 SYNTHETIC_COLUMNS = ("key", "query_id", "positive_id", "negatives")
 MINED_COLUMNS = ("query_id", "positive_id", "negative_ids", "source")
-INSTANCE_SCHEMA = pa.schema(
-    [(c, pa.string()) for c in ("query_id", "positive_id", "query", "positive")]
-    + [(c, pa.list_(pa.string())) for c in ("negatives", "negative_sources", "negative_ids")]
-)
+INSTANCE_SCHEMA = schema.arrow_schema(schema.Instance)
 
 
 def _read(path: Path, required: tuple[str, ...], hint: str) -> list[dict]:
