@@ -86,6 +86,10 @@ class DataConfig:
         _check_min("data.limit", self.limit, 0)
 
 
+# where the dataset is found, not what it holds: no stage's output depends on them
+DATA_LOCATION_KEYS = ("data_dir", "download")
+
+
 @dataclass(frozen=True, kw_only=True)
 class RayConfig:
     address: str = ""  # "" starts a local Ray; "auto" or ray://host:port joins a cluster

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from syneg_ray.config import PipelineConfig, to_dict
+from syneg_ray.config import DATA_LOCATION_KEYS, PipelineConfig, to_dict
 from syneg_ray.runtime import read_json, write_text_atomic
 
 logger = logging.getLogger(__name__)
@@ -37,7 +37,6 @@ class Stage:
     ignored: tuple[str, ...] = ("data.eval_split",)  # keys of those sections that do not change its output
 
 
-LOCATION_KEYS = ("data.data_dir", "data.download")  # where the dataset is found, not what it holds
 
 
 def _stages() -> list[Stage]:
@@ -71,7 +70,7 @@ def needed(cfg: PipelineConfig, stage: Stage) -> bool:
 def fingerprint(cfg: PipelineConfig, stage: Stage, upstream: dict[str, str]) -> str:
     """Hash of the sections a stage reads, the root seed, and its upstream stages' fingerprints."""
     tree = to_dict(cfg)
-    for dotted in (*LOCATION_KEYS, *stage.ignored):
+    for dotted in (*(f"data.{k}" for k in DATA_LOCATION_KEYS), *stage.ignored):
         section, key = dotted.split(".")
         tree[section].pop(key, None)
     payload = {"seed": tree["run"]["seed"], **{s: tree[s] for s in stage.sections}, "upstream": [upstream[u] for u in stage.upstream]}

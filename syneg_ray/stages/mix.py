@@ -109,12 +109,16 @@ def sources_needed(cfg: PipelineConfig) -> tuple[bool, bool]:
     return True, True
 
 
-def _top_up_only(cfg: PipelineConfig) -> str:
-    """The source a hybrid mix at R = 0 or 1 reads only to top up the other ("" otherwise): if its
-    file is missing, the mix goes on without it rather than failing."""
+def _missing_top_up(cfg: PipelineConfig, run_dir: Path) -> str:
+    """The source a hybrid mix at R = 0 or 1 reads only to top up the other, when its file is
+    missing ("" otherwise): the mix then goes on without it rather than failing."""
     if cfg.mix.strategy is not MixStrategy.HYBRID or 0.0 < cfg.mix.ratio < 1.0:
         return ""
-    return "synthetic" if cfg.mix.ratio == 0.0 else "retrieved"
+    source, path = ("synthetic", run_dir / schema.SYNTHETIC) if cfg.mix.ratio == 0.0 else ("retrieved", run_dir / schema.MINED)
+    if path.exists():
+        return ""
+    logger.info("hybrid R=%g: no %s negatives to top up from (%s missing)", cfg.mix.ratio, source, path)
+    return source
 
 
 def guard_synthetic(cfg: PipelineConfig, pairs: list[dict], synthetic: dict[mixing.PairKey, mixing.SyntheticNegs],
@@ -168,11 +172,8 @@ def run_mix(cfg: PipelineConfig) -> dict:
     pairs = pq.read_table(pairs_path).to_pylist()
     corpus = read_corpus(prepared)
     need_syn, need_ret = sources_needed(cfg)
-    top_up = _top_up_only(cfg)
-    for source, path in (("synthetic", run_dir / schema.SYNTHETIC), ("retrieved", run_dir / schema.MINED)):
-        if source == top_up and not path.exists():
-            logger.info("hybrid R=%g: no %s to top up from (%s missing)", cfg.mix.ratio, source, path)
-            need_syn, need_ret = need_syn and source != "synthetic", need_ret and source != "retrieved"
+    missing = _missing_top_up(cfg, run_dir)
+    need_syn, need_ret = need_syn and missing != "synthetic", need_ret and missing != "retrieved"
     llm = (cfg.synthesize.model, prompts.PROMPT_VERSION)
     current = frozenset(synthetic_store.pair_key(cfg, p["query_id"], p["positive_id"]) for p in pairs)
     synthetic = read_synthetic(run_dir / schema.SYNTHETIC, llm, current) if need_syn else {}

@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import yaml
 
 from syneg_ray import dataset, schema
-from syneg_ray.config import PipelineConfig, TrainConfig, diff, to_dict, with_absolute_paths
+from syneg_ray.config import DATA_LOCATION_KEYS, PipelineConfig, TrainConfig, diff, to_dict, with_absolute_paths
 from syneg_ray.errors import DataError, ResumeError
 from syneg_ray.mixing import check_instances
 from syneg_ray.registry import resolve_model
@@ -25,8 +25,8 @@ SUMMARY = "summary.json"
 CURVES = "curves.png"
 # fields that change how a run is watched or survives, not what it learns: a resume may change them
 _OPERATIONAL = {"log_every", "max_failures", "checkpoints_to_keep", "cpus_per_worker"}
-# where the dataset is found and which split is reported: the trained model does not depend on them
-_DATA_ELSEWHERE = {"data_dir", "download", "eval_split"}
+# the trained model depends neither on where the dataset is found nor on which split is reported
+_DATA_ELSEWHERE = {*DATA_LOCATION_KEYS, "eval_split"}
 
 
 def worker_cpus(t: TrainConfig) -> float:
