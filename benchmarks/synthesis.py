@@ -81,8 +81,7 @@ def direct_hf(rows: list[dict], cfg) -> dict:
     texts, tokens, start = [], 0, time.perf_counter()
     for i in range(0, len(rows), s.batch_size):
         batch = rows[i:i + s.batch_size]
-        seed = sum(r["gen_seed"] for r in batch) % (2**31)
-        outs = gen.generate([messages_of(r) for r in batch], s.negatives_per_pair, spec, seed, [len(r["positive"].split()) for r in batch],
+        outs = gen.generate([messages_of(r) for r in batch], s.negatives_per_pair, spec, [r["gen_seed"] for r in batch], [len(r["positive"].split()) for r in batch],
                             [r["max_tokens"] for r in batch])
         texts += [o.text for o in outs]
         tokens += sum(o.output_tokens for o in outs)

@@ -10,10 +10,12 @@ The prompt (instructions plus the positive document: most of the tokens) is enco
 batch and its key/value cache is reused by all k + 1 field calls; each call encodes only the
 answer written so far. Without that reuse the prompt's prefill dominates the cost on CPUs.
 
-Sampling is seeded per batch (transformers' `generate` draws from one generator for all rows),
-from the rows' own seeds. A pair's text therefore depends on which pairs share its batch: a
-resumed run, whose batches hold only the unfinished pairs, samples them differently than an
-uninterrupted one would have. Finished pairs are never regenerated, so this costs no row twice.
+Each row samples from its own generator, seeded by the row's seed and the field, and keeps to its
+own token budget. transformers' `generate` would draw every row from one global generator and stop
+every row at one budget, so a pair's text would depend on which pairs share its batch, and a
+resumed run (whose batches hold only the unfinished pairs) would write other text than an
+uninterrupted one. Here a pair writes the same text in any batch, up to float rounding across
+padded batch shapes.
 """
 
 from __future__ import annotations
@@ -77,7 +79,7 @@ class HFGenerator:
         vocab = self.tokenizer.convert_ids_to_tokens(list(range(len(self.tokenizer))))
         self.quote_ids = torch.tensor([i for i, t in enumerate(vocab) if t and '"' in t], device=device)
 
-    def generate(self, batch: list[list[dict[str, str]]], k: int, spec: SamplingSpec, seed: int,
+    def generate(self, batch: list[list[dict[str, str]]], k: int, spec: SamplingSpec, seeds: list[int],
                  positive_words: list[int] | None = None, max_tokens: list[int] | None = None,
                  reuse_prompt_cache: bool = True) -> list[Generation]:
         """Writes one JSON answer (reasoning + `k` negatives) per chat in `batch`.
@@ -86,7 +88,7 @@ class HFGenerator:
             batch: chat messages per row.
             k: negatives per row.
             spec: sampling settings.
-            seed: seeds the sampler for the whole batch (rows share one generator).
+            seeds: per row, the seed of its sampler.
             positive_words: per row, the positive's length in words; a negative may not end before
                 `MIN_SHARE` of it (in tokens). None: no minimum.
             max_tokens: per row, the answer's token budget, split across its fields (see `budgets`).
@@ -105,14 +107,15 @@ class HFGenerator:
         fields: list[list[str]] = [[] for _ in batch]
         output_tokens = [0] * len(batch)
         row_budgets = [budgets(total, k) for total in (max_tokens or [spec.max_new_tokens] * len(batch))]
-        self.torch.manual_seed(seed)
         words = positive_words or [0] * len(batch)
         holds = [hold_tokens(w, negative) for w, (_, negative) in zip(words, row_budgets, strict=True)]
         for step in range(k + 1):
             # one generate call per field for the whole batch: rows stop on their own closing quote
-            budget = max(reasoning if step == 0 else negative for reasoning, negative in row_budgets)
+            limits = [reasoning if step == 0 else negative for reasoning, negative in row_budgets]
             hold = [min(16, r // 2) for r, _ in row_budgets] if step == 0 else holds
-            pieces, counts = self.continue_strings(prompt, cache, answers, budget, spec, hold)
+            # a generator per row and field: a row's t-th token is always its field generator's t-th draw
+            generators = [self.torch.Generator(self.device).manual_seed(seed * (k + 1) + step) for seed in seeds]
+            pieces, counts = self.continue_strings(prompt, cache, answers, limits, spec, hold, generators)
             for i, (piece, count) in enumerate(zip(pieces, counts, strict=True)):
                 fields[i].append(piece)
                 output_tokens[i] += count
@@ -144,14 +147,15 @@ class HFGenerator:
                              use_cache=True)
         return getattr(out, self.cache_name)
 
-    def continue_strings(self, prompt: Any, cache: Any, answers: list[str], budget: int, spec: SamplingSpec,
-                         hold: list[int]) -> tuple[list[str], list[int]]:
-        """Continues every prompt + answer until it closes its JSON string (a `"`), EOS or `budget` tokens.
+    def continue_strings(self, prompt: Any, cache: Any, answers: list[str], limits: list[int], spec: SamplingSpec,
+                         hold: list[int], generators: list[torch.Generator]) -> tuple[list[str], list[int]]:
+        """Continues every prompt + answer until it closes its JSON string (a `"`), EOS or its budget.
 
         The batch is [prompt, left-padded | answer, left-padded]: the padding in the middle is masked
         and positions follow the mask, so a row reads exactly its own prompt and answer. `cache`
         (the prompt's, from `prefill`) is copied, never extended, so every field starts from it.
-        Row i may not close its string (quote or EOS) before `hold[i]` new tokens.
+        Row i may not close its string (quote or EOS) before `hold[i]` new tokens, keeps at most
+        `limits[i]` tokens, and samples with `generators[i]`.
         """
         from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 
@@ -183,30 +187,55 @@ class HFGenerator:
                 seen[:, pad] = False  # the answer's left padding
                 return scores - penalty * seen
 
-        sampling = {"do_sample": True, "temperature": spec.temperature, "top_p": spec.top_p} if spec.temperature > 0 else {"do_sample": False}
+        top_k = self.model.generation_config.top_k or 50  # what transformers' own sampling applies: the model's, else 50
+
+        class _SampleEachRow(LogitsProcessor):  # draws every row's next token from its own generator, once per step
+            def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+                picks = sample_rows(scores, generators, spec.temperature, top_k, spec.top_p)
+                return torch.full_like(scores, -float("inf")).scatter_(1, picks, 0.0)  # greedy then takes the pick
+
+        processors = [_HoldOpen(), *([_Presence()] if penalty else []), *([_SampleEachRow()] if spec.temperature > 0 else [])]
         with self.torch.inference_mode():
             out = self.model.generate(
                 input_ids=input_ids,
                 attention_mask=attention_mask,
                 **{self.cache_name: copy.deepcopy(cache) if cache is not None else None},
-                max_new_tokens=budget,
+                max_new_tokens=max(limits),
                 stopping_criteria=StoppingCriteriaList([_QuoteClosed()]),
-                logits_processor=LogitsProcessorList([_HoldOpen(), *([_Presence()] if penalty else [])]),
+                logits_processor=LogitsProcessorList(processors),
                 pad_token_id=self.tokenizer.pad_token_id,
-                **sampling,
+                do_sample=False,
             )
         new = out[:, start:]  # (B, generated)
         pieces, counts = [], []
         pad = self.tokenizer.pad_token_id
-        for row in new:
-            ids = row.tolist()
+        for row, limit in zip(new.tolist(), limits, strict=True):
             # finished rows are padded to the batch's length: count what was actually generated
-            while ids and ids[-1] == pad:
-                ids.pop()
-            counts.append(len(ids) + (1 if len(ids) < len(row) else 0))  # + the EOS/pad that ended the row
-            text = self.tokenizer.decode(ids, skip_special_tokens=True)
+            end = len(row)
+            while end and row[end - 1] == pad:
+                end -= 1
+            counts.append(min(limit, end + (1 if end < len(row) else 0)))  # + the EOS/pad that ended the row
+            text = self.tokenizer.decode(row[:min(end, limit)], skip_special_tokens=True)  # a row keeps its own budget
             pieces.append(text.split('"', 1)[0].rstrip("\\").strip())
         return pieces, counts
+
+
+def sample_rows(scores: torch.Tensor, generators: list[torch.Generator], temperature: float, top_k: int,
+                top_p: float) -> torch.Tensor:
+    """One token per row of `scores` (B, V), drawn with the row's own generator after temperature,
+    top-k and top-p (nucleus) filtering, in transformers' order. Returns (B, 1) token ids."""
+    import torch
+
+    logits = scores / temperature
+    # only the top-k candidates can be drawn: sorting k of them instead of the vocabulary is most of the step's cost
+    values, ids = torch.topk(logits, top_k, dim=1) if 0 < top_k < logits.shape[1] else torch.sort(logits, dim=1, descending=True)
+    probs = torch.softmax(values, dim=1)
+    if top_p < 1.0:
+        drop = probs.cumsum(1) - probs >= top_p  # the more likely candidates already hold top_p of the mass
+        drop[:, 0] = False  # the most likely token always stays
+        probs = probs.masked_fill(drop, 0.0)
+    picks = torch.stack([torch.multinomial(p, 1, generator=g) for p, g in zip(probs, generators, strict=True)])
+    return ids.gather(1, picks)
 
 
 class HFGenerateUDF:
@@ -219,9 +248,8 @@ class HFGenerateUDF:
     def __call__(self, batch: pa.Table) -> pa.Table:
         rows = batch.to_pylist()  # plain Python values: list columns stay lists, not numpy object arrays
         k = int(rows[0]["k"])
-        seed = int(sum(int(r["gen_seed"]) for r in rows) % (2**31))
         lengths = [len(str(r["positive"]).split()) for r in rows]
-        gens = self.generator.generate([messages_of(r) for r in rows], k, self.spec, seed, lengths,
+        gens = self.generator.generate([messages_of(r) for r in rows], k, self.spec, [int(r["gen_seed"]) for r in rows], lengths,
                                        [int(r["max_tokens"]) for r in rows])
         return pa.Table.from_pylist([with_generation(r, g) for r, g in zip(rows, gens, strict=True)], schema=OUTPUT_SCHEMA)
 

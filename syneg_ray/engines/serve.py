@@ -48,7 +48,7 @@ class ChatServer:
         k = schema_k(body)
         with self.lock:
             if k:
-                gen = self.generator.generate([messages], k, spec, int(body.get("seed") or 0))[0]
+                gen = self.generator.generate([messages], k, spec, [int(body.get("seed") or 0)])[0]
                 text, prompt_tokens, output_tokens = gen.text, gen.prompt_tokens, gen.output_tokens
             else:
                 prefill = "{" if (body.get("response_format") or {}).get("type") == "json_object" else ""

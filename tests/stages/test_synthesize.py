@@ -128,8 +128,8 @@ def test_hf_prompt_cache_reuse_changes_no_token() -> None:
     batch = [[{"role": "user", "content": f"Query: {PAIR['query']}\nPositive: {PAIR['positive']}\nWrite two negatives."}],
              [{"role": "user", "content": f"Positive: {NEG}\nWrite two negatives."}]]
     spec = SamplingSpec(max_new_tokens=48, temperature=0.0, top_p=1.0)
-    cached = gen.generate(batch, 2, spec, seed=0, positive_words=[40, 10], reuse_prompt_cache=True)
-    reference = gen.generate(batch, 2, spec, seed=0, positive_words=[40, 10], reuse_prompt_cache=False)
+    cached = gen.generate(batch, 2, spec, seeds=[0, 0], positive_words=[40, 10], reuse_prompt_cache=True)
+    reference = gen.generate(batch, 2, spec, seeds=[0, 0], positive_words=[40, 10], reuse_prompt_cache=False)
     assert [g.text for g in cached] == [g.text for g in reference]
     assert [g.output_tokens for g in cached] == [g.output_tokens for g in reference]
     assert cached[0].prompt_tokens > cached[1].prompt_tokens  # the second row really was padded
@@ -148,11 +148,51 @@ def test_hf_presence_penalty_stops_copying_the_first_negative() -> None:
 
     def overlap(penalty: float) -> float:
         spec = SamplingSpec(max_new_tokens=120, temperature=0.0, top_p=1.0, presence_penalty=penalty)
-        negatives = json.loads(gen.generate(batch, 3, spec, seed=0, positive_words=[40])[0].text)["negatives"]
+        negatives = json.loads(gen.generate(batch, 3, spec, seeds=[0], positive_words=[40])[0].text)["negatives"]
         return max(jaccard(words(negatives[0]), words(later)) for later in negatives[1:])
 
     plain, penalized = overlap(0.0), overlap(2.0)  # greedy decoding of a 135M model needs the largest penalty
     assert plain > 0.5 and penalized < plain - 0.2, (plain, penalized)
+
+
+def test_sample_rows_draws_each_row_from_its_own_generator() -> None:
+    import torch
+
+    from syneg_ray.engines.hf import sample_rows
+
+    scores = torch.randn(3, 50, generator=torch.Generator().manual_seed(0))
+
+    def draws(rows: list[int], seeds: list[int]) -> list[int]:
+        gens = [torch.Generator().manual_seed(s) for s in seeds]
+        return sample_rows(scores[rows], gens, 1.0, 0, 1.0).squeeze(1).tolist()
+
+    alone = draws([2], [7])[0]
+    assert draws([0, 1, 2], [3, 4, 7])[2] == alone == draws([2, 0], [7, 1])[0]  # its batchmates change nothing
+    assert len({draws([2], [s])[0] for s in range(20)}) > 1  # and it is really sampled
+    best = scores.argmax(1, keepdim=True)
+    assert torch.equal(sample_rows(scores, [torch.Generator() for _ in range(3)], 1.0, 1, 1.0), best)  # top-k 1
+    assert torch.equal(sample_rows(scores, [torch.Generator() for _ in range(3)], 1.0, 0, 1e-6), best)  # a tiny nucleus
+    assert torch.equal(sample_rows(scores, [torch.Generator() for _ in range(3)], 1.0, 0, 0.0), best)  # top_p 0 keeps one
+
+
+def test_hf_row_writes_the_same_text_in_any_batch() -> None:
+    """Sampling and token budgets are per row: a pair's answer does not depend on the pairs beside it,
+    so a resumed run (other batches) writes what an uninterrupted one would have."""
+    from syneg_ray.engines.base import SamplingSpec
+    from syneg_ray.engines.hf import HFGenerator
+    from syneg_ray.registry import resolve_model
+
+    gen = HFGenerator(resolve_model("smollm2-135m"), threads=2)
+    mine = [{"role": "user", "content": f"Query: {PAIR['query']}\nPositive: {PAIR['positive']}\nWrite two negatives."}]
+    other = [{"role": "user", "content": f"Positive: {NEG}\nWrite two negatives."}]
+    spec = SamplingSpec(max_new_tokens=80, temperature=1.0, top_p=0.95)
+    alone = gen.generate([mine], 2, spec, seeds=[11], positive_words=[40], max_tokens=[48])[0]
+    # a batchmate with another seed and twice the budget, before it (so this row is the padded one)
+    beside = gen.generate([other, mine], 2, spec, seeds=[12, 11], positive_words=[10, 40], max_tokens=[96, 48])[1]
+    assert beside.text == alone.text and beside.output_tokens == alone.output_tokens
+    assert alone.output_tokens <= 48
+    reseeded = gen.generate([mine], 2, spec, seeds=[12], positive_words=[40], max_tokens=[48])[0]
+    assert reseeded.text != alone.text  # the seed, not the batch, decides the text
 
 
 def test_presence_penalty_reaches_the_openai_request_only_when_set() -> None:
