@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import pyarrow as pa
@@ -11,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from syneg_ray import schema
-from syneg_ray.config import MixConfig, MixStrategy
+from syneg_ray.config import MixConfig, MixStrategy, PipelineConfig
 from syneg_ray.dataset import ensure_pairs, read_corpus
 from syneg_ray.errors import DataError, ResumeError
 from syneg_ray.stages.mix import run_mix
@@ -58,39 +59,43 @@ def test_run_mix_random_needs_no_inputs(tiny_cfg) -> None:
     assert stats["random_slots"] == 3 * stats["instances"] > 0
 
 
+def assert_stops_on(path: Path, rows: list[dict], run: Callable[[], object], row_error: str, column: str) -> None:
+    """`run` stops with a one-line error naming the bad row when `path` holds `rows` (one of them
+    corrupted), and naming `column` when that column is dropped."""
+    pq.write_table(pa.Table.from_pylist(rows), path)
+    with pytest.raises(DataError, match=row_error):
+        run()
+    pq.write_table(pa.Table.from_pylist([{k: v for k, v in r.items() if k != column} for r in rows]), path)
+    with pytest.raises(DataError, match=rf"missing columns \['{column}'\]"):
+        run()
+
+
 def test_run_mix_rejects_unknown_ids_and_missing_columns(tiny_cfg) -> None:
     write_inputs(tiny_cfg)
     path = Path(tiny_cfg.run.run_dir) / schema.MINED
     table = pq.read_table(path).to_pylist()
     table[1]["negative_ids"][0] = "no-such-doc"
-    pq.write_table(pa.Table.from_pylist(table), path)
-    with pytest.raises(DataError, match=r"mine/negatives.parquet:2: unknown negative id 'no-such-doc'"):
-        run_mix(tiny_cfg)
-    pq.write_table(pa.Table.from_pylist([{k: v for k, v in r.items() if k != "source"} for r in table]), path)
-    with pytest.raises(DataError, match=r"missing columns \['source'\]"):
-        run_mix(tiny_cfg)
+    assert_stops_on(path, table, lambda: run_mix(tiny_cfg), r"mine/negatives.parquet:2: unknown negative id 'no-such-doc'", "source")
 
 
-def test_run_train_fails_fast_on_bad_instances(tiny_cfg) -> None:
+@pytest.fixture
+def mixed(tiny_cfg) -> tuple[PipelineConfig, Path]:
+    """A run directory mixed up to training's input (retrieved negatives only): its config and instances."""
     write_inputs(tiny_cfg, synthetic=False)
     cfg = dataclasses.replace(tiny_cfg, mix=MixConfig(strategy=MixStrategy.RETRIEVED, ratio=0.0))
     run_mix(cfg)
-    path = Path(cfg.run.run_dir) / schema.INSTANCES
+    return cfg, Path(cfg.run.run_dir) / schema.INSTANCES
+
+
+def test_run_train_fails_fast_on_bad_instances(mixed) -> None:
+    cfg, path = mixed
     rows = pq.read_table(path).to_pylist()
     rows[3]["negatives"] = []
-    pq.write_table(pa.Table.from_pylist(rows), path)
-    with pytest.raises(DataError, match=r"instances.parquet:4: empty negatives"):
-        run_train(cfg)
-    pq.write_table(pa.Table.from_pylist([{k: v for k, v in r.items() if k != "query"} for r in rows]), path)
-    with pytest.raises(DataError, match=r"missing columns \['query'\]"):
-        run_train(cfg)
+    assert_stops_on(path, rows, lambda: run_train(cfg), r"instances.parquet:4: empty negatives", "query")
 
 
-def test_resume_with_a_changed_config_shows_the_difference(tiny_cfg) -> None:
-    write_inputs(tiny_cfg, synthetic=False)
-    cfg = dataclasses.replace(tiny_cfg, mix=MixConfig(strategy=MixStrategy.RETRIEVED, ratio=0.0))
-    run_mix(cfg)
-    instances = Path(cfg.run.run_dir) / schema.INSTANCES
+def test_resume_with_a_changed_config_shows_the_difference(mixed) -> None:
+    cfg, instances = mixed
     train_dir = Path(cfg.run.run_dir) / "train"
     train_dir.mkdir(parents=True)
     import yaml
@@ -176,20 +181,18 @@ def test_hybrid_at_r_1_tops_up_from_mining_and_at_r_0_needs_no_synthesis(tiny_cf
     assert run_mix(at_zero)["instances"] == stats["pairs"]
 
 
-def test_train_in_the_pipeline_replaces_a_model_of_another_config(tiny_cfg, monkeypatch) -> None:
+def test_train_in_the_pipeline_replaces_a_model_of_another_config(mixed, monkeypatch) -> None:
     """`syneg train` refuses a run directory trained under another config; `syneg run`, which reruns
     train because mix or train changed, replaces it."""
     from syneg_ray.train import trainer
 
-    write_inputs(tiny_cfg, synthetic=False)
-    cfg = dataclasses.replace(tiny_cfg, mix=MixConfig(strategy=MixStrategy.RETRIEVED, ratio=0.0))
-    run_mix(cfg)
+    cfg, instances = mixed
     train_dir = Path(cfg.run.run_dir) / "train"
     (train_dir / "model").mkdir(parents=True)
     (train_dir / "model" / "old-weights").write_text("x")
     import yaml
 
-    (train_dir / "train_config.yaml").write_text(yaml.safe_dump(training_fingerprint(cfg, Path(cfg.run.run_dir) / schema.INSTANCES)))
+    (train_dir / "train_config.yaml").write_text(yaml.safe_dump(training_fingerprint(cfg, instances)))
     changed = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, temperature=0.02))
 
     class Started(Exception):
