@@ -173,6 +173,10 @@ class SynthesizeConfig:
     base_url: str = ""  # openai only: e.g. http://127.0.0.1:8000/v1
     api_key_env: str = "OPENAI_API_KEY"  # openai only: environment variable holding the key
     requests_per_minute: int = 0  # openai only: 0 = unlimited
+    # openai only: put validation's length floor in the answer's JSON schema (`minLength` on each
+    # negative), as the vllm engine always does, so a short negative is not written only to be rejected.
+    # vLLM serve honours it; servers whose strict mode does not know `minLength` refuse such requests.
+    schema_min_length: bool = False
     request_retries: int = 3  # openai only: HTTP retries with backoff on 429/408/5xx-gateway/connection errors
     max_model_len: int = 4096  # vllm only: context window (prompt + generation) per sequence
     attribute_pools: str = ""  # YAML file overriding the dataset's attribute pools

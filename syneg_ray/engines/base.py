@@ -15,7 +15,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from syneg_ray import parsing
+from syneg_ray import parsing, prompts
 from syneg_ray.config import SynthesizeConfig
 
 # The columns of the dataset every engine receives and must keep (`chat` holds the JSON messages,
@@ -59,6 +59,11 @@ def limits_of(cfg: SynthesizeConfig) -> parsing.Limits:
     """Validation thresholds from the config: what the stage validates against and an engine may decode toward."""
     return parsing.Limits(min_ratio=cfg.min_length_ratio, max_ratio=cfg.max_length_ratio,
                           near_duplicate=cfg.near_duplicate, max_negatives=cfg.negatives_per_pair)
+
+
+def min_chars_of(row: dict[str, Any], cfg: SynthesizeConfig) -> int:
+    """Validation's length floor for a row's negatives, in characters: what a JSON schema's `minLength` holds them to."""
+    return prompts.negative_min_chars(limits_of(cfg).shortest(len(str(row["positive"]).split())))
 
 
 def messages_of(row: dict[str, Any]) -> list[dict[str, str]]:

@@ -203,12 +203,11 @@ class HFGenerator:
                 max_new_tokens=max(limits),
                 stopping_criteria=StoppingCriteriaList([_QuoteClosed()]),
                 logits_processor=LogitsProcessorList(processors),
-                pad_token_id=self.tokenizer.pad_token_id,
+                pad_token_id=pad,
                 do_sample=False,
             )
         new = out[:, start:]  # (B, generated)
         pieces, counts = [], []
-        pad = self.tokenizer.pad_token_id
         for row, limit in zip(new.tolist(), limits, strict=True):
             # finished rows are padded to the batch's length: count what was actually generated
             end = len(row)

@@ -16,7 +16,7 @@ from typing import Any
 
 from syneg_ray import prompts
 from syneg_ray.config import SynthesizeConfig
-from syneg_ray.engines.base import WORK_COLUMNS, Generation, light_processor, messages_of, with_generation
+from syneg_ray.engines.base import WORK_COLUMNS, Generation, light_processor, messages_of, min_chars_of, with_generation
 from syneg_ray.errors import ConfigError, EngineError
 
 
@@ -49,8 +49,9 @@ def check_server(cfg: SynthesizeConfig, timeout: float = 5.0) -> list[str]:
 
 
 def payload(cfg: SynthesizeConfig, model: str, messages: list[dict[str, str]], k: int, seed: int,
-            max_tokens: int) -> dict[str, Any]:
-    """The chat-completions request body: JSON-schema response format, sampling, seed, token budget."""
+            max_tokens: int, min_chars: int = 0) -> dict[str, Any]:
+    """The chat-completions request body: JSON-schema response format (each negative at least
+    `min_chars` long where > 0), sampling, seed, token budget."""
     body = {
         "model": model,
         "messages": messages,
@@ -58,11 +59,19 @@ def payload(cfg: SynthesizeConfig, model: str, messages: list[dict[str, str]], k
         "temperature": cfg.temperature,
         "top_p": cfg.top_p,
         "seed": seed,
-        "response_format": {"type": "json_schema", "json_schema": {"name": "hard_negatives", "schema": prompts.json_schema(k), "strict": True}},
+        "response_format": {"type": "json_schema", "json_schema": {"name": "hard_negatives", "schema": prompts.json_schema(k, min_chars),
+                                                           "strict": True}},
     }
     if cfg.presence_penalty:
         body["presence_penalty"] = cfg.presence_penalty
     return body
+
+
+def request_of(row: dict[str, Any], cfg: SynthesizeConfig, model: str) -> dict[str, Any]:
+    """The request body of one work row: its chat, k, seed and token budget, and, where
+    `synthesize.schema_min_length` asks, validation's length floor in the schema."""
+    min_chars = min_chars_of(row, cfg) if cfg.schema_min_length else 0
+    return payload(cfg, model, messages_of(row), int(row["k"]), int(row["gen_seed"]), int(row["max_tokens"]), min_chars)
 
 
 def generation_of(response: Any) -> Generation:
@@ -143,7 +152,7 @@ def build(cfg: SynthesizeConfig, model: str) -> Any:
     )
 
     def preprocess(row: dict[str, Any]) -> dict[str, Any]:
-        return {"payload": payload(cfg, model, messages_of(row), int(row["k"]), int(row["gen_seed"]), int(row["max_tokens"]))}
+        return {"payload": request_of(row, cfg, model)}
 
     def postprocess(row: dict[str, Any]) -> dict[str, Any]:
         return with_generation({name: row[name] for name in WORK_COLUMNS}, generation_of(row.get("http_response")))

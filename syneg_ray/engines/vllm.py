@@ -18,8 +18,8 @@ from syneg_ray.engines.base import (
     Generation,
     SamplingSpec,
     light_processor,
-    limits_of,
     messages_of,
+    min_chars_of,
     with_generation,
 )
 from syneg_ray.errors import EngineError
@@ -80,8 +80,7 @@ def row_sampling_params(row: dict[str, Any], cfg: SynthesizeConfig) -> dict[str,
                         temperature=cfg.temperature, top_p=cfg.top_p, presence_penalty=cfg.presence_penalty)
     seed = int(row["gen_seed"]) if cfg.gpus_per_replica > 0 else None
     # the grammar keeps each negative open up to validation's length floor, so it is not written only to be rejected
-    min_chars = prompts.negative_min_chars(limits_of(cfg).shortest(len(str(row["positive"]).split())))
-    return sampling_params(spec, int(row["k"]), seed, min_chars)
+    return sampling_params(spec, int(row["k"]), seed, min_chars_of(row, cfg))
 
 
 def build(cfg: SynthesizeConfig, model: str) -> Any:

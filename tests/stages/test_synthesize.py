@@ -195,6 +195,20 @@ def test_hf_row_writes_the_same_text_in_any_batch() -> None:
     assert reseeded.text != alone.text  # the seed, not the batch, decides the text
 
 
+def test_openai_request_carries_the_length_floor_only_when_asked(tmp_path) -> None:
+    from syneg_ray.engines.openai import request_of
+
+    def negative_schema(*overrides: str) -> dict:
+        cfg = load_config(None, [f"run.run_dir={tmp_path}", "synthesize.engine=openai", "synthesize.base_url=http://127.0.0.1:9/v1", *overrides])
+        body = request_of(work_row(cfg), cfg.synthesize, "m")
+        return body["response_format"]["json_schema"]["schema"]["properties"]["negatives"]["items"]
+
+    assert negative_schema() == {"type": "string"}  # what every OpenAI-compatible server accepts
+    # the positive has 52 words: the floor is 0.2 x 52 words at 9 characters a word
+    assert negative_schema("synthesize.schema_min_length=true") == {"type": "string", "minLength": 94}
+    assert negative_schema("synthesize.schema_min_length=true", "synthesize.min_length_ratio=0.4")["minLength"] == 188
+
+
 def test_presence_penalty_reaches_the_openai_request_only_when_set() -> None:
     from syneg_ray.engines.openai import payload
 
