@@ -187,7 +187,8 @@ class HFGenerator:
                 seen[:, pad] = False  # the answer's left padding
                 return scores - penalty * seen
 
-        top_k = self.model.generation_config.top_k or 50  # what transformers' own sampling applies: the model's, else 50
+        # what transformers' own sampling applies: the model's top-k (0 turns it off), else 50
+        top_k = 50 if self.model.generation_config.top_k is None else self.model.generation_config.top_k
 
         class _SampleEachRow(LogitsProcessor):  # draws every row's next token from its own generator, once per step
             def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
