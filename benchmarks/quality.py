@@ -18,7 +18,7 @@ synthetic negatives the base model scores above their positive: `mix.guard_synth
 
 Everything is resumable: a row and seed is done when its `result.json` exists with the same
 config fingerprint, the LLM negatives are written pair by pair, and mining is marked complete.
-So the table can be built over several sittings, and a rerun only prints it.
+So the table can be built over several runs, and a rerun of a finished table only prints it.
 
     <out>/shared/            the train pairs and the LLM's negatives (always at seed 0)
     <out>/mine-dense/, mine-bm25/
