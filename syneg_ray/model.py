@@ -20,9 +20,22 @@ logger = logging.getLogger(__name__)
 class DualEncoder(nn.Module):
     """Shared-weight bi-encoder: the same SentenceTransformer embeds queries and documents."""
 
-    def __init__(self, st: nn.Module) -> None:
+    def __init__(self, st: nn.Module, max_seq_length: int = 0) -> None:
+        """`max_seq_length` truncates texts in training only (0 = the model's own limit).
+
+        The model keeps declaring its own limit when saved: a model trained on 128-token heads
+        still reads 256 tokens at search time, as its base did, so base and trained models are
+        evaluated alike.
+        """
         super().__init__()
         self.st = st
+        self.declared_max_seq_length = st.max_seq_length
+        if max_seq_length:
+            st.max_seq_length = max_seq_length
+
+    def save(self, folder: str | Path) -> Path:
+        """Saves the SentenceTransformer with the limit it declared before training (see `save_model`)."""
+        return save_model(self.st, folder, max_seq_length=self.declared_max_seq_length)
 
     def forward(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
         """Tokenized features -> (N, H) pooled embeddings (normalized if the model ends in Normalize)."""
@@ -52,32 +65,36 @@ class DualEncoder(nn.Module):
         return unused
 
 
-def load_model(path: str, device: torch.device | str = "cpu", max_seq_length: int = 0):  # -> SentenceTransformer
+def load_model(path: str, device: torch.device | str = "cpu"):  # -> SentenceTransformer
     """Loads a sentence-transformers folder (or hub id) for training, in train mode on `device`."""
     from sentence_transformers import SentenceTransformer
 
-    st = SentenceTransformer(str(path), device=str(device))
-    if max_seq_length:
-        st.max_seq_length = max_seq_length
-    return st.train()
+    return SentenceTransformer(str(path), device=str(device)).train()
 
 
-def save_model(st: nn.Module, folder: str | Path) -> Path:
+def save_model(st: nn.Module, folder: str | Path, max_seq_length: int = 0) -> Path:
     """Writes the SentenceTransformer in its own format (modules.json, weights, tokenizer).
 
     A model that does not end in Normalize is saved with one appended: training scored by cosine
     (losses.scores), while evaluation, mining and users search by inner product, which is then that
-    same cosine. `st` itself is left as it is (it may still be training).
+    same cosine. `max_seq_length` (0 = `st`'s current one) is the limit the saved model declares.
+    `st` itself is left as it is (it may still be training).
     """
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.sentence_transformer.modules import Normalize
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    if not isinstance(list(st)[-1], Normalize):
-        st = SentenceTransformer(modules=[*st, Normalize()], device=str(st.device), prompts=st.prompts,
-                                 default_prompt_name=st.default_prompt_name, similarity_fn_name=st.similarity_fn_name)
-    st.save(str(folder))
+    training_limit = st.max_seq_length
+    if max_seq_length:
+        st.max_seq_length = max_seq_length
+    try:
+        if not isinstance(list(st)[-1], Normalize):
+            st = SentenceTransformer(modules=[*st, Normalize()], device=str(st.device), prompts=st.prompts,
+                                     default_prompt_name=st.default_prompt_name, similarity_fn_name=st.similarity_fn_name)
+        st.save(str(folder))
+    finally:
+        st.max_seq_length = training_limit  # the appended copy shares the Transformer module with the original
     return folder
 
 

@@ -14,7 +14,7 @@ import torch
 
 from syneg_ray.config import PipelineConfig
 from syneg_ray.encoder import EncodeOptions
-from syneg_ray.model import load_model, save_model
+from syneg_ray.model import load_model
 from syneg_ray.train.devset import DevSet, dev_metrics
 from syneg_ray.train.step import Data, Session, build_session, run_epoch, steps_per_epoch
 
@@ -81,9 +81,9 @@ def train_local(cfg: PipelineConfig, rows: Sequence[dict], model_path: str, out_
         {"epochs": [summary per epoch], "steps": [record per step], "model": out_dir}
     """
     device = torch.device("cuda" if cfg.train.use_gpu and torch.cuda.is_available() else "cpu")
-    st = load_model(model_path, device, cfg.train.max_seq_length)
+    st = load_model(model_path, device)
     data = Data.from_rows(rows)
     sess = build_session(st, cfg.train, steps_per_epoch(len(rows), cfg.train.batch_size, 1) * cfg.train.epochs, device)
     summaries = fit_epochs(sess, data, cfg, [], dev=dev)
-    save_model(st, out_dir)
+    sess.encoder.save(out_dir)
     return {"epochs": summaries, "steps": sess.history, "model": str(out_dir)}

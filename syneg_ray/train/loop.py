@@ -52,7 +52,7 @@ def train_loop_per_worker(config: dict) -> None:
     total = steps_per_epoch(len(data.queries), cfg.train.batch_size, world) * cfg.train.epochs
     checkpoint = ray.train.get_checkpoint()  # [ray] latest checkpoint after a failure or a rerun, else None
     with checkpoint.as_directory() if checkpoint else contextlib.nullcontext() as ckpt_dir:
-        st = load_model(str(Path(ckpt_dir) / MODEL_DIR) if ckpt_dir else config["model"], device, cfg.train.max_seq_length)
+        st = load_model(str(Path(ckpt_dir) / MODEL_DIR) if ckpt_dir else config["model"], device)
         # [ray] prepare_model moves to the device and wraps in DDP when world > 1
         sess = build_session(st, cfg.train, total, device, wrap=ray.train.torch.prepare_model)
         done = load_state(sess, ckpt_dir)["epochs"] if ckpt_dir else []

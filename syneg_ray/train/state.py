@@ -7,7 +7,6 @@ from pathlib import Path
 
 import torch
 
-from syneg_ray.model import save_model
 from syneg_ray.train.step import Session
 
 MODEL_DIR = "model"  # a checkpoint's sentence-transformers folder
@@ -18,7 +17,7 @@ META_FILE = "meta.json"
 def save_state(sess: Session, folder: str | Path, epochs: list[dict], config: dict) -> Path:
     """Writes everything needed to continue after the epochs in `epochs` (the last one is complete)."""
     folder = Path(folder)
-    save_model(sess.encoder.st, folder / MODEL_DIR)
+    sess.encoder.save(folder / MODEL_DIR)
     torch.save(
         {"optimizer": sess.optimizer.state_dict(), "scheduler": sess.scheduler.state_dict(), "step": sess.step},
         folder / STATE_FILE,

@@ -70,7 +70,7 @@ def build_session(
     st: nn.Module, cfg: TrainConfig, total_steps: int, device: torch.device, wrap: Callable[[nn.Module], nn.Module] | None = None
 ) -> Session:
     """AdamW with linear warmup (warmup_ratio) and linear decay to 0, as HF Trainer's default schedule."""
-    encoder = DualEncoder(st).to(device)
+    encoder = DualEncoder(st, cfg.max_seq_length).to(device)
     frozen = encoder.freeze_unused(device)
     if frozen:
         logger.debug("not trained (unused by the embedding): %s", ", ".join(frozen))

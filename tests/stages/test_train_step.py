@@ -79,8 +79,26 @@ def test_train_local_learns_and_saves_a_sentence_transformer(tiny_model_dir: str
     losses = [e["loss"] for e in result["epochs"]]
     assert len(result["steps"]) == 9 and losses[-1] < losses[0]
     assert all(e["grad_var"] >= 0 for e in result["epochs"])
-    emb = SentenceTransformer(str(tmp_path / "model"), device="cpu").encode(["a query"])
-    assert emb.shape == (1, 32)
+    saved = SentenceTransformer(str(tmp_path / "model"), device="cpu")
+    assert saved.encode(["a query"]).shape == (1, 32)
+
+
+def test_training_truncates_texts_but_the_saved_model_keeps_its_own_limit(tiny_model_dir: str, tmp_path) -> None:
+    """train.max_seq_length is a training cost, not a property of the result: a model saved with the
+    training limit would be evaluated on shorter texts than its base, and compare worse for it."""
+    from sentence_transformers import SentenceTransformer
+
+    cfg = load_config(None, ["train.batch_size=4", "train.max_seq_length=16", "train.dev_eval=false"])
+    base = load_model(tiny_model_dir)
+    assert base.max_seq_length == 128
+    sess = build_session(base, cfg.train, 3, torch.device("cpu"))
+    long_text = " ".join(["protein"] * 60)
+    assert sess.encoder.tokenize([long_text], "cpu")["input_ids"].shape[1] == 16
+    train_local(cfg, _rows(12), tiny_model_dir, tmp_path / "model")
+    assert SentenceTransformer(str(tmp_path / "model"), device="cpu").max_seq_length == 128
+    sess.encoder.save(tmp_path / "checkpoint")  # a checkpoint mid-training: same limit, training goes on at 16
+    assert SentenceTransformer(str(tmp_path / "checkpoint"), device="cpu").max_seq_length == 128
+    assert sess.encoder.st.max_seq_length == 16
 
 
 def test_bf16_autocast_step_runs_and_keeps_fp32_weights(tiny_model_dir: str) -> None:
