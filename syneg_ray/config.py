@@ -285,6 +285,7 @@ class TrainConfig:
     dtype: Dtype = Dtype.FP32  # bf16 = autocast
     gather_across_workers: bool = True  # in-batch negatives from every worker
     in_batch_negatives: bool = True  # the batch's other positives and negatives count as negatives too
+    mask_known_positives: bool = True  # ...except those that are positives of the row's query (same query or text); False = MNRL
     grad_cache_chunk: int = 64  # >0 = GradCache step: texts per forward chunk (effective batch beyond memory)
     warmup_ratio: float = 0.1  # linear warmup share of all steps, then linear decay to 0
     max_grad_norm: float = 1.0  # clip the gradient norm (0 = no clipping); HF Trainer's default

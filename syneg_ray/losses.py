@@ -11,6 +11,11 @@ computes the SAME loss over all W x B queries. Its gradient with respect to the 
 then complete (it includes the other workers' queries scoring our documents). DDP averages the
 gradients of the W workers, which divides that gradient by W; the training step multiplies the
 loss by `world_size()` before backward, in one place (`train/step.py`), and nowhere else.
+
+Known positives are not negatives: given ids of the query and document texts, a column that holds
+a positive of the row's query (another instance of the same query, or the same positive text
+again) is left out of that row's softmax. Datasets with several positives per query put such
+pairs in one batch routinely; without the mask each positive is pushed away from its own query.
 """
 
 from __future__ import annotations
@@ -59,7 +64,28 @@ def scores(q: torch.Tensor, d: torch.Tensor, temperature: float, in_batch: bool 
     return q @ docs.T / temperature  # (B, B * (1 + n))
 
 
-def info_nce(q: torch.Tensor, d: torch.Tensor, temperature: float, in_batch: bool = True) -> torch.Tensor:
+def known_positives(q_ids: torch.Tensor, d_ids: torch.Tensor) -> torch.Tensor:
+    """Where a column of the in-batch score matrix holds a positive of the row's query, other than its label.
+
+    Args:
+        q_ids: (B,) ids of the query texts.
+        d_ids: (B, 1 + n) ids of the document texts, slot 0 each query's positive.
+
+    Returns:
+        (B, B * (1 + n)) bool, in `scores`' slot-major column order; never True at a label (i, i).
+    """
+    same_query = q_ids[:, None] == q_ids[None, :]  # (B, B): rows r whose positives are row i's too
+    columns = d_ids.T.reshape(-1)  # (B * (1 + n),) slot-major
+    holds_positive_of = d_ids[:, 0, None] == columns[None, :]  # (B, C): column c holds row r's positive
+    mask = (same_query.float() @ holds_positive_of.float()) > 0  # (B, C)
+    mask.fill_diagonal_(False)
+    return mask
+
+
+def info_nce(
+    q: torch.Tensor, d: torch.Tensor, temperature: float, in_batch: bool = True,
+    q_ids: torch.Tensor | None = None, d_ids: torch.Tensor | None = None,
+) -> torch.Tensor:  # fmt: skip
     """Mean InfoNCE over the B queries: -log softmax(s / tau) at each query's own positive.
 
     Args:
@@ -67,21 +93,24 @@ def info_nce(q: torch.Tensor, d: torch.Tensor, temperature: float, in_batch: boo
         d: (B, 1 + n, H) positive then hard negatives per query.
         temperature: tau.
         in_batch: also use every other document of the batch as a negative.
+        q_ids, d_ids: (B,) and (B, 1 + n) text ids; with them, in-batch columns holding a known
+            positive of the row's query are left out of its softmax (`known_positives`).
 
     Returns:
         Scalar loss (float32).
     """
     logits = scores(q, d, temperature, in_batch)
-    if in_batch:
-        labels = torch.arange(q.shape[0], device=q.device)
-    else:
-        labels = torch.zeros(q.shape[0], dtype=torch.long, device=q.device)
-    return F.cross_entropy(logits, labels)
+    if not in_batch:
+        return F.cross_entropy(logits, torch.zeros(q.shape[0], dtype=torch.long, device=q.device))
+    if q_ids is not None and d_ids is not None:
+        logits = logits.masked_fill(known_positives(q_ids, d_ids), float("-inf"))
+    return F.cross_entropy(logits, torch.arange(q.shape[0], device=q.device))
 
 
 def gathered_info_nce(
-    q: torch.Tensor, d: torch.Tensor, temperature: float, in_batch: bool = True, gather: bool = True
-) -> torch.Tensor:
+    q: torch.Tensor, d: torch.Tensor, temperature: float, in_batch: bool = True, gather: bool = True,
+    q_ids: torch.Tensor | None = None, d_ids: torch.Tensor | None = None,
+) -> torch.Tensor:  # fmt: skip
     """InfoNCE over the queries and documents of all workers (see the module docstring for the scale).
 
     At world size 1, or with `gather=False`, this is exactly `info_nce(q, d, ...)`.
@@ -92,6 +121,7 @@ def gathered_info_nce(
         temperature: tau.
         in_batch: use in-batch negatives (without them gathering changes nothing and is skipped).
         gather: gather across workers.
+        q_ids, d_ids: text ids for the known-positive mask (see `info_nce`); gathered like q and d.
 
     Returns:
         Scalar loss: the mean over all W * B queries, identical on every worker.
@@ -99,4 +129,6 @@ def gathered_info_nce(
     if gather and in_batch and world_size() > 1:
         q = gather_with_grad_local(q)  # (W * B, H)
         d = gather_with_grad_local(d)  # (W * B, 1 + n, H)
-    return info_nce(q, d, temperature, in_batch)
+        if q_ids is not None and d_ids is not None:
+            q_ids, d_ids = gather_with_grad_local(q_ids), gather_with_grad_local(d_ids)
+    return info_nce(q, d, temperature, in_batch, q_ids, d_ids)

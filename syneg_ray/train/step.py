@@ -8,6 +8,7 @@ what runs on a GPU machine without Ray.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import math
 import time
@@ -101,9 +102,18 @@ def _loss_scale(cfg: TrainConfig) -> int:
     return losses.world_size() if gathered else 1
 
 
-def _loss(sess: Session, q: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
+def text_ids(texts: Sequence[str]) -> list[int]:
+    """A 64-bit id per text, the same in every process (Python's hash() is salted per process)."""
+    return [int.from_bytes(hashlib.blake2b(t.encode(), digest_size=8).digest(), "little", signed=True) for t in texts]
+
+
+def _loss(sess: Session, q: torch.Tensor, d: torch.Tensor, queries: list[str], docs: list[list[str]]) -> torch.Tensor:
     cfg = sess.cfg
-    return losses.gathered_info_nce(q, d, cfg.temperature, cfg.in_batch_negatives, cfg.gather_across_workers)
+    q_ids = d_ids = None
+    if cfg.mask_known_positives and cfg.in_batch_negatives:
+        q_ids = torch.tensor(text_ids(queries), device=q.device)  # (B,)
+        d_ids = torch.tensor([text_ids(row) for row in docs], device=q.device)  # (B, 1 + n)
+    return losses.gathered_info_nce(q, d, cfg.temperature, cfg.in_batch_negatives, cfg.gather_across_workers, q_ids, d_ids)
 
 
 def plain_step(sess: Session, queries: list[str], docs: list[list[str]]) -> torch.Tensor:
@@ -112,7 +122,7 @@ def plain_step(sess: Session, queries: list[str], docs: list[list[str]]) -> torc
     with _autocast(sess.cfg, sess.device):
         q = sess.model(sess.encoder.tokenize(queries, sess.device))  # (B, H)
         d = sess.model(sess.encoder.tokenize([t for row in docs for t in row], sess.device))  # (B * k, H)
-    loss = _loss(sess, q, d.view(b, k, -1))
+    loss = _loss(sess, q, d.view(b, k, -1), queries, docs)
     (loss * _loss_scale(sess.cfg)).backward()
     return loss.detach()
 
@@ -158,7 +168,7 @@ def cached_step(sess: Session, queries: list[str], docs: list[list[str]]) -> tor
                 states[side].append(_RandState(sess.device))
                 parts.append(sess.model(f).float())
             embs.append(torch.cat(parts).requires_grad_())  # (B, H) then (B * k, H)
-    loss = _loss(sess, embs[0], embs[1].view(b, k, -1))
+    loss = _loss(sess, embs[0], embs[1].view(b, k, -1), queries, docs)
     (loss * _loss_scale(sess.cfg)).backward()
     jobs = [(f, s, g) for side in range(2) for f, s, g in zip(feats[side], states[side], embs[side].grad.split(size), strict=True)]
     no_sync = getattr(sess.model, "no_sync", contextlib.nullcontext)

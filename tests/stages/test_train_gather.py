@@ -6,6 +6,7 @@ import gc
 import os
 import socket
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -22,18 +23,27 @@ def _data() -> tuple[torch.Tensor, torch.Tensor]:
     return torch.randn(2 * B, H, generator=g), torch.randn(2 * B, K, H, generator=g)
 
 
+def _ids() -> tuple[torch.Tensor, torch.Tensor]:
+    """Text ids: rank 0's first row and rank 1's last row are two positives of one query, so the
+    known-positive mask has to cross workers."""
+    q_ids = torch.tensor([7, 1, 2, 3, 4, 7])
+    return q_ids, 100 + torch.arange(2 * B * K).view(2 * B, K)
+
+
 def _model() -> torch.nn.Linear:
     torch.manual_seed(1)
     return torch.nn.Linear(H, H)
 
 
-def _worker(rank: int, port: int, out: str) -> None:
+def _worker(rank: int, port: int, out: str, masked: bool) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=2)
     q, d = _data()
+    q_ids, d_ids = _ids() if masked else (None, None)
     model = torch.nn.parallel.DistributedDataParallel(_model())
     mine = slice(rank * B, (rank + 1) * B)
-    loss = losses.gathered_info_nce(model(q[mine]), model(d[mine]), TAU)
+    ids = (q_ids[mine], d_ids[mine]) if masked else (None, None)
+    loss = losses.gathered_info_nce(model(q[mine]), model(d[mine]), TAU, q_ids=ids[0], d_ids=ids[1])
     (loss * _loss_scale(TrainConfig())).backward()  # the step's one scale factor
     if rank == 0:
         torch.save({"loss": loss.item(), "grad": model.module.weight.grad.clone()}, out)
@@ -45,15 +55,17 @@ def _worker(rank: int, port: int, out: str) -> None:
     dist.destroy_process_group()
 
 
-def test_two_process_gradient_equals_single_process(tmp_path) -> None:
+@pytest.mark.parametrize("masked", [False, True], ids=["plain", "known-positives-masked"])
+def test_two_process_gradient_equals_single_process(tmp_path, masked: bool) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     out = str(tmp_path / "rank0.pt")
-    mp.start_processes(_worker, args=(port, out), nprocs=2, start_method="spawn")
+    mp.start_processes(_worker, args=(port, out, masked), nprocs=2, start_method="spawn")
     q, d = _data()
     model = _model()
-    full = losses.info_nce(model(q), model(d), TAU)  # one process, the whole 2B batch
+    ids = _ids() if masked else (None, None)
+    full = losses.info_nce(model(q), model(d), TAU, q_ids=ids[0], d_ids=ids[1])  # one process, the whole 2B batch
     full.backward()
     got = torch.load(out)
     assert abs(got["loss"] - full.item()) < 1e-5

@@ -127,3 +127,16 @@ def test_a_model_without_normalize_is_saved_with_one(tiny_model_dir: str, tmp_pa
     raw = unnormalized.encode(["protein folding", "river erosion"])
     saved = back.encode(["protein folding", "river erosion"])
     np.testing.assert_allclose(saved, raw / np.linalg.norm(raw, axis=1, keepdims=True), atol=1e-5)
+
+
+def test_the_step_masks_known_positives_unless_told_not_to(tiny_model_dir: str) -> None:
+    """Two instances of one query in a batch: each positive is the other's known positive, not its negative."""
+    rows = _rows(4, 1)
+    rows[1]["query"] = rows[0]["query"]  # a query with two positives, as datasets with several per query have
+    queries, docs = [r["query"] for r in rows], [[r["positive"], *r["negatives"]] for r in rows]
+    got = {}
+    for mask in (True, False):
+        sess = build_session(load_model(tiny_model_dir).eval(), TrainConfig(batch_size=4, mask_known_positives=mask), 4,
+                             torch.device("cpu"))  # fmt: skip
+        got[mask] = plain_step(sess, queries, docs).item()
+    assert got[True] < got[False]

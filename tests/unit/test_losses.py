@@ -56,6 +56,36 @@ def test_info_nce_equals_sentence_transformers_mnrl() -> None:
     torch.testing.assert_close(g_ours, g_theirs, atol=1e-5, rtol=1e-4)
 
 
+def test_known_positives_marks_other_positives_of_the_same_query_and_repeated_positive_texts() -> None:
+    q_ids = torch.tensor([1, 1, 2])  # rows 0 and 1: two positives of one query
+    d_ids = torch.tensor([[10, 20], [11, 21], [10, 22]])  # row 2's positive is row 0's text again
+    # columns, slot-major: 10, 11, 10 (the positives), then 20, 21, 22
+    expected = torch.tensor([
+        [False, True, True, False, False, False],  # 11 is its query's other positive; 10 again is its own text
+        [True, False, True, False, False, False],
+        [True, False, False, False, False, False],  # 10 in column 0 is its own positive's text
+    ])  # fmt: skip
+    assert torch.equal(losses.known_positives(q_ids, d_ids), expected)
+
+
+def test_masked_info_nce_leaves_known_positives_out_of_the_softmax() -> None:
+    q, d = _batch(b=3, n=1)
+    q_ids, d_ids = torch.tensor([1, 1, 2]), torch.tensor([[10, 20], [11, 21], [10, 22]])
+    logits = losses.scores(q, d, 0.05)
+    keep = ~losses.known_positives(q_ids, d_ids)
+    expected = torch.stack([-(logits[i, i] - torch.logsumexp(logits[i][keep[i]], dim=0)) for i in range(3)]).mean()
+    masked = losses.info_nce(q, d, 0.05, q_ids=q_ids, d_ids=d_ids)
+    assert masked.item() == pytest.approx(expected.item(), rel=1e-6)
+    assert masked.item() < losses.info_nce(q, d, 0.05).item()  # fewer negatives, lower loss
+    assert all(torch.isfinite(g).all() for g in torch.autograd.grad(masked, [q, d]))
+
+
+def test_masked_info_nce_without_repeats_is_the_plain_loss() -> None:
+    q, d = _batch()
+    q_ids, d_ids = torch.arange(5), 100 + torch.arange(20).view(5, 4)
+    assert losses.info_nce(q, d, 0.05, q_ids=q_ids, d_ids=d_ids).item() == losses.info_nce(q, d, 0.05).item()
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
