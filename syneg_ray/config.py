@@ -138,10 +138,10 @@ class EncoderConfig:
 class EvaluateConfig:
     model: str = ""  # "" = the trained model of the run (or encoder.model); "bm25" = lexical baseline
     split: str = ""  # "" = data.eval_split
-    top_k: int = 100  # documents retrieved per query (metrics go up to @100)
+    top_k: int = 100  # documents ranked per query; at least 100, the depth of Recall@100 and MAP@100
 
     def __post_init__(self) -> None:
-        _check_min("evaluate.top_k", self.top_k, 10)
+        _check_min("evaluate.top_k", self.top_k, 100)
 
 
 @dataclass(frozen=True, kw_only=True)

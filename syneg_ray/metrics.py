@@ -15,15 +15,32 @@ Run = dict[str, dict[str, float]]
 METRICS = ("ndcg@10", "recall@100", "mrr@10", "map@100")
 
 
+def ranked(docs: Mapping[str, float]) -> list[tuple[str, float]]:
+    """(doc id, score) by descending score, ties by descending doc id: trec_eval's order, so a cut at
+    rank k here (MRR@10) keeps the documents trec_eval ranks within k for nDCG@10."""
+    by_id = sorted(docs.items(), key=lambda kv: kv[0], reverse=True)
+    return sorted(by_id, key=lambda kv: -kv[1])  # stable: equal scores keep the descending ids
+
+
 def top_k(run: Mapping[str, Mapping[str, float]], k: int) -> Run:
-    """Each query's k highest-scored documents (ties broken by doc id, as trec_eval does)."""
-    return {q: dict(sorted(docs.items(), key=lambda kv: (-kv[1], kv[0]))[:k]) for q, docs in run.items()}
+    """Each query's k highest-scored documents, in trec_eval's order (`ranked`)."""
+    return {q: dict(ranked(docs)[:k]) for q, docs in run.items()}
+
+
+def without_self_hits(run: Mapping[str, Mapping[str, float]], k: int) -> Run:
+    """Drops each query's hit on a document with the query's own id, then keeps the top k.
+
+    BEIR's evaluation does this by default (`ignore_identical_ids`): in ArguAna and Quora the query
+    is itself a corpus document and would rank first. Retrieve k + 1 so every query keeps k hits.
+    """
+    return top_k({q: {d: s for d, s in docs.items() if d != q} for q, docs in run.items()}, k)
 
 
 def evaluate_run(qrels: Mapping[str, Mapping[str, int]], run: Mapping[str, Mapping[str, float]]) -> dict[str, float]:
     """Mean nDCG@10, Recall@100, MRR@10 and MAP@100 over the queries of `qrels`.
 
-    Queries in qrels that are missing from the run count as zero, as in BEIR.
+    A query of `qrels` missing from the run counts as zero (trec_eval's -c). BEIR averages over the
+    queries it retrieved for, which is every query when each gets a ranking, as here.
 
     Args:
         qrels: judgements; documents with relevance <= 0 are not relevant.
@@ -65,5 +82,5 @@ def write_trec(run: Run, path, tag: str) -> None:
     """Writes a TREC run file: `qid Q0 docid rank score tag`, ranks from 1."""
     with open(path, "w", encoding="utf-8") as out:
         for query_id, docs in run.items():
-            ranked = sorted(docs.items(), key=lambda kv: (-kv[1], kv[0]))
-            out.writelines(f"{query_id} Q0 {doc_id} {rank} {score:.6f} {tag}\n" for rank, (doc_id, score) in enumerate(ranked, start=1))
+            out.writelines(f"{query_id} Q0 {doc_id} {rank} {score:.6f} {tag}\n"
+                           for rank, (doc_id, score) in enumerate(ranked(docs), start=1))

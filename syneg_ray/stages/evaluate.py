@@ -62,7 +62,7 @@ def run_evaluate(cfg: PipelineConfig) -> dict[str, float]:
     if not qrels:  # a header-only file: every metric would be a mean over no queries
         raise DataError.at(prepared.folder / "qrels" / f"{split}.tsv", None,
                            "no judged query; add query-id, corpus-id, score rows below the header, or choose another evaluate.split")
-    run = retrieve(cfg, model, queries, cfg.evaluate.top_k, corpus=corpus)
+    run = metrics.without_self_hits(retrieve(cfg, model, queries, cfg.evaluate.top_k + 1, corpus=corpus), cfg.evaluate.top_k)
     scores = metrics.evaluate_run(qrels, run)
 
     out = Path(cfg.run.run_dir) / "evaluate" / f"{_label(model)}-{split}"

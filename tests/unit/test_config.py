@@ -43,6 +43,7 @@ def test_int_and_exponent_accepted_where_float_expected() -> None:
         ("synthesize.engine=llamacpp", r"synthesize\.engine = 'llamacpp' is not one of hf, vllm, openai"),
         ("train.use_gpu=maybe", r"train\.use_gpu = 'maybe' must be true or false"),
         ("mine.range_max=0", r"mine\.range_max = 0 must exceed mine\.range_min = 0"),
+        ("evaluate.top_k=50", r"evaluate\.top_k = 50 must be >= 100"),
         ("noequals", r"must look like section\.key=value"),
     ],
 )

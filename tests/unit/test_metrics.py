@@ -41,3 +41,19 @@ def test_to_run_drops_padding_and_write_trec(tmp_path) -> None:
     assert run == {"q": {"b": pytest.approx(0.9)}}
     metrics.write_trec(run, tmp_path / "r.trec", "t")
     assert (tmp_path / "r.trec").read_text() == "q Q0 b 1 0.900000 t\n"
+
+
+def test_ties_are_ranked_as_trec_eval_ranks_them() -> None:
+    """Eleven documents with one score: trec_eval ranks them by descending id, so d00 is 11th.
+    MRR@10 (cut here) and nDCG@10 (cut by trec_eval) must agree on that."""
+    run = {"q": {f"d{i:02d}": 1.0 for i in range(11)}}
+    got = metrics.evaluate_run({"q": {"d00": 1}}, run)
+    assert got["ndcg@10"] == 0.0 and got["mrr@10"] == 0.0
+    got = metrics.evaluate_run({"q": {"d10": 1}}, run)
+    assert got["ndcg@10"] == 1.0 and got["mrr@10"] == 1.0
+    assert list(metrics.top_k(run, 2)["q"]) == ["d10", "d09"]
+
+
+def test_without_self_hits_drops_the_query_document_and_keeps_k() -> None:
+    run = {"q1": {"q1": 0.99, "a": 0.8, "b": 0.7, "c": 0.6}, "q2": {"a": 0.5, "b": 0.4, "c": 0.3}}
+    assert metrics.without_self_hits(run, 2) == {"q1": {"a": 0.8, "b": 0.7}, "q2": {"a": 0.5, "b": 0.4}}
