@@ -46,7 +46,8 @@ def load_devset(cfg: PipelineConfig) -> DevSet | None:
     if cfg.train.dev_max_docs and cfg.train.dev_max_docs < len(doc_ids):
         relevant = {d for docs in qrels.values() for d in docs if d in corpus}
         others = [d for d in doc_ids if d not in relevant]
-        picked = np.random.default_rng(cfg.run.seed).permutation(len(others))[: max(0, cfg.train.dev_max_docs - len(relevant))]
+        # seeded with the data split's seed, not the run's: runs at other seeds score the same dev corpus
+        picked = np.random.default_rng(cfg.data.split_seed).permutation(len(others))[: max(0, cfg.train.dev_max_docs - len(relevant))]
         doc_ids = sorted(relevant) + [others[i] for i in sorted(picked)]
     query_ids = sorted(queries)
     return DevSet(query_ids, [queries[q] for q in query_ids], doc_ids, [corpus[d] for d in doc_ids], qrels)

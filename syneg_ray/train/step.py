@@ -55,9 +55,12 @@ class Session:
 
 
 def epoch_batches(n: int, batch_size: int, world: int, rank: int, seed: int, epoch: int) -> list[np.ndarray]:
-    """This rank's instance indices for each step of `epoch`: a seeded permutation (seed + epoch), global batches
-    of batch_size * world, the last incomplete one dropped, rank r taking the r-th slice of each."""
-    order = np.random.default_rng(seed + epoch).permutation(n)
+    """This rank's instance indices for each step of `epoch`: a permutation seeded by (seed, epoch), global batches
+    of batch_size * world, the last incomplete one dropped, rank r taking the r-th slice of each.
+
+    (seed, epoch) rather than seed + epoch, so seed 0's second epoch is not seed 1's first.
+    """
+    order = np.random.default_rng([seed, epoch]).permutation(n)
     step = batch_size * world
     return [order[s * step + rank * batch_size : s * step + (rank + 1) * batch_size] for s in range(n // step)]
 
@@ -205,7 +208,8 @@ def run_epoch(
 ) -> dict[str, float]:  # fmt: skip
     """Trains one epoch; returns its summary (means over steps, samples/s over all workers)."""
     sess.model.train()
-    torch.manual_seed(seed + epoch + 7919 * rank)  # dropout: seeded per epoch and rank, so a resumed epoch replays
+    # dropout: seeded per (seed, epoch, rank), so a resumed epoch replays and no two runs share draws
+    torch.manual_seed(int(np.random.SeedSequence([seed, epoch, rank]).generate_state(1)[0]))
     batches = epoch_batches(len(data.queries), sess.cfg.batch_size, world, rank, seed, epoch)
     records, start = [], time.perf_counter()
     for index in batches:
