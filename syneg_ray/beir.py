@@ -186,8 +186,8 @@ def read_qrels(folder: Path, split: str) -> tuple[Qrels, dict[str, int]]:
         raise DataError.at(path, line, "not UTF-8; re-encode the file as UTF-8") from None
     reader = csv.reader(io.StringIO(text, newline=""), delimiter="\t", quoting=csv.QUOTE_NONE)
     for number, fields in enumerate(reader, start=1):
-        if number == 1 or not fields:
-            continue  # header
+        if not fields or (number == 1 and not _is_judgement(fields)):
+            continue  # BEIR's header (query-id, corpus-id, score); a file without one starts with data
         if len(fields) != 3:
             raise DataError.at(path, number, f"expected 3 tab-separated fields (query-id, corpus-id, score), got {len(fields)}")
         query_id, doc_id, score = fields
@@ -197,6 +197,11 @@ def read_qrels(folder: Path, split: str) -> tuple[Qrels, dict[str, int]]:
             raise DataError.at(path, number, f"score {score!r} is not an integer") from None
         first_line.setdefault(query_id, number)
     return qrels, first_line
+
+
+def _is_judgement(fields: list[str]) -> bool:
+    """True when a qrels line is a judgement (three fields, an integer score), not a header."""
+    return len(fields) == 3 and fields[2].strip().lstrip("-").isdigit()
 
 
 def load_split(folder: Path, split: str, corpus: dict[str, str] | None = None, keep_unknown_docs: bool = False) -> BeirSplit:

@@ -38,6 +38,11 @@ def test_loads_valid_folder_with_crlf_graded_and_multiple_positives(tmp_path: Pa
     assert beir.positive_pairs(split.qrels) == [("q1", "d1"), ("q2", "d2"), ("q2", "d3")]
 
 
+def test_qrels_without_a_header_keep_their_first_judgement(tmp_path: Path) -> None:
+    headerless = QRELS.split("\r\n", 1)[1]
+    assert beir.load_split(write_folder(tmp_path, qrels=headerless), "train").qrels == {"q1": {"d1": 1}, "q2": {"d2": 2, "d3": 1}}
+
+
 def test_positive_pairs_skip_zero_relevance() -> None:
     assert beir.positive_pairs({"q": {"a": 0, "b": 1}}) == [("q", "b")]
 
