@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 
 from syneg_ray import beir, schema
 from syneg_ray.config import PipelineConfig, default_cache_dir
-from syneg_ray.runtime import read_json
+from syneg_ray.runtime import read_json, write_parquet_atomic, write_text_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -60,10 +60,7 @@ def prepare(cfg: PipelineConfig) -> Prepared:
         for doc_id, text in beir.iter_corpus(folder / "corpus.jsonl"):
             ids.append(doc_id)
             texts.append(text)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        partial = target.with_suffix(".partial")
-        pq.write_table(pa.table({"doc_id": ids, "text": texts}), partial)
-        partial.rename(target)
+        write_parquet_atomic(target, pa.table({"doc_id": ids, "text": texts}))
         logger.info("corpus: %s documents validated and cached as %s", f"{len(ids):,}", target)
     return Prepared(folder=folder, corpus_parquet=target, fingerprint=fingerprint)
 
@@ -99,9 +96,8 @@ def build_pairs(cfg: PipelineConfig, prepared: Prepared, corpus: dict[str, str])
 def write_pairs(run_dir: Path, pairs: list[schema.Pair], dev_qrels: beir.Qrels) -> Path:
     """Writes pairs.parquet and dev_qrels.json into the run directory."""
     path = run_dir / schema.PAIRS
-    path.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(pa.Table.from_pylist(pairs, schema=PAIR_SCHEMA), path)
-    (run_dir / schema.DEV_QRELS).write_text(json.dumps(dev_qrels, sort_keys=True), encoding="utf-8")
+    write_parquet_atomic(path, pa.Table.from_pylist(pairs, schema=PAIR_SCHEMA))
+    write_text_atomic(run_dir / schema.DEV_QRELS, json.dumps(dev_qrels, sort_keys=True))
     return path
 
 
@@ -117,8 +113,10 @@ def ensure_pairs(cfg: PipelineConfig) -> tuple[Prepared, Path]:
     source = pairs_source(cfg, prepared)
     if not path.is_file() or read_json(run_dir / schema.PAIRS_SOURCE) != source:
         pairs, dev = build_pairs(cfg, prepared, read_corpus(prepared))
+        # the old record goes first: a run killed before the new one is written rebuilds, whatever it resumes with
+        (run_dir / schema.PAIRS_SOURCE).unlink(missing_ok=True)
         write_pairs(run_dir, pairs, dev)
-        (run_dir / schema.PAIRS_SOURCE).write_text(json.dumps(source, sort_keys=True), encoding="utf-8")
+        write_text_atomic(run_dir / schema.PAIRS_SOURCE, json.dumps(source, sort_keys=True))
         logger.info("pairs: %s train pairs, %s dev queries", f"{len(pairs):,}", f"{len(dev):,}")
     return prepared, path
 

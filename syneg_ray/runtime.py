@@ -122,6 +122,16 @@ def write_text_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def write_parquet_atomic(path: Path, table) -> None:  # table: pyarrow.Table
+    """Writes a Parquet file through a temporary file and a rename, as `write_text_atomic`."""
+    import pyarrow.parquet as pq
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    pq.write_table(table, tmp)
+    os.replace(tmp, path)
+
+
 def read_json(path: Path) -> dict | None:
     """The JSON record at `path`, or None when it is missing or unreadable (a run cut off while writing it)."""
     try:

@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 from syneg_ray import beir, mining, schema
 from syneg_ray.config import PipelineConfig
 from syneg_ray.dataset import Prepared, ensure_pairs
+from syneg_ray.runtime import write_parquet_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -212,9 +213,7 @@ def to_rows(
 
 def write_rows(path: Path, rows: list[schema.MinedRow]) -> None:
     """Writes the Parquet atomically, so a crashed run never leaves a half file a later stage trusts."""
-    partial = path.with_suffix(".partial")
-    pq.write_table(pa.Table.from_pylist(rows, schema=MINED_SCHEMA), partial)
-    partial.replace(path)
+    write_parquet_atomic(path, pa.Table.from_pylist(rows, schema=MINED_SCHEMA))
 
 
 def run_mine(cfg: PipelineConfig) -> dict:

@@ -24,6 +24,7 @@ from syneg_ray import mixing, probes, prompts, schema, synthetic_store
 from syneg_ray.config import MixStrategy, PipelineConfig
 from syneg_ray.dataset import ensure_pairs, read_corpus
 from syneg_ray.errors import DataError
+from syneg_ray.runtime import write_parquet_atomic, write_text_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -187,10 +188,10 @@ def run_mix(cfg: PipelineConfig) -> dict:
                     100 * guarded_out / max(before, 1))
     mined, positives = read_mined(run_dir / schema.MINED, corpus) if need_ret else ({}, {})
     instances, stats = mixing.mix(pairs, synthetic, mined, corpus, cfg.mix, cfg.run.seed, positives)
-    pq.write_table(pa.Table.from_pylist(instances, schema=INSTANCE_SCHEMA), out)
+    write_parquet_atomic(out, pa.Table.from_pylist(instances, schema=INSTANCE_SCHEMA))
     record = {"strategy": cfg.mix.strategy.value, "ratio": cfg.mix.ratio, "n_negatives": cfg.mix.n_negatives,
               "synthetic_guarded_out": guarded_out, **stats.as_dict()}
-    (out.parent / "stats.json").write_text(json.dumps(record, indent=2), encoding="utf-8")
+    write_text_atomic(out.parent / "stats.json", json.dumps(record, indent=2))
     logger.info(
         "mixed %s instances (%s R=%.2f, n=%d) from %s pairs in %.1f s: realized R %.3f; %d dropped short; "
         "%d synthetic / %d retrieved slots borrowed -> %s",

@@ -26,3 +26,25 @@ def test_run_seed_keeps_the_pairs_and_split_seed_changes_the_dev_split(tiny_cfg)
     assert _pair_ids(dataclasses.replace(tiny_cfg, run=dataclasses.replace(tiny_cfg.run, seed=7))) == full
     resplit = _pair_ids(dataclasses.replace(tiny_cfg, data=dataclasses.replace(tiny_cfg.data, split_seed=7, dev_fraction=0.3)))
     assert resplit != full
+
+
+def test_a_rebuild_killed_midway_is_not_trusted_by_the_next_run(tiny_cfg, monkeypatch):
+    """Config A's pairs are on disk; a run with config B dies while writing its pairs. Back at A, the
+    half-replaced files must be rebuilt, not taken for A's because A's record is still there."""
+    import syneg_ray.dataset as dataset
+
+    full = _pair_ids(tiny_cfg)
+    limited_cfg = dataclasses.replace(tiny_cfg, data=dataclasses.replace(tiny_cfg.data, limit=5))
+    real_write = dataset.write_pairs
+
+    def dies_after_the_pairs(run_dir, pairs, dev):
+        real_write(run_dir, pairs, dev)
+        raise KeyboardInterrupt  # killed before the new record is written
+
+    monkeypatch.setattr(dataset, "write_pairs", dies_after_the_pairs)
+    try:
+        ensure_pairs(limited_cfg)
+    except KeyboardInterrupt:
+        pass
+    monkeypatch.setattr(dataset, "write_pairs", real_write)
+    assert _pair_ids(tiny_cfg) == full
