@@ -62,7 +62,8 @@ def load_inputs(cfg: PipelineConfig, prepared: Prepared, pairs_path: Path) -> tu
         positives.append(np.array(sorted(row_of[d] for d in docs if d in row_of), dtype=np.int64))
     doc_texts = corpus.column("text").to_pylist()
     groups = mining.text_groups(doc_texts) if cfg.mine.dedup_text else None
-    widest = max((_expanded(p, groups) for p in positives), default=0)
+    group_sizes = np.bincount(groups) if groups is not None else None
+    widest = max((_expanded(p, groups, group_sizes) for p in positives), default=0)
     inputs = MineInputs(
         query_ids,
         [texts[q] for q in query_ids],
@@ -83,11 +84,14 @@ def _pair_positives(pairs: pa.Table) -> dict[str, set[str]]:
     return out
 
 
-def _expanded(rows: np.ndarray, groups: np.ndarray | None) -> int:
-    """Documents a query's positives occupy in a ranking, text duplicates included."""
-    if groups is None:
+def _expanded(rows: np.ndarray, groups: np.ndarray | None, group_sizes: np.ndarray | None) -> int:
+    """Documents a query's positives occupy in a ranking, text duplicates included.
+
+    `group_sizes` (np.bincount of `groups`) makes this O(positives) per query, not O(corpus).
+    """
+    if groups is None or group_sizes is None:
         return len(rows)
-    return int(np.isin(groups, groups[rows]).sum())
+    return int(group_sizes[np.unique(groups[rows])].sum())
 
 
 def dense_candidates(

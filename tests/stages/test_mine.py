@@ -52,3 +52,19 @@ def test_mine_config_rejects_impossible_window():
         load_config(None, ["mine.range_max=5", "mine.num_negatives=7"])
     with pytest.raises(ConfigError, match="flat, ivf or hnsw"):
         load_config(None, ["mine.index=pq"])
+
+
+def test_positive_width_counts_text_duplicates_without_scanning_the_corpus() -> None:
+    """The window is widened by what a query's positives occupy, duplicates of their text included."""
+    import numpy as np
+
+    from syneg_ray.stages.mine import _expanded
+
+    rng = np.random.default_rng(0)
+    groups = rng.integers(0, 50, size=400)
+    groups = np.unique(groups, return_inverse=True)[1]  # dense group ids, as mining.text_groups makes them
+    sizes = np.bincount(groups)
+    for _ in range(20):
+        rows = rng.choice(400, size=rng.integers(1, 6), replace=False)
+        assert _expanded(rows, groups, sizes) == int(np.isin(groups, groups[rows]).sum())
+    assert _expanded(np.array([3, 7]), None, None) == 2

@@ -31,7 +31,7 @@ def test_run_seed_keeps_the_pairs_and_split_seed_changes_the_dev_split(tiny_cfg)
 def test_a_rebuild_killed_midway_is_not_trusted_by_the_next_run(tiny_cfg, monkeypatch):
     """Config A's pairs are on disk; a run with config B dies while writing its pairs. Back at A, the
     half-replaced files must be rebuilt, not taken for A's because A's record is still there."""
-    import syneg_ray.dataset as dataset
+    from syneg_ray import dataset
 
     full = _pair_ids(tiny_cfg)
     limited_cfg = dataclasses.replace(tiny_cfg, data=dataclasses.replace(tiny_cfg.data, limit=5))
