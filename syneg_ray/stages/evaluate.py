@@ -11,7 +11,7 @@ from pathlib import Path
 from syneg_ray import beir, metrics, schema
 from syneg_ray.config import PipelineConfig
 from syneg_ray.dataset import prepare, read_corpus
-from syneg_ray.errors import DataError
+from syneg_ray.errors import ConfigError, DataError
 
 logger = logging.getLogger(__name__)
 
@@ -22,6 +22,22 @@ def model_to_evaluate(cfg: PipelineConfig) -> str:
         return cfg.evaluate.model
     trained = Path(cfg.run.run_dir) / schema.MODEL
     return str(trained) if (trained / "modules.json").is_file() else cfg.encoder.model
+
+
+def check_not_scoring_on_training_queries(cfg: PipelineConfig, model: str) -> None:
+    """Refuses to score the run's trained model on the split it was trained on: its figures would be
+    memory of the training queries, not retrieval.
+
+    Raises:
+        ConfigError: `data.train_split` is the split being evaluated.
+    """
+    split = cfg.evaluate.split or cfg.data.eval_split
+    trained = str(Path(cfg.run.run_dir) / schema.MODEL)
+    if split == cfg.data.train_split and model in ("", trained):
+        raise ConfigError(
+            f"data.train_split and the evaluated split are both {split!r}: the trained model would be scored on "
+            "the queries it was trained on; train on another split, or evaluate another (data.eval_split, evaluate.split)"
+        )
 
 
 def retrieve(cfg: PipelineConfig, model: str, queries: dict[str, str], top_k: int,
@@ -55,6 +71,7 @@ def run_evaluate(cfg: PipelineConfig) -> dict[str, float]:
     started = time.perf_counter()
     split = cfg.evaluate.split or cfg.data.eval_split
     model = model_to_evaluate(cfg)
+    check_not_scoring_on_training_queries(cfg, model)
     prepared = prepare(cfg)
     corpus = read_corpus(prepared)
     judged = beir.load_split(prepared.folder, split, corpus=corpus, keep_unknown_docs=True)

@@ -93,6 +93,29 @@ def test_training_still_rejects_any_missing_document(tmp_path: Path) -> None:
         beir.load_split(folder, "train")
 
 
+def test_a_run_that_would_score_its_model_on_its_training_queries_stops_before_any_work(tmp_path: Path, capsys) -> None:
+    from syneg_ray.cli import main
+
+    folder = write_folder(tmp_path / "data")
+    argv = ["run", "--dataset", str(folder), "--run-dir", str(tmp_path / "run"), "data.train_split=test"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "data.train_split and the evaluated split are both 'test'" in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_evaluating_the_trained_model_on_its_training_split_is_refused(tmp_path: Path) -> None:
+    from syneg_ray.stages.evaluate import run_evaluate
+
+    cfg = load_config(None, [f"run.run_dir={tmp_path / 'run'}", f"data.dataset={write_folder(tmp_path / 'data')}",
+                             "evaluate.split=train"])  # fmt: skip
+    (tmp_path / "run" / "train" / "model").mkdir(parents=True)
+    (tmp_path / "run" / "train" / "model" / "modules.json").write_text("[]", encoding="utf-8")
+    with pytest.raises(ConfigError, match="scored on the queries it was trained on") as info:
+        run_evaluate(cfg)
+    one_line(info)
+
+
 def test_metrics_of_no_query_is_a_clear_error() -> None:
     with pytest.raises(ValueError, match="at least one judged query"):
         metrics.evaluate_run({}, {})
