@@ -67,18 +67,19 @@ def read_parts(folder: Path, schema: pa.Schema, columns: list[str] | None = None
 
 
 def read_synthetic(folder: Path, columns: list[str] | None = None) -> pa.Table:
-    """The synthesize output with one row per key (an "ok" row wins over a "failed" one).
+    """The synthesize output with one row per key (an "ok" row wins over a "failed" one, and of two
+    failed rows the one with more attempts, written by a later rerun).
 
     Args:
         folder: `run_dir / schema.SYNTHETIC`, a folder of part files.
-        columns: columns to return (default all); `key` and `status` are read regardless.
+        columns: columns to return (default all); `key`, `status` and `attempts` are read regardless.
     """
-    wanted = list(dict.fromkeys(["key", "status", *(columns or SYNTHETIC_SCHEMA.names)]))
+    wanted = list(dict.fromkeys(["key", "status", "attempts", *(columns or SYNTHETIC_SCHEMA.names)]))
     table = read_parts(folder, SYNTHETIC_SCHEMA, wanted)
     if table.num_rows == 0:
         return table.select(columns) if columns else table
-    # sort so that, per key, an ok row comes first, then keep the first row of every key
-    order = pc.sort_indices(table, sort_keys=[("key", "ascending"), ("status", "descending")])
+    # sort so that, per key, an ok row comes first, then the latest failed one; keep the first row of every key
+    order = pc.sort_indices(table, sort_keys=[("key", "ascending"), ("status", "descending"), ("attempts", "descending")])
     table = table.take(order)
     keys = table.column("key").to_pylist()
     keep = [i for i, k in enumerate(keys) if i == 0 or keys[i - 1] != k]

@@ -31,6 +31,15 @@ ENGINE_ERROR = "engine_error"  # reject reason of a request the engine answered 
 POOLS_FILE = "attribute_pools.yaml"
 
 
+def finished_keys(rows: list[dict]) -> set[str]:
+    """Keys a rerun skips: pairs that are ok, or failed on what the LLM wrote.
+
+    A pair whose every attempt was an engine error (a server outage, a request refused) was never
+    judged, so a rerun tries it again; its attempt count goes on from the log (one more attempt).
+    """
+    return {r["key"] for r in rows if r["status"] == "ok" or any(x != ENGINE_ERROR for x in r["reject_reasons"])}
+
+
 def plan(pairs: list[dict], cfg: PipelineConfig, pools: attributes.Pools, done: set[str],
          attempts: dict[str, dict]) -> tuple[list[dict], int]:
     """Work rows for every unfinished pair (continuing logged attempts) and the count of finished pairs."""
@@ -173,7 +182,7 @@ def run_synthesize(cfg: PipelineConfig) -> dict:
     if s.max_pairs:
         pairs = pairs[: s.max_pairs]
     parts = Path(cfg.run.run_dir) / schema.SYNTHETIC
-    done = set(store.read_synthetic(parts, ["key"]).column("key").to_pylist())
+    done = finished_keys(store.read_synthetic(parts, ["key", "status", "reject_reasons"]).to_pylist())
     work, finished = plan(pairs, cfg, pools, done, store.latest_attempts(out / "attempts"))
     logger.info("synthesize: %d pairs, %d already done, %d to generate with %s %s (prompt %s)",
                 len(pairs), finished, len(work), s.engine.value, s.model, prompts.PROMPT_VERSION)

@@ -75,6 +75,23 @@ def test_store_is_idempotent_and_dedupes(tmp_path, cfg) -> None:
     assert store.read_synthetic(tmp_path / "missing").num_rows == 0
 
 
+def test_a_pair_failed_only_by_engine_errors_is_tried_again_on_a_rerun(tmp_path, cfg) -> None:
+    """An outage fails pairs without the LLM writing anything; a rerun must not take them as judged."""
+    limits = stage.limits_of(cfg.synthesize)
+    gen = {"prompt_tokens": 0, "output_tokens": 0, "generated_text": ""}
+    outage, _ = stage.finish({**work_row(cfg, attempt=1), **gen, "engine_error": "503", "prior_reasons": [stage.ENGINE_ERROR]},
+                             cfg.synthesize, limits)  # fmt: skip
+    judged, _ = stage.finish({**work_row(cfg, attempt=1), **gen, "key": "judged", "engine_error": "",
+                              "generated_text": "not json", "prior_reasons": [stage.ENGINE_ERROR]}, cfg.synthesize, limits)  # fmt: skip
+    assert outage["status"] == judged["status"] == "failed"
+    folder = tmp_path / "negatives.parquet"
+    store.write_part(folder, [outage, judged], store.SYNTHETIC_SCHEMA)
+    assert stage.finished_keys(store.read_synthetic(folder).to_pylist()) == {"judged"}
+    # the rerun's attempt fails on the text this time: that row (more attempts) is the one read back
+    store.write_part(folder, [{**outage, "attempts": 3, "reject_reasons": [stage.ENGINE_ERROR, "too_short"]}], store.SYNTHETIC_SCHEMA)
+    assert stage.finished_keys(store.read_synthetic(folder).to_pylist()) == {"judged", outage["key"]}
+
+
 def test_hf_udf_writes_schema_json(cfg) -> None:
     """The real bundled model, called as a plain callable: the answer always parses as our schema."""
     from syneg_ray.engines.hf import HFGenerateUDF
