@@ -17,7 +17,7 @@ import sys
 from syneg_ray.cli import COMMANDS
 from syneg_ray.config import load_config
 from syneg_ray.errors import SynegError
-from syneg_ray.remote import localized, push
+from syneg_ray.remote import local_run_dir
 from syneg_ray.runtime import init_ray, setup_logging
 
 
@@ -29,14 +29,10 @@ def main() -> int:
     args = parser.parse_args()
     setup_logging()
     try:
-        cfg = load_config(args.config, args.overrides)
-        remote_dir = cfg.run.run_dir
-        cfg, local = localized(cfg)
-        init_ray(cfg)  # inside a job RAY_ADDRESS is set: this joins the job's cluster
-        module, _, function = COMMANDS[args.stage][0].partition(":")
-        getattr(importlib.import_module(module), function)(cfg)
-        if local is not None:
-            push(local, remote_dir)
+        with local_run_dir(load_config(args.config, args.overrides)) as cfg:
+            init_ray(cfg)  # inside a job RAY_ADDRESS is set: this joins the job's cluster
+            module, _, function = COMMANDS[args.stage][0].partition(":")
+            getattr(importlib.import_module(module), function)(cfg)
     except SynegError as exc:
         sys.stderr.write(f"syneg job {args.stage}: error: {exc}\n")
         return 2

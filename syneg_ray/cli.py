@@ -18,6 +18,7 @@ from collections.abc import Sequence
 
 from syneg_ray.config import PipelineConfig, load_config, to_yaml
 from syneg_ray.errors import SynegError
+from syneg_ray.remote import local_run_dir
 
 logger = logging.getLogger("syneg_ray")
 
@@ -115,7 +116,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             sys.stdout.write(to_yaml(cfg))
             return 0
         module, _, function = COMMANDS[args.command][0].partition(":")
-        getattr(importlib.import_module(module), function)(cfg)
+        with local_run_dir(cfg) as local_cfg:  # an s3:// or gs:// run directory is mirrored, then copied back
+            getattr(importlib.import_module(module), function)(local_cfg)
     except SynegError as exc:
         sys.stderr.write(f"syneg {args.command}: error: {exc}\n")
         return 2

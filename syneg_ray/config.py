@@ -65,8 +65,8 @@ class Sampling(str, enum.Enum):
 
 @dataclass(frozen=True, kw_only=True)
 class RunConfig:
-    run_dir: str = "runs/default"  # every stage writes below this folder (local path or s3://, gs://)
-    seed: int = 0  # root seed; every stage derives its own from it
+    run_dir: str = "runs/default"  # every stage writes below this folder (local path, or s3:// / gs:// mirrored locally)
+    seed: int = 0  # root seed of the run: LLM sampling per pair, mixing, training order and dropout
     cache_dir: str = ""  # embedding / model cache; "" means $SYNEG_CACHE or ~/.cache/syneg-ray
 
 
@@ -220,7 +220,7 @@ class MineConfig:
     absolute_margin: float = 0.0  # ... and score <= positive - margin (0 still drops scores above the positive)
     max_score: float = 0.0  # ... and dense score <= max_score; 0 = off (BM25 scores are unbounded: never applied)
     sampling: Sampling = Sampling.TOP  # top: the best-ranked candidates left in the window | random: a seeded draw from them
-    num_negatives: int = 7  # per (query, positive) pair
+    num_negatives: int = 7  # per query; every (query, positive) pair of it carries the same list
     dedup_text: bool = True  # documents with the same text as a positive count as positives; negatives deduplicated by text
     nlist: int = 0  # ivf: inverted lists; 0 = 4 * sqrt(corpus size)
     nprobe: int = 32  # ivf: lists visited per query (recall vs speed)

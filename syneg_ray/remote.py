@@ -1,15 +1,17 @@
-"""Run directories on any pyarrow filesystem (local path, s3://, gs://, hdfs://) for `ray job submit`.
+"""Run directories on any pyarrow filesystem (local path, s3://, gs://, hdfs://), for `syneg` and `ray job submit`.
 
-Stages read and write a local folder. A job whose run directory is a URI mirrors it into a local
-working folder of the driver first and copies the results back after, so the same stage code runs
-on a laptop and in a job. Ray Train workers placed on other nodes read the run directory by path
+Stages read and write a local folder. A command or job whose run directory is a URI mirrors it
+into a local working folder of the driver first and copies the results back after, so the same
+stage code runs on a laptop and in a job. Ray Train workers placed on other nodes read the run directory by path
 and do not see that folder: a multi-node run needs the run directory on a shared filesystem.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import tempfile
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -55,3 +57,17 @@ def localized(cfg: PipelineConfig) -> tuple[PipelineConfig, Path | None]:
     logger.info("mirroring %s into %s", cfg.run.run_dir, local)
     pull(cfg.run.run_dir, local)
     return replace(cfg, run=replace(cfg.run, run_dir=str(local))), local
+
+
+@contextlib.contextmanager
+def local_run_dir(cfg: PipelineConfig) -> Iterator[PipelineConfig]:
+    """Yields `cfg` with a local run directory; a URI's mirror is copied back when the stage ends,
+    also when it fails or is interrupted, so a rerun resumes from what was written."""
+    remote_dir = cfg.run.run_dir
+    cfg, local = localized(cfg)
+    try:
+        yield cfg
+    finally:
+        if local is not None:
+            logger.info("copying %s back to %s", local, remote_dir)
+            push(local, remote_dir)
