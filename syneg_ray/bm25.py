@@ -45,7 +45,7 @@ def _stemmer():
     return Stemmer.Stemmer("english").stemWords
 
 
-# --------------------------------------------------------------------------- appended by the mine stage
+# --------------------------------------------------------------------------- scores of given documents (the mine stage's positives)
 
 
 def score_documents(index: BM25Index, queries: list[str], rows: list[np.ndarray]) -> list[np.ndarray]:

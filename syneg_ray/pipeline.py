@@ -37,8 +37,6 @@ class Stage:
     ignored: tuple[str, ...] = ("data.eval_split",)  # keys of those sections that do not change its output
 
 
-
-
 def _stages() -> list[Stage]:
     # Imported here so `syneg --help` stays fast and a missing optional engine only fails its stage.
     from syneg_ray.stages.mine import run_mine
