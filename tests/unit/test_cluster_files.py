@@ -9,8 +9,34 @@ import yaml
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def load(name: str) -> dict:
-    return yaml.safe_load((ROOT / name).read_text())
+def load(name: str, kind: str | None = None) -> dict:
+    """The file's YAML document (of `kind`, for manifests holding several)."""
+    docs = list(yaml.safe_load_all((ROOT / name).read_text()))
+    if kind is None:
+        (doc,) = docs
+        return doc
+    (doc,) = [d for d in docs if d["kind"] == kind]
+    return doc
+
+
+def _pod_templates(cluster_spec: dict) -> list[dict]:
+    return [cluster_spec["headGroupSpec"]["template"], *(g["template"] for g in cluster_spec["workerGroupSpecs"])]
+
+
+def _assert_every_pod_mounts_the_shared_claim(name: str, cluster_spec: dict) -> str:
+    """Multi-node training reads run dir, dataset and cache by path: every pod mounts one RWX claim. Returns its mount path."""
+    claim = load(name, "PersistentVolumeClaim")
+    assert claim["spec"]["accessModes"] == ["ReadWriteMany"]
+    mounts = set()
+    for pod in _pod_templates(cluster_spec):
+        volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
+        for container in pod["spec"]["containers"]:
+            for mount in container["volumeMounts"]:
+                if volumes[mount["name"]].get("persistentVolumeClaim", {}).get("claimName") == claim["metadata"]["name"]:
+                    mounts.add(mount["mountPath"])
+        assert mounts, pod
+    (path,) = mounts
+    return path
 
 
 def test_cluster_launcher_has_head_gpu_and_cpu_workers() -> None:
@@ -32,9 +58,13 @@ def _containers(pod_template: dict) -> list[dict]:
 
 
 def test_kuberay_raycluster() -> None:
-    doc = load("cluster/kuberay-raycluster.yaml")
-    assert doc["apiVersion"] == "ray.io/v1" and doc["kind"] == "RayCluster"
+    doc = load("cluster/kuberay-raycluster.yaml", "RayCluster")
+    assert doc["apiVersion"] == "ray.io/v1"
     spec = doc["spec"]
+    shared = _assert_every_pod_mounts_the_shared_claim("cluster/kuberay-raycluster.yaml", spec)
+    for pod in _pod_templates(spec):
+        env = {e["name"]: e["value"] for e in pod["spec"]["containers"][0]["env"]}
+        assert env["SYNEG_CACHE"].startswith(shared + "/")
     head = _containers(spec["headGroupSpec"]["template"])[0]
     assert {p["containerPort"] for p in head["ports"]} >= {6379, 8265}
     groups = {g["groupName"]: g for g in spec["workerGroupSpecs"]}
@@ -46,12 +76,15 @@ def test_kuberay_raycluster() -> None:
 
 
 def test_kuberay_rayjob_runs_the_pipeline_entrypoint() -> None:
-    doc = load("cluster/kuberay-rayjob.yaml")
-    assert doc["kind"] == "RayJob"
-    spec = doc["spec"]
+    spec = load("cluster/kuberay-rayjob.yaml", "RayJob")["spec"]
     assert spec["entrypoint"].startswith("python jobs/syneg_job.py run")
     assert "headGroupSpec" in spec["rayClusterSpec"] and spec["rayClusterSpec"]["workerGroupSpecs"]
-    assert yaml.safe_load(spec["runtimeEnvYAML"])["working_dir"]
+    runtime_env = yaml.safe_load(spec["runtimeEnvYAML"])
+    assert runtime_env["working_dir"]
+    shared = _assert_every_pod_mounts_the_shared_claim("cluster/kuberay-rayjob.yaml", spec["rayClusterSpec"])
+    # several training workers: the run directory, dataset and cache must all be on the shared volume
+    assert f"run.run_dir={shared}/" in spec["entrypoint"] and f"data.data_dir={shared}/" in spec["entrypoint"]
+    assert runtime_env["env_vars"]["SYNEG_CACHE"].startswith(shared + "/")
     assert (ROOT / "jobs" / "syneg_job.py").is_file()
 
 
