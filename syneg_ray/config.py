@@ -317,10 +317,10 @@ class TrainConfig:
 @dataclass(frozen=True, kw_only=True)
 class TuneConfig:
     num_samples: int = 8  # trials
-    temperature_min: float = 0.005  # tau's search range (log scale)
-    temperature_max: float = 0.1
-    ratio_min: float = 0.0  # R's search range (linear)
-    ratio_max: float = 1.0
+    temperature_min: float = 0.005  # tau's search range, lower end (searched on a log scale)
+    temperature_max: float = 0.1  # ... upper end
+    ratio_min: float = 0.0  # R's search range, lower end (linear)
+    ratio_max: float = 1.0  # ... upper end
     searcher: str = "random"  # random | grid (grid_points per axis, a true heatmap) | optuna (TPE)
     grid_points: int = 3  # grid searcher: values per axis (tau log-spaced, R linear)
     asha: bool = True  # ASHA early stopping over epochs (needs train.epochs > 1 to stop anything)

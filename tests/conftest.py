@@ -8,8 +8,19 @@ from pathlib import Path
 
 import pytest
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets"
-SCIFACT = Path(os.environ.get("SYNEG_SCIFACT", SHARED / "scifact"))
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _find_scifact() -> Path:
+    """$SYNEG_SCIFACT, else scifact/ under $SYNEG_DATA_DIR, ../shared/datasets or ./datasets (the first that exists)."""
+    if os.environ.get("SYNEG_SCIFACT"):
+        return Path(os.environ["SYNEG_SCIFACT"])
+    roots = [os.environ.get("SYNEG_DATA_DIR"), REPO.parent / "shared" / "datasets", REPO / "datasets"]
+    candidates = [Path(r) / "scifact" for r in roots if r]
+    return next((c for c in candidates if (c / "corpus.jsonl").is_file()), candidates[0])
+
+
+SCIFACT = _find_scifact()
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -27,7 +38,7 @@ def pytest_configure(config: pytest.Config) -> None:
 @pytest.fixture(scope="session")
 def scifact() -> Path:
     if not (SCIFACT / "corpus.jsonl").is_file():
-        pytest.skip(f"SciFact not found at {SCIFACT}; set SYNEG_SCIFACT")
+        pytest.skip(f"SciFact not found at {SCIFACT}; set SYNEG_SCIFACT or SYNEG_DATA_DIR")
     return SCIFACT
 
 

