@@ -131,9 +131,14 @@ def domain_messages(samples: list[str], n: int = 8) -> list[dict[str, str]]:
     return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": user}]
 
 
-def pair_key(query_id: str, positive_id: str, prompt_version: str, model: str, seed: int) -> str:
-    """The resume key of one pair's generation: sha256 of its identity and generation settings."""
-    return hashlib.sha256("\x1f".join([query_id, positive_id, prompt_version, model, str(seed)]).encode()).hexdigest()
+def pair_key(query_id: str, positive_id: str, prompt_version: str, model: str, seed: int, settings: str = "") -> str:
+    """The resume key of one pair's generation: sha256 of its identity and generation settings.
+
+    `settings` fingerprints everything else that changes what is written or kept (sampling, k,
+    token budget, validation limits, engine); see `synthetic_store.generation_fingerprint`.
+    """
+    fields = [query_id, positive_id, prompt_version, model, str(seed), *([settings] if settings else [])]
+    return hashlib.sha256("\x1f".join(fields).encode()).hexdigest()
 
 
 def attempt_seed(seed: int, attempt: int) -> int:

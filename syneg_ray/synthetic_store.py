@@ -9,7 +9,9 @@ continues their attempt count instead of starting over.
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import json
 import os
 import uuid
 from pathlib import Path
@@ -19,7 +21,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from syneg_ray import attributes, prompts, schema
-from syneg_ray.config import PipelineConfig
+from syneg_ray.config import PipelineConfig, SynthesizeConfig
 
 SYNTHETIC_SCHEMA = schema.arrow_schema(schema.SyntheticRow)
 
@@ -34,11 +36,31 @@ ATTEMPT_SCHEMA = pa.schema(
 )
 
 
+# Settings that change what the LLM writes for a pair or what validation keeps of it. The others
+# (batch size, replicas, CPUs, retries, server address, rate limits) change how, not what.
+GENERATION_SETTINGS = (
+    "engine", "negatives_per_pair", "max_new_tokens", "temperature", "top_p", "presence_penalty", "dtype",
+    "max_model_len", "schema_min_length", "attribute_pools", "min_length_ratio", "max_length_ratio", "near_duplicate",
+)  # fmt: skip
+
+
+@functools.lru_cache(maxsize=8)
+def generation_fingerprint(s: SynthesizeConfig) -> str:
+    """A digest of `GENERATION_SETTINGS` (and of the attribute pools file's content, when one is named)."""
+    values = {name: str(getattr(s, name)) for name in GENERATION_SETTINGS}
+    if s.attribute_pools and Path(s.attribute_pools).is_file():
+        values["attribute_pools_content"] = hashlib.sha256(Path(s.attribute_pools).read_bytes()).hexdigest()
+    return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:16]
+
+
 def pair_key(cfg: PipelineConfig, query_id: str, positive_id: str) -> str:
     """The key under which this config's synthesis of one pair is stored: it names the prompt
-    version, the LLM and the pair's seed, so rows of another model or seed never pass for this one's."""
+    version, the LLM, the pair's seed and the generation settings, so rows written under other
+    settings never pass for this config's (a rerun with new settings writes new rows; the old ones
+    stay, and count again if the settings come back)."""
     seed = attributes.pair_seed(cfg.run.seed, query_id, positive_id)
-    return prompts.pair_key(query_id, positive_id, prompts.PROMPT_VERSION, cfg.synthesize.model, seed)
+    return prompts.pair_key(query_id, positive_id, prompts.PROMPT_VERSION, cfg.synthesize.model, seed,
+                            generation_fingerprint(cfg.synthesize))
 
 
 def write_part(folder: Path, rows: list[dict], schema: pa.Schema) -> Path | None:

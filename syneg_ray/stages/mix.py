@@ -55,22 +55,27 @@ def read_synthetic(path: Path, llm: tuple[str, str] | None = None,
     Rows that `syneg synthesize` wrote carry their LLM and prompt version. When `llm` (model,
     prompt version) is given, rows of another LLM or prompt are skipped: after such a change the old
     rows stay on disk (nothing written is lost) but must not be mixed in. Of the rest, a pair's row
-    under `current_keys` (this run's seed) wins over one written at another seed, which is used
-    only when the pair has none of this seed (runs at several training seeds may share one
-    synthesis). A hand-written file without those columns is read whole.
+    under `current_keys` (this run's seed and generation settings) wins over one written under
+    another key, which is used only when the pair has no row at all under this run's keys, not
+    even a failed one (runs at several training seeds may share one synthesis). A hand-written
+    file without those columns is read whole.
     """
     current, other, stale = {}, {}, 0
+    judged: set[mixing.PairKey] = set()  # pairs with a row under this run's keys, failed ones included
     for row in _read(path, SYNTHETIC_COLUMNS, "run `syneg synthesize` first, or use mix.strategy=retrieved"):
         if llm is not None and row.get("prompt_version") and (row.get("model"), row["prompt_version"]) != llm:
             stale += 1
             continue
+        pair = (row["query_id"], row["positive_id"])
+        if row["key"] in current_keys:
+            judged.add(pair)
         texts = tuple(t for t in (row["negatives"] or ()) if t and t.strip())
         if row.get("status", "ok") == "ok" and texts:
             into = current if row["key"] in current_keys else other
-            into[(row["query_id"], row["positive_id"])] = mixing.SyntheticNegs(row["key"], texts)
+            into[pair] = mixing.SyntheticNegs(row["key"], texts)
     if stale:
         logger.info("%s: %d rows of another LLM or prompt version ignored", path, stale)
-    return {**other, **current}
+    return {**{pair: negs for pair, negs in other.items() if pair not in judged}, **current}
 
 
 def read_mined(path: Path, corpus: dict[str, str]) -> tuple[dict[mixing.PairKey, list[tuple[str, str]]], dict[str, set[str]]]:

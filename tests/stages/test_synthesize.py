@@ -34,7 +34,8 @@ def test_plan_skips_done_and_continues_attempts(cfg) -> None:
     (row,) = rows
     assert finished == 0 and row["attempt"] == 0 and row["k"] == 1
     assert json.loads(row["chat"])[1]["content"].startswith(f"Assume you are an expert in {row['domain']}")
-    assert row["key"] == prompts.pair_key("q1", "d1", prompts.PROMPT_VERSION, "smollm2-135m", row["seed"])
+    assert row["key"] == prompts.pair_key("q1", "d1", prompts.PROMPT_VERSION, "smollm2-135m", row["seed"],
+                                          store.generation_fingerprint(cfg.synthesize))
     assert stage.plan([PAIR], cfg, attributes.POOLS["scifact"], {row["key"]}, {}) == ([], 1)
     logged = {row["key"]: {"attempts": 1, "prompt_tokens": 10, "output_tokens": 5, "reject_reasons": ["too_short"]}}
     (again,), _ = stage.plan([PAIR], cfg, attributes.POOLS["scifact"], set(), logged)
@@ -43,6 +44,26 @@ def test_plan_skips_done_and_continues_attempts(cfg) -> None:
     long_pair = {**PAIR, "positive_id": "d2", "positive": "word " * 800}
     (short, long), _ = stage.plan([PAIR, long_pair], cfg, attributes.POOLS["scifact"], set(), {})
     assert short["max_tokens"] == cfg.synthesize.max_new_tokens < long["max_tokens"]
+
+
+def test_changing_what_is_generated_replans_a_pair_and_changing_how_does_not(cfg, tmp_path) -> None:
+    (row,), _ = stage.plan([PAIR], cfg, attributes.POOLS["scifact"], set(), {})
+    done = {row["key"]}
+
+    def replanned(*overrides: str) -> bool:
+        other = load_config(None, [f"run.run_dir={tmp_path / 'run'}", "synthesize.negatives_per_pair=1",
+                                   "synthesize.max_retries=1", *overrides])  # fmt: skip
+        return bool(stage.plan([PAIR], other, attributes.POOLS["scifact"], done, {})[0])
+
+    assert not replanned()
+    for how in ("synthesize.batch_size=2", "synthesize.max_retries=3", "synthesize.replicas=2"):
+        assert not replanned(how), how
+    for what in ("synthesize.temperature=0.3", "synthesize.negatives_per_pair=2", "synthesize.max_new_tokens=200",
+                 "synthesize.min_length_ratio=0.1", "synthesize.presence_penalty=1.0", "synthesize.engine=vllm"):
+        assert replanned(what), what
+    pools = tmp_path / "pools.yaml"
+    pools.write_text("domains: [biology]\ndifficulty: [expert]\nlength: [same]\n", encoding="utf-8")
+    assert replanned(f"synthesize.attribute_pools={pools}")
 
 
 def test_finish_ok_retry_failed(cfg) -> None:

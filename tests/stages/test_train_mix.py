@@ -124,17 +124,19 @@ def test_train_workers_get_absolute_paths(tiny_cfg, tmp_path, monkeypatch) -> No
     assert seen.data.data_dir == str((tmp_path / "data").resolve())
 
 
-def _stored_synthesis(cfg, model: str, text: str, seed: int = 0) -> None:
-    """Rows as `syneg synthesize` stores them, for every pair, under `model`'s and `seed`'s keys."""
+def _stored_synthesis(cfg, model: str, text: str, seed: int = 0, status: str = "ok", temperature: float | None = None) -> None:
+    """Rows as `syneg synthesize` stores them, for every pair, under `model`'s, `seed`'s (and `temperature`'s) keys."""
     from syneg_ray import prompts
     from syneg_ray import synthetic_store as store
 
     pairs = pq.read_table(ensure_pairs(cfg)[1]).to_pylist()
-    as_run = dataclasses.replace(cfg, synthesize=dataclasses.replace(cfg.synthesize, model=model),
-                                 run=dataclasses.replace(cfg.run, seed=seed))
+    synthesize = dataclasses.replace(cfg.synthesize, model=model)
+    if temperature is not None:
+        synthesize = dataclasses.replace(synthesize, temperature=temperature)
+    as_run = dataclasses.replace(cfg, synthesize=synthesize, run=dataclasses.replace(cfg.run, seed=seed))
     rows = [{"key": store.pair_key(as_run, p["query_id"], p["positive_id"]), "query_id": p["query_id"],
-             "positive_id": p["positive_id"], "negatives": [f"{text} {i}.{j}" for j in range(3)], "model": model,
-             "prompt_version": prompts.PROMPT_VERSION, "status": "ok"} for i, p in enumerate(pairs)]  # fmt: skip
+             "positive_id": p["positive_id"], "negatives": [f"{text} {i}.{j}" for j in range(3)] if status == "ok" else [],
+             "model": model, "prompt_version": prompts.PROMPT_VERSION, "status": status} for i, p in enumerate(pairs)]  # fmt: skip
     store.write_part(Path(cfg.run.run_dir) / schema.SYNTHETIC, rows, store.SYNTHETIC_SCHEMA)
 
 
@@ -214,3 +216,13 @@ def test_train_in_the_pipeline_replaces_a_model_of_another_config(mixed, monkeyp
     elsewhere = dataclasses.replace(changed, data=dataclasses.replace(changed.data, download=False, eval_split="dev"))
     with pytest.raises(Started):
         run_train(elsewhere)
+
+
+def test_rows_of_other_generation_settings_do_not_stand_in_for_this_runs(tiny_cfg) -> None:
+    """The temperature changed and the rerun's synthesis failed for every pair: the old temperature's
+    negatives must not be mixed in as if this run had written them."""
+    write_inputs(tiny_cfg, synthetic=False)
+    _stored_synthesis(tiny_cfg, tiny_cfg.synthesize.model, "hot", temperature=1.3)
+    assert all(n.startswith("hot ") for n in _mixed_negatives(tiny_cfg))  # no row of this run's: a fallback
+    _stored_synthesis(tiny_cfg, tiny_cfg.synthesize.model, "", status="failed")
+    assert _mixed_negatives(tiny_cfg) == []
