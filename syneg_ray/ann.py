@@ -79,9 +79,13 @@ def build_index(corpus: np.ndarray, spec: IndexSpec):  # -> faiss.Index
     return index
 
 
+def _on_gpu(spec: IndexSpec) -> bool:
+    return spec.use_gpu and spec.kind != "hnsw" and gpu_count() > 0
+
+
 def _maybe_gpu(index, spec: IndexSpec):
     """Moves a Flat or IVF index onto all visible GPUs (HNSW has no GPU form in faiss)."""
-    if not spec.use_gpu or gpu_count() == 0:
+    if not _on_gpu(spec):
         return index
     faiss = _faiss()
     options = faiss.GpuMultipleClonerOptions()
@@ -94,7 +98,9 @@ def set_search_params(index, spec: IndexSpec) -> None:
     """Applies nprobe (IVF) or efSearch (HNSW); a no-op for Flat."""
     faiss = _faiss()
     if spec.kind == "ivf":
-        faiss.ParameterSpace().set_index_parameter(index, "nprobe", spec.nprobe)
+        # The CPU ParameterSpace does not know GPU indexes (nor the shards a multi-GPU clone is made of)
+        space = faiss.GpuParameterSpace() if _on_gpu(spec) else faiss.ParameterSpace()
+        space.set_index_parameter(index, "nprobe", spec.nprobe)
     elif spec.kind == "hnsw":
         index.hnsw.efSearch = max(spec.ef_search, 1)
 
