@@ -102,9 +102,9 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
     """
     from syneg_ray.dataset import ensure_pairs
     from syneg_ray.runtime import init_ray, stage_dir
-    from syneg_ray.stages.evaluate import check_not_scoring_on_training_queries
+    from syneg_ray.stages.evaluate import check_not_scoring_on_training_queries, trained_model
 
-    check_not_scoring_on_training_queries(cfg, "")  # before hours of work, not after
+    check_not_scoring_on_training_queries(cfg, trained_model(cfg))  # before hours of work, not after
     run_dir = Path(cfg.run.run_dir)
     stage_dir(cfg, "pairs")  # saves the resolved config
     ensure_pairs(cfg)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 from syneg_ray.config import PipelineConfig, to_yaml
@@ -114,22 +115,25 @@ def stage_dir(cfg: PipelineConfig, stage: str) -> Path:
     return folder
 
 
-def write_text_atomic(path: Path, text: str) -> None:
-    """Writes `text` through a temporary file and a rename: a reader, or a rerun after a kill, never sees half a file."""
+def _replace_atomically(path: Path, write: Callable[[Path], None]) -> None:
+    """Runs `write` on a temporary file beside `path`, then renames it into place: a reader, or a
+    rerun after a kill, never sees half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
+    write(tmp)
     os.replace(tmp, path)
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Writes `text` to `path` through a temporary file and a rename."""
+    _replace_atomically(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
 def write_parquet_atomic(path: Path, table) -> None:  # table: pyarrow.Table
-    """Writes a Parquet file through a temporary file and a rename, as `write_text_atomic`."""
+    """Writes a Parquet file through a temporary file and a rename."""
     import pyarrow.parquet as pq
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    pq.write_table(table, tmp)
-    os.replace(tmp, path)
+    _replace_atomically(path, lambda tmp: pq.write_table(table, tmp))
 
 
 def read_json(path: Path) -> dict | None:

@@ -16,12 +16,17 @@ from syneg_ray.errors import ConfigError, DataError
 logger = logging.getLogger(__name__)
 
 
+def trained_model(cfg: PipelineConfig) -> str:
+    """Where the run's train stage saves its model."""
+    return str(Path(cfg.run.run_dir) / schema.MODEL)
+
+
 def model_to_evaluate(cfg: PipelineConfig) -> str:
     """evaluate.model, else the run's trained model when it exists, else encoder.model."""
     if cfg.evaluate.model:
         return cfg.evaluate.model
-    trained = Path(cfg.run.run_dir) / schema.MODEL
-    return str(trained) if (trained / "modules.json").is_file() else cfg.encoder.model
+    trained = trained_model(cfg)
+    return trained if (Path(trained) / "modules.json").is_file() else cfg.encoder.model
 
 
 def check_not_scoring_on_training_queries(cfg: PipelineConfig, model: str) -> None:
@@ -32,8 +37,7 @@ def check_not_scoring_on_training_queries(cfg: PipelineConfig, model: str) -> No
         ConfigError: `data.train_split` is the split being evaluated.
     """
     split = cfg.evaluate.split or cfg.data.eval_split
-    trained = str(Path(cfg.run.run_dir) / schema.MODEL)
-    if split == cfg.data.train_split and model in ("", trained):
+    if split == cfg.data.train_split and model == trained_model(cfg):
         raise ConfigError(
             f"data.train_split and the evaluated split are both {split!r}: the trained model would be scored on "
             "the queries it was trained on; train on another split, or evaluate another (data.eval_split, evaluate.split)"
