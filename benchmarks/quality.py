@@ -14,7 +14,10 @@ epochs, batch, n negatives) and differs only in its negatives; each is scored on
 Rows: base (zero-shot), random, bm25, dense (retrieved-only), synthetic (synthetic-only), direct
 (R = 0.7), hybrid (R = 0.7), hybrid-guard (R = 0.7 after the false-negative guard dropped the
 synthetic negatives the base model scores above their positive: `mix.guard_synthetic`) and, given
-`--best-ratio` or `--tune-best`, hybrid at Tune's R.
+`--best-ratio`, `--tune-best` or `--tune`, hybrid at Tune's R. `--tune` runs Ray Tune over R first
+(a grid from 0 to 1 at the rows' tau, ranked by dev nDCG@10 on queries carved from train):
+
+    .venv/bin/python benchmarks/quality.py --data-dir ../shared/datasets --out runs/quality --tune --seeds 0 1 2 --no-probes
 
 Everything is resumable: a row and seed is done when its `result.json` exists with the same
 config fingerprint, the LLM negatives are written pair by pair, and mining is marked complete.
@@ -24,6 +27,7 @@ So the table can be built over several runs, and a rerun of a finished table onl
     <out>/mine-dense/, mine-bm25/
                              retrieved negatives of the base model and of BM25 for the same pairs
     <out>/rows/<row>/seed<s>/  mix, train and evaluate of one row; result.json when done
+    <out>/tune/tune/         Tune's trials.csv, heatmap.png and best.yaml (--tune)
     <out>/probes.json        the false-negative-guard share and the source-identifiability AUC
     <out>/table.md, quality.png
 """
@@ -222,6 +226,37 @@ def command(args: argparse.Namespace, row: Row, seed: int) -> str:
     return " ".join(parts + list(args.overrides))
 
 
+# --------------------------------------------------------------------------- Tune's R
+
+
+def tune_ratio(args: argparse.Namespace) -> float:
+    """Ray Tune over R at the rows' tau, on their pairs, LLM negatives and dense negatives; returns the best R.
+
+    A grid (`--tune-points` values of R from 0 to 1) with every trial trained to the end, so the
+    curve over R is whole; trials are ranked by dev nDCG@10 (queries carved from train, never test).
+    """
+    from syneg_ray.tune import run_tune
+
+    run_dir = args.out / "tune"
+    tau = config_for(args, run_dir).train.temperature
+    cfg = config_for(args, run_dir, ("mix.strategy=hybrid", f"tune.temperature_min={tau}", f"tune.temperature_max={tau}",
+                                     "tune.searcher=grid", f"tune.grid_points={args.tune_points}", "tune.asha=false",
+                                     "train.dev_eval=true"))  # fmt: skip
+    key = fingerprint(cfg, ("data", "encoder", "synthesize", "mine", "mix", "train", "tune"))
+    marker = run_dir / "tune" / MARKER
+    if (record := done(marker, key)) is None:
+        ensure_synthetic(args)
+        link(args.out / "shared" / "pairs", run_dir / "pairs")
+        link(args.out / "shared" / "synthesize", run_dir / "synthesize")
+        link(ensure_mined(args, "dense"), run_dir / "mine")
+        summary = run_tune(cfg)
+        record = {"fingerprint": key, "best": summary["best"], "trials": summary["trials"]}
+        write_record(marker, record)
+    logger.info("tune: best R %s at tau %s (dev nDCG@10 %.4f); trials in %s", record["best"]["ratio"], tau,
+                record["best"]["dev_ndcg@10"], run_dir / "tune" / "trials.csv")  # fmt: skip
+    return float(record["best"]["ratio"])
+
+
 # --------------------------------------------------------------------------- probes
 
 
@@ -372,6 +407,9 @@ def main() -> None:
     parser.add_argument("--seeds", nargs="*", type=int, default=[0])
     parser.add_argument("--best-ratio", type=float, help="adds a hybrid row at this R (Tune's best)")
     parser.add_argument("--tune-best", type=Path, help="adds a hybrid row at mix.ratio of a Tune best.yaml")
+    parser.add_argument("--tune", action="store_true", help="runs Ray Tune over R at the rows' tau first (<out>/tune) and adds "
+                        "a hybrid row at its best R")  # fmt: skip
+    parser.add_argument("--tune-points", type=int, default=5, help="values of R on Tune's grid, 0 to 1 (default 5)")
     parser.add_argument("--synthesize-only", action="store_true",
                         help="write the LLM's negatives and exit (run it with the Python that has the engine, e.g. vllm)")
     parser.add_argument("--no-probes", action="store_true")
@@ -383,6 +421,8 @@ def main() -> None:
     ratio = args.best_ratio
     if args.tune_best:
         ratio = load_config(args.tune_best).mix.ratio
+    if args.tune and not args.table_only:
+        ratio = tune_ratio(args)
     if ratio is not None:
         rows.append(best_ratio_row(ratio))
     order = [r.name for r in rows]

@@ -318,9 +318,9 @@ class TrainConfig:
 class TuneConfig:
     num_samples: int = 8  # trials
     temperature_min: float = 0.005  # tau's search range, lower end (searched on a log scale)
-    temperature_max: float = 0.1  # ... upper end
+    temperature_max: float = 0.1  # ... upper end; equal to temperature_min holds tau there and searches R alone
     ratio_min: float = 0.0  # R's search range, lower end (linear)
-    ratio_max: float = 1.0  # ... upper end
+    ratio_max: float = 1.0  # ... upper end; equal to ratio_min holds R there and searches tau alone
     searcher: str = "random"  # random | grid (grid_points per axis, a true heatmap) | optuna (TPE)
     grid_points: int = 3  # grid searcher: values per axis (tau log-spaced, R linear)
     asha: bool = True  # ASHA early stopping over epochs (needs train.epochs > 1 to stop anything)
@@ -332,8 +332,8 @@ class TuneConfig:
         _check_min("tune.max_concurrent", self.max_concurrent, 1)
         if self.searcher not in ("random", "grid", "optuna"):
             raise ConfigError(f"tune.searcher = {self.searcher!r}; choose random, grid or optuna")
-        if not 0 < self.temperature_min < self.temperature_max:
-            raise ConfigError("tune.temperature_min must be > 0 and below tune.temperature_max")
+        if not 0 < self.temperature_min <= self.temperature_max:
+            raise ConfigError("tune.temperature_min must be > 0 and at most tune.temperature_max")
         _check_range("tune.ratio_min", self.ratio_min, 0.0, 1.0)
         _check_range("tune.ratio_max", self.ratio_max, self.ratio_min, 1.0)
 

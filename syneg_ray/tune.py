@@ -25,7 +25,7 @@ import numpy as np
 
 from syneg_ray import schema
 from syneg_ray.config import PipelineConfig, from_dict, to_dict, to_yaml, with_absolute_paths
-from syneg_ray.errors import TuneError
+from syneg_ray.errors import ConfigError, TuneError
 
 logger = logging.getLogger(__name__)
 
@@ -53,21 +53,24 @@ def link_shared(base_run: Path, trial_run: Path) -> None:
 
 
 def grid(cfg: PipelineConfig) -> tuple[list[float], list[float]]:
-    """tau on a log grid and R on a linear grid, `tune.grid_points` each."""
+    """tau on a log grid and R on a linear grid, `tune.grid_points` each; an axis whose range is one value holds it."""
     t, n = cfg.tune, cfg.tune.grid_points
-    taus = np.geomspace(t.temperature_min, t.temperature_max, n).round(5).tolist()
-    ratios = np.linspace(t.ratio_min, t.ratio_max, n).round(3).tolist()
-    return taus, ratios
+    taus = np.geomspace(t.temperature_min, t.temperature_max, n if t.temperature_min < t.temperature_max else 1)
+    ratios = np.linspace(t.ratio_min, t.ratio_max, n if t.ratio_min < t.ratio_max else 1)
+    return taus.round(5).tolist(), ratios.round(3).tolist()
 
 
 def param_space(cfg: PipelineConfig) -> dict[str, Any]:
     from ray import tune
 
-    if cfg.tune.searcher == "grid":
+    t = cfg.tune
+    if t.searcher == "grid":
         taus, ratios = grid(cfg)
         return {"temperature": tune.grid_search(taus), "ratio": tune.grid_search(ratios)}
-    t = cfg.tune
-    return {"temperature": tune.loguniform(t.temperature_min, t.temperature_max), "ratio": tune.uniform(t.ratio_min, t.ratio_max)}
+    # a held axis is a constant: Tune's samplers refuse an empty range, and every trial would draw the same value
+    temperature = tune.loguniform(t.temperature_min, t.temperature_max) if t.temperature_min < t.temperature_max else t.temperature_min
+    ratio = tune.uniform(t.ratio_min, t.ratio_max) if t.ratio_min < t.ratio_max else t.ratio_min
+    return {"temperature": temperature, "ratio": ratio}
 
 
 def _trial(params: dict[str, float], base: dict, model_path: str) -> None:
@@ -173,6 +176,7 @@ def run_tune(cfg: PipelineConfig) -> dict[str, Any]:
     from syneg_ray.registry import resolve_model
     from syneg_ray.runtime import init_ray, stage_dir
 
+    require_dev_scores(cfg)
     given = cfg  # config.yaml and best.yaml keep the user's config, paths as the user wrote them
     out = stage_dir(given, "tune").resolve()
     cfg = with_absolute_paths(cfg)  # Tune runs every trial in a working directory of its own
@@ -194,6 +198,15 @@ def run_tune(cfg: PipelineConfig) -> dict[str, Any]:
     logger.info("tune: %d trials; best tau %.4f, R %.2f: dev nDCG@10 %.4f -> %s", len(rows), best["temperature"],
                 best["ratio"], best[METRIC], out)
     return {"best": best, "trials": len(rows)}
+
+
+def require_dev_scores(cfg: PipelineConfig) -> None:
+    """Trials are ranked by dev nDCG@10: without a dev split every trial would end unscored, after all of them ran."""
+    if not cfg.train.dev_eval:
+        raise ConfigError("tune ranks trials by dev nDCG@10, which train.dev_eval = false turns off; set train.dev_eval=true")
+    if cfg.data.dev_fraction <= 0:
+        raise ConfigError("tune ranks trials by dev nDCG@10 and data.dev_fraction = 0 leaves no dev queries; "
+                          "set data.dev_fraction (0.1 carves a tenth of the train queries)")
 
 
 def _ensure_inputs(cfg: PipelineConfig, run_dir: Path) -> None:

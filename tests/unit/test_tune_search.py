@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from syneg_ray.config import load_config
 from syneg_ray.tune import METRIC, param_space, search_alg
 
@@ -43,3 +45,43 @@ def test_optuna_searcher_is_seeded_and_limited(tmp_path: Path) -> None:
 
     assert first_point(3) == first_point(3)
     assert first_point(3) != first_point(4)
+
+
+def test_a_range_of_one_value_holds_that_axis() -> None:
+    from syneg_ray.tune import grid
+
+    held_tau = load_config(None, ["tune.searcher=grid", "tune.grid_points=5", "tune.temperature_min=0.05", "tune.temperature_max=0.05"])
+    assert grid(held_tau) == ([0.05], [0.0, 0.25, 0.5, 0.75, 1.0])
+    held_ratio = load_config(None, ["tune.grid_points=3", "tune.ratio_min=0.7", "tune.ratio_max=0.7"])
+    assert grid(held_ratio) == ([0.005, 0.02236, 0.1], [0.7])
+    space = param_space(held_ratio)  # the random searcher: R is a constant, tau still a distribution
+    assert space["ratio"] == 0.7 and hasattr(space["temperature"], "sample")
+
+
+def test_random_searcher_with_tau_held_draws_only_ratios(tmp_path: Path) -> None:
+    points = random_points(["tune.temperature_min=0.05", "tune.temperature_max=0.05"], tmp_path)
+    assert {tau for tau, _ in points} == {0.05}
+    assert len({ratio for _, ratio in points}) == len(points)
+
+
+def test_optuna_searcher_takes_a_held_axis(tmp_path: Path) -> None:
+    from ray.tune.search import SearchGenerator
+
+    cfg = load_config(None, ["tune.searcher=optuna", "tune.ratio_min=0.5", "tune.ratio_max=0.5"])
+    searcher = search_alg(cfg)
+    assert searcher.set_search_properties(METRIC, "max", param_space(cfg))
+    generator = SearchGenerator(searcher)  # as Tune wraps it: the constant joins each suggested config
+    generator.add_configurations({"t": {"run": _noop, "config": param_space(cfg), "num_samples": 1, "storage_path": str(tmp_path)}})
+    config = generator.next_trial().config
+    assert config["ratio"] == 0.5 and 0.005 <= config["temperature"] <= 0.1
+
+
+def test_tune_without_dev_scores_is_refused_before_any_trial(tmp_path: Path) -> None:
+    from syneg_ray.errors import ConfigError
+    from syneg_ray.tune import run_tune
+
+    for overrides, named in ((["train.dev_eval=false"], "train.dev_eval"), (["data.dev_fraction=0"], "data.dev_fraction")):
+        cfg = load_config(None, [f"run.run_dir={tmp_path / 'run'}", *overrides])
+        with pytest.raises(ConfigError, match=named):
+            run_tune(cfg)
+    assert not (tmp_path / "run").exists()  # refused before the run directory or Ray were touched
