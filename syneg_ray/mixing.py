@@ -89,17 +89,19 @@ def plan_hybrid(n_syn: int, n_ret: int, ratio: float, n: int) -> tuple[int, int]
     Returns:
         (synthetic, retrieved); their sum is below n only when the pair has fewer than n in total.
     """
-    want = _hybrid_target(n_syn, n_ret, ratio, n)
+    want = hybrid_target(ratio, n, both_kinds=bool(n_syn and n_ret))
     syn = min(want, n_syn)
     ret = min(n - syn, n_ret)
     syn = min(n - ret, n_syn)  # top up synthetic when retrieved ran short
     return syn, ret
 
 
-def _hybrid_target(n_syn: int, n_ret: int, ratio: float, n: int) -> int:
+def hybrid_target(ratio: float, n: int, both_kinds: bool = True) -> int:
+    """Synthetic slots a hybrid instance asks for: floor(R * n + 0.5), and at least one of each kind
+    when 0 < R < 1 and the pair has both."""
     want = synthetic_slots(ratio, n)
-    if 0.0 < ratio < 1.0 and n_syn and n_ret and n > 1:
-        want = min(max(want, 1), n - 1)  # at least one of each when both exist
+    if 0.0 < ratio < 1.0 and both_kinds and n > 1:
+        want = min(max(want, 1), n - 1)
     return want
 
 
@@ -160,7 +162,7 @@ def _counts(strategy: MixStrategy, cfg: MixConfig, n_syn: int, n_ret: int, direc
     n = cfg.n_negatives
     if strategy is MixStrategy.HYBRID:
         syn, ret = plan_hybrid(n_syn, n_ret, cfg.ratio, n)
-        want = _hybrid_target(n_syn, n_ret, cfg.ratio, n)
+        want = hybrid_target(cfg.ratio, n, both_kinds=bool(n_syn and n_ret))
         if syn + ret == n:  # only kept instances count as borrowing
             stats.borrowed_synthetic += max(0, want - syn)
             stats.borrowed_retrieved += max(0, syn - want)

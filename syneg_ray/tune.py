@@ -24,8 +24,9 @@ from typing import Any
 import numpy as np
 
 from syneg_ray import schema
-from syneg_ray.config import PipelineConfig, from_dict, to_dict, to_yaml, with_absolute_paths
+from syneg_ray.config import MixStrategy, PipelineConfig, from_dict, to_dict, to_yaml, with_absolute_paths
 from syneg_ray.errors import ConfigError, TuneError
+from syneg_ray.mixing import hybrid_target
 
 logger = logging.getLogger(__name__)
 
@@ -53,11 +54,25 @@ def link_shared(base_run: Path, trial_run: Path) -> None:
 
 
 def grid(cfg: PipelineConfig) -> tuple[list[float], list[float]]:
-    """tau on a log grid and R on a linear grid, `tune.grid_points` each; an axis whose range is one value holds it."""
+    """tau on a log grid and R on a linear grid, `tune.grid_points` each; an axis whose range is one value holds it.
+
+    Hybrid mixing gives every instance floor(R * n + 0.5) synthetic negatives (at least one of each
+    kind when 0 < R < 1), so R values that come to the same count train identical models (R = 0.5
+    and 0.75 at n = 3 both give 2): the grid keeps the first R of each count and runs one trial for it.
+    """
     t, n = cfg.tune, cfg.tune.grid_points
     taus = np.geomspace(t.temperature_min, t.temperature_max, n if t.temperature_min < t.temperature_max else 1)
-    ratios = np.linspace(t.ratio_min, t.ratio_max, n if t.ratio_min < t.ratio_max else 1)
-    return taus.round(5).tolist(), ratios.round(3).tolist()
+    ratios = np.linspace(t.ratio_min, t.ratio_max, n if t.ratio_min < t.ratio_max else 1).round(3).tolist()
+    if cfg.mix.strategy is MixStrategy.HYBRID:
+        by_count: dict[int, float] = {}
+        for ratio in ratios:
+            count = hybrid_target(ratio, cfg.mix.n_negatives)
+            if count in by_count:
+                logger.info("tune grid: R %g trains as R %g (%d synthetic of %d negatives per instance); one trial for both",
+                            ratio, by_count[count], count, cfg.mix.n_negatives)  # fmt: skip
+            by_count.setdefault(count, ratio)
+        ratios = list(by_count.values())
+    return taus.round(5).tolist(), ratios
 
 
 def param_space(cfg: PipelineConfig) -> dict[str, Any]:

@@ -85,3 +85,17 @@ def test_tune_without_dev_scores_is_refused_before_any_trial(tmp_path: Path) -> 
         with pytest.raises(ConfigError, match=named):
             run_tune(cfg)
     assert not (tmp_path / "run").exists()  # refused before the run directory or Ray were touched
+
+
+def test_hybrid_grid_runs_one_trial_per_synthetic_count() -> None:
+    from syneg_ray.tune import grid
+
+    def ratios(*overrides: str) -> list[float]:
+        return grid(load_config(None, ["tune.searcher=grid", "tune.grid_points=5", *overrides]))[1]
+
+    # n = 3: R 0.5 and 0.75 both give 2 synthetic negatives an instance
+    assert ratios("mix.n_negatives=3") == [0.0, 0.25, 0.5, 1.0]
+    assert ratios("mix.n_negatives=4") == [0.0, 0.25, 0.5, 0.75, 1.0]  # every R its own count
+    assert ratios("mix.n_negatives=3", "mix.strategy=direct") == [0.0, 0.25, 0.5, 0.75, 1.0]  # R is a share of instances
+    # at least one of each kind when 0 < R < 1: R 0.1 at n = 3 asks for 1, as R 0.25 does
+    assert ratios("mix.n_negatives=3", "tune.ratio_min=0.1", "tune.ratio_max=0.3") == [0.1]
