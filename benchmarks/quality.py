@@ -14,10 +14,11 @@ epochs, batch, n negatives) and differs only in its negatives; each is scored on
 Rows: base (zero-shot), random, bm25, dense (retrieved-only), synthetic (synthetic-only), direct
 (R = 0.7), hybrid (R = 0.7), hybrid-guard (R = 0.7 after the false-negative guard dropped the
 synthetic negatives the base model scores above their positive: `mix.guard_synthetic`) and, given
-`--best-ratio`, `--tune-best` or `--tune`, hybrid at Tune's R. `--tune` runs Ray Tune over R first
-(a grid from 0 to 1 at the rows' tau, ranked by dev nDCG@10 on queries carved from train):
+`--best-ratio`, `--tune-best` or `--tune hybrid`, hybrid at Tune's R. `--tune` runs Ray Tune over
+a row's R first (a grid from 0 to 1 at the rows' tau, ranked by dev nDCG@10 on queries carved
+from train) and adds that row at its best R:
 
-    .venv/bin/python benchmarks/quality.py --data-dir ../shared/datasets --out runs/quality --tune --seeds 0 1 2 --no-probes
+    .venv/bin/python benchmarks/quality.py --data-dir ../shared/datasets --out runs/quality --tune hybrid hybrid-guard --seeds 0 1 2 --no-probes
 
 Everything is resumable: a row and seed is done when its `result.json` exists with the same
 config fingerprint, the LLM negatives are written pair by pair, and mining is marked complete.
@@ -27,7 +28,8 @@ So the table can be built over several runs, and a rerun of a finished table onl
     <out>/mine-dense/, mine-bm25/
                              retrieved negatives of the base model and of BM25 for the same pairs
     <out>/rows/<row>/seed<s>/  mix, train and evaluate of one row; result.json when done
-    <out>/tune/tune/         Tune's trials.csv, heatmap.png and best.yaml (--tune)
+    <out>/tune/tune/, <out>/tune-hybrid-guard/tune/
+                             Tune's trials.csv, heatmap.png and best.yaml (--tune)
     <out>/probes.json        the false-negative-guard share and the source-identifiability AUC
     <out>/table.md, quality.png
 """
@@ -86,9 +88,14 @@ ROWS = (
 )
 
 
-def best_ratio_row(ratio: float) -> Row:
-    return Row(f"hybrid-R{ratio:g}", f"hybrid, R = {ratio:g} (Tune's best)", ("mix.strategy=hybrid", f"mix.ratio={ratio}"),
-               mined="dense", synthetic=True)  # fmt: skip
+TUNABLE = {r.name: r for r in ROWS if r.name.startswith("hybrid")}  # rows whose R Tune can choose (--tune)
+
+
+def at_ratio(row: Row, ratio: float) -> Row:
+    """`row` at another R: Tune's best (`--tune`, `--best-ratio`, `--tune-best`)."""
+    overrides = tuple(o for o in row.overrides if not o.startswith("mix.ratio=")) + (f"mix.ratio={ratio}",)
+    label = row.label.replace("R = 0.7", f"R = {ratio:g} (Tune's best)")
+    return replace(row, name=f"{row.name}-R{ratio:g}", label=label, overrides=overrides)
 
 
 # --------------------------------------------------------------------------- configs and markers
@@ -223,23 +230,25 @@ def command(args: argparse.Namespace, row: Row, seed: int) -> str:
         parts.insert(1, f"--data-dir {args.data_dir}")
     if row.name.startswith("hybrid-R"):
         parts.append(f"--best-ratio {row.name.removeprefix('hybrid-R')}")
+    elif "-R" in row.name:  # a tuned row other than plain hybrid: Tune's record (or Tune itself) gives its R
+        parts.append(f"--tune {row.name.rsplit('-R', 1)[0]}")
     return " ".join(parts + list(args.overrides))
 
 
 # --------------------------------------------------------------------------- Tune's R
 
 
-def tune_ratio(args: argparse.Namespace) -> float:
-    """Ray Tune over R at the rows' tau, on their pairs, LLM negatives and dense negatives; returns the best R.
+def tune_ratio(args: argparse.Namespace, row: Row) -> float:
+    """Ray Tune over `row`'s R at the rows' tau, on their pairs, LLM negatives and dense negatives; returns the best R.
 
     A grid (`--tune-points` values of R from 0 to 1) with every trial trained to the end, so the
     curve over R is whole; trials are ranked by dev nDCG@10 (queries carved from train, never test).
     """
     from syneg_ray.tune import run_tune
 
-    run_dir = args.out / "tune"
+    run_dir = args.out / "tune" if row.name == "hybrid" else args.out / f"tune-{row.name}"
     tau = config_for(args, run_dir).train.temperature
-    cfg = config_for(args, run_dir, ("mix.strategy=hybrid", f"tune.temperature_min={tau}", f"tune.temperature_max={tau}",
+    cfg = config_for(args, run_dir, (*row.overrides, f"tune.temperature_min={tau}", f"tune.temperature_max={tau}",
                                      "tune.searcher=grid", f"tune.grid_points={args.tune_points}", "tune.asha=false",
                                      "train.dev_eval=true"))  # fmt: skip
     key = fingerprint(cfg, ("data", "encoder", "synthesize", "mine", "mix", "train", "tune"))
@@ -252,7 +261,7 @@ def tune_ratio(args: argparse.Namespace) -> float:
         summary = run_tune(cfg)
         record = {"fingerprint": key, "best": summary["best"], "trials": summary["trials"]}
         write_record(marker, record)
-    logger.info("tune: best R %s at tau %s (dev nDCG@10 %.4f); trials in %s", record["best"]["ratio"], tau,
+    logger.info("tune %s: best R %s at tau %s (dev nDCG@10 %.4f); trials in %s", row.name, record["best"]["ratio"], tau,
                 record["best"]["dev_ndcg@10"], run_dir / "tune" / "trials.csv")  # fmt: skip
     return float(record["best"]["ratio"])
 
@@ -407,8 +416,9 @@ def main() -> None:
     parser.add_argument("--seeds", nargs="*", type=int, default=[0])
     parser.add_argument("--best-ratio", type=float, help="adds a hybrid row at this R (Tune's best)")
     parser.add_argument("--tune-best", type=Path, help="adds a hybrid row at mix.ratio of a Tune best.yaml")
-    parser.add_argument("--tune", action="store_true", help="runs Ray Tune over R at the rows' tau first (<out>/tune) and adds "
-                        "a hybrid row at its best R")  # fmt: skip
+    parser.add_argument("--tune", nargs="+", choices=sorted(TUNABLE), default=[],
+                        help="runs Ray Tune over these rows' R at the rows' tau first (<out>/tune, <out>/tune-<row>) "
+                             "and adds each row at its best R")  # fmt: skip
     parser.add_argument("--tune-points", type=int, default=5, help="values of R on Tune's grid, 0 to 1 (default 5)")
     parser.add_argument("--synthesize-only", action="store_true",
                         help="write the LLM's negatives and exit (run it with the Python that has the engine, e.g. vllm)")
@@ -421,10 +431,10 @@ def main() -> None:
     ratio = args.best_ratio
     if args.tune_best:
         ratio = load_config(args.tune_best).mix.ratio
-    if args.tune and not args.table_only:
-        ratio = tune_ratio(args)
     if ratio is not None:
-        rows.append(best_ratio_row(ratio))
+        rows.append(at_ratio(TUNABLE["hybrid"], ratio))
+    if not args.table_only:
+        rows += [at_ratio(TUNABLE[name], tune_ratio(args, TUNABLE[name])) for name in args.tune if name != "hybrid" or ratio is None]
     order = [r.name for r in rows]
     if args.synthesize_only:
         logger.info("synthesis: %s", ensure_synthetic(args))
@@ -435,7 +445,7 @@ def main() -> None:
         if unknown:
             parser.error(f"unknown rows {sorted(unknown)}; choose from {order}")
         for row in chosen:
-            for seed in args.seeds:
+            for seed in args.seeds if row.trains else args.seeds[:1]:  # the base model's score has no seed
                 run_row(args, row, seed)
         if not args.no_probes and any(r.synthetic for r in chosen):
             logger.info("probes: %s", {k: v for k, v in run_probes(args).items() if k != "fingerprint"})

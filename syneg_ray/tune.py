@@ -259,7 +259,8 @@ def write_trials(rows: list[dict[str, Any]], path: Path) -> None:
 
 
 def plot_heatmap(rows: list[dict[str, Any]], path: Path) -> Path:
-    """dev nDCG@10 over (tau, R): a cell grid when the trials form one, else points coloured by score."""
+    """dev nDCG@10 over (tau, R): a cell grid when the trials form one, a curve when one axis was held,
+    else points coloured by score."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -268,24 +269,36 @@ def plot_heatmap(rows: list[dict[str, Any]], path: Path) -> Path:
     taus = sorted({r["temperature"] for r in rows})
     ratios = sorted({r["ratio"] for r in rows})
     fig, ax = plt.subplots(figsize=(6, 4.5))
-    if len(taus) * len(ratios) == len(rows):
-        cells = np.full((len(ratios), len(taus)), np.nan)
-        for r in rows:
-            cells[ratios.index(r["ratio"]), taus.index(r["temperature"])] = r[METRIC]
-        image = ax.imshow(cells, origin="lower", cmap="viridis", aspect="auto")
-        ax.set_xticks(range(len(taus)), [f"{t:g}" for t in taus])
-        ax.set_yticks(range(len(ratios)), [f"{x:g}" for x in ratios])
-        for (i, j), value in np.ndenumerate(cells):
-            if not np.isnan(value):
-                ax.text(j, i, f"{value:.3f}", ha="center", va="center", color="white", fontsize=8)
+    if len(taus) == 1 or len(ratios) == 1:  # one axis held: a curve over the other reads better than one row of cells
+        axis, held, held_name = ("ratio", taus[0], "tau") if len(taus) == 1 else ("temperature", ratios[0], "R")
+        scored = sorted((r[axis], r[METRIC]) for r in rows if not math.isnan(r[METRIC]))
+        ax.plot([x for x, _ in scored], [y for _, y in scored], marker="o")
+        ax.margins(y=0.15)  # room for the labels above the points
+        for x, y in scored:
+            ax.annotate(f"{y:.3f}", (x, y), textcoords="offset points", xytext=(0, 6), ha="center", fontsize=8)
+        ax.set_xlabel("synthetic ratio R" if axis == "ratio" else "temperature tau")
+        ax.set_xscale("linear" if axis == "ratio" else "log")
+        ax.set_ylabel("dev nDCG@10")
+        ax.set_title(f"Ray Tune: dev nDCG@10 over {'R' if axis == 'ratio' else 'tau'} ({held_name} {held:g})")
     else:
-        image = ax.scatter([r["temperature"] for r in rows], [r["ratio"] for r in rows], c=[r[METRIC] for r in rows],
-                           cmap="viridis", s=120, edgecolors="black")  # fmt: skip
-        ax.set_xscale("log")
-    fig.colorbar(image, ax=ax, label="dev nDCG@10")
-    ax.set_xlabel("temperature tau")
-    ax.set_ylabel("synthetic ratio R")
-    ax.set_title("Ray Tune: dev nDCG@10 over (tau, R)")
+        if len(taus) * len(ratios) == len(rows):
+            cells = np.full((len(ratios), len(taus)), np.nan)
+            for r in rows:
+                cells[ratios.index(r["ratio"]), taus.index(r["temperature"])] = r[METRIC]
+            image = ax.imshow(cells, origin="lower", cmap="viridis", aspect="auto")
+            ax.set_xticks(range(len(taus)), [f"{t:g}" for t in taus])
+            ax.set_yticks(range(len(ratios)), [f"{x:g}" for x in ratios])
+            for (i, j), value in np.ndenumerate(cells):
+                if not np.isnan(value):
+                    ax.text(j, i, f"{value:.3f}", ha="center", va="center", color="white", fontsize=8)
+        else:
+            image = ax.scatter([r["temperature"] for r in rows], [r["ratio"] for r in rows], c=[r[METRIC] for r in rows],
+                               cmap="viridis", s=120, edgecolors="black")  # fmt: skip
+            ax.set_xscale("log")
+        fig.colorbar(image, ax=ax, label="dev nDCG@10")
+        ax.set_xlabel("temperature tau")
+        ax.set_ylabel("synthetic ratio R")
+        ax.set_title("Ray Tune: dev nDCG@10 over (tau, R)")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
