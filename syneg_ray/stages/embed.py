@@ -11,6 +11,7 @@ documents never has to fit in the driver's memory twice. Embeddings are cached u
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import logging
 import os
@@ -182,8 +183,13 @@ def encode_with_ray(cfg: PipelineConfig, model_path: str, texts: list[str], prom
     cpus = cpus_per_actor(e)
     if not texts:  # no batch will arrive to tell the width
         return np.zeros((0, embedding_dimension(local_encoder(cfg, model_path))), dtype=np.float32)
-    ds = ray.data.from_arrow(pa.table({"row": np.arange(len(texts), dtype=np.int64), "text": texts}))
-    ds = ds.repartition(max(e.actors * 4, len(texts) // 4096 + 1))  # enough blocks to keep every actor busy
+    table = pa.table({"row": np.arange(len(texts), dtype=np.int64), "text": texts})
+    blocks = max(e.actors * 4, len(texts) // 4096 + 1)  # enough blocks to keep every actor busy
+    bounds = np.linspace(0, len(texts), min(blocks, len(texts)) + 1).astype(int)
+    # The driver cuts the blocks itself: a repartition task would need a CPU beside the actors, which
+    # a node whose CPUs the actors fill (a Tune trial holds a share too) never frees, and Ray Data
+    # starts the actors first, so that task would wait forever.
+    ds = ray.data.from_arrow([table.slice(int(a), int(b - a)) for a, b in itertools.pairwise(bounds)])
     ds = ds.map_batches(
         EncodeUDF,
         fn_constructor_kwargs={

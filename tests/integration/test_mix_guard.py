@@ -40,3 +40,32 @@ def test_guard_drops_synthetic_negatives_that_restate_the_positive(ray_local, ti
     assert stats["instances"] == len(pairs) and all(r["negatives"][0].startswith(UNRELATED) for r in instances)
     assert json.loads((Path(cfg.run.run_dir) / "mix" / "stats.json").read_text())["synthetic_guarded_out"] == len(pairs)
     assert not list((Path(cfg.run.run_dir) / "mix").glob("*.npy"))  # the guard's embeddings are not left behind
+
+
+def test_encoder_actors_finish_when_they_fill_every_free_cpu(ray_local, tiny_cfg) -> None:
+    """A Tune trial running the guard holds a share of the CPUs, so the encoder actors can fill what
+    is left. Nothing else Ray Data runs may then need a CPU of its own: a repartition task did, and
+    waited forever behind the actors."""
+    import threading
+
+    from ray.util.placement_group import placement_group, remove_placement_group
+
+    from syneg_ray.registry import resolve_model
+    from syneg_ray.stages.embed import encode_with_ray
+
+    cfg = dataclasses.replace(tiny_cfg, encoder=dataclasses.replace(tiny_cfg.encoder, actors=1, cpus_per_actor=1.0))
+    free = ray_local.available_resources()["CPU"]
+    held = placement_group([{"CPU": free - 1.0}])  # leaves the actor's one CPU and nothing more
+    ray_local.get(held.ready())
+    texts = [f"{UNRELATED} ({i})" for i in range(40)]
+    result: dict = {}
+    target = Path(cfg.run.run_dir) / "held.npy"
+    worker = threading.Thread(target=lambda: result.setdefault(
+        "embeddings", encode_with_ray(cfg, resolve_model(cfg.encoder.model, cfg.run.cache_dir), texts, "", target)), daemon=True)
+    try:
+        worker.start()
+        worker.join(timeout=180)
+        assert not worker.is_alive(), "encoding did not finish with every free CPU held by the encoder actor"
+    finally:
+        remove_placement_group(held)
+    assert result["embeddings"].shape[0] == len(texts)
