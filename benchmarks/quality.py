@@ -266,6 +266,26 @@ def tune_ratio(args: argparse.Namespace, row: Row) -> float:
     return float(record["best"]["ratio"])
 
 
+def base_dev_score(args: argparse.Namespace) -> float:
+    """The base model's dev nDCG@10, measured as Tune's trials measure theirs: Tune's zero line."""
+    from syneg_ray.model import load_model
+    from syneg_ray.registry import resolve_model
+    from syneg_ray.train.devset import dev_metrics, load_devset
+    from syneg_ray.train.local import dev_options
+
+    cfg = config_for(args, args.out / "tune", ("train.dev_eval=true",))
+    key = fingerprint(cfg, ("data", "encoder", "train"))
+    path = args.out / "tune" / "base-dev.json"
+    if (record := done(path, key)) is None:
+        link(args.out / "shared" / "pairs", args.out / "tune" / "pairs")
+        dev = load_devset(cfg)
+        model = load_model(resolve_model(cfg.train.model or cfg.encoder.model, cfg.run.cache_dir or None))
+        record = {"fingerprint": key, "queries": len(dev.query_ids), "documents": len(dev.doc_ids),
+                  **dev_metrics(model, dev, dev_options(cfg))}  # fmt: skip
+        write_record(path, record)
+    return float(record["ndcg@10"])
+
+
 # --------------------------------------------------------------------------- probes
 
 
@@ -378,6 +398,7 @@ def write_table(out: Path, order: list[str]) -> str:
     table = "\n".join(lines)
     (out / "table.md").write_text(table + "\n", encoding="utf-8")
     plot(results, [n for n in names if all("test" in r for r in results[n])], out / "quality.png")
+    plot_tune_curves(out, out / "tune-curves.png")
     return table
 
 
@@ -399,6 +420,35 @@ def plot(results: dict[str, list[dict]], names: list[str], path: Path) -> None:
     for i, (m, s) in enumerate(zip(means, spread, strict=True)):
         ax.text(m + s + 0.001, i, f"{m:.4f}", va="center", fontsize=8)  # right of the error bar
     ax.set_xlabel("SciFact test nDCG@10 (all-MiniLM-L6-v2 fine-tuned)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_tune_curves(out: Path, path: Path) -> None:
+    """Dev nDCG@10 over R of every tuned row (`--tune`), one curve each, when any Tune has run."""
+    import csv
+
+    runs = {name: out / ("tune" if name == "hybrid" else f"tune-{name}") / "tune" / "trials.csv" for name in TUNABLE}
+    runs = {name: csv_path for name, csv_path in runs.items() if csv_path.is_file()}
+    if not runs:
+        return
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    if (base := read_json(out / "tune" / "base-dev.json")) is not None:
+        ax.axhline(base["ndcg@10"], color="#999999", linestyle="--", label=f"base model, zero-shot ({base['ndcg@10']:.3f})")
+    for name, csv_path in runs.items():
+        with csv_path.open(encoding="utf-8") as handle:
+            points = sorted((float(r["ratio"]), float(r["dev_ndcg@10"])) for r in csv.DictReader(handle) if r["dev_ndcg@10"] != "nan")
+        ax.plot([x for x, _ in points], [y for _, y in points], marker="o", label=TUNABLE[name].label.replace(", R = 0.7", ""))
+    ax.set_xlabel("synthetic ratio R")
+    ax.set_ylabel("dev nDCG@10 (queries carved from train)")
+    ax.set_title("Ray Tune over R, tau held (SciFact, all-MiniLM-L6-v2)")
+    ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -435,6 +485,8 @@ def main() -> None:
         rows.append(at_ratio(TUNABLE["hybrid"], ratio))
     if not args.table_only:
         rows += [at_ratio(TUNABLE[name], tune_ratio(args, TUNABLE[name])) for name in args.tune if name != "hybrid" or ratio is None]
+        if args.tune:
+            logger.info("base model, dev nDCG@10 as Tune scores its trials: %.4f", base_dev_score(args))
     order = [r.name for r in rows]
     if args.synthesize_only:
         logger.info("synthesis: %s", ensure_synthetic(args))
