@@ -238,6 +238,11 @@ def command(args: argparse.Namespace, row: Row, seed: int) -> str:
 # --------------------------------------------------------------------------- Tune's R
 
 
+def tune_dir(out: Path, row_name: str) -> Path:
+    """The run directory of Tune over `row_name`'s R (plain hybrid's came first and kept the short name)."""
+    return out / "tune" if row_name == "hybrid" else out / f"tune-{row_name}"
+
+
 def tune_ratio(args: argparse.Namespace, row: Row) -> float:
     """Ray Tune over `row`'s R at the rows' tau, on their pairs, LLM negatives and dense negatives; returns the best R.
 
@@ -246,7 +251,7 @@ def tune_ratio(args: argparse.Namespace, row: Row) -> float:
     """
     from syneg_ray.tune import run_tune
 
-    run_dir = args.out / "tune" if row.name == "hybrid" else args.out / f"tune-{row.name}"
+    run_dir = tune_dir(args.out, row.name)
     tau = config_for(args, run_dir).train.temperature
     cfg = config_for(args, run_dir, (*row.overrides, f"tune.temperature_min={tau}", f"tune.temperature_max={tau}",
                                      "tune.searcher=grid", f"tune.grid_points={args.tune_points}", "tune.asha=false",
@@ -429,7 +434,7 @@ def plot_tune_curves(out: Path, path: Path) -> None:
     """Dev nDCG@10 over R of every tuned row (`--tune`), one curve each, when any Tune has run."""
     import csv
 
-    runs = {name: out / ("tune" if name == "hybrid" else f"tune-{name}") / "tune" / "trials.csv" for name in TUNABLE}
+    runs = {name: tune_dir(out, name) / "tune" / "trials.csv" for name in TUNABLE}
     runs = {name: csv_path for name, csv_path in runs.items() if csv_path.is_file()}
     if not runs:
         return
@@ -483,14 +488,14 @@ def main() -> None:
         ratio = load_config(args.tune_best).mix.ratio
     if ratio is not None:
         rows.append(at_ratio(TUNABLE["hybrid"], ratio))
+    if args.synthesize_only:
+        logger.info("synthesis: %s", ensure_synthetic(args))
+        return
     if not args.table_only:
         rows += [at_ratio(TUNABLE[name], tune_ratio(args, TUNABLE[name])) for name in args.tune if name != "hybrid" or ratio is None]
         if args.tune:
             logger.info("base model, dev nDCG@10 as Tune scores its trials: %.4f", base_dev_score(args))
     order = [r.name for r in rows]
-    if args.synthesize_only:
-        logger.info("synthesis: %s", ensure_synthetic(args))
-        return
     if not args.table_only:
         chosen = [r for r in rows if not args.rows or r.name in args.rows]
         unknown = set(args.rows or ()) - set(order)
