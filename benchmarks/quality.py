@@ -272,21 +272,17 @@ def tune_ratio(args: argparse.Namespace, row: Row) -> float:
 
 
 def base_dev_score(args: argparse.Namespace) -> float:
-    """The base model's dev nDCG@10, measured as Tune's trials measure theirs: Tune's zero line."""
-    from syneg_ray.model import load_model
+    """The base model's dev nDCG@10, scored as Tune's trials are: Tune's zero line (`syneg tune` also
+    writes it per run; this one is the rows' shared reference)."""
     from syneg_ray.registry import resolve_model
-    from syneg_ray.train.devset import dev_metrics, load_devset
-    from syneg_ray.train.local import dev_options
+    from syneg_ray.tune import base_dev_score as score
 
     cfg = config_for(args, args.out / "tune", ("train.dev_eval=true",))
     key = fingerprint(cfg, ("data", "encoder", "train"))
     path = args.out / "tune" / "base-dev.json"
     if (record := done(path, key)) is None:
         link(args.out / "shared" / "pairs", args.out / "tune" / "pairs")
-        dev = load_devset(cfg)
-        model = load_model(resolve_model(cfg.train.model or cfg.encoder.model, cfg.run.cache_dir or None))
-        record = {"fingerprint": key, "queries": len(dev.query_ids), "documents": len(dev.doc_ids),
-                  **dev_metrics(model, dev, dev_options(cfg))}  # fmt: skip
+        record = {"fingerprint": key, "ndcg@10": score(cfg, resolve_model(cfg.train.model or cfg.encoder.model, cfg.run.cache_dir or None))}
         write_record(path, record)
     return float(record["ndcg@10"])
 

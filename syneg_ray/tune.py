@@ -8,12 +8,14 @@ instead of recomputing them. The dev split is carved from train queries; test is
     run_dir/tune/trials/<trial_id>/   one run directory per trial (its mix, train, curves)
     run_dir/tune/trials.csv           every trial: tau, R, epochs run, dev nDCG@10
     run_dir/tune/best.yaml            the full pipeline config with the best tau and R
-    run_dir/tune/heatmap.png          dev nDCG@10 over (tau, R)
+    run_dir/tune/heatmap.png          dev nDCG@10 over (tau, R), against the untrained model's
+    run_dir/tune/base.json            the untrained model's dev nDCG@10, scored as the trials are
 """
 
 from __future__ import annotations
 
 import csv
+import json
 import logging
 import math
 import os
@@ -185,7 +187,7 @@ def run_tune(cfg: PipelineConfig) -> dict[str, Any]:
     as they are (run `syneg synthesize` again first to finish a partial synthesis).
 
     Returns:
-        {"best": {"temperature", "ratio", METRIC}, "trials": n}
+        {"best": {"temperature", "ratio", METRIC}, "trials": n, "base": the untrained model's dev nDCG@10}
     """
     from syneg_ray.dataset import ensure_pairs
     from syneg_ray.registry import resolve_model
@@ -209,10 +211,24 @@ def run_tune(cfg: PipelineConfig) -> dict[str, Any]:
     best = max(scored, key=lambda r: r[METRIC])
     best_config = trial_config(given, best["temperature"], best["ratio"], Path(given.run.run_dir))
     (out / "best.yaml").write_text(to_yaml(best_config), encoding="utf-8")
-    plot_heatmap(rows, out / "heatmap.png")
-    logger.info("tune: %d trials; best tau %.4f, R %.2f: dev nDCG@10 %.4f -> %s", len(rows), best["temperature"],
-                best["ratio"], best[METRIC], out)
-    return {"best": best, "trials": len(rows)}
+    base = base_dev_score(cfg, model_path)
+    (out / "base.json").write_text(json.dumps({METRIC: base}) + "\n", encoding="utf-8")
+    plot_heatmap(rows, out / "heatmap.png", base)
+    logger.info("tune: %d trials; best tau %.4f, R %.2f: dev nDCG@10 %.4f (untrained model %.4f) -> %s", len(rows),
+                best["temperature"], best["ratio"], best[METRIC], base, out)  # fmt: skip
+    return {"best": best, "trials": len(rows), "base": base}
+
+
+def base_dev_score(cfg: PipelineConfig, model_path: str) -> float:
+    """The untrained model's dev nDCG@10, scored as the trials score theirs: the line a trial has to clear."""
+    from syneg_ray.model import load_model
+    from syneg_ray.train.devset import dev_metrics, load_devset
+    from syneg_ray.train.local import dev_options
+
+    dev = load_devset(cfg)
+    if dev is None:  # require_dev_scores saw a dev split; a run whose dev queries all lost their documents has none
+        return float("nan")
+    return float(dev_metrics(load_model(model_path), dev, dev_options(cfg))["ndcg@10"])
 
 
 def require_dev_scores(cfg: PipelineConfig) -> None:
@@ -258,9 +274,9 @@ def write_trials(rows: list[dict[str, Any]], path: Path) -> None:
         writer.writerows(rows)
 
 
-def plot_heatmap(rows: list[dict[str, Any]], path: Path) -> Path:
+def plot_heatmap(rows: list[dict[str, Any]], path: Path, base: float = float("nan")) -> Path:
     """dev nDCG@10 over (tau, R): a cell grid when the trials form one, a curve when one axis was held,
-    else points coloured by score."""
+    else points coloured by score; `base` (the untrained model's score) is drawn or named."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -272,7 +288,10 @@ def plot_heatmap(rows: list[dict[str, Any]], path: Path) -> Path:
     if len(taus) == 1 or len(ratios) == 1:  # one axis held: a curve over the other reads better than one row of cells
         axis, held, held_name = ("ratio", taus[0], "tau") if len(taus) == 1 else ("temperature", ratios[0], "R")
         scored = sorted((r[axis], r[METRIC]) for r in rows if not math.isnan(r[METRIC]))
-        ax.plot([x for x, _ in scored], [y for _, y in scored], marker="o")
+        ax.plot([x for x, _ in scored], [y for _, y in scored], marker="o", label="trials")
+        if not math.isnan(base):
+            ax.axhline(base, color="#999999", linestyle="--", label=f"untrained model ({base:.3f})")
+        ax.legend(fontsize=8)
         ax.margins(y=0.15)  # room for the labels above the points
         for x, y in scored:
             ax.annotate(f"{y:.3f}", (x, y), textcoords="offset points", xytext=(0, 6), ha="center", fontsize=8)
@@ -298,7 +317,7 @@ def plot_heatmap(rows: list[dict[str, Any]], path: Path) -> Path:
         fig.colorbar(image, ax=ax, label="dev nDCG@10")
         ax.set_xlabel("temperature tau")
         ax.set_ylabel("synthetic ratio R")
-        ax.set_title("Ray Tune: dev nDCG@10 over (tau, R)")
+        ax.set_title("Ray Tune: dev nDCG@10 over (tau, R)" + ("" if math.isnan(base) else f"; untrained model {base:.3f}"))
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

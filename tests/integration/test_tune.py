@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 from dataclasses import replace
 from pathlib import Path
 
@@ -56,6 +57,9 @@ def test_four_trials_write_table_best_config_and_heatmap(ray_local, tmp_path: Pa
     assert (best.train.temperature, best.mix.ratio) == (summary["best"]["temperature"], summary["best"]["ratio"])
     assert replace(best, train=cfg.train, mix=cfg.mix) == cfg  # only tau and R differ from the base config
     assert (out / "heatmap.png").stat().st_size > 10_000
+    # the untrained model, scored on the same dev split as the trials: the line a trial has to clear
+    assert 0.0 < summary["base"] <= 1.0
+    assert json.loads((out / "base.json").read_text()) == {"dev_ndcg@10": summary["base"]}
     # every trial linked the shared negatives instead of copying or recomputing them
     trial_dirs = list((out / "trials").iterdir())
     assert len(trial_dirs) == 4 and all((d / "mine").is_symlink() and (d / "synthesize").is_symlink() for d in trial_dirs)
