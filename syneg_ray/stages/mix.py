@@ -11,6 +11,7 @@ Output: mix/instances.parquet (schema.Instance rows) and mix/stats.json.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import time
@@ -133,28 +134,26 @@ def guard_synthetic(cfg: PipelineConfig, pairs: list[dict], synthetic: dict[mixi
 
     The base encoder (`encoder.model`) scores each negative against its query, as the miner scores a
     retrieved candidate; a negative above the positive's score less `mine.relative_margin` is dropped.
-    Documents are encoded on the encoder actors, queries in the driver (as in mining).
+    Documents are encoded on the encoder actors, queries in the driver (as in mining). The flags
+    are cached (`<cache>/guard/`) by the texts, the encoder and the margin.
     """
     from syneg_ray.config import default_cache_dir
     from syneg_ray.registry import resolve_model
-    from syneg_ray.stages.embed import embed_queries, encode_with_ray
 
     guarded = [p for p in pairs if (p["query_id"], p["positive_id"]) in synthetic]
     if not guarded:
         return synthetic, 0
     negatives = [synthetic[(p["query_id"], p["positive_id"])].texts for p in guarded]
-    k = max(len(n) for n in negatives)
-    documents = [p["positive"] for p in guarded] + [t for n in negatives for t in n]
     model_path = resolve_model(cfg.encoder.model, default_cache_dir(cfg))
-    doc_emb = np.asarray(encode_with_ray(cfg, model_path, documents, cfg.encoder.document_prompt, folder / "guard-documents.npy"))
-    (folder / "guard-documents.npy").unlink()  # scores are all it was for
-    query_emb = embed_queries(cfg, [p["query"] for p in guarded])
-    neg_emb = np.full((len(guarded), k, doc_emb.shape[1]), np.nan, dtype=np.float32)  # nan pads pairs with fewer than k
-    row = len(guarded)
-    for i, texts in enumerate(negatives):
-        neg_emb[i, : len(texts)] = doc_emb[row : row + len(texts)]
-        row += len(texts)
-    flags = probes.guard_flags(query_emb, doc_emb[: len(guarded)], neg_emb, cfg.mine.relative_margin)
+    # The flags depend on the texts, the encoder and the margin only, not on R, tau or the seed:
+    # cached, so Tune's trials and reruns with another R score the negatives once.
+    cached = _guard_cache_path(cfg, model_path, guarded, negatives)
+    if cached.is_file():
+        flags = np.array(json.loads(cached.read_text(encoding="utf-8")), dtype=bool)
+    else:
+        flags = _guard_flags(cfg, model_path, guarded, negatives, folder)
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(cached, json.dumps(flags.tolist()))
     kept = dict(synthetic)
     for p, texts, flagged in zip(guarded, negatives, flags, strict=True):
         key = (p["query_id"], p["positive_id"])
@@ -164,6 +163,35 @@ def guard_synthetic(cfg: PipelineConfig, pairs: list[dict], synthetic: dict[mixi
         else:
             del kept[key]
     return kept, int(flags.sum())
+
+
+def _guard_cache_path(cfg: PipelineConfig, model_path: str, guarded: list[dict], negatives: list[tuple[str, ...]]) -> Path:
+    from syneg_ray.config import default_cache_dir
+    from syneg_ray.stages.embed import backend_of, model_fingerprint
+
+    e = cfg.encoder
+    key = json.dumps([model_fingerprint(model_path), e.dtype.value, e.max_seq_length, e.query_prompt, e.document_prompt,
+                      backend_of(e, model_path).value, cfg.mine.relative_margin,
+                      [(p["query"], p["positive"], list(n)) for p, n in zip(guarded, negatives, strict=True)]])  # fmt: skip
+    return default_cache_dir(cfg) / "guard" / f"{hashlib.sha256(key.encode()).hexdigest()[:24]}.json"
+
+
+def _guard_flags(cfg: PipelineConfig, model_path: str, guarded: list[dict], negatives: list[tuple[str, ...]],
+                 folder: Path) -> np.ndarray:  # fmt: skip
+    """(pairs, k) True where a negative scores above its positive less the margin; documents on the encoder actors."""
+    from syneg_ray.stages.embed import embed_queries, encode_with_ray
+
+    k = max(len(n) for n in negatives)
+    documents = [p["positive"] for p in guarded] + [t for n in negatives for t in n]
+    doc_emb = np.asarray(encode_with_ray(cfg, model_path, documents, cfg.encoder.document_prompt, folder / "guard-documents.npy"))
+    (folder / "guard-documents.npy").unlink()  # scores are all it was for
+    query_emb = embed_queries(cfg, [p["query"] for p in guarded])
+    neg_emb = np.full((len(guarded), k, doc_emb.shape[1]), np.nan, dtype=np.float32)  # nan pads pairs with fewer than k
+    row = len(guarded)
+    for i, texts in enumerate(negatives):
+        neg_emb[i, : len(texts)] = doc_emb[row : row + len(texts)]
+        row += len(texts)
+    return probes.guard_flags(query_emb, doc_emb[: len(guarded)], neg_emb, cfg.mine.relative_margin)
 
 
 def run_mix(cfg: PipelineConfig) -> dict:

@@ -8,17 +8,19 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 
 from syneg_ray import schema
 from syneg_ray.config import MixConfig, MixStrategy
 from syneg_ray.dataset import ensure_pairs
+from syneg_ray.stages import embed
 from syneg_ray.stages.mix import run_mix
 from tests.stages.test_train_mix import write_inputs
 
 UNRELATED = "The recipe folds two cups of flour into softened butter before the dough rests overnight in a cold kitchen."
 
 
-def test_guard_drops_synthetic_negatives_that_restate_the_positive(ray_local, tiny_cfg) -> None:
+def test_guard_drops_synthetic_negatives_that_restate_the_positive(ray_local, tiny_cfg, monkeypatch) -> None:
     cfg = dataclasses.replace(tiny_cfg, mix=MixConfig(strategy=MixStrategy.SYNTHETIC, n_negatives=2, guard_synthetic=True),
                               encoder=dataclasses.replace(tiny_cfg.encoder, actors=1, cpus_per_actor=0.5))
     write_inputs(cfg, synthetic=False)
@@ -35,6 +37,8 @@ def test_guard_drops_synthetic_negatives_that_restate_the_positive(ray_local, ti
     assert stats["synthetic_guarded_out"] == len(pairs)  # every copy of a positive, and nothing else
     assert stats["dropped_short"] == len(pairs)  # synthetic-only with n=2: one negative left is too few
     guarded = dataclasses.replace(cfg, mix=dataclasses.replace(cfg.mix, n_negatives=1))
+    # another mix of the same negatives (as a Tune trial at another R is) reads the cached flags
+    monkeypatch.setattr(embed, "encode_with_ray", lambda *a, **k: pytest.fail("the guard encoded the same negatives again"))
     stats = run_mix(guarded)
     instances = pq.read_table(Path(cfg.run.run_dir) / schema.INSTANCES).to_pylist()
     assert stats["instances"] == len(pairs) and all(r["negatives"][0].startswith(UNRELATED) for r in instances)
