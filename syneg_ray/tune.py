@@ -275,8 +275,8 @@ def write_trials(rows: list[dict[str, Any]], path: Path) -> None:
 
 
 def plot_heatmap(rows: list[dict[str, Any]], path: Path, base: float = float("nan")) -> Path:
-    """dev nDCG@10 over (tau, R): a cell grid when the trials form one, a curve when one axis was held,
-    else points coloured by score; `base` (the untrained model's score) is drawn or named."""
+    """dev nDCG@10 over (tau, R): a curve when one axis was held, else cells or points coloured by
+    score; `base` (the untrained model's score) is drawn or named."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -286,39 +286,49 @@ def plot_heatmap(rows: list[dict[str, Any]], path: Path, base: float = float("na
     ratios = sorted({r["ratio"] for r in rows})
     fig, ax = plt.subplots(figsize=(6, 4.5))
     if len(taus) == 1 or len(ratios) == 1:  # one axis held: a curve over the other reads better than one row of cells
-        axis, held, held_name = ("ratio", taus[0], "tau") if len(taus) == 1 else ("temperature", ratios[0], "R")
-        scored = sorted((r[axis], r[METRIC]) for r in rows if not math.isnan(r[METRIC]))
-        ax.plot([x for x, _ in scored], [y for _, y in scored], marker="o", label="trials")
-        if not math.isnan(base):
-            ax.axhline(base, color="#999999", linestyle="--", label=f"untrained model ({base:.3f})")
-        ax.legend(fontsize=8)
-        ax.margins(y=0.15)  # room for the labels above the points
-        for x, y in scored:
-            ax.annotate(f"{y:.3f}", (x, y), textcoords="offset points", xytext=(0, 6), ha="center", fontsize=8)
-        ax.set_xlabel("synthetic ratio R" if axis == "ratio" else "temperature tau")
-        ax.set_xscale("linear" if axis == "ratio" else "log")
-        ax.set_ylabel("dev nDCG@10")
-        ax.set_title(f"Ray Tune: dev nDCG@10 over {'R' if axis == 'ratio' else 'tau'} ({held_name} {held:g})")
+        _draw_curve(ax, rows, "ratio" if len(taus) == 1 else "temperature", base)
     else:
-        if len(taus) * len(ratios) == len(rows):
-            cells = np.full((len(ratios), len(taus)), np.nan)
-            for r in rows:
-                cells[ratios.index(r["ratio"]), taus.index(r["temperature"])] = r[METRIC]
-            image = ax.imshow(cells, origin="lower", cmap="viridis", aspect="auto")
-            ax.set_xticks(range(len(taus)), [f"{t:g}" for t in taus])
-            ax.set_yticks(range(len(ratios)), [f"{x:g}" for x in ratios])
-            for (i, j), value in np.ndenumerate(cells):
-                if not np.isnan(value):
-                    ax.text(j, i, f"{value:.3f}", ha="center", va="center", color="white", fontsize=8)
-        else:
-            image = ax.scatter([r["temperature"] for r in rows], [r["ratio"] for r in rows], c=[r[METRIC] for r in rows],
-                               cmap="viridis", s=120, edgecolors="black")  # fmt: skip
-            ax.set_xscale("log")
-        fig.colorbar(image, ax=ax, label="dev nDCG@10")
-        ax.set_xlabel("temperature tau")
-        ax.set_ylabel("synthetic ratio R")
-        ax.set_title("Ray Tune: dev nDCG@10 over (tau, R)" + ("" if math.isnan(base) else f"; untrained model {base:.3f}"))
+        _draw_cells(fig, ax, rows, taus, ratios, base)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def _draw_curve(ax, rows: list[dict[str, Any]], axis: str, base: float) -> None:
+    """dev nDCG@10 over `axis` ("ratio" or "temperature"), the other axis held, with the untrained model's line."""
+    held_axis, held_name = ("temperature", "tau") if axis == "ratio" else ("ratio", "R")
+    scored = sorted((r[axis], r[METRIC]) for r in rows if not math.isnan(r[METRIC]))
+    ax.plot([x for x, _ in scored], [y for _, y in scored], marker="o", label="trials")
+    if not math.isnan(base):
+        ax.axhline(base, color="#999999", linestyle="--", label=f"untrained model ({base:.3f})")
+    ax.legend(fontsize=8)
+    ax.margins(y=0.15)  # room for the labels above the points
+    for x, y in scored:
+        ax.annotate(f"{y:.3f}", (x, y), textcoords="offset points", xytext=(0, 6), ha="center", fontsize=8)
+    ax.set_xlabel("synthetic ratio R" if axis == "ratio" else "temperature tau")
+    ax.set_xscale("linear" if axis == "ratio" else "log")
+    ax.set_ylabel("dev nDCG@10")
+    ax.set_title(f"Ray Tune: dev nDCG@10 over {'R' if axis == 'ratio' else 'tau'} ({held_name} {rows[0][held_axis]:g})")
+
+
+def _draw_cells(fig, ax, rows: list[dict[str, Any]], taus: list[float], ratios: list[float], base: float) -> None:
+    """A cell grid over (tau, R) when the trials form one, else points coloured by score; the untrained model in the title."""
+    if len(taus) * len(ratios) == len(rows):
+        cells = np.full((len(ratios), len(taus)), np.nan)
+        for r in rows:
+            cells[ratios.index(r["ratio"]), taus.index(r["temperature"])] = r[METRIC]
+        image = ax.imshow(cells, origin="lower", cmap="viridis", aspect="auto")
+        ax.set_xticks(range(len(taus)), [f"{t:g}" for t in taus])
+        ax.set_yticks(range(len(ratios)), [f"{x:g}" for x in ratios])
+        for (i, j), value in np.ndenumerate(cells):
+            if not np.isnan(value):
+                ax.text(j, i, f"{value:.3f}", ha="center", va="center", color="white", fontsize=8)
+    else:
+        image = ax.scatter([r["temperature"] for r in rows], [r["ratio"] for r in rows], c=[r[METRIC] for r in rows],
+                           cmap="viridis", s=120, edgecolors="black")  # fmt: skip
+        ax.set_xscale("log")
+    fig.colorbar(image, ax=ax, label="dev nDCG@10")
+    ax.set_xlabel("temperature tau")
+    ax.set_ylabel("synthetic ratio R")
+    ax.set_title("Ray Tune: dev nDCG@10 over (tau, R)" + ("" if math.isnan(base) else f"\nuntrained model: {base:.3f}"))

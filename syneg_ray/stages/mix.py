@@ -152,8 +152,7 @@ def guard_synthetic(cfg: PipelineConfig, pairs: list[dict], synthetic: dict[mixi
         flags = np.array(json.loads(cached.read_text(encoding="utf-8")), dtype=bool)
     else:
         flags = _guard_flags(cfg, model_path, guarded, negatives, folder)
-        cached.parent.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(cached, json.dumps(flags.tolist()))
+        write_text_atomic(cached, json.dumps(flags.tolist()))  # makes the folder
     kept = dict(synthetic)
     for p, texts, flagged in zip(guarded, negatives, flags, strict=True):
         key = (p["query_id"], p["positive_id"])
