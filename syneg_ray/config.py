@@ -219,6 +219,9 @@ class MineConfig:
     relative_margin: float = 0.05  # keep a negative only if score <= positive - |positive| * margin
     absolute_margin: float = 0.0  # ... and score <= positive - margin (0 still drops scores above the positive)
     max_score: float = 0.0  # ... and dense score <= max_score; 0 = off (BM25 scores are unbounded: never applied)
+    # What the guard judges BM25 hits by: dense = the encoder's scores of the query and each hit, as it
+    # judges dense hits | source = their own BM25 scores | auto = dense when dense is one of the sources
+    guard_scorer: str = "auto"
     sampling: Sampling = Sampling.TOP  # top: the best-ranked candidates left in the window | random: a seeded draw from them
     num_negatives: int = 7  # per query; every (query, positive) pair of it carries the same list
     dedup_text: bool = True  # documents with the same text as a positive count as positives; negatives deduplicated by text
@@ -251,9 +254,16 @@ class MineConfig:
             raise ConfigError(f"mine.sources = {list(self.sources)}; choose from dense, bm25, pyserini")
         if self.index not in ("flat", "ivf", "hnsw"):
             raise ConfigError(f"mine.index = {self.index!r}; choose flat, ivf or hnsw")
+        if self.guard_scorer not in ("auto", "dense", "source"):
+            raise ConfigError(f"mine.guard_scorer = {self.guard_scorer!r}; choose auto, dense or source")
         for name in ("nlist", "nprobe", "hnsw_m", "ef_construction", "ef_search", "shards", "search_block"):
             _check_min(f"mine.{name}", getattr(self, name), 0 if name == "nlist" else 1)
         _check_range("mine.shard_cpus", self.shard_cpus, 0.01, 1024.0)
+
+    @property
+    def dense_guard(self) -> bool:
+        """Whether the guard judges lexical hits by the encoder's scores (`guard_scorer`, `auto` resolved)."""
+        return self.guard_scorer == "dense" or (self.guard_scorer == "auto" and "dense" in self.sources)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -9,7 +9,10 @@ For each query and each source (dense, bm25, ...) the candidates go through, in 
 3. false-negative guard: keep a candidate only if score <= pos - |pos| * relative_margin and
    score <= pos - absolute_margin (and, for dense scores, score <= max_score). `pos` is the
    query's *lowest* positive score: a document that outscores any known positive is suspect
-   (the rule of `sentence_transformers.util.mine_hard_negatives`).
+   (the rule of `sentence_transformers.util.mine_hard_negatives`). A lexical source may carry
+   its hits' dense scores (`Candidates.dense_scores`); the guard then judges them by those, on
+   the same scale as dense hits, and not by BM25, whose scale changes from query to query and
+   which scores 0 a positive that shares no term with its query (rejecting every candidate).
 
 The sources are then combined round-robin (first source first), de-duplicated by document (or
 text group), and a document rejected by the guard of one source is banned from all of them.
@@ -35,7 +38,18 @@ class Candidates:
     source: str  # "dense" | "bm25" | "pyserini"
     scores: np.ndarray  # (n_queries, k) float32, descending per row
     indices: np.ndarray  # (n_queries, k) int64 corpus rows; -1 pads short rows
-    positive_scores: np.ndarray  # (n_queries,) reference positive score of each query (the lowest of its positives)
+    positive_scores: np.ndarray  # (n_queries,) the guard's reference: each query's lowest positive score, on the guard's scale
+    dense_scores: np.ndarray | None = None  # (n_queries, k) a lexical source's hits scored by the dense model, for the guard
+
+    @property
+    def judged_dense(self) -> bool:
+        """Whether the guard judges these hits on the dense scale (and so applies max_score)."""
+        return self.source == DENSE or self.dense_scores is not None
+
+    def rows(self, rows: slice) -> Candidates:
+        """The candidates of a block of queries."""
+        dense = None if self.dense_scores is None else self.dense_scores[rows]
+        return Candidates(self.source, self.scores[rows], self.indices[rows], self.positive_scores[rows], dense)
 
 
 @dataclass
@@ -105,12 +119,15 @@ def window_mask(valid: np.ndarray, range_min: int, range_max: int) -> np.ndarray
 
 
 def guard_masks(
-    scores: np.ndarray, positive_scores: np.ndarray, cfg: MineConfig, source: str
+    scores: np.ndarray, positive_scores: np.ndarray, cfg: MineConfig, dense: bool
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(passes margin, passes max_score) masks of shape (n_queries, k); an unknown (nan) positive passes nothing."""
+    """(passes margin, passes max_score) masks of shape (n_queries, k); an unknown (nan) score passes nothing.
+
+    `dense` says the scores are an encoder's (bounded), the only scale max_score applies to.
+    """
     pos = positive_scores[:, None].astype(np.float64)  # (n, 1)
     margin_ok = (scores <= pos - np.abs(pos) * cfg.relative_margin) & (scores <= pos - cfg.absolute_margin)
-    max_ok = scores <= cfg.max_score if (cfg.max_score > 0 and source == DENSE) else np.ones_like(margin_ok)
+    max_ok = scores <= cfg.max_score if (cfg.max_score > 0 and dense) else np.ones_like(margin_ok)
     return margin_ok, max_ok
 
 
@@ -124,7 +141,8 @@ def filter_source(
     """
     valid = (cand.indices >= 0) & ~positive_mask(cand.indices, positives, groups)
     in_window = window_mask(valid, cfg.range_min, cfg.range_max)
-    margin_ok, max_ok = guard_masks(cand.scores, cand.positive_scores, cfg, cand.source)
+    judged = cand.scores if cand.dense_scores is None else cand.dense_scores
+    margin_ok, max_ok = guard_masks(judged, cand.positive_scores, cfg, cand.judged_dense)
     keep = in_window & margin_ok & max_ok
     stats.in_window += int(in_window.sum())
     stats.skipped_margin += int((in_window & ~margin_ok).sum())
@@ -186,10 +204,11 @@ def select_negatives(
     """
     stats = MineStats(queries=len(positives))
     for cand in sources:
-        if cand.indices.shape[0] != len(positives) or cand.scores.shape != cand.indices.shape:
+        dense_shape = cand.indices.shape if cand.dense_scores is None else cand.dense_scores.shape
+        if cand.indices.shape[0] != len(positives) or not cand.scores.shape == dense_shape == cand.indices.shape:
             raise ValueError(
-                f"source {cand.source!r}: indices {cand.indices.shape} / scores {cand.scores.shape} do not match "
-                f"{len(positives)} queries; pass one row per query"
+                f"source {cand.source!r}: indices {cand.indices.shape} / scores {cand.scores.shape} / dense scores "
+                f"{dense_shape} do not match {len(positives)} queries; pass one row per query"
             )
     filtered = [filter_source(c, positives, cfg, groups, stats) for c in sources]
     keeps = [f[0] for f in filtered]

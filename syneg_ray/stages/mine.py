@@ -1,8 +1,10 @@
 """Mine stage: dense (Ray Data encoder actors + faiss) and BM25 candidates -> mining.select_negatives -> Parquet.
 
     pairs.parquet {query_id, positive_id, query} + corpus Parquet {doc_id, text}
-      -> dense: embed_corpus (cached, Ray actors) + exact / IVF / HNSW / sharded search
-      -> bm25:  bm25s (or pyserini) top-k
+      -> embed: corpus (cached, Ray actors) and queries, when dense is a source or guards BM25
+      -> dense: exact / IVF / HNSW / sharded search
+      -> bm25:  bm25s (or pyserini) top-k, each hit scored by the encoder too for the guard
+                (mine.guard_scorer; by default when dense is a source)
       -> mining.select_negatives (window, positives, guard, sampling, combination)
       -> run_dir/mine/negatives.parquet: one MinedRow per (query, positive) pair
 
@@ -30,6 +32,7 @@ from syneg_ray.runtime import write_parquet_atomic
 logger = logging.getLogger(__name__)
 
 SELECT_BLOCK = 8192  # queries per selection block: bounds the (block, k) boolean masks
+GUARD_BLOCK = 256  # queries per block when lexical hits are scored by the encoder: (block, k, dim) floats
 
 
 @dataclass(frozen=True)
@@ -94,20 +97,46 @@ def _expanded(rows: np.ndarray, groups: np.ndarray | None, group_sizes: np.ndarr
     return int(group_sizes[np.unique(groups[rows])].sum())
 
 
-def dense_candidates(
-    cfg: PipelineConfig, prepared: Prepared, inputs: MineInputs
-) -> tuple[mining.Candidates, np.ndarray]:
-    """Encodes (cached) and searches; returns the candidates and each query's per-positive scores."""
+@dataclass(frozen=True)
+class Embedded:
+    """The encoder's view of the inputs, for dense search and for the guard of lexical hits."""
+
+    corpus: np.ndarray  # (n_docs, dim) memmap from the shared cache
+    queries: np.ndarray  # (n_queries, dim)
+    positive_scores: list[np.ndarray]  # per query, the score of each positive (sorted corpus rows)
+
+
+def embed_inputs(cfg: PipelineConfig, prepared: Prepared, inputs: MineInputs) -> Embedded:
+    """Encodes the corpus (cached, on Ray actors) and the queries, and scores every positive."""
     from syneg_ray.stages.embed import embed_corpus, embed_queries
 
-    corpus = embed_corpus(cfg, prepared)  # (n_docs, dim) memmap from the shared cache
-    queries = embed_queries(cfg, inputs.query_texts)  # (n_queries, dim)
-    scores, indices = dense_search(cfg, corpus, queries, inputs.depth)
+    corpus = embed_corpus(cfg, prepared)
+    queries = embed_queries(cfg, inputs.query_texts)
     pos_scores = [
         corpus[np.sort(p)] @ q if len(p) else np.zeros(0, np.float32)
         for q, p in zip(queries, inputs.positives, strict=True)
     ]
-    return mining.Candidates("dense", scores, indices, _reference(pos_scores)), pos_scores
+    return Embedded(corpus, queries, pos_scores)
+
+
+def dense_candidates(cfg: PipelineConfig, embedded: Embedded, inputs: MineInputs) -> mining.Candidates:
+    """Searches the corpus embeddings with the configured index."""
+    scores, indices = dense_search(cfg, embedded.corpus, embedded.queries, inputs.depth)
+    return mining.Candidates("dense", scores, indices, _reference(embedded.positive_scores))
+
+
+def judged_by_encoder(cand: mining.Candidates, embedded: Embedded) -> mining.Candidates:
+    """A lexical source's hits with their dense scores, and the guard's reference on that scale.
+
+    Queries are scored in blocks, so the (block, k, dim) gather stays small; pads (-1) score nan.
+    """
+    dense = np.full(cand.indices.shape, np.nan, dtype=np.float32)
+    for start in range(0, len(dense), GUARD_BLOCK):
+        rows = slice(start, start + GUARD_BLOCK)
+        hits = cand.indices[rows]
+        docs = np.asarray(embedded.corpus[np.maximum(hits, 0).ravel()]).reshape(*hits.shape, -1)
+        dense[rows] = np.where(hits >= 0, np.einsum("qkd,qd->qk", docs, embedded.queries[rows]), np.nan)
+    return mining.Candidates(cand.source, cand.scores, cand.indices, _reference(embedded.positive_scores), dense)
 
 
 def dense_search(cfg: PipelineConfig, corpus: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -140,7 +169,7 @@ def index_spec(cfg: PipelineConfig):  # -> ann.IndexSpec
 
 
 def bm25_candidates(cfg: PipelineConfig, inputs: MineInputs) -> tuple[mining.Candidates, list[np.ndarray]]:
-    """bm25s top-k plus the exact BM25 score of every positive (for the guard)."""
+    """bm25s top-k plus the exact BM25 score of every positive (the guard's reference on BM25's scale)."""
     from syneg_ray.bm25 import BM25Index, score_documents
 
     index = BM25Index(inputs.doc_ids, inputs.doc_texts, k1=cfg.mine.bm25_k1, b=cfg.mine.bm25_b)
@@ -174,7 +203,7 @@ def _reference(pos_scores: list[np.ndarray]) -> np.ndarray:
     return np.array([float(s.min()) if len(s) else np.nan for s in pos_scores], dtype=np.float32)
 
 
-SEARCHERS = {"dense": None, "bm25": bm25_candidates, "pyserini": pyserini_candidates}
+LEXICAL = {"bm25": bm25_candidates, "pyserini": pyserini_candidates}  # source name -> searcher
 
 
 def select_all(
@@ -186,7 +215,7 @@ def select_all(
     n = len(inputs.query_ids)
     for start in tqdm(range(0, n, SELECT_BLOCK), desc="select negatives", unit="block", disable=n <= SELECT_BLOCK):
         rows = slice(start, start + SELECT_BLOCK)
-        block = [mining.Candidates(c.source, c.scores[rows], c.indices[rows], c.positive_scores[rows]) for c in sources]
+        block = [c.rows(rows) for c in sources]
         out, block_stats = mining.select_negatives(block, inputs.positives[rows], cfg.mine, rng, inputs.groups)
         selected += out
         stats.merge(block_stats)
@@ -231,10 +260,19 @@ def run_mine(cfg: PipelineConfig) -> dict:
     started = time.perf_counter()
     prepared, pairs_path = ensure_pairs(cfg)
     inputs, pairs = load_inputs(cfg, prepared, pairs_path)
-    sources, first_pos, timings = [], None, {}
+    sources, first_pos, timings, embedded = [], None, {}, None
+    if "dense" in cfg.mine.sources or cfg.mine.dense_guard:
+        t0 = time.perf_counter()
+        embedded = embed_inputs(cfg, prepared, inputs)
+        timings["encode"] = round(time.perf_counter() - t0, 2)
     for name in cfg.mine.sources:
         t0 = time.perf_counter()
-        cand, pos_scores = dense_candidates(cfg, prepared, inputs) if name == "dense" else SEARCHERS[name](cfg, inputs)
+        if name == "dense":
+            cand, pos_scores = dense_candidates(cfg, embedded, inputs), embedded.positive_scores
+        else:
+            cand, pos_scores = LEXICAL[name](cfg, inputs)
+            if cfg.mine.dense_guard:
+                cand = judged_by_encoder(cand, embedded)
         timings[name] = round(time.perf_counter() - t0, 2)
         sources.append(cand)
         first_pos = pos_scores if first_pos is None else first_pos

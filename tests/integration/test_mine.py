@@ -25,6 +25,7 @@ def test_dense_and_bm25_on_scifact_small(ray_local, scifact_small, tmp_path):
     assert summary["avg_negatives"] > 5
     dense_rows = [r for r in rows if r["source"] and r["source"][0] == "dense"]
     assert all(-1.0 <= r["positive_score"] <= 1.0 for r in dense_rows)
+    assert_bm25_hits_guarded_by_encoder(cfg, rows)
     # sharded search over 2 actors and HNSW give (nearly) the same negatives as exact search
     exact = {(r["query_id"], r["positive_id"]): r["negative_ids"] for r in rows}
     for extra in (["mine.shards=2"], ["mine.index=hnsw"]):
@@ -32,6 +33,27 @@ def test_dense_and_bm25_on_scifact_small(ray_local, scifact_small, tmp_path):
         other = assert_no_positive_mined(tmp_path / extra[0], scifact_small)
         same = sum(len(set(exact[(r["query_id"], r["positive_id"])]) & set(r["negative_ids"])) for r in other)
         assert same >= 0.95 * sum(len(v) for v in exact.values()), extra
+
+
+def assert_bm25_hits_guarded_by_encoder(cfg, rows: list[dict]) -> None:
+    """Every BM25 negative scores, under the encoder, below the query's lowest positive by the relative margin."""
+    from syneg_ray.dataset import ensure_pairs
+    from syneg_ray.stages.mine import embed_inputs, load_inputs
+
+    prepared, pairs_path = ensure_pairs(cfg)
+    inputs, _ = load_inputs(cfg, prepared, pairs_path)
+    embedded = embed_inputs(cfg, prepared, inputs)  # cached by the run
+    doc_row = {d: i for i, d in enumerate(inputs.doc_ids)}
+    checked = 0
+    for row in rows:
+        q = inputs.query_ids.index(row["query_id"])
+        lowest = float(embedded.positive_scores[q].min())
+        for doc, source in zip(row["negative_ids"], row["source"], strict=True):
+            if source == "bm25":
+                score = float(embedded.corpus[doc_row[doc]] @ embedded.queries[q])
+                assert score <= lowest - abs(lowest) * cfg.mine.relative_margin + 1e-5, (row["query_id"], doc)
+                checked += 1
+    assert checked > 0
 
 
 @pytest.mark.slow

@@ -68,3 +68,33 @@ def test_positive_width_counts_text_duplicates_without_scanning_the_corpus() -> 
         rows = rng.choice(400, size=rng.integers(1, 6), replace=False)
         assert _expanded(rows, groups, sizes) == int(np.isin(groups, groups[rows]).sum())
     assert _expanded(np.array([3, 7]), None, None) == 2
+
+
+def test_lexical_hits_are_scored_by_the_encoder_for_the_guard() -> None:
+    """Every BM25 hit gets its query-document dot product, pads get nan, and the reference is the lowest positive."""
+    import numpy as np
+
+    from syneg_ray import mining
+    from syneg_ray.stages import mine
+
+    rng = np.random.default_rng(0)
+    corpus, queries = rng.normal(size=(700, 8)).astype(np.float32), rng.normal(size=(300, 8)).astype(np.float32)
+    hits = rng.integers(-1, 700, size=(300, 5))  # more queries than one block, and some pads
+    positives = [np.sort(rng.choice(700, size=1 + i % 3, replace=False)) for i in range(300)]
+    pos_scores = [corpus[p] @ q for q, p in zip(queries, positives, strict=True)]
+    bm25 = mining.Candidates("bm25", rng.random((300, 5)).astype(np.float32), hits, np.zeros(300, np.float32))
+    judged = mine.judged_by_encoder(bm25, mine.Embedded(corpus, queries, pos_scores))
+    expected = np.where(hits >= 0, np.einsum("qkd,qd->qk", corpus[np.maximum(hits, 0)], queries), np.nan)
+    assert mine.GUARD_BLOCK < 300
+    np.testing.assert_allclose(judged.dense_scores, expected, rtol=1e-5)
+    np.testing.assert_allclose(judged.positive_scores, [s.min() for s in pos_scores], rtol=1e-6)
+    assert judged.scores is bm25.scores and judged.judged_dense
+
+
+def test_guard_scorer_resolves_and_rejects_unknown_values() -> None:
+    assert load_config(None, []).mine.dense_guard  # dense is a default source
+    assert not load_config(None, ["mine.sources=[bm25]"]).mine.dense_guard
+    assert load_config(None, ["mine.sources=[bm25]", "mine.guard_scorer=dense"]).mine.dense_guard
+    assert not load_config(None, ["mine.guard_scorer=source"]).mine.dense_guard
+    with pytest.raises(ConfigError, match="mine.guard_scorer = 'bm25'; choose auto, dense or source"):
+        load_config(None, ["mine.guard_scorer=bm25"])

@@ -77,6 +77,32 @@ def test_sources_round_robin_dedup_and_cross_source_ban():
     assert 5 not in out[0].indices
 
 
+def test_lexical_hits_with_dense_scores_are_judged_on_the_dense_scale():
+    # The positive shares no term with its query: BM25 scores it 0, and its own guard rejects every hit.
+    hits, bm25_scores = [[1, 2, 3, 4]], [[12.0, 9.0, 8.0, 7.0]]
+    cfg = _cfg(num_negatives=4, sources=("bm25",), relative_margin=0.05)
+    out, stats = mining.select_negatives([_cand(hits, bm25_scores, [0.0], "bm25")], [np.array([0])], cfg, RNG)
+    assert out[0].indices == [] and stats.skipped_margin == 4
+    # The encoder scores the positive 0.8 and the hits 0.9, 0.5, 0.3, nan (a pad): only 1 is too close.
+    judged = mining.Candidates("bm25", np.float32(bm25_scores), np.int64(hits), np.float32([0.8]),
+                               dense_scores=np.float32([[0.9, 0.5, 0.3, np.nan]]))  # fmt: skip
+    out, stats = mining.select_negatives([judged], [np.array([0])], cfg, RNG)
+    assert out[0].indices == [2, 3] and stats.skipped_margin == 2  # 4's unknown score passes nothing
+    assert out[0].scores == [9.0, 8.0]  # the negatives keep their BM25 scores; only the guard reads the dense ones
+    # on the dense scale max_score applies to lexical hits as to dense ones
+    dense = _cand([[1, 3]], [[0.6, 0.3]], [0.8])
+    out, stats = mining.select_negatives([dense, judged], [np.array([0])], _cfg(
+        num_negatives=4, sources=("dense", "bm25"), relative_margin=0.05, max_score=0.4), RNG)  # fmt: skip
+    assert out[0].indices == [3] and stats.skipped_max_score == 2  # dense 1 (0.6) and bm25 2 (0.5)
+
+
+def test_dense_scores_must_match_the_hits():
+    cand = mining.Candidates("bm25", np.float32([[1.0, 0.5]]), np.int64([[1, 2]]), np.float32([2.0]),
+                             dense_scores=np.float32([[0.1]]))  # fmt: skip
+    with pytest.raises(ValueError, match=r"dense scores \(1, 1\)"):
+        mining.select_negatives([cand], [np.array([0])], _cfg(sources=("bm25",)), RNG)
+
+
 def test_text_groups_exclude_duplicates_of_positives_and_dedup_negatives():
     groups = mining.text_groups(["pos", "a", "POS ", "b", "a"])
     assert groups.tolist() == [0, 1, 0, 2, 1]
