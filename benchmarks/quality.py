@@ -419,7 +419,7 @@ def plot(results: dict[str, list[dict]], names: list[str], path: Path) -> None:
 
     means = [np.mean([r["test"]["ndcg@10"] for r in results[n]]) for n in names]
     spread = [np.std([r["test"]["ndcg@10"] for r in results[n]], ddof=1) if len(results[n]) > 1 else 0.0 for n in names]
-    fig, ax = plt.subplots(figsize=(7, 0.45 * len(names) + 1.2))
+    fig, ax = plt.subplots(figsize=(9, 0.45 * len(names) + 1.2))  # the row labels take half the width
     colors = ["#999999" if n == "base" else "#d95f02" if n.startswith(("hybrid", "direct", "synthetic")) else "#1b9e77" for n in names]
     ax.barh(range(len(names)), means, xerr=spread, color=colors)
     ax.set_yticks(range(len(names)), [results[n][0]["label"] for n in names])
