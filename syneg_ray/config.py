@@ -218,7 +218,7 @@ class MineConfig:
     range_max: int = 50  # rank window end: consider candidates ranked below this (positives not counted)
     relative_margin: float = 0.05  # keep a negative only if score <= positive - |positive| * margin
     absolute_margin: float = 0.0  # ... and score <= positive - margin (0 still drops scores above the positive)
-    max_score: float = 0.0  # ... and dense score <= max_score; 0 = off (BM25 scores are unbounded: never applied)
+    max_score: float = 0.0  # ... and dense score <= max_score (dense hits, BM25 hits judged by the encoder); 0 = off
     # What the guard judges BM25 hits by: dense = the encoder's scores of the query and each hit, as it
     # judges dense hits | source = their own BM25 scores | auto = dense when dense is one of the sources
     guard_scorer: str = "auto"

@@ -97,10 +97,12 @@ def _idle_worker_config(idle_workers: int) -> dict:
     needed again starts in a second or two."""
     if idle_workers < 0:
         return {}
-    # Nor does it start them ahead of need: by default the first driver gets a worker per CPU at
-    # once, which then sit idle beside the actors the stage starts (a 114 MB Python each).
-    return {"num_workers_soft_limit": idle_workers, "prestart_worker_first_driver": idle_workers > 0,
-            "enable_worker_prestart": idle_workers > 0}
+    config: dict = {"num_workers_soft_limit": idle_workers}
+    if idle_workers == 0:
+        # Nor start them ahead of need: by default the first driver gets a worker per CPU at once,
+        # which then sit idle beside the actors the stage starts (a 114 MB Python each).
+        config |= {"prestart_worker_first_driver": False, "enable_worker_prestart": False}
+    return config
 
 
 def _quiet_ray_data() -> None:

@@ -9,6 +9,24 @@ import time
 import psutil
 
 
+def test_local_ray_starts_no_worker_ahead_of_need(ray_local):
+    """Ray's default gives the first driver a worker per CPU at once (4 here), which sit idle beside
+    the actors a stage starts; with `ray.idle_workers = 0` none starts before a task needs it.
+    First in this module: the local Ray has just started and has run nothing yet."""
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        idle = [p.pid for p in psutil.Process().children(recursive=True) if "ray::IDLE" in _cmdline(p)]
+        assert idle == []
+        time.sleep(0.2)
+
+
+def _cmdline(process: psutil.Process) -> str:
+    try:
+        return " ".join(process.cmdline())
+    except psutil.Error:  # exited meanwhile
+        return ""
+
+
 def test_local_ray_keeps_no_idle_workers(ray_local):
     """Ray's default keeps one idle worker per CPU (4 here) alive after tasks end, about 130 MB
     each; the product's `ray.idle_workers = 0` lets the raylet stop them."""
