@@ -1,10 +1,12 @@
 """Ray Data encoder actors and the on-disk embedding cache shared by evaluation and mining.
 
-    corpus Parquet {doc_id, text} --read_parquet--> map_batches(EncodeUDF, actor pool) --> .npy memmap
+    corpus texts + queries, prompts prefixed --blocks cut by the driver--> map_batches(EncodeUDF, actor pool)
+      --> corpus rows into a .npy memmap, query rows into memory
 
 Each actor loads the encoder once and packs its rows into length-sorted, token-budget batches
 (encoder.py). The driver streams results into a memory-mapped .npy, so a corpus of millions of
-documents never has to fit in the driver's memory twice. Embeddings are cached under
+documents never has to fit in the driver's memory twice, and it opens no model of its own while
+the pool runs. Embeddings are cached under
 `<cache>/embeddings/` keyed by (model weights, corpus content, dtype, max length, prompt).
 """
 
@@ -16,6 +18,7 @@ import json
 import logging
 import os
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -31,6 +34,7 @@ from syneg_ray.runtime import shared_cores
 logger = logging.getLogger(__name__)
 
 ROWS_PER_ACTOR_CALL = 512  # rows handed to an actor at once; it re-batches them by token budget
+POOL_QUERIES = 10_000  # more queries than this go to the actor pool even when the corpus is cached
 
 
 def backend_of(e: EncoderConfig, model_path: str) -> Backend:
@@ -156,45 +160,87 @@ def embed_corpus(cfg: PipelineConfig, prepared: Prepared, model: str | None = No
     Returns:
         A read-only memory map of the cached float32 array.
     """
+    return embed_corpus_and_queries(cfg, prepared, [], model)[0]
+
+
+def embed_corpus_and_queries(cfg: PipelineConfig, prepared: Prepared, queries: list[str],
+                             model: str | None = None) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """The corpus embeddings (as `embed_corpus`) and those of `queries` (n_queries, dim), in memory.
+
+    When the actor pool runs anyway (the corpus is not cached) or the queries are many, the queries
+    ride on it: the driver then never opens a model, and a large training set's queries (MS MARCO
+    has half a million) are encoded by the cluster's actors, not by one driver process. A few
+    queries against a cached corpus are encoded here, as a pool would take longer to start.
+    """
     model_path = resolve_model(model or cfg.encoder.model, default_cache_dir(cfg))
     target = cache_path(cfg, model_path, prepared.fingerprint)
-    if target.is_file():
+    cached = target.is_file()
+    if cached:
         logger.info("corpus embeddings: cache hit %s", target.name)
-        return np.load(target, mmap_mode="r")
-    table = pq.read_table(prepared.corpus_parquet, columns=["text"])
-    embeddings = encode_with_ray(cfg, model_path, table.column("text").to_pylist(), cfg.encoder.document_prompt, target)
-    return embeddings
+        if len(queries) <= POOL_QUERIES:
+            corpus = np.load(target, mmap_mode="r")
+            here = encode_queries_here(cfg, model_path, queries) if queries else np.zeros((0, corpus.shape[1]), np.float32)
+            return corpus, here
+    documents = [] if cached else pq.read_table(prepared.corpus_parquet, columns=["text"]).column("text").to_pylist()
+    encoded = encode_on_pool(cfg, model_path, documents, None if cached else target, queries)
+    return (np.load(target, mmap_mode="r") if cached else encoded.documents), encoded.queries
+
+
+class PoolOutput(NamedTuple):
+    documents: np.ndarray  # (n_documents, dim): a read-only memory map of the target file
+    queries: np.ndarray  # (n_queries, dim), in memory
 
 
 def encode_with_ray(cfg: PipelineConfig, model_path: str, texts: list[str], prompt: str, target: Path) -> np.ndarray:
-    """Encodes `texts` on a Ray Data actor pool into the .npy file `target` (written atomically)."""
+    """Encodes `texts` (each after `prompt`) on a Ray Data actor pool into the .npy file `target` (written atomically)."""
+    return encode_on_pool(cfg, model_path, texts, target, [], document_prompt=prompt).documents
+
+
+def encode_on_pool(cfg: PipelineConfig, model_path: str, documents: list[str], target: Path | None, queries: list[str],
+                   document_prompt: str | None = None) -> PoolOutput:  # fmt: skip
+    """Encodes documents into the .npy file `target` (written atomically) and queries into memory, in one
+    pass of a Ray Data actor pool.
+
+    Each side gets its prompt from `cfg.encoder` (`document_prompt` overrides the documents' one); the
+    driver prefixes it, exactly as `encoder.iter_encode` would, so one pool serves both sides.
+    `target` may be None only when there are no documents.
+    """
     import pyarrow as pa
     import ray
 
     from syneg_ray.runtime import init_ray
 
+    if documents and target is None:
+        raise ValueError("encode_on_pool: documents need a target file")
     e = cfg.encoder
     backend = backend_of(e, model_path)
     if backend is Backend.ONNX:
-        # The driver needs the export for its queries anyway. Doing it before Ray starts keeps the
-        # export's peak (torch, tracing: about 1.3 GB for MiniLM) apart from Ray's daemons and the actors.
+        # Done before Ray starts, so the export's peak (torch, tracing: about 1.3 GB for MiniLM)
+        # stays apart from Ray's daemons and the actors.
         prepare_onnx(model_path, str(onnx_file(cfg, model_path)), e.dtype)
     init_ray(cfg)
     cpus = cpus_per_actor(e)
+    doc_prompt = e.document_prompt if document_prompt is None else document_prompt
+    texts = [doc_prompt + t for t in documents] if doc_prompt else list(documents)
+    texts += [e.query_prompt + q for q in queries] if e.query_prompt else queries
     if not texts:  # no batch will arrive to tell the width
-        return np.zeros((0, embedding_dimension(local_encoder(cfg, model_path))), dtype=np.float32)
+        width = embedding_dimension(local_encoder(cfg, model_path))
+        return PoolOutput(_empty_file(target, width) if target else np.zeros((0, width), np.float32),
+                          np.zeros((0, width), np.float32))  # fmt: skip
     table = pa.table({"row": np.arange(len(texts), dtype=np.int64), "text": texts})
-    blocks = max(e.actors * 4, len(texts) // 4096 + 1)  # enough blocks to keep every actor busy
-    bounds = np.linspace(0, len(texts), min(blocks, len(texts)) + 1).astype(int)
+    del texts  # the table holds them now
+    blocks = max(e.actors * 4, len(table) // 4096 + 1)  # enough blocks to keep every actor busy
+    bounds = np.linspace(0, len(table), min(blocks, len(table)) + 1).astype(int)
     # The driver cuts the blocks itself: a repartition task would need a CPU beside the actors, which
     # a node whose CPUs the actors fill (a Tune trial holds a share too) never frees, and Ray Data
     # starts the actors first, so that task would wait forever.
     ds = ray.data.from_arrow([table.slice(int(a), int(b - a)) for a, b in itertools.pairwise(bounds)])
+    del table
     ds = ds.map_batches(
         EncodeUDF,
         fn_constructor_kwargs={
             "model_path": model_path,
-            "options": encode_options(e, prompt),
+            "options": encode_options(e, ""),  # the prompts are in the texts already
             "threads": max(1, int(cpus)),
             "max_seq_length": e.max_seq_length,
             "backend": backend.value,
@@ -205,22 +251,42 @@ def encode_with_ray(cfg: PipelineConfig, model_path: str, texts: list[str], prom
         num_cpus=cpus,
         num_gpus=e.gpus_per_actor,
     )
-    target.parent.mkdir(parents=True, exist_ok=True)
-    partial = target.with_name(target.stem + f".{os.getpid()}.partial.npy")
-    out = None  # opened at the first batch, whose width is the model's: the driver never loads the model
+    n_docs = len(documents)
+    partial = target.with_name(target.stem + f".{os.getpid()}.partial.npy") if target and n_docs else None
+    out = query_out = None  # opened at the first batch, whose width is the model's: the driver never loads the model
     for batch in ds.iter_batches(batch_format="numpy", batch_size=None):
         vectors = np.stack(batch["embedding"]) if batch["embedding"].dtype == object else batch["embedding"]
-        if out is None:
-            out = np.lib.format.open_memmap(partial, mode="w+", dtype=np.float32, shape=(len(texts), vectors.shape[1]))
-        out[batch["row"]] = vectors
+        if query_out is None:
+            query_out = np.empty((len(queries), vectors.shape[1]), dtype=np.float32)
+            if partial:
+                partial.parent.mkdir(parents=True, exist_ok=True)
+                out = np.lib.format.open_memmap(partial, mode="w+", dtype=np.float32, shape=(n_docs, vectors.shape[1]))
+        is_doc = batch["row"] < n_docs
+        if out is not None:
+            out[batch["row"][is_doc]] = vectors[is_doc]
+        query_out[batch["row"][~is_doc] - n_docs] = vectors[~is_doc]
+    assert query_out is not None  # texts is not empty, so a batch arrived
+    logger.info("encoded %s documents and %s queries with %s %s actors", f"{n_docs:,}", f"{len(queries):,}", e.actors,
+                backend.value)  # fmt: skip
+    if out is None:
+        width = query_out.shape[1]
+        return PoolOutput(_empty_file(target, width) if target else np.zeros((0, width), np.float32), query_out)
     out.flush()
     del out
     os.replace(partial, target)
-    logger.info("encoded %s texts with %s %s actors into %s", f"{len(texts):,}", e.actors, backend.value, target.name)
+    return PoolOutput(np.load(target, mmap_mode="r"), query_out)
+
+
+def _empty_file(target: Path, width: int) -> np.ndarray:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    np.save(target, np.zeros((0, width), dtype=np.float32))
     return np.load(target, mmap_mode="r")
 
 
 def embed_queries(cfg: PipelineConfig, texts: list[str], model: str | None = None) -> np.ndarray:
-    """Query embeddings in the driver process: queries are few, and an actor pool would cost more to start."""
-    model_path = resolve_model(model or cfg.encoder.model, default_cache_dir(cfg))
+    """Query embeddings in the driver process (see `embed_corpus_and_queries` for when they ride on the actors)."""
+    return encode_queries_here(cfg, resolve_model(model or cfg.encoder.model, default_cache_dir(cfg)), texts)
+
+
+def encode_queries_here(cfg: PipelineConfig, model_path: str, texts: list[str]) -> np.ndarray:
     return encode(local_encoder(cfg, model_path), texts, encode_options(cfg.encoder, cfg.encoder.query_prompt))

@@ -59,10 +59,10 @@ def retrieve(cfg: PipelineConfig, model: str, queries: dict[str, str], top_k: in
         scores, indices = BM25Index(doc_ids, [corpus[d] for d in doc_ids]).search(query_texts, top_k)
     else:
         from syneg_ray.index import search_exact
-        from syneg_ray.stages.embed import embed_corpus, embed_queries
+        from syneg_ray.stages.embed import embed_corpus_and_queries
 
-        doc_embeddings = embed_corpus(cfg, prepared, model)
-        scores, indices = search_exact(embed_queries(cfg, query_texts, model), doc_embeddings, top_k)
+        doc_embeddings, query_embeddings = embed_corpus_and_queries(cfg, prepared, query_texts, model)
+        scores, indices = search_exact(query_embeddings, doc_embeddings, top_k)
     return metrics.to_run(query_ids, doc_ids, scores, indices)
 
 

@@ -108,10 +108,9 @@ class Embedded:
 
 def embed_inputs(cfg: PipelineConfig, prepared: Prepared, inputs: MineInputs) -> Embedded:
     """Encodes the corpus (cached, on Ray actors) and the queries, and scores every positive."""
-    from syneg_ray.stages.embed import embed_corpus, embed_queries
+    from syneg_ray.stages.embed import embed_corpus_and_queries
 
-    corpus = embed_corpus(cfg, prepared)
-    queries = embed_queries(cfg, inputs.query_texts)
+    corpus, queries = embed_corpus_and_queries(cfg, prepared, inputs.query_texts)
     pos_scores = [
         corpus[np.sort(p)] @ q if len(p) else np.zeros(0, np.float32)
         for q, p in zip(queries, inputs.positives, strict=True)

@@ -134,7 +134,7 @@ def guard_synthetic(cfg: PipelineConfig, pairs: list[dict], synthetic: dict[mixi
 
     The base encoder (`encoder.model`) scores each negative against its query, as the miner scores a
     retrieved candidate; a negative above the positive's score less `mine.relative_margin` is dropped.
-    Documents are encoded on the encoder actors, queries in the driver (as in mining). The flags
+    Documents and queries are encoded on the encoder actors, in one pass. The flags
     are cached (`<cache>/guard/`) by the texts, the encoder and the margin.
     """
     from syneg_ray.config import default_cache_dir
@@ -177,14 +177,14 @@ def _guard_cache_path(cfg: PipelineConfig, model_path: str, guarded: list[dict],
 
 def _guard_flags(cfg: PipelineConfig, model_path: str, guarded: list[dict], negatives: list[tuple[str, ...]],
                  folder: Path) -> np.ndarray:  # fmt: skip
-    """(pairs, k) True where a negative scores above its positive less the margin; documents on the encoder actors."""
-    from syneg_ray.stages.embed import embed_queries, encode_with_ray
+    """(pairs, k) True where a negative scores above its positive less the margin; texts encoded on the encoder actors."""
+    from syneg_ray.stages.embed import encode_on_pool
 
     k = max(len(n) for n in negatives)
     documents = [p["positive"] for p in guarded] + [t for n in negatives for t in n]
-    doc_emb = np.asarray(encode_with_ray(cfg, model_path, documents, cfg.encoder.document_prompt, folder / "guard-documents.npy"))
+    encoded = encode_on_pool(cfg, model_path, documents, folder / "guard-documents.npy", [p["query"] for p in guarded])
+    doc_emb, query_emb = np.asarray(encoded.documents), encoded.queries
     (folder / "guard-documents.npy").unlink()  # scores are all it was for
-    query_emb = embed_queries(cfg, [p["query"] for p in guarded])
     neg_emb = np.full((len(guarded), k, doc_emb.shape[1]), np.nan, dtype=np.float32)  # nan pads pairs with fewer than k
     row = len(guarded)
     for i, texts in enumerate(negatives):

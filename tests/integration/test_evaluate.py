@@ -27,7 +27,7 @@ def test_dense_evaluation_caches_embeddings_and_matches_sentence_transformers(ra
 
     # the corpus embeddings were cached by the run above: a second request must not encode again
     prepared = prepare(tiny_cfg)
-    monkeypatch.setattr(embed, "encode_with_ray", lambda *a, **k: pytest.fail("cache miss: corpus encoded twice"))
+    monkeypatch.setattr(embed, "encode_on_pool", lambda *a, **k: pytest.fail("cache miss: corpus encoded twice"))
     ours = np.asarray(embed.embed_corpus(tiny_cfg, prepared))
 
     # the peer: SentenceTransformer.encode + sentence_transformers.util.semantic_search; only the metrics are ours

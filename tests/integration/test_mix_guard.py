@@ -38,7 +38,7 @@ def test_guard_drops_synthetic_negatives_that_restate_the_positive(ray_local, ti
     assert stats["dropped_short"] == len(pairs)  # synthetic-only with n=2: one negative left is too few
     guarded = dataclasses.replace(cfg, mix=dataclasses.replace(cfg.mix, n_negatives=1))
     # another mix of the same negatives (as a Tune trial at another R is) reads the cached flags
-    monkeypatch.setattr(embed, "encode_with_ray", lambda *a, **k: pytest.fail("the guard encoded the same negatives again"))
+    monkeypatch.setattr(embed, "encode_on_pool", lambda *a, **k: pytest.fail("the guard encoded the same negatives again"))
     stats = run_mix(guarded)
     instances = pq.read_table(Path(cfg.run.run_dir) / schema.INSTANCES).to_pylist()
     assert stats["instances"] == len(pairs) and all(r["negatives"][0].startswith(UNRELATED) for r in instances)
