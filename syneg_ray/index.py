@@ -1,7 +1,9 @@
 """Exact top-k inner-product search in bounded memory: faiss on CPU, torch on GPU. No Ray.
 
-Scores are computed a block of queries at a time, so memory is O(block x corpus) and never the
-full queries x corpus matrix (the failure of `mine_hard_negatives` on large corpora).
+Never the full queries x corpus score matrix (the failure of `mine_hard_negatives` on large
+corpora): faiss scores in tiles of its own, torch a block of queries at a time. On CPU a corpus
+larger than one block is searched a block of documents at a time and the top-k merged, so a
+memory-mapped corpus of millions of vectors is never copied whole into an index.
 """
 
 from __future__ import annotations
@@ -11,9 +13,16 @@ import sys
 
 import numpy as np
 
+CORPUS_BLOCK = 1 << 18  # documents searched at once on CPU: 384 MB of float32 at dimension 384
+
 
 def search_exact(
-    queries: np.ndarray, corpus: np.ndarray, k: int, block: int = 1024, device: str | None = None
+    queries: np.ndarray,
+    corpus: np.ndarray,
+    k: int,
+    block: int = 1024,
+    device: str | None = None,
+    corpus_block: int = CORPUS_BLOCK,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Top-k documents per query by inner product (cosine when both sides are normalized).
 
@@ -21,8 +30,9 @@ def search_exact(
         queries: (n_queries, dim) float32.
         corpus: (n_docs, dim) float32.
         k: documents per query; capped at n_docs.
-        block: queries scored at once (bounds memory to block x n_docs floats on the GPU path).
+        block: queries scored at once on the GPU path (bounds memory to block x n_docs floats).
         device: "cuda" uses torch; None picks cuda when available, else faiss on CPU.
+        corpus_block: documents searched at once on CPU; a larger corpus is searched block by block.
 
     Returns:
         scores (n_queries, k) float32 descending, indices (n_queries, k) int64 into `corpus`.
@@ -34,14 +44,16 @@ def search_exact(
         return _search_torch(queries, corpus, k, block, device)
     import faiss
 
-    index = faiss.IndexFlatIP(corpus.shape[1])
-    index.add(np.ascontiguousarray(corpus, dtype=np.float32))
-    scores = np.empty((len(queries), k), dtype=np.float32)
-    indices = np.empty((len(queries), k), dtype=np.int64)
-    for start in range(0, len(queries), block):
-        stop = start + block
-        scores[start:stop], indices[start:stop] = index.search(np.ascontiguousarray(queries[start:stop], dtype=np.float32), k)
-    return scores, indices
+    queries = np.ascontiguousarray(queries, dtype=np.float32)
+    if len(corpus) <= corpus_block:
+        return faiss.knn(queries, np.ascontiguousarray(corpus, dtype=np.float32), k, metric=faiss.METRIC_INNER_PRODUCT)
+    heap = faiss.ResultHeap(len(queries), k, keep_max=True)
+    for start in range(0, len(corpus), corpus_block):
+        docs = np.ascontiguousarray(corpus[start : start + corpus_block], dtype=np.float32)  # one block read from a memmap
+        scores, indices = faiss.knn(queries, docs, min(k, len(docs)), metric=faiss.METRIC_INNER_PRODUCT)
+        heap.add_result(scores, indices + start)
+    heap.finalize()
+    return heap.D, heap.I
 
 
 def _default_device() -> str:

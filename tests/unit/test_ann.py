@@ -76,3 +76,18 @@ def test_exact_search_on_a_cpu_machine_does_not_import_torch():
     )
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "False"
+
+
+def test_exact_search_block_by_block_over_a_memory_mapped_corpus_matches_one_pass(tmp_path):
+    """A corpus beyond one block is read and searched a block at a time, the top-k merged across blocks."""
+    from syneg_ray.index import search_exact
+
+    corpus, queries = _clustered(2_500, seed=2), _clustered(40, seed=3)
+    np.save(tmp_path / "corpus.npy", corpus)
+    mapped = np.load(tmp_path / "corpus.npy", mmap_mode="r")
+    whole_scores, whole = search_exact(queries, mapped, 25, device="cpu")
+    scores, indices = search_exact(queries, mapped, 25, device="cpu", corpus_block=300)  # 9 blocks, the last one short
+    assert (indices == whole).mean() > 0.99 and (indices == _brute(queries, corpus, 25)).mean() > 0.99  # ties may swap
+    np.testing.assert_allclose(scores, whole_scores, atol=1e-6)
+    assert indices.max() >= 2_400  # hits from the last block carry their offset
+    assert np.all(np.diff(scores, axis=1) <= 1e-6) and indices.dtype == np.int64
