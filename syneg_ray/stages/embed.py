@@ -174,16 +174,16 @@ def embed_corpus_and_queries(cfg: PipelineConfig, prepared: Prepared, queries: l
     """
     model_path = resolve_model(model or cfg.encoder.model, default_cache_dir(cfg))
     target = cache_path(cfg, model_path, prepared.fingerprint)
-    cached = target.is_file()
-    if cached:
+    if target.is_file():
         logger.info("corpus embeddings: cache hit %s", target.name)
+        corpus = np.load(target, mmap_mode="r")
+        if not queries:
+            return corpus, np.zeros((0, corpus.shape[1]), np.float32)
         if len(queries) <= POOL_QUERIES:
-            corpus = np.load(target, mmap_mode="r")
-            here = encode_queries_here(cfg, model_path, queries) if queries else np.zeros((0, corpus.shape[1]), np.float32)
-            return corpus, here
-    documents = [] if cached else pq.read_table(prepared.corpus_parquet, columns=["text"]).column("text").to_pylist()
-    encoded = encode_on_pool(cfg, model_path, documents, None if cached else target, queries)
-    return (np.load(target, mmap_mode="r") if cached else encoded.documents), encoded.queries
+            return corpus, encode_queries_here(cfg, model_path, queries)
+        return corpus, encode_on_pool(cfg, model_path, [], None, queries).queries
+    documents = pq.read_table(prepared.corpus_parquet, columns=["text"]).column("text").to_pylist()
+    return encode_on_pool(cfg, model_path, documents, target, queries)
 
 
 class PoolOutput(NamedTuple):
@@ -203,7 +203,8 @@ def encode_on_pool(cfg: PipelineConfig, model_path: str, documents: list[str], t
 
     Each side gets its prompt from `cfg.encoder` (`document_prompt` overrides the documents' one); the
     driver prefixes it, exactly as `encoder.iter_encode` would, so one pool serves both sides.
-    `target` may be None only when there are no documents.
+    `target` may be None only when there are no documents; no file is written for none (as before
+    for an empty corpus), and their embeddings are an empty (0, dim) array.
     """
     import pyarrow as pa
     import ray
@@ -225,8 +226,7 @@ def encode_on_pool(cfg: PipelineConfig, model_path: str, documents: list[str], t
     texts += [e.query_prompt + q for q in queries] if e.query_prompt else queries
     if not texts:  # no batch will arrive to tell the width
         width = embedding_dimension(local_encoder(cfg, model_path))
-        return PoolOutput(_empty_file(target, width) if target else np.zeros((0, width), np.float32),
-                          np.zeros((0, width), np.float32))  # fmt: skip
+        return PoolOutput(np.zeros((0, width), np.float32), np.zeros((0, width), np.float32))
     table = pa.table({"row": np.arange(len(texts), dtype=np.int64), "text": texts})
     del texts  # the table holds them now
     blocks = max(e.actors * 4, len(table) // 4096 + 1)  # enough blocks to keep every actor busy
@@ -252,7 +252,7 @@ def encode_on_pool(cfg: PipelineConfig, model_path: str, documents: list[str], t
         num_gpus=e.gpus_per_actor,
     )
     n_docs = len(documents)
-    partial = target.with_name(target.stem + f".{os.getpid()}.partial.npy") if target and n_docs else None
+    partial = target.with_name(target.stem + f".{os.getpid()}.partial.npy") if n_docs else None
     out = query_out = None  # opened at the first batch, whose width is the model's: the driver never loads the model
     for batch in ds.iter_batches(batch_format="numpy", batch_size=None):
         vectors = np.stack(batch["embedding"]) if batch["embedding"].dtype == object else batch["embedding"]
@@ -268,19 +268,12 @@ def encode_on_pool(cfg: PipelineConfig, model_path: str, documents: list[str], t
     assert query_out is not None  # texts is not empty, so a batch arrived
     logger.info("encoded %s documents and %s queries with %s %s actors", f"{n_docs:,}", f"{len(queries):,}", e.actors,
                 backend.value)  # fmt: skip
-    if out is None:
-        width = query_out.shape[1]
-        return PoolOutput(_empty_file(target, width) if target else np.zeros((0, width), np.float32), query_out)
+    if out is None:  # queries only
+        return PoolOutput(np.zeros((0, query_out.shape[1]), np.float32), query_out)
     out.flush()
     del out
     os.replace(partial, target)
     return PoolOutput(np.load(target, mmap_mode="r"), query_out)
-
-
-def _empty_file(target: Path, width: int) -> np.ndarray:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    np.save(target, np.zeros((0, width), dtype=np.float32))
-    return np.load(target, mmap_mode="r")
 
 
 def embed_queries(cfg: PipelineConfig, texts: list[str], model: str | None = None) -> np.ndarray:

@@ -49,7 +49,6 @@ def test_queries_ride_on_the_corpus_pool_unless_few_against_a_cached_corpus(ray_
     assert calls == [0]
     np.testing.assert_allclose(again, queries_here, atol=1e-5)
 
-
     # corpus cached, a few queries: encoded in the driver, no pool started
     monkeypatch.setattr(embed, "local_encoder", lambda *a, **k: model)
     monkeypatch.setattr(embed, "encode_on_pool", lambda *a, **k: pytest.fail("a pool started for 3 queries"))
