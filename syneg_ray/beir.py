@@ -128,20 +128,27 @@ def _required_str(row: dict, key: str, path: Path, number: int) -> str:
     return value
 
 
-def iter_corpus(path: Path) -> Iterator[tuple[str, str]]:
-    """Yields (doc_id, document text) from corpus.jsonl, validated, with duplicate ids rejected."""
+def iter_corpus(path: Path, unique_ids: bool = True) -> Iterator[tuple[str, str]]:
+    """Yields (doc_id, document text) from corpus.jsonl, validated, with duplicate ids rejected.
+
+    `unique_ids=False` skips the duplicate check, whose set of every id grows with the corpus; the
+    caller then checks the ids itself (dataset.prepare does, on the Parquet it writes).
+    """
     seen: set[str] = set()
+    empty = True
     for number, row in _jsonl_rows(path):
         doc_id = _required_str(row, "_id", path, number)
         text = _required_str(row, "text", path, number)
         title = row.get("title") or ""
         if not isinstance(title, str):
             raise DataError.at(path, number, "'title' must be a string")
-        if doc_id in seen:
-            raise DataError.at(path, number, f"duplicate _id {doc_id!r}; document ids must be unique")
-        seen.add(doc_id)
+        if unique_ids:
+            if doc_id in seen:
+                raise DataError.at(path, number, f"duplicate _id {doc_id!r}; document ids must be unique")
+            seen.add(doc_id)
+        empty = False
         yield doc_id, document_text(title, text)
-    if not seen:
+    if empty:
         raise DataError.at(path, None, "the corpus is empty; it needs at least one document")
 
 

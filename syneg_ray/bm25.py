@@ -1,8 +1,24 @@
-"""BM25 retrieval with bm25s (Lucene-style scoring, sparse matrices, no JVM). No Ray."""
+"""BM25 retrieval with bm25s tokenization and Lucene-style scoring (sparse matrices, no JVM). No Ray.
+
+Two forms of one scorer:
+- `BM25Index`: one bm25s index over a whole corpus (evaluation's BM25 baseline, the peer benchmarks).
+- `BM25Shard`: one slice of a corpus, scored with the corpus-wide statistics (`CorpusStats`: document
+  count, mean length and the document frequency of every query term), so the scores of a corpus split
+  into any number of shards equal one global index's; the mine stage runs one per Ray actor and
+  merges their top-k lists (`merge_topk`). One shard is the small case, not a second code path.
+
+Lucene's BM25, as bm25s computes it: for a query term t of document d,
+    idf(t) = ln(1 + (N - df(t) + 0.5) / (df(t) + 0.5))
+    score  = idf(t) * tf / (tf + k1 * (1 - b + b * len(d) / mean_len))
+summed over the query's terms, a repeated term counted each time.
+"""
 
 from __future__ import annotations
 
 import logging
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -34,6 +50,146 @@ class BM25Index:
         indices, scores = self._retriever.retrieve(tokens, k=k, show_progress=show_progress, n_threads=0)
         indices = np.where(scores > 0, indices, -1)  # bm25s fills missing matches with score-0 docs
         return scores.astype(np.float32), indices.astype(np.int64)
+
+
+def tokenize(texts: Sequence[str]) -> list[list[str]]:
+    """Each text's BM25 terms: bm25s's lowercased word split, English stopwords dropped, Snowball-stemmed."""
+    import bm25s
+
+    return bm25s.tokenize(list(texts), stopwords="en", stemmer=_stemmer(), return_ids=False, show_progress=False)
+
+
+@dataclass(frozen=True)
+class CorpusStats:
+    """What a shard needs to score as one index over the whole corpus would.
+
+    `df` holds only the terms of the queries being searched, so its size is bounded by the queries'
+    vocabulary, never the corpus's.
+    """
+
+    n_docs: int
+    total_length: int  # terms over all documents (stopwords dropped)
+    df: dict[str, int]  # documents containing each query term
+
+    @staticmethod
+    def combine(parts: Sequence[CorpusStats]) -> CorpusStats:
+        """The statistics of the union of disjoint shards."""
+        df: Counter[str] = Counter()
+        for part in parts:
+            df.update(part.df)
+        return CorpusStats(sum(p.n_docs for p in parts), sum(p.total_length for p in parts), dict(df))
+
+    def idf(self, term: str) -> float:
+        df = self.df.get(term, 0)
+        return float(np.log1p((self.n_docs - df + 0.5) / (df + 0.5)))
+
+    @property
+    def mean_length(self) -> float:
+        return self.total_length / max(self.n_docs, 1)
+
+
+class BM25Shard:
+    """Term frequencies of a slice of the corpus; scored against `CorpusStats` of the whole corpus.
+
+    Memory: one sparse (documents x terms) matrix of the shard, about 12 bytes per distinct
+    (document, term), plus its vocabulary.
+    """
+
+    def __init__(self, texts: Sequence[str], k1: float = 0.9, b: float = 0.4):
+        import bm25s
+        import scipy.sparse as sp
+
+        self.k1, self.b = k1, b
+        tokens = bm25s.tokenize(list(texts), stopwords="en", stemmer=_stemmer(), show_progress=False)
+        self.vocab: dict[str, int] = dict(tokens.vocab)
+        self.lengths = np.fromiter((len(ids) for ids in tokens.ids), dtype=np.int64, count=len(tokens.ids))
+        cols = np.fromiter((t for ids in tokens.ids for t in ids), dtype=np.int64, count=int(self.lengths.sum()))
+        rows = np.repeat(np.arange(len(self.lengths)), self.lengths)
+        # (documents x terms) counts; csc, so a query's terms are a cheap column selection
+        self.tf = sp.csc_matrix((np.ones(len(cols), np.float32), (rows, cols)), shape=(len(self.lengths), len(self.vocab)))
+        self.tf.sum_duplicates()
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def stats(self, terms: set[str]) -> CorpusStats:
+        """This shard's share of the corpus statistics, for the given query terms."""
+        counts = np.diff(self.tf.indptr)  # documents per term column
+        df = {t: int(counts[self.vocab[t]]) for t in terms if t in self.vocab}
+        return CorpusStats(len(self.lengths), int(self.lengths.sum()), df)
+
+    def scores(self, queries: Sequence[Sequence[str]], stats: CorpusStats):  # -> scipy.sparse.csr_matrix
+        """(n_queries, shard documents) sparse BM25 scores; documents sharing no term with a query are absent."""
+        import scipy.sparse as sp
+
+        terms = sorted({t for q in queries for t in q if t in self.vocab})
+        column = {t: i for i, t in enumerate(terms)}
+        weights = self._term_weights([self.vocab[t] for t in terms], stats)  # (docs, terms) csc
+        q_rows, q_cols, q_vals = [], [], []
+        for i, query in enumerate(queries):
+            for term, count in Counter(t for t in query if t in column).items():
+                q_rows.append(i)
+                q_cols.append(column[term])
+                q_vals.append(count * stats.idf(term))
+        query_matrix = sp.csr_matrix((np.asarray(q_vals, np.float32), (q_rows, q_cols)), shape=(len(queries), len(terms)))
+        return (query_matrix @ weights.T).tocsr()
+
+    def _term_weights(self, columns: list[int], stats: CorpusStats):
+        """tf / (tf + k1 * (1 - b + b * len / mean_len)) of the chosen term columns, float32 as bm25s stores it."""
+        sub = self.tf[:, columns].tocsc()
+        norm = (self.k1 * (1 - self.b + self.b * self.lengths / stats.mean_length)).astype(np.float32)
+        tf = sub.data
+        sub.data = tf / (tf + norm[sub.indices])
+        return sub
+
+    def search(self, queries: Sequence[Sequence[str]], stats: CorpusStats, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k (scores, shard rows) per query, descending; -inf / -1 pad queries with fewer matching documents."""
+        matrix = self.scores(queries, stats)
+        scores = np.full((len(queries), k), -np.inf, dtype=np.float32)
+        rows = np.full((len(queries), k), -1, dtype=np.int64)
+        for i in range(len(queries)):
+            start, stop = matrix.indptr[i], matrix.indptr[i + 1]
+            values, docs = matrix.data[start:stop], matrix.indices[start:stop]
+            keep = values > 0
+            values, docs = values[keep], docs[keep]
+            if len(values) > k:
+                top = np.argpartition(-values, k - 1)[:k]
+                values, docs = values[top], docs[top]
+            order = np.lexsort((docs, -values))  # by score, ties by row: the same order in any sharding
+            scores[i, : len(order)], rows[i, : len(order)] = values[order], docs[order]
+        return scores, rows
+
+    def score_rows(self, queries: Sequence[Sequence[str]], stats: CorpusStats, rows: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """Exact scores of chosen shard rows per query (its positives), 0 where no query term occurs."""
+        matrix = self.scores(queries, stats)
+        return [np.asarray(matrix[i, np.asarray(r, dtype=np.int64)].todense(), dtype=np.float32).ravel()
+                for i, r in enumerate(rows)]  # fmt: skip
+
+
+def merge_topk(parts: Sequence[tuple[np.ndarray, np.ndarray]], k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Merges per-shard top-k lists whose rows are already corpus-wide into one top-k per query.
+
+    Ties are broken by the lower corpus row, as `BM25Shard.search` breaks them, so the merged list
+    is the same however the corpus was cut.
+
+    Args:
+        parts: (scores (n, k_i), rows (n, k_i)) per shard for the same n queries; -1 rows are pads.
+        k: results kept per query.
+
+    Returns:
+        scores (n, k) descending, rows (n, k); -inf / -1 where fewer than k exist.
+    """
+    scores = np.concatenate([p[0] for p in parts], axis=1)
+    rows = np.concatenate([p[1] for p in parts], axis=1)
+    scores = np.where(rows >= 0, scores, -np.inf)
+    tie_break = np.where(rows >= 0, rows, np.iinfo(np.int64).max)
+    order = np.lexsort((tie_break, -scores), axis=1)[:, :k]
+    scores, rows = np.take_along_axis(scores, order, 1), np.take_along_axis(rows, order, 1)
+    if scores.shape[1] < k:
+        pad = k - scores.shape[1]
+        scores = np.pad(scores, ((0, 0), (0, pad)), constant_values=-np.inf)
+        rows = np.pad(rows, ((0, 0), (0, pad)), constant_values=-1)
+    return scores.astype(np.float32), rows
 
 
 def _stemmer():

@@ -232,7 +232,8 @@ class MineConfig:
     ef_search: int = 128  # hnsw: search-time beam width (recall vs speed)
     faiss_gpu: bool = True  # put the faiss index on the GPUs when faiss has GPU support and a GPU is visible
     shards: int = 1  # >1: corpus split across this many Ray actors, each searching its shard (per-shard top-k merged)
-    shard_cpus: float = 1.0  # logical CPUs (and faiss threads, rounded down, at least 1) per shard actor
+    shard_cpus: float = 1.0  # logical CPUs (and faiss threads, rounded down, at least 1) per shard actor (dense and BM25)
+    bm25_shards: int = 1  # BM25 runs on this many Ray actors, each indexing a slice of the corpus (scores as one index)
     search_block: int = 4096  # queries scored at once: memory is search_block x corpus size floats at most
     bm25_k1: float = 0.9  # BM25 term-frequency saturation (BEIR's Anserini setting)
     bm25_b: float = 0.4  # BM25 length normalisation
@@ -256,7 +257,7 @@ class MineConfig:
             raise ConfigError(f"mine.index = {self.index!r}; choose flat, ivf or hnsw")
         if self.guard_scorer not in ("auto", "dense", "source"):
             raise ConfigError(f"mine.guard_scorer = {self.guard_scorer!r}; choose auto, dense or source")
-        for name in ("nlist", "nprobe", "hnsw_m", "ef_construction", "ef_search", "shards", "search_block"):
+        for name in ("nlist", "nprobe", "hnsw_m", "ef_construction", "ef_search", "shards", "bm25_shards", "search_block"):
             _check_min(f"mine.{name}", getattr(self, name), 0 if name == "nlist" else 1)
         _check_range("mine.shard_cpus", self.shard_cpus, 0.01, 1024.0)
 

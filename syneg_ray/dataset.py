@@ -1,8 +1,9 @@
 """The pipeline's view of a BEIR dataset: pairs, the dev split and a Parquet copy of the corpus.
 
-The corpus is read and validated once, then written as Parquet into the cache keyed by the
-corpus file's content hash, so Ray stages read it in parallel shards and every later run skips
-the JSON parse.
+The corpus is read and validated once, streamed into Parquet in the cache keyed by the corpus
+file's content hash, in row groups of `CORPUS_ROW_GROUP` documents. Ray actors then read their own
+row ranges of it (`read_corpus_rows`): the driver learns the corpus's size from the Parquet
+footer and never holds its texts.
 """
 
 from __future__ import annotations
@@ -14,12 +15,14 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from syneg_ray import beir, schema
 from syneg_ray.config import PipelineConfig, default_cache_dir
-from syneg_ray.runtime import read_json, write_parquet_atomic, write_text_atomic
+from syneg_ray.runtime import _replace_atomically, read_json, write_parquet_atomic, write_text_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -31,6 +34,17 @@ class Prepared:
     folder: Path
     corpus_parquet: Path
     fingerprint: str  # sha256 prefix of corpus.jsonl
+
+    @property
+    def n_docs(self) -> int:
+        """Documents in the corpus, from the Parquet footer (no data read)."""
+        return pq.ParquetFile(self.corpus_parquet).metadata.num_rows
+
+    def doc_ids(self) -> pa.ChunkedArray:
+        """Every document id, in corpus order, as one Arrow column: about 10-20 bytes a document,
+        a few times less than a Python list of str, and the one corpus-sized structure the driver
+        keeps (the id -> row map of the stages)."""
+        return pq.read_table(self.corpus_parquet, columns=["doc_id"]).column("doc_id")
 
 
 def file_digest(path: Path, chunk: int = 1 << 22) -> str:
@@ -54,15 +68,66 @@ def prepare(cfg: PipelineConfig) -> Prepared:
     """Resolves `data.dataset` and makes sure its validated Parquet corpus is in the cache."""
     folder = beir.resolve_dataset(cfg.data.dataset, cfg.data.data_dir, cfg.data.download)
     fingerprint = file_digest(folder / "corpus.jsonl")[:16]
-    target = default_cache_dir(cfg) / "corpus" / f"{fingerprint}.parquet"
+    # "-g": the row-grouped layout; a cache written before it (one row group) is rewritten once
+    target = default_cache_dir(cfg) / "corpus" / f"{fingerprint}-g{CORPUS_ROW_GROUP}.parquet"
     if not target.is_file():
-        ids, texts = [], []
-        for doc_id, text in beir.iter_corpus(folder / "corpus.jsonl"):
-            ids.append(doc_id)
-            texts.append(text)
-        write_parquet_atomic(target, pa.table({"doc_id": ids, "text": texts}))
-        logger.info("corpus: %s documents validated and cached as %s", f"{len(ids):,}", target)
+        n = write_corpus_parquet(folder / "corpus.jsonl", target)
+        logger.info("corpus: %s documents validated and cached as %s", f"{n:,}", target)
     return Prepared(folder=folder, corpus_parquet=target, fingerprint=fingerprint)
+
+
+CORPUS_ROW_GROUP = 2048  # documents per Parquet row group: the unit an encoder or BM25 actor reads
+CORPUS_SCHEMA = pa.schema([("doc_id", pa.string()), ("text", pa.string())])
+
+
+def write_corpus_parquet(source: Path, target: Path) -> int:
+    """Streams corpus.jsonl into Parquet one row group at a time (atomically); returns the document count.
+
+    Memory stays at one row group of texts whatever the corpus size. Duplicate ids are found on the
+    written id column (Arrow), and only then is the file scanned again for the line to report.
+    """
+    count = 0
+
+    def write(tmp: Path) -> None:
+        nonlocal count
+        with pq.ParquetWriter(tmp, CORPUS_SCHEMA) as writer:
+            ids: list[str] = []
+            texts: list[str] = []
+            for doc_id, text in beir.iter_corpus(source, unique_ids=False):
+                ids.append(doc_id)
+                texts.append(text)
+                if len(ids) == CORPUS_ROW_GROUP:
+                    writer.write_table(pa.table({"doc_id": ids, "text": texts}, schema=CORPUS_SCHEMA))
+                    count, ids, texts = count + len(ids), [], []
+            if ids:
+                writer.write_table(pa.table({"doc_id": ids, "text": texts}, schema=CORPUS_SCHEMA))
+                count += len(ids)
+        column = pq.read_table(tmp, columns=["doc_id"]).column("doc_id")
+        if pc.count_distinct(column).as_py() != len(column):
+            tmp.unlink()
+            for _ in beir.iter_corpus(source):  # raises the DataError that names the duplicate's line
+                pass
+
+    _replace_atomically(target, write)
+    return count
+
+
+def read_corpus_rows(path: str | Path, start: int, stop: int, columns: list[str] | None = None) -> pa.Table:
+    """Rows [start, stop) of a corpus Parquet, reading only the row groups that hold them."""
+    source = pq.ParquetFile(path)
+    sizes = [source.metadata.row_group(i).num_rows for i in range(source.metadata.num_row_groups)]
+    firsts = np.concatenate([[0], np.cumsum(sizes)])
+    groups = [i for i in range(len(sizes)) if firsts[i] < stop and firsts[i + 1] > start]
+    if not groups:
+        return source.schema_arrow.empty_table().select(columns or source.schema_arrow.names)
+    table = source.read_row_groups(groups, columns=columns)
+    return table.slice(start - int(firsts[groups[0]]), stop - start)
+
+
+def rows_of(doc_ids: pa.ChunkedArray, wanted: list[str]) -> np.ndarray:
+    """Corpus rows of `wanted` ids (an Arrow hash lookup: no id -> row dict of the whole corpus); -1 for unknown ids."""
+    found = pc.index_in(pa.array(wanted, type=pa.string()), value_set=doc_ids.combine_chunks())
+    return found.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
 
 
 def read_corpus(prepared: Prepared) -> dict[str, str]:

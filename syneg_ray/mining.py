@@ -21,6 +21,7 @@ A query left with fewer than `num_negatives` is counted as short, never padded.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -228,8 +229,24 @@ def select_negatives(
 
 
 def text_groups(texts: Sequence[str]) -> np.ndarray:
-    """(n_docs,) int64 group id per text: equal after whitespace and case folding means the same group."""
-    seen: dict[str, int] = {}
+    """(n_docs,) int64 group id per text: equal after whitespace and case folding means the same group.
+
+    Ids are dense and numbered in order of first appearance."""
+    return groups_of(text_digests(texts))
+
+
+def text_digests(texts: Sequence[str]) -> np.ndarray:
+    """(n,) int64: a 64-bit blake2b digest of each text after whitespace and case folding (the
+    same in every process, unlike hash()); a collision between two different texts is 2^-64-rare."""
     return np.fromiter(
-        (seen.setdefault(" ".join(t.split()).casefold(), len(seen)) for t in texts), dtype=np.int64, count=len(texts)
-    )
+        (int.from_bytes(hashlib.blake2b(" ".join(t.split()).casefold().encode(), digest_size=8).digest(), "little", signed=True)
+         for t in texts), dtype=np.int64, count=len(texts),
+    )  # fmt: skip
+
+
+def groups_of(digests: np.ndarray) -> np.ndarray:
+    """Dense group ids of digests, numbered in order of first appearance."""
+    _, first, inverse = np.unique(digests, return_index=True, return_inverse=True)
+    rank = np.empty(len(first), dtype=np.int64)
+    rank[np.argsort(first, kind="stable")] = np.arange(len(first))
+    return rank[inverse].astype(np.int64)

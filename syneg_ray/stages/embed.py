@@ -1,12 +1,13 @@
 """Ray Data encoder actors and the on-disk embedding cache shared by evaluation and mining.
 
-    corpus texts + queries, prompts prefixed --blocks cut by the driver--> map_batches(EncodeUDF, actor pool)
+    pieces: corpus row ranges (CorpusFile) or a few hundred texts (queries, small lists)
+      --blocks cut by the driver--> map_batches(EncodeUDF, actor pool; each actor reads its corpus rows)
       --> corpus rows into a .npy memmap, query rows into memory
 
-Each actor loads the encoder once and packs its rows into length-sorted, token-budget batches
-(encoder.py). The driver streams results into a memory-mapped .npy, so a corpus of millions of
-documents never has to fit in the driver's memory twice, and it opens no model of its own while
-the pool runs. Embeddings are cached under
+Each actor loads the encoder once, reads the texts of its corpus pieces from the Parquet itself and
+packs them into length-sorted, token-budget batches (encoder.py). The driver holds no document
+text: it sends row ranges and streams the vectors into a memory-mapped .npy, and it opens no model
+of its own while the pool runs. Embeddings are cached under
 `<cache>/embeddings/` keyed by (model weights, corpus content, dtype, max length, prompt).
 """
 
@@ -17,15 +18,15 @@ import itertools
 import json
 import logging
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
-import pyarrow.parquet as pq
 
 from syneg_ray import onnx_backend
 from syneg_ray.config import Backend, Dtype, EncoderConfig, PipelineConfig, default_cache_dir
-from syneg_ray.dataset import Prepared, file_digest
+from syneg_ray.dataset import CORPUS_ROW_GROUP, Prepared, file_digest, read_corpus_rows
 from syneg_ray.encoder import EncodeOptions, embedding_dimension, encode, load_encoder
 from syneg_ray.errors import ConfigError
 from syneg_ray.registry import resolve_model
@@ -99,24 +100,42 @@ def local_encoder(cfg: PipelineConfig, model_path: str):
                         max_seq_length=e.max_seq_length, dtype=e.dtype)
 
 
+@dataclass(frozen=True)
+class CorpusFile:
+    """A corpus Parquet whose `text` column the encoder actors read themselves, a row range a call."""
+
+    path: str
+    n_docs: int
+
+
 class EncodeUDF:
     """Callable class for `map_batches`: loads the encoder once per actor.
 
-    Row schema: {row: int64, text: str} -> {row: int64, embedding: float32[dim]}
+    Piece schema: {row: int64 first output row, stop: int64, texts: list<str>} -> {row: int64, embedding: float32[dim]}.
+    A piece with no texts is the corpus rows [row, stop) of `corpus_path`, read here and given
+    `document_prompt`; texts of other pieces come with their prompts already.
     """
 
     def __init__(self, model_path: str, options: EncodeOptions, threads: int, max_seq_length: int = 0,
-                 backend: str = "torch", onnx_path: str = ""):
+                 backend: str = "torch", onnx_path: str = "", corpus_path: str = "", document_prompt: str = ""):
         if Backend(backend) is Backend.TORCH:  # the ONNX backend sets its own threads and never imports torch
             import torch
 
             torch.set_num_threads(threads)
         self.model = open_encoder(model_path, Backend(backend), onnx_path, threads, max_seq_length, options.dtype)
         self.options = options
+        self.corpus_path, self.document_prompt = corpus_path, document_prompt
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        embeddings = encode(self.model, list(batch["text"]), self.options)
-        return {"row": batch["row"], "embedding": embeddings}
+        texts: list[str] = []
+        for start, stop, inline in zip(batch["row"], batch["stop"], batch["texts"], strict=True):
+            if len(inline):
+                texts += list(inline)
+            else:
+                corpus = read_corpus_rows(self.corpus_path, int(start), int(stop), ["text"]).column("text").to_pylist()
+                texts += [self.document_prompt + t for t in corpus]
+        rows = np.concatenate([np.arange(a, b, dtype=np.int64) for a, b in zip(batch["row"], batch["stop"], strict=True)])
+        return {"row": rows, "embedding": encode(self.model, texts, self.options)}
 
 
 def encode_options(encoder: EncoderConfig, prompt: str) -> EncodeOptions:
@@ -182,7 +201,7 @@ def embed_corpus_and_queries(cfg: PipelineConfig, prepared: Prepared, queries: l
         if len(queries) <= POOL_QUERIES:
             return corpus, encode_queries_here(cfg, model_path, queries)
         return corpus, encode_on_pool(cfg, model_path, [], None, queries).queries
-    documents = pq.read_table(prepared.corpus_parquet, columns=["text"]).column("text").to_pylist()
+    documents = CorpusFile(str(prepared.corpus_parquet), prepared.n_docs)
     return encode_on_pool(cfg, model_path, documents, target, queries)
 
 
@@ -196,22 +215,24 @@ def encode_with_ray(cfg: PipelineConfig, model_path: str, texts: list[str], prom
     return encode_on_pool(cfg, model_path, texts, target, [], document_prompt=prompt).documents
 
 
-def encode_on_pool(cfg: PipelineConfig, model_path: str, documents: list[str], target: Path | None, queries: list[str],
-                   document_prompt: str | None = None) -> PoolOutput:  # fmt: skip
+def encode_on_pool(cfg: PipelineConfig, model_path: str, documents: list[str] | CorpusFile, target: Path | None,
+                   queries: list[str], document_prompt: str | None = None) -> PoolOutput:  # fmt: skip
     """Encodes documents into the .npy file `target` (written atomically) and queries into memory, in one
     pass of a Ray Data actor pool.
 
-    Each side gets its prompt from `cfg.encoder` (`document_prompt` overrides the documents' one); the
-    driver prefixes it, exactly as `encoder.iter_encode` would, so one pool serves both sides.
+    `documents` is a list of texts, or a `CorpusFile` whose rows the actors read themselves (the
+    driver then never holds them). Each side gets its prompt from `cfg.encoder` (`document_prompt`
+    overrides the documents' one), prefixed exactly as `encoder.iter_encode` would, so one pool
+    serves both sides.
     `target` may be None only when there are no documents; no file is written for none (as before
     for an empty corpus), and their embeddings are an empty (0, dim) array.
     """
-    import pyarrow as pa
     import ray
 
     from syneg_ray.runtime import init_ray
 
-    if documents and target is None:
+    n_docs = documents.n_docs if isinstance(documents, CorpusFile) else len(documents)
+    if n_docs and target is None:
         raise ValueError("encode_on_pool: documents need a target file")
     e = cfg.encoder
     backend = backend_of(e, model_path)
@@ -222,20 +243,18 @@ def encode_on_pool(cfg: PipelineConfig, model_path: str, documents: list[str], t
     init_ray(cfg)
     cpus = cpus_per_actor(e)
     doc_prompt = e.document_prompt if document_prompt is None else document_prompt
-    texts = [doc_prompt + t for t in documents] if doc_prompt else list(documents)
-    texts += [e.query_prompt + q for q in queries] if e.query_prompt else queries
-    if not texts:  # no batch will arrive to tell the width
+    if not n_docs + len(queries):  # no batch will arrive to tell the width
         width = embedding_dimension(local_encoder(cfg, model_path))
         return PoolOutput(np.zeros((0, width), np.float32), np.zeros((0, width), np.float32))
-    table = pa.table({"row": np.arange(len(texts), dtype=np.int64), "text": texts})
-    del texts  # the table holds them now
-    blocks = max(e.actors * 4, len(table) // 4096 + 1)  # enough blocks to keep every actor busy
-    bounds = np.linspace(0, len(table), min(blocks, len(table)) + 1).astype(int)
+    pieces = _pieces(documents, doc_prompt, e.query_prompt, queries)
+    blocks = max(e.actors * 4, len(pieces) // 8 + 1)  # enough blocks to keep every actor busy
+    bounds = np.linspace(0, len(pieces), min(blocks, len(pieces)) + 1).astype(int)
     # The driver cuts the blocks itself: a repartition task would need a CPU beside the actors, which
     # a node whose CPUs the actors fill (a Tune trial holds a share too) never frees, and Ray Data
-    # starts the actors first, so that task would wait forever.
-    ds = ray.data.from_arrow([table.slice(int(a), int(b - a)) for a, b in itertools.pairwise(bounds)])
-    del table
+    # starts the actors first, so that task would wait forever. The blocks are small: a corpus piece
+    # is two integers, and only queries (bounded by the training set) travel as text.
+    ds = ray.data.from_arrow([pieces.slice(int(a), int(b - a)) for a, b in itertools.pairwise(bounds)])
+    del pieces
     ds = ds.map_batches(
         EncodeUDF,
         fn_constructor_kwargs={
@@ -245,13 +264,14 @@ def encode_on_pool(cfg: PipelineConfig, model_path: str, documents: list[str], t
             "max_seq_length": e.max_seq_length,
             "backend": backend.value,
             "onnx_path": str(onnx_file(cfg, model_path)),
+            "corpus_path": documents.path if isinstance(documents, CorpusFile) else "",
+            "document_prompt": doc_prompt,
         },
-        batch_size=ROWS_PER_ACTOR_CALL,
+        batch_size=1,  # one piece a call: a corpus row group or ROWS_PER_ACTOR_CALL texts
         compute=ray.data.ActorPoolStrategy(size=e.actors),
         num_cpus=cpus,
         num_gpus=e.gpus_per_actor,
     )
-    n_docs = len(documents)
     partial = target.with_name(target.stem + f".{os.getpid()}.partial.npy") if n_docs else None
     out = query_out = None  # opened at the first batch, whose width is the model's: the driver never loads the model
     for batch in ds.iter_batches(batch_format="numpy", batch_size=None):
@@ -274,6 +294,31 @@ def encode_on_pool(cfg: PipelineConfig, model_path: str, documents: list[str], t
     del out
     os.replace(partial, target)
     return PoolOutput(np.load(target, mmap_mode="r"), query_out)
+
+
+def _pieces(documents: list[str] | CorpusFile, document_prompt: str, query_prompt: str, queries: list[str]):  # -> pa.Table
+    """The pool's work list: rows [row, stop) of the output, each a corpus range or inline texts."""
+    import pyarrow as pa
+
+    starts, stops, texts = [], [], []
+    if isinstance(documents, CorpusFile):  # ranges on the Parquet's row groups, so each read is one group
+        for start in range(0, documents.n_docs, CORPUS_ROW_GROUP):
+            starts.append(start)
+            stops.append(min(start + CORPUS_ROW_GROUP, documents.n_docs))
+            texts.append([])
+        offset = documents.n_docs
+        inline: list[str] = []
+    else:
+        offset = 0
+        inline = [document_prompt + t for t in documents]
+    inline += [query_prompt + q for q in queries]
+    for start in range(0, len(inline), ROWS_PER_ACTOR_CALL):
+        chunk = inline[start : start + ROWS_PER_ACTOR_CALL]
+        starts.append(offset + start)
+        stops.append(offset + start + len(chunk))
+        texts.append(chunk)
+    return pa.table({"row": pa.array(starts, pa.int64()), "stop": pa.array(stops, pa.int64()),
+                     "texts": pa.array(texts, pa.list_(pa.string()))})  # fmt: skip
 
 
 def embed_queries(cfg: PipelineConfig, texts: list[str], model: str | None = None) -> np.ndarray:

@@ -1,10 +1,11 @@
 """Mine stage: dense (Ray Data encoder actors + faiss) and BM25 candidates -> mining.select_negatives -> Parquet.
 
     pairs.parquet {query_id, positive_id, query} + corpus Parquet {doc_id, text}
-      -> embed: corpus (cached, Ray actors) and queries, when dense is a source or guards BM25
+      -> embed: corpus (cached; Ray actors read its rows) and queries, when dense is a source or guards BM25
       -> dense: exact / IVF / HNSW / sharded search
-      -> bm25:  bm25s (or pyserini) top-k, each hit scored by the encoder too for the guard
-                (mine.guard_scorer; by default when dense is a source)
+      -> bm25:  corpus-sharded BM25 on Ray actors, top-k merged (or pyserini in the driver), each
+                hit scored by the encoder too for the guard (mine.guard_scorer; by default when
+                dense is a source)
       -> mining.select_negatives (window, positives, guard, sampling, combination)
       -> run_dir/mine/negatives.parquet: one MinedRow per (query, positive) pair
 
@@ -26,8 +27,9 @@ from tqdm.auto import tqdm
 
 from syneg_ray import beir, mining, schema
 from syneg_ray.config import PipelineConfig
-from syneg_ray.dataset import Prepared, ensure_pairs
+from syneg_ray.dataset import Prepared, ensure_pairs, rows_of
 from syneg_ray.runtime import write_parquet_atomic
+from syneg_ray.stages.sharded_search import bm25_search, index_spec
 
 logger = logging.getLogger(__name__)
 
@@ -37,34 +39,36 @@ GUARD_BLOCK = 256  # queries per block when lexical hits are scored by the encod
 
 @dataclass(frozen=True)
 class MineInputs:
-    """Queries, their positives and the corpus, as rows the search and selection functions take."""
+    """Queries, their positives and the corpus's ids: what the driver holds (no document text).
+
+    Sizes: the query lists grow with the training set; `doc_ids` (Arrow) and `groups` (8 bytes a
+    document) are the only corpus-sized structures, the id -> row map the stage needs.
+    """
 
     query_ids: list[str]  # unique train queries, in pair order
     query_texts: list[str]
     positives: list[np.ndarray]  # per query, corpus rows of ALL its positives (qrels score > 0)
-    doc_ids: list[str]
-    doc_texts: list[str]
+    doc_ids: pa.ChunkedArray  # corpus order
     groups: np.ndarray | None  # text-group id per document (mine.dedup_text)
     depth: int  # candidates retrieved per query
+    corpus_parquet: Path  # the texts, read by the actors that need them
     fingerprint: str  # corpus content hash (cache keys)
 
 
 def load_inputs(cfg: PipelineConfig, prepared: Prepared, pairs_path: Path) -> tuple[MineInputs, pa.Table]:
-    """Reads pairs, corpus and the split's qrels into row-indexed arrays."""
+    """Reads pairs, the corpus's ids and the split's qrels into row-indexed arrays."""
     pairs = pq.read_table(pairs_path, columns=["query_id", "positive_id", "query"])
-    corpus = pq.read_table(prepared.corpus_parquet)
-    doc_ids = corpus.column("doc_id").to_pylist()
-    row_of = {d: i for i, d in enumerate(doc_ids)}
+    doc_ids = prepared.doc_ids()
     qrels, _ = beir.read_qrels(prepared.folder, cfg.data.train_split)
     texts = dict(zip(pairs.column("query_id").to_pylist(), pairs.column("query").to_pylist(), strict=True))
     query_ids = list(texts)  # dict keeps first-seen order
-    positives = []
-    for q, pair_pos in _pair_positives(pairs).items():
-        # Every judged-relevant document of the query, not just the pairs kept after data.limit.
-        docs = {d for d, rel in qrels.get(q, {}).items() if rel > 0} | pair_pos
-        positives.append(np.array(sorted(row_of[d] for d in docs if d in row_of), dtype=np.int64))
-    doc_texts = corpus.column("text").to_pylist()
-    groups = mining.text_groups(doc_texts) if cfg.mine.dedup_text else None
+    # Every judged-relevant document of the query, not just the pairs kept after data.limit.
+    docs = [sorted({d for d, rel in qrels.get(q, {}).items() if rel > 0} | pair_pos)
+            for q, pair_pos in _pair_positives(pairs).items()]  # fmt: skip
+    rows = rows_of(doc_ids, [d for ds in docs for d in ds])
+    bounds = np.cumsum([0, *map(len, docs)])
+    positives = [np.sort(r[r >= 0]) for r in np.split(rows, bounds[1:-1])] if docs else []
+    groups = text_groups(prepared.corpus_parquet) if cfg.mine.dedup_text else None
     group_sizes = np.bincount(groups) if groups is not None else None
     widest = max((_expanded(p, groups, group_sizes) for p in positives), default=0)
     inputs = MineInputs(
@@ -72,12 +76,21 @@ def load_inputs(cfg: PipelineConfig, prepared: Prepared, pairs_path: Path) -> tu
         [texts[q] for q in query_ids],
         positives,
         doc_ids,
-        doc_texts,
         groups,
         cfg.mine.range_max + widest,
+        prepared.corpus_parquet,
         prepared.fingerprint,
     )
     return inputs, pairs
+
+
+def text_groups(corpus_parquet: Path) -> np.ndarray:
+    """mining.text_groups over the corpus, read one row group at a time: each text becomes a 64-bit
+    digest of its folded form, so memory is 8 bytes a document, not the texts."""
+    digests = []
+    for batch in pq.ParquetFile(corpus_parquet).iter_batches(columns=["text"]):
+        digests.append(mining.text_digests(batch.column("text").to_pylist()))
+    return mining.groups_of(np.concatenate(digests) if digests else np.zeros(0, np.int64))
 
 
 def _pair_positives(pairs: pa.Table) -> dict[str, set[str]]:
@@ -156,24 +169,12 @@ def dense_search(cfg: PipelineConfig, corpus: np.ndarray, queries: np.ndarray, k
     return ann.search(index, queries, k, block=m.search_block)
 
 
-def index_spec(cfg: PipelineConfig):  # -> ann.IndexSpec
-    """The faiss index parameters of the mine section."""
-    from syneg_ray.ann import IndexSpec
-
-    m = cfg.mine
-    return IndexSpec(
-        kind=m.index, nlist=m.nlist, nprobe=m.nprobe, hnsw_m=m.hnsw_m, ef_construction=m.ef_construction,
-        ef_search=m.ef_search, use_gpu=m.faiss_gpu, seed=cfg.run.seed,
-    )  # fmt: skip
-
-
 def bm25_candidates(cfg: PipelineConfig, inputs: MineInputs) -> tuple[mining.Candidates, list[np.ndarray]]:
-    """bm25s top-k plus the exact BM25 score of every positive (the guard's reference on BM25's scale)."""
-    from syneg_ray.bm25 import BM25Index, score_documents
-
-    index = BM25Index(inputs.doc_ids, inputs.doc_texts, k1=cfg.mine.bm25_k1, b=cfg.mine.bm25_b)
-    scores, indices = index.search(inputs.query_texts, inputs.depth)
-    pos_scores = score_documents(index, inputs.query_texts, [np.sort(p) for p in inputs.positives])
+    """BM25 top-k on corpus-sharded actors plus the exact BM25 score of every positive (the guard's
+    reference on BM25's scale)."""
+    n_docs = len(inputs.doc_ids)
+    scores, indices, pos_scores = bm25_search(cfg, inputs.corpus_parquet, n_docs, inputs.query_texts, inputs.depth,
+                                              inputs.positives)  # fmt: skip
     return mining.Candidates("bm25", scores, indices, _reference(pos_scores)), pos_scores
 
 
@@ -184,9 +185,12 @@ def pyserini_candidates(cfg: PipelineConfig, inputs: MineInputs) -> tuple[mining
 
     folder = default_cache_dir(cfg) / "lucene" / inputs.fingerprint
     positives = [np.sort(p) for p in inputs.positives]
+    # pyserini's Lucene runs in this process and indexes from Python lists: the one source that
+    # still holds the corpus in the driver (bm25 is the sharded one)
+    corpus = pq.read_table(inputs.corpus_parquet)
     scores, indices, pos_scores = pyserini_search(
-        inputs.doc_ids,
-        inputs.doc_texts,
+        corpus.column("doc_id").to_pylist(),
+        corpus.column("text").to_pylist(),
         inputs.query_texts,
         inputs.depth,
         positives,
@@ -229,14 +233,19 @@ def to_rows(
 ) -> list[schema.MinedRow]:
     """One MinedRow per pair; positive_score is the pair's positive under the first source."""
     qpos = {q: i for i, q in enumerate(inputs.query_ids)}
+    ids = inputs.doc_ids.combine_chunks()
+
+    def names(corpus_rows) -> list[str]:
+        return ids.take(pa.array(np.asarray(corpus_rows, dtype=np.int64))).to_pylist()
+
     rows: list[schema.MinedRow] = []
     for q, d in zip(pairs.column("query_id").to_pylist(), pairs.column("positive_id").to_pylist(), strict=True):
         i = qpos[q]
-        pos_ids = [inputs.doc_ids[r] for r in np.sort(inputs.positives[i])]  # aligned with first_pos[i]
+        pos_ids = names(np.sort(inputs.positives[i]))  # aligned with first_pos[i]
         sel = selected[i]
         rows.append({
             "query_id": q, "positive_id": d, "positive_ids": pos_ids,
-            "negative_ids": [inputs.doc_ids[r] for r in sel.indices], "negative_scores": sel.scores,
+            "negative_ids": names(sel.indices), "negative_scores": sel.scores,
             "positive_score": float(first_pos[i][pos_ids.index(d)]) if d in pos_ids else float("nan"),
             "source": sel.sources,
         })  # fmt: skip

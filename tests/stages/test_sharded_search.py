@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import time
 
@@ -12,7 +13,7 @@ import pytest
 from syneg_ray.config import load_config
 from syneg_ray.index import search_exact
 from syneg_ray.stages import sharded_search
-from syneg_ray.stages.mine import index_spec
+from syneg_ray.stages.sharded_search import index_spec
 from syneg_ray.stages.sharded_search import search_sharded, shard_bounds, start_shards
 
 
@@ -62,3 +63,43 @@ def test_a_shard_failing_to_start_takes_the_others_down(ray_local, monkeypatch, 
     while time.monotonic() < deadline and any(psutil.pid_exists(p) for p in pids):
         time.sleep(0.5)
     assert [p for p in pids if psutil.pid_exists(p)] == [], f"shards left running after {excinfo.value!r}"
+
+
+def _corpus_parquet(tmp_path, texts: list[str]):
+    from syneg_ray.dataset import write_corpus_parquet
+
+    source = tmp_path / "corpus.jsonl"
+    source.write_text("".join(json.dumps({"_id": f"d{i}", "text": t}) + "\n" for i, t in enumerate(texts)))
+    target = tmp_path / "corpus.parquet"
+    return target, write_corpus_parquet(source, target)
+
+
+def test_bm25_on_sharded_actors_equals_one_index(ray_local, scifact_small, tmp_path):
+    """Actors that each read their own rows of the corpus Parquet give the global index's top-k and positive scores."""
+    from syneg_ray import beir, bm25
+
+    ids, texts = map(list, zip(*beir.iter_corpus(scifact_small / "corpus.jsonl"), strict=True))
+    path, n = _corpus_parquet(tmp_path, texts)
+    queries = [texts[7][:80], "vitamin D deficiency and bone density", "the of and", "zzzz unknownterm"]
+    positives = [np.array([7, 300]), np.array([], np.int64), np.array([0]), np.array([n - 1])]
+    cfg = load_config(None, ["mine.bm25_shards=3", "mine.shard_cpus=0.25", "mine.search_block=3"])
+    scores, rows, pos = sharded_search.bm25_search(cfg, str(path), n, queries, 30, positives)
+    index = bm25.BM25Index(ids, texts, show_progress=False)
+    ref_scores, ref_rows = index.search(queries, 30, show_progress=False)
+    found = ref_rows >= 0
+    assert np.array_equal(rows >= 0, found) and found[:2].all() and not found[2:].any()  # stopwords / unknown: no hit
+    np.testing.assert_allclose(scores[found], ref_scores[found], atol=1e-5, rtol=0)
+    assert rows[0, 0] == 7  # the query cut from document 7 finds it first
+    for mine, ref in zip(pos, bm25.score_documents(index, queries, positives), strict=True):
+        np.testing.assert_allclose(mine, ref, atol=1e-5, rtol=0)
+
+
+def test_bm25_on_a_corpus_without_a_single_term_is_one_line(ray_local, tmp_path):
+    from syneg_ray.errors import DataError
+
+    path, n = _corpus_parquet(tmp_path, ["", "the"])  # one empty text and one stop word
+    cfg = load_config(None, ["mine.shard_cpus=0.25"])
+    with pytest.raises(DataError) as excinfo:
+        sharded_search.bm25_search(cfg, str(path), n, ["a query"], 5, [np.array([0])])
+    message = str(excinfo.value)
+    assert "\n" not in message and str(path) in message and "mine.sources" in message

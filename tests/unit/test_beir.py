@@ -134,3 +134,30 @@ def test_finds_dataset_by_name_under_data_dir(tmp_path: Path) -> None:
     with pytest.raises(DataError):  # a name outside the BEIR list is not downloaded
         beir.resolve_dataset("other", str(tmp_path))
     assert beir.resolve_dataset(str(tmp_path / "mini")) == tmp_path / "mini"
+
+
+def test_corpus_parquet_is_streamed_in_row_groups_and_names_a_duplicate_id(tmp_path, monkeypatch):
+    import json
+
+    import pyarrow.parquet as pq
+
+    from syneg_ray import dataset
+    from syneg_ray.errors import DataError
+
+    monkeypatch.setattr(dataset, "CORPUS_ROW_GROUP", 4)
+    source = tmp_path / "corpus.jsonl"
+    source.write_text("".join(json.dumps({"_id": f"d{i}", "title": "T" if i == 2 else "", "text": f"text {i}"}) + "\n" for i in range(10)))
+    target = tmp_path / "corpus.parquet"
+    assert dataset.write_corpus_parquet(source, target) == 10
+    assert pq.ParquetFile(target).metadata.num_row_groups == 3  # 4 + 4 + 2
+    rows = dataset.read_corpus_rows(target, 3, 9).to_pylist()
+    assert [r["doc_id"] for r in rows] == [f"d{i}" for i in range(3, 9)] and rows[0]["text"] == "text 3"
+    assert dataset.read_corpus_rows(target, 2, 3).column("text").to_pylist() == ["T text 2"]
+    assert dataset.rows_of(pq.read_table(target).column("doc_id"), ["d9", "nope", "d0"]).tolist() == [9, -1, 0]
+
+    lines = source.read_text().splitlines()
+    source.write_text("\n".join([*lines, json.dumps({"_id": "d3", "text": "again"})]) + "\n")
+    target.unlink()
+    with pytest.raises(DataError, match=r"corpus.jsonl:11: duplicate _id 'd3'"):
+        dataset.write_corpus_parquet(source, target)
+    assert not target.exists() and not list(tmp_path.glob(".*.tmp"))  # nothing half-written is left

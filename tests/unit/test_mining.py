@@ -141,3 +141,15 @@ def test_stats_merge_and_share():
     )
     a.merge(b)
     assert a.queries == 3 and a.skipped_share == pytest.approx(0.25)
+
+
+def test_text_groups_streamed_from_parquet_match_the_in_memory_ones(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from syneg_ray.stages.mine import text_groups
+
+    texts = ["pos", "a", "POS ", "b", "a", " b", "c"]
+    path = tmp_path / "corpus.parquet"
+    pq.write_table(pa.table({"doc_id": [str(i) for i in range(7)], "text": texts}), path, row_group_size=3)
+    assert text_groups(path).tolist() == mining.text_groups(texts).tolist() == [0, 1, 0, 2, 1, 2, 3]
