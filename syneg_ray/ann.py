@@ -33,9 +33,9 @@ class IndexSpec:
 
 
 def _faiss():
-    import faiss
+    from syneg_ray.extras import require
 
-    return faiss
+    return require("faiss")  # faiss-cpu (extra cpu) or faiss-gpu-cu12 (extra gpu)
 
 
 def gpu_count() -> int:

@@ -5,7 +5,9 @@
     ├── DataError              an input file is malformed (the message names file and line)
     ├── ModelNotFoundError     a model name is neither registered, a local path, nor reachable
     ├── EngineError            an LLM / encoder engine failed as a whole (not a single row)
-    └── ResumeError            a run directory was made with a different config
+    ├── ResumeError            a run directory was made with a different config
+    ├── MissingExtraError      an optional dependency is missing (also an ImportError); names the extra
+    └── PlanError              `syneg run`'s estimate exceeds run.max_hours (names the setting that shrinks it)
 """
 
 from __future__ import annotations
@@ -39,6 +41,15 @@ class EngineError(SynegError):
 
 class ResumeError(SynegError):
     """A stage output exists but was made with a different config; the message shows the difference."""
+
+
+class MissingExtraError(SynegError, ImportError):
+    """An optional dependency a path needs is not installed; the message names the extra to install
+    (`syneg_ray.extras.require`). Also an ImportError, so guarded imports keep catching it."""
+
+
+class PlanError(SynegError):
+    """The plan of a run exceeds `run.max_hours`; the message names the estimate, the limit and the fix."""
 
 
 class TuneError(SynegError):

@@ -42,8 +42,9 @@ def search_exact(
         device = _default_device()
     if device.startswith("cuda"):
         return _search_torch(queries, corpus, k, block, device)
-    import faiss
+    from syneg_ray.extras import require
 
+    faiss = require("faiss")  # faiss-cpu (extra cpu) or faiss-gpu-cu12 (extra gpu)
     queries = np.ascontiguousarray(queries, dtype=np.float32)
     if len(corpus) <= corpus_block:
         return faiss.knn(queries, np.ascontiguousarray(corpus, dtype=np.float32), k, metric=faiss.METRIC_INNER_PRODUCT)

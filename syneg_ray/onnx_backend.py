@@ -36,6 +36,7 @@ from typing import Any
 
 import numpy as np
 
+from syneg_ray import extras
 from syneg_ray.errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -44,7 +45,7 @@ OPSET = 17
 
 
 def available() -> bool:
-    """True when onnxruntime is installed.
+    """True when onnxruntime is installed (the `onnx` extra: pip install 'syneg-ray[onnx]').
 
     Looked up, not imported: the driver asks this before it starts encoder actors, and importing
     onnxruntime there would keep about 20 MB it never uses resident for the whole run.
@@ -82,6 +83,7 @@ def export(model_path: str, target: Path) -> Path:
             failed (an architecture the exporter cannot trace).
     """
     check_supported(model_path)
+    extras.check("onnxruntime", "onnx")  # before the child, which would fail on them with a traceback
     return _make_in_child(["export", model_path], target, f"exporting {model_path}", "set encoder.backend=torch")
 
 
@@ -94,6 +96,7 @@ def quantized(fp32_path: Path) -> Path:
     per-channel about 0.5% (benchmarks/RESULTS.md, Mining).
     """
     target = fp32_path.with_name(f"{fp32_path.stem}.int8.onnx")
+    extras.check("onnxruntime", "onnx")
     return _make_in_child(["quantize", str(fp32_path)], target, f"quantizing {fp32_path.name}", "use encoder.dtype=fp32")
 
 
@@ -261,9 +264,9 @@ class OnnxEncoder:
     """
 
     def __init__(self, model_path: str, onnx_path: Path, threads: int = 0, max_seq_length: int = 0) -> None:
-        import onnxruntime as ort
         from tokenizers import Tokenizer
 
+        ort = extras.require("onnxruntime")
         check_supported(model_path)
         folder = Path(model_path)
         stack = _modules(folder)

@@ -19,8 +19,9 @@ def plot_curves(steps: Sequence[dict], epochs: Sequence[dict], path: str | Path,
     Returns:
         The path.
     """
-    import matplotlib
+    from syneg_ray.extras import require
 
+    matplotlib = require("matplotlib")
     matplotlib.use("Agg")  # files only, no display
     import matplotlib.pyplot as plt
 

@@ -49,6 +49,9 @@ def source_auc(features: np.ndarray, labels: np.ndarray, groups: np.ndarray, fol
     Returns:
         (mean AUC over folds, standard deviation over folds).
     """
+    from syneg_ray.extras import require
+
+    require("sklearn", minimum="1.6")  # GroupKFold(shuffle=...) is new in 1.6; sentence-transformers brings any >= 1.1
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import roc_auc_score
     from sklearn.model_selection import GroupKFold

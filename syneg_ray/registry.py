@@ -116,6 +116,9 @@ def _gguf_to_safetensors(gguf: Callable[[], Path], name: str) -> Callable[[Path]
         source = gguf()
 
         def build(tmp: Path) -> None:
+            from syneg_ray.extras import check
+
+            check("gguf")  # transformers reads GGUF files with it
             from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
 
             logger.info("converting %s to safetensors (once) in %s", source.name, cache / "models" / name)

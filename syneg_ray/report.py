@@ -45,8 +45,9 @@ def similarity_by_source(query: np.ndarray, positive: np.ndarray, negatives: np.
 
 
 def plot_similarity(sims: dict[str, np.ndarray], path: Path) -> Path:
-    import matplotlib
+    from syneg_ray.extras import require
 
+    matplotlib = require("matplotlib")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 

@@ -8,6 +8,7 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
+from syneg_ray import signals
 from syneg_ray.config import PipelineConfig, to_yaml
 
 logger = logging.getLogger(__name__)
@@ -36,17 +37,53 @@ def smallest_node_cpus() -> float:
     return min((c for c in sizes if c > 0), default=0.0)
 
 
-def shared_cores(n: int, smallest_node: float | None = None) -> int:
-    """This machine's cores shared by `n` actors or workers, never more than the smallest Ray node
-    has, so that each one fits wherever Ray places it and its threads do not oversubscribe the node.
+def shared_cores(n: int, smallest_node: float | None = None, cpu_max: str | Path = "/sys/fs/cgroup/cpu.max") -> int:
+    """The cores shared by `n` actors or workers, so that each one fits wherever Ray places it and
+    its threads do not oversubscribe the node.
+
+    The cores come from Ray's own resources when Ray runs: the CPU resource of the smallest node (what
+    a pod's `ray start` was given, not the host's cores that os.cpu_count() sees inside a container).
+    On a Ray of this machine alone (init_ray's local Ray, which adds a spare logical CPU), and when
+    Ray is not running, this machine's usable cores cap it (`usable_cores`: affinity and cgroup quota).
 
     Args:
         n: actors or workers sharing the cores.
-        smallest_node: CPUs of the smallest node; None asks the running Ray (smallest_node_cpus).
+        smallest_node: CPUs of the smallest node of a local Ray (capped by this machine's cores);
+            None asks the running Ray (smallest_node_cpus).
+        cpu_max: the cgroup v2 CPU quota file that `usable_cores` reads.
     """
-    smallest = smallest_node_cpus() if smallest_node is None else smallest_node
-    cores = min(os.cpu_count() or 1, smallest or float("inf"))
+    if smallest_node is None:
+        smallest = smallest_node_cpus()
+        if smallest and not _single_node_ray():
+            return max(1, int(smallest) // n)  # a cluster: the nodes' CPUs, whatever the driver's machine has
+    else:
+        smallest = smallest_node
+    cores = min(usable_cores(cpu_max), smallest or float("inf"))
     return max(1, int(cores) // n)
+
+
+def _single_node_ray() -> bool:
+    """True when the Ray this process joined has one alive node (init_ray's local Ray, or a one-machine `ray start`)."""
+    import ray
+
+    return len([node for node in ray.nodes() if node.get("Alive")]) <= 1
+
+
+def usable_cores(cpu_max: str | Path = "/sys/fs/cgroup/cpu.max") -> int:
+    """The cores this process may use: its CPU affinity, capped by a cgroup v2 CPU quota
+    (`cpu.max`: "QUOTA PERIOD", or "max PERIOD" for none), then os.cpu_count(). In a container
+    os.cpu_count() is the host's cores; the affinity or the quota is the container's share."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not on Linux
+        cores = os.cpu_count() or 1
+    try:
+        quota, period = Path(cpu_max).read_text(encoding="utf-8").split()[:2]
+        if quota != "max" and int(period) > 0:
+            cores = min(cores, max(1, int(quota) // int(period)))  # floor: threads beyond the quota are throttled
+    except (OSError, ValueError):  # no cgroup v2 quota file, or an unreadable one
+        pass
+    return max(1, cores)
 
 
 def init_ray(cfg: PipelineConfig) -> None:
@@ -63,9 +100,11 @@ def init_ray(cfg: PipelineConfig) -> None:
     # Workers inherit the driver's env: keep torch from oversubscribing cores inside each actor.
     runtime_env = {"env_vars": {"TOKENIZERS_PARALLELISM": "false", "RAY_AUTH_MODE": os.environ["RAY_AUTH_MODE"]}}
     address = cfg.ray.address or os.environ.get("RAY_ADDRESS", "")
+    ours = signals.installed()  # ray.init replaces the SIGTERM handler: put the CLI's back after it
     if address:
         # On a cluster the job's runtime_env (jobs/runtime_env.yaml) governs; a second one would conflict.
         ray.init(address=address, log_to_driver=True)
+        signals.keep(ours)
         return
     if not cfg.ray.dashboard:
         runtime_env["worker_process_setup_hook"] = "syneg_ray.runtime.quiet_worker_logs"
@@ -79,6 +118,7 @@ def init_ray(cfg: PipelineConfig) -> None:
         log_to_driver=True,
         _system_config=_idle_worker_config(cfg.ray.idle_workers),
     )
+    signals.keep(ours)  # Ray's processes are still stopped on exit, by the atexit hook ray.init registers
     _quiet_ray_data()
 
 

@@ -29,6 +29,7 @@ from syneg_ray.config import Backend, Dtype, EncoderConfig, PipelineConfig, defa
 from syneg_ray.dataset import CORPUS_ROW_GROUP, Prepared, file_digest, read_corpus_rows
 from syneg_ray.encoder import EncodeOptions, embedding_dimension, encode, load_encoder
 from syneg_ray.errors import ConfigError
+from syneg_ray.extras import install_hint
 from syneg_ray.registry import resolve_model
 from syneg_ray.runtime import shared_cores
 
@@ -59,7 +60,7 @@ def backend_of(e: EncoderConfig, model_path: str) -> Backend:
 
 def _why_not_onnx(model_path: str) -> str:
     """Why ONNX Runtime cannot encode with the model at `model_path` here, or "" when it can."""
-    return onnx_backend.unsupported(model_path) or ("" if onnx_backend.available() else "onnxruntime is not installed")
+    return onnx_backend.unsupported(model_path) or ("" if onnx_backend.available() else f"onnxruntime is not installed ({install_hint('onnxruntime')})")
 
 
 def cpus_per_actor(e: EncoderConfig, smallest_node_cpus: float | None = None) -> float:

@@ -23,6 +23,7 @@ import numpy as np
 from syneg_ray import ann, bm25
 from syneg_ray.config import PipelineConfig
 from syneg_ray.errors import DataError
+from syneg_ray.extras import require
 
 logger = logging.getLogger(__name__)
 
@@ -33,8 +34,7 @@ class ShardSearcher:
     """One corpus shard, its index and the global row offset of its first vector."""
 
     def __init__(self, shard: np.ndarray, offset: int, spec: ann.IndexSpec, threads: int):
-        import faiss
-
+        faiss = require("faiss")
         faiss.omp_set_num_threads(threads)  # stay inside the CPUs Ray gave this actor
         self.offset = offset
         self.size = len(shard)

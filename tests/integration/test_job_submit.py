@@ -66,7 +66,8 @@ def test_pipeline_runs_as_a_ray_job(ray_head, tmp_path: Path, scifact_small: Pat
         "mix.n_negatives=2", "train.batch_size=4", "encoder.actors=1",
     ]
     command = [BIN / "ray", "job", "submit", "--address", address, "--working-dir", str(ROOT),
-               "--runtime-env-json", json.dumps(runtime_env), "--", sys.executable, "jobs/syneg_job.py", "run", *overrides]
+               "--runtime-env-json", json.dumps(runtime_env), "--entrypoint-num-cpus=1", "--",
+               sys.executable, "-m", "syneg_ray", "run", *overrides]  # fmt: skip
     for _ in range(30):  # the head accepts requests a few seconds before its job agent can take one
         result = subprocess.run(command, env=env, check=False, capture_output=True, text=True, timeout=1500)
         if "No available agent" not in result.stderr:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import yaml
@@ -53,6 +54,27 @@ def test_cluster_launcher_has_head_gpu_and_cpu_workers() -> None:
     assert any("ray start --head" in c for c in cfg["head_start_ray_commands"])
 
 
+def test_cluster_launcher_runs_the_image_with_the_pinned_ray() -> None:
+    cfg = load("cluster/aws-gpu.yaml")
+    assert cfg["docker"]["image"]
+    dockerfile = (ROOT / "cluster" / "Dockerfile").read_text()
+    (pinned,) = re.findall(r"^FROM rayproject/ray:([0-9.]+)-", dockerfile, re.MULTILINE)
+    commands = "\n".join(cfg["setup_commands"])
+    assert f"'{pinned}'" in commands  # the setup checks the image's Ray against the Dockerfile's pin
+    for name in ("kuberay-raycluster.yaml", "kuberay-rayjob.yaml"):
+        kind = "RayJob" if "rayjob" in name else "RayCluster"
+        spec = load(f"cluster/{name}", kind)["spec"]
+        assert (spec.get("rayClusterSpec") or spec)["rayVersion"] == pinned
+    # the project's image, not pip installs at boot; the share's own folders made once, never chown -R
+    assert "pip install" not in commands
+    host = "\n".join(cfg["initialization_commands"])
+    assert "nfs-common" in host and "mount -t nfs4" in host
+    assert "chown -R" not in host + commands
+    assert "-v /mnt/shared:/mnt/shared" in cfg["docker"]["run_options"]
+    for pattern in (".venv*", "runs/", ".cache/", "datasets/", "*.npy"):
+        assert pattern in cfg["rsync_exclude"], pattern
+
+
 def _containers(pod_template: dict) -> list[dict]:
     return pod_template["spec"]["containers"]
 
@@ -77,7 +99,9 @@ def test_kuberay_raycluster() -> None:
 
 def test_kuberay_rayjob_runs_the_pipeline_entrypoint() -> None:
     spec = load("cluster/kuberay-rayjob.yaml", "RayJob")["spec"]
-    assert spec["entrypoint"].startswith("python jobs/syneg_job.py run")
+    assert spec["entrypoint"].startswith("python -m syneg_ray run")
+    assert spec["entrypointNumCpus"] >= 1  # the driver lands on a worker: the head has num-cpus 0
+    assert spec["rayClusterSpec"]["headGroupSpec"]["rayStartParams"]["num-cpus"] == "0"
     assert "headGroupSpec" in spec["rayClusterSpec"] and spec["rayClusterSpec"]["workerGroupSpecs"]
     runtime_env = yaml.safe_load(spec["runtimeEnvYAML"])
     assert runtime_env["working_dir"]
@@ -92,6 +116,19 @@ def test_job_runtime_env() -> None:
     env = load("jobs/runtime_env.yaml")
     assert env["env_vars"]["TOKENIZERS_PARALLELISM"] == "false"
     assert "runs/" in env["excludes"]
+
+
+def test_every_cluster_file_mounts_the_share_where_the_runtime_env_puts_the_cache() -> None:
+    cache = load("jobs/runtime_env.yaml")["env_vars"]["SYNEG_CACHE"]
+    mounts = {
+        _assert_every_pod_mounts_the_shared_claim("cluster/kuberay-raycluster.yaml", load("cluster/kuberay-raycluster.yaml", "RayCluster")["spec"]),
+        _assert_every_pod_mounts_the_shared_claim("cluster/kuberay-rayjob.yaml", load("cluster/kuberay-rayjob.yaml", "RayJob")["spec"]["rayClusterSpec"]),
+    }
+    launcher = load("cluster/aws-gpu.yaml")
+    assert any("/mnt/shared" in c and "mount -t nfs4" in c for c in launcher["initialization_commands"])
+    mounts.add("/mnt/shared")
+    (mount,) = mounts
+    assert cache.startswith(mount + "/")
 
 
 def test_shipped_pipeline_configs_load() -> None:

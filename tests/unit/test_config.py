@@ -79,7 +79,8 @@ def test_diff_lists_changed_keys() -> None:
 def test_train_workers_share_the_machine_unless_told(monkeypatch) -> None:
     from syneg_ray.train.trainer import worker_cpus
 
-    monkeypatch.setattr("os.cpu_count", lambda: 8)
+    monkeypatch.setattr("syneg_ray.runtime.smallest_node_cpus", lambda: 0.0)  # no Ray running
+    monkeypatch.setattr("syneg_ray.runtime.usable_cores", lambda cpu_max=None: 8)  # this machine's cores
     assert worker_cpus(load_config(None, []).train) == 8.0  # one worker: every core
     assert worker_cpus(load_config(None, ["train.workers=3"]).train) == 2.0
     assert worker_cpus(load_config(None, ["train.workers=16"]).train) == 1.0
