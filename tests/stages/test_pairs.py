@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import pyarrow.parquet as pq
+import pytest
 
+from syneg_ray import schema
 from syneg_ray.dataset import ensure_pairs
 
 
@@ -42,9 +45,8 @@ def test_a_rebuild_killed_midway_is_not_trusted_by_the_next_run(tiny_cfg, monkey
         raise KeyboardInterrupt  # killed before the new record is written
 
     monkeypatch.setattr(dataset, "write_pairs", dies_after_the_pairs)
-    try:
+    with pytest.raises(KeyboardInterrupt):  # B's pairs were written: the kill happened where it should
         ensure_pairs(limited_cfg)
-    except KeyboardInterrupt:
-        pass
     monkeypatch.setattr(dataset, "write_pairs", real_write)
+    assert pq.read_table(Path(tiny_cfg.run.run_dir) / schema.PAIRS).num_rows == 5 < len(full)  # B's files on disk under A's record
     assert _pair_ids(tiny_cfg) == full

@@ -1,4 +1,5 @@
-"""InfoNCE against a naive loop, against sentence-transformers' MNRL, and gathered == local at world size 1."""
+"""InfoNCE against loops written out here (in-batch negatives, known-positive mask, gathered at world size 1) and against
+sentence-transformers' MNRL."""
 
 from __future__ import annotations
 
@@ -92,18 +93,64 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_gathered_equals_local_at_world_size_one() -> None:
+def _written_out(
+    q: torch.Tensor, d: torch.Tensor, tau: float, in_batch: bool = True, q_ids: torch.Tensor | None = None,
+    d_ids: torch.Tensor | None = None,
+) -> torch.Tensor:  # fmt: skip
+    """InfoNCE written out per query, independent of `losses`: -(s(q_i, p_i) - logsumexp over the documents
+    row i may use), s = cosine / tau. With in-batch negatives row i uses every document of the batch,
+    except (given ids) the texts that are a positive of one of its query's instances, its own label apart."""
+    b, k, _ = d.shape
+    terms = []
+    for i in range(b):
+        candidates = [(j, s) for j in range(b) for s in range(k)] if in_batch else [(i, s) for s in range(k)]
+        if in_batch and q_ids is not None and d_ids is not None:
+            positives = {int(d_ids[r, 0]) for r in range(b) if int(q_ids[r]) == int(q_ids[i])}
+            candidates = [(j, s) for j, s in candidates if (j, s) == (i, 0) or int(d_ids[j, s]) not in positives]
+        logits = torch.stack([torch.dot(q[i], d[j, s]) / (q[i].norm() * d[j, s].norm()) / tau for j, s in candidates])
+        terms.append(torch.logsumexp(logits, dim=0) - torch.dot(q[i], d[i, 0]) / (q[i].norm() * d[i, 0].norm()) / tau)
+    return torch.stack(terms).mean()
+
+
+def _repeating() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A batch of 5 with repeated texts, embedded alike, each positive near its query: rows 0 and 3 are one
+    query (two positives), row 2's positive is row 0's text again, row 4's last hard negative is row 3's positive."""
     q, d = _batch()
-    local = losses.info_nce(q, d, 0.05)
+    q_ids, d_ids = torch.tensor([1, 2, 3, 1, 5]), 100 + torch.arange(20).view(5, 4)
+    with torch.no_grad():
+        d[:, 0] = q + 0.5 * d[:, 0]  # positives score high, so leaving one out of a softmax shows in the loss
+        q[3] = q[0]
+        d[2, 0], d_ids[2, 0] = d[0, 0], d_ids[0, 0]
+        d[4, 3], d_ids[4, 3] = d[3, 0], d_ids[3, 0]
+    return q, d, q_ids, d_ids
+
+
+def test_written_out_loss_is_the_library_loss_and_the_mask_matters() -> None:
+    q, d, q_ids, d_ids = _repeating()
+    masked = _written_out(q, d, 0.05, q_ids=q_ids, d_ids=d_ids)
+    assert masked.item() < _written_out(q, d, 0.05).item() - 0.1  # the repeats change the loss: the mask is tested
+    assert losses.info_nce(q, d, 0.05, q_ids=q_ids, d_ids=d_ids).item() == pytest.approx(masked.item(), rel=1e-5)
+    assert losses.info_nce(q, d, 0.05, in_batch=False).item() == pytest.approx(_written_out(q, d, 0.05, in_batch=False).item(), rel=1e-5)
+
+
+@pytest.mark.parametrize(("in_batch", "gather", "masked"), [(True, True, False), (True, True, True), (True, False, True), (False, True, False)],
+                         ids=["gathered", "gathered-masked", "local-masked", "own-negatives"])  # fmt: skip
+def test_gathered_loss_at_world_size_one_is_the_written_out_loss(in_batch: bool, gather: bool, masked: bool) -> None:
+    """In a real gloo group of one, the loss the training step calls, and its gradient, are InfoNCE as written out."""
+    q, d, q_ids, d_ids = _repeating()
+    if not masked:
+        q_ids = d_ids = None
+    expected = _written_out(q, d, 0.05, in_batch, q_ids, d_ids)
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()))
     dist.init_process_group("gloo", rank=0, world_size=1)  # a real gloo group, not a shortcut
     try:
         assert losses.world_size() == 1
-        gathered = losses.gathered_info_nce(q, d, 0.05)
+        gathered = losses.gathered_info_nce(q, d, 0.05, in_batch, gather, q_ids, d_ids)
     finally:
         dist.destroy_process_group()
-    assert gathered.item() == pytest.approx(local.item(), abs=1e-7)
-    g_local = torch.autograd.grad(local, [q, d])
+    assert gathered.item() == pytest.approx(expected.item(), rel=1e-5)
+    g_expected = torch.autograd.grad(expected, [q, d])
     g_gathered = torch.autograd.grad(gathered, [q, d])
-    for a, b in zip(g_local, g_gathered, strict=True):
-        torch.testing.assert_close(a, b)
+    assert all(g.abs().sum() > 0 for g in g_expected)  # both inputs get a gradient to compare
+    for a, b in zip(g_expected, g_gathered, strict=True):
+        torch.testing.assert_close(b, a, atol=1e-5, rtol=1e-4)

@@ -34,14 +34,14 @@ def _syn_count(inst: dict) -> int:
 @pytest.mark.parametrize(("ratio", "n", "expected"), [(0.7, 4, 3), (0.5, 4, 2), (0.625, 4, 3), (0.1, 4, 1), (0.9, 4, 3), (0.0, 4, 0), (1.0, 4, 4)])
 def test_hybrid_counts_per_instance(ratio: float, n: int, expected: int) -> None:
     instances, stats = _mix(MixStrategy.HYBRID, ratio, n)
-    assert stats.instances == 10 and stats.dropped_short == 0
+    assert stats.instances == len(instances) == 10 and stats.dropped_short == 0
     assert all(_syn_count(i) == expected and len(i["negatives"]) == n for i in instances)
 
 
 def test_hybrid_borrows_from_the_other_source_and_counts_it() -> None:
     instances, stats = _mix(MixStrategy.HYBRID, 0.75, 4, n_syn=1, n_ret=4)
-    assert all(_syn_count(i) == 1 for i in instances)  # wanted 3, had 1: 2 retrieved slots borrowed
-    assert stats.borrowed_synthetic == 20 and stats.instances == 10
+    assert all(_syn_count(i) == 1 and len(i["negatives"]) == 4 for i in instances)  # wanted 3, had 1: 2 retrieved slots borrowed
+    assert stats.borrowed_synthetic == 20 and stats.instances == len(instances) == 10
     assert stats.realized_ratio == pytest.approx(0.25)
 
 
@@ -63,7 +63,8 @@ def test_direct_and_single_source_never_borrow() -> None:
     _, stats = _mix(MixStrategy.SYNTHETIC, 1.0, 4, n_syn=2)
     assert stats.instances == 0 and stats.dropped_short == 10
     instances, stats = _mix(MixStrategy.RETRIEVED, 0.0, 4)
-    assert all(set(i["negative_sources"]) == {"dense"} for i in instances)
+    assert stats.instances == len(instances) == 10 and stats.borrowed_synthetic == 0
+    assert all(i["negative_sources"] == ["dense"] * 4 for i in instances)
     assert instances[0]["negatives"][0] == CORPUS[instances[0]["negative_ids"][0]]
 
 

@@ -15,9 +15,14 @@ from syneg_ray.registry import REGISTRY, resolve_model
 
 
 def test_public_api_is_exported() -> None:
-    assert sorted(syneg_ray.__all__) == sorted(n for n in dir(syneg_ray) if n in syneg_ray.__all__)
-    for name in syneg_ray.__all__:
-        assert getattr(syneg_ray, name) is not None
+    names = syneg_ray.__all__
+    assert len(set(names)) == len(names) and [n for n in names if not hasattr(syneg_ray, n)] == []  # a star import works
+    api = {n: getattr(syneg_ray, n) for n in names}
+    errors = [n for n in names if n.endswith("Error")]
+    assert "SynegError" in errors and len(errors) >= 5
+    assert all(isinstance(api[n], type) and issubclass(api[n], syneg_ray.SynegError) for n in errors)
+    assert isinstance(api["load_config"](None, []), api["PipelineConfig"]) and callable(api["resolve_model"])
+    assert isinstance(api["__version__"], str) and api["__version__"][0].isdigit()
 
 
 def test_minilm_resolves_to_a_local_sentence_transformers_folder() -> None:
