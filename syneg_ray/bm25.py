@@ -91,9 +91,12 @@ class CorpusStats:
 class BM25Shard:
     """Term frequencies of a slice of the corpus; scored against `CorpusStats` of the whole corpus.
 
-    Memory: one sparse (documents x terms) matrix of the shard, about 12 bytes per distinct
-    (document, term), plus its vocabulary.
+    Memory: one sparse (documents x terms) matrix, about 8 bytes per distinct (document, term),
+    turned in place into BM25's term weights at the first search (they need the corpus-wide mean
+    length), plus the vocabulary; a search holds at most `SCORE_CELLS` dense scores besides.
     """
+
+    SCORE_CELLS = 1 << 24  # (documents x queries) floats scored at once: 64 MB
 
     def __init__(self, texts: Sequence[str], k1: float = 0.9, b: float = 0.4):
         import bm25s
@@ -103,66 +106,67 @@ class BM25Shard:
         tokens = bm25s.tokenize(list(texts), stopwords="en", stemmer=_stemmer(), show_progress=False)
         self.vocab: dict[str, int] = dict(tokens.vocab)
         self.lengths = np.fromiter((len(ids) for ids in tokens.ids), dtype=np.int64, count=len(tokens.ids))
-        cols = np.fromiter((t for ids in tokens.ids for t in ids), dtype=np.int64, count=int(self.lengths.sum()))
-        rows = np.repeat(np.arange(len(self.lengths)), self.lengths)
+        cols = np.fromiter((t for ids in tokens.ids for t in ids), dtype=np.int32, count=int(self.lengths.sum()))
+        rows = np.repeat(np.arange(len(self.lengths), dtype=np.int32), self.lengths)
+        del tokens
         # (documents x terms) counts; csc, so a query's terms are a cheap column selection
-        self.tf = sp.csc_matrix((np.ones(len(cols), np.float32), (rows, cols)), shape=(len(self.lengths), len(self.vocab)))
-        self.tf.sum_duplicates()
+        self.matrix = sp.csc_matrix((np.ones(len(cols), np.float32), (rows, cols)), shape=(len(self.lengths), len(self.vocab)))
+        self.matrix.sum_duplicates()
+        self._mean_length: float | None = None  # set once `matrix` holds weights instead of counts
 
     def __len__(self) -> int:
         return len(self.lengths)
 
     def stats(self, terms: set[str]) -> CorpusStats:
         """This shard's share of the corpus statistics, for the given query terms."""
-        counts = np.diff(self.tf.indptr)  # documents per term column
+        counts = np.diff(self.matrix.indptr)  # documents per term column
         df = {t: int(counts[self.vocab[t]]) for t in terms if t in self.vocab}
         return CorpusStats(len(self.lengths), int(self.lengths.sum()), df)
 
-    def scores(self, queries: Sequence[Sequence[str]], stats: CorpusStats):  # -> scipy.sparse.csr_matrix
-        """(n_queries, shard documents) sparse BM25 scores; documents sharing no term with a query are absent."""
-        import scipy.sparse as sp
+    def _weights(self, stats: CorpusStats):
+        """tf / (tf + k1 * (1 - b + b * len / mean_len)) per (document, term), float32 as bm25s stores it."""
+        if self._mean_length is None:
+            norm = (self.k1 * (1 - self.b + self.b * self.lengths / stats.mean_length)).astype(np.float32)
+            tf = self.matrix.data
+            self.matrix.data = tf / (tf + norm[self.matrix.indices])
+            self._mean_length = stats.mean_length
+        elif self._mean_length != stats.mean_length:
+            raise ValueError(f"this shard was weighted for a mean length of {self._mean_length}, not {stats.mean_length}")
+        return self.matrix
 
+    def _queries(self, queries: Sequence[Sequence[str]], stats: CorpusStats) -> tuple[list[int], np.ndarray]:
+        """The shard's columns of the queries' terms, and (terms, queries) weights: idf x occurrences."""
         terms = sorted({t for q in queries for t in q if t in self.vocab})
-        column = {t: i for i, t in enumerate(terms)}
-        weights = self._term_weights([self.vocab[t] for t in terms], stats)  # (docs, terms) csc
-        q_rows, q_cols, q_vals = [], [], []
-        for i, query in enumerate(queries):
-            for term, count in Counter(t for t in query if t in column).items():
-                q_rows.append(i)
-                q_cols.append(column[term])
-                q_vals.append(count * stats.idf(term))
-        query_matrix = sp.csr_matrix((np.asarray(q_vals, np.float32), (q_rows, q_cols)), shape=(len(queries), len(terms)))
-        return (query_matrix @ weights.T).tocsr()
-
-    def _term_weights(self, columns: list[int], stats: CorpusStats):
-        """tf / (tf + k1 * (1 - b + b * len / mean_len)) of the chosen term columns, float32 as bm25s stores it."""
-        sub = self.tf[:, columns].tocsc()
-        norm = (self.k1 * (1 - self.b + self.b * self.lengths / stats.mean_length)).astype(np.float32)
-        tf = sub.data
-        sub.data = tf / (tf + norm[sub.indices])
-        return sub
+        position = {t: i for i, t in enumerate(terms)}
+        weights = np.zeros((len(terms), len(queries)), np.float32)
+        for j, query in enumerate(queries):
+            for term, count in Counter(t for t in query if t in position).items():
+                weights[position[term], j] = count * stats.idf(term)
+        return [self.vocab[t] for t in terms], weights
 
     def search(self, queries: Sequence[Sequence[str]], stats: CorpusStats, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Top-k (scores, shard rows) per query, descending; -inf / -1 pad queries with fewer matching documents."""
-        matrix = self.scores(queries, stats)
+        """Top-k (scores, shard rows) per query, descending, ties by row; -inf / -1 pad queries with fewer matches."""
+        columns, query_weights = self._queries(queries, stats)
+        selected = self._weights(stats)[:, columns]  # (documents, query terms)
         scores = np.full((len(queries), k), -np.inf, dtype=np.float32)
         rows = np.full((len(queries), k), -1, dtype=np.int64)
-        for i in range(len(queries)):
-            start, stop = matrix.indptr[i], matrix.indptr[i + 1]
-            values, docs = matrix.data[start:stop], matrix.indices[start:stop]
-            keep = values > 0
-            values, docs = values[keep], docs[keep]
-            if len(values) > k:
-                top = np.argpartition(-values, k - 1)[:k]
-                values, docs = values[top], docs[top]
-            order = np.lexsort((docs, -values))  # by score, ties by row: the same order in any sharding
-            scores[i, : len(order)], rows[i, : len(order)] = values[order], docs[order]
+        step = max(1, self.SCORE_CELLS // max(len(self), 1))
+        for start in range(0, len(queries), step):
+            dense = np.asarray(selected @ query_weights[:, start : start + step])  # (documents, block)
+            for j in range(dense.shape[1]):
+                column = dense[:, j]
+                docs = np.flatnonzero(column > 0)
+                if len(docs) > k:
+                    docs = docs[np.argpartition(-column[docs], k - 1)[:k]]
+                docs = docs[np.lexsort((docs, -column[docs]))]  # by score, ties by row: the same order in any sharding
+                scores[start + j, : len(docs)], rows[start + j, : len(docs)] = column[docs], docs
         return scores, rows
 
     def score_rows(self, queries: Sequence[Sequence[str]], stats: CorpusStats, rows: Sequence[np.ndarray]) -> list[np.ndarray]:
         """Exact scores of chosen shard rows per query (its positives), 0 where no query term occurs."""
-        matrix = self.scores(queries, stats)
-        return [np.asarray(matrix[i, np.asarray(r, dtype=np.int64)].todense(), dtype=np.float32).ravel()
+        columns, query_weights = self._queries(queries, stats)
+        selected = self._weights(stats)[:, columns].tocsr()
+        return [np.asarray(selected[np.asarray(r, dtype=np.int64)] @ query_weights[:, i], dtype=np.float32).ravel()
                 for i, r in enumerate(rows)]  # fmt: skip
 
 

@@ -13,8 +13,7 @@ import pytest
 from syneg_ray.config import load_config
 from syneg_ray.index import search_exact
 from syneg_ray.stages import sharded_search
-from syneg_ray.stages.sharded_search import index_spec
-from syneg_ray.stages.sharded_search import search_sharded, shard_bounds, start_shards
+from syneg_ray.stages.sharded_search import index_spec, search_sharded, shard_bounds, start_shards
 
 
 def test_shard_bounds_cover_rows_once():

@@ -31,10 +31,11 @@ def _sharded(texts: list[str], tokens: list[list[str]], bounds: list[int], k: in
     return bm25.merge_topk(parts, k), shards, stats
 
 
-def test_shards_score_as_one_global_index_and_as_bm25s(corpus_and_queries):
+def test_shards_score_as_one_global_index_and_as_bm25s(corpus_and_queries, monkeypatch):
     ids, texts, queries = corpus_and_queries
     tokens = bm25.tokenize(queries)
     (one_scores, one_rows), _, _ = _sharded(texts, tokens, [0, len(texts)], K)
+    monkeypatch.setattr(bm25.BM25Shard, "SCORE_CELLS", 20_000)  # the shards score a few queries at a time
     (scores, rows), _, _ = _sharded(texts, tokens, [0, 1000, 1001, 3700, len(texts)], K)  # uneven, one of 1 document
     assert np.array_equal(rows, one_rows)
     np.testing.assert_allclose(scores, one_scores, rtol=0, atol=1e-5)
