@@ -288,6 +288,7 @@ class TrainConfig:
     temperature: float = 0.05  # tau of InfoNCE
     learning_rate: float = 2e-5  # AdamW peak, after warmup
     epochs: int = 1  # passes over the mixed instances
+    max_steps: int = 0  # stop after this many optimizer steps (the schedule is sized to it); 0 = every step of every epoch
     batch_size: int = 32  # instances per worker per step
     max_seq_length: int = 128  # tokens per text in training (SciFact abstracts average ~300: the head carries most signal)
     workers: int = 1  # Ray Train workers
@@ -312,6 +313,7 @@ class TrainConfig:
             raise ConfigError(f"train.temperature = {self.temperature} must be > 0 (the paper uses 0.01-0.05)")
         _check_range("train.learning_rate", self.learning_rate, 1e-9, 1.0)
         _check_min("train.epochs", self.epochs, 1)
+        _check_min("train.max_steps", self.max_steps, 0)
         _check_min("train.batch_size", self.batch_size, 1)
         _check_min("train.workers", self.workers, 1)
         _check_range("train.warmup_ratio", self.warmup_ratio, 0.0, 1.0)

@@ -130,8 +130,25 @@ def rows_of(doc_ids: pa.ChunkedArray, wanted: list[str]) -> np.ndarray:
     return found.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
 
 
+def texts_of(prepared: Prepared, wanted) -> dict[str, str]:
+    """doc_id -> text for the `wanted` ids found in the corpus (unknown ids are left out).
+
+    Scans the Parquet a row group at a time, so memory grows with what is wanted (the positives of
+    the pairs, the negatives of the instances), not with the corpus.
+    """
+    value_set = pa.array(sorted(set(wanted)), pa.string())
+    found: dict[str, str] = {}
+    if not len(value_set):
+        return found
+    for batch in pq.ParquetFile(prepared.corpus_parquet).iter_batches(columns=["doc_id", "text"]):
+        hits = batch.filter(pc.is_in(batch.column("doc_id"), value_set=value_set))
+        found.update(zip(hits.column("doc_id").to_pylist(), hits.column("text").to_pylist(), strict=True))
+    return found
+
+
 def read_corpus(prepared: Prepared) -> dict[str, str]:
-    """doc_id -> text from the cached Parquet (fast: no JSON parse)."""
+    """doc_id -> text of the whole corpus from the cached Parquet (fast: no JSON parse). Grows with
+    the corpus: for the stages, `texts_of` the documents they need."""
     table = pq.read_table(prepared.corpus_parquet)
     return dict(zip(table.column("doc_id").to_pylist(), table.column("text").to_pylist(), strict=True))
 

@@ -42,6 +42,11 @@ class EncodeOptions:
     prompt: str = ""  # prefix for every text (e.g. "query: ")
 
 
+def prefixed(prompt: str, texts: Sequence[str]) -> list[str]:
+    """`texts` each after `prompt`: THE way a prompt meets a text, in encoding, training and dev scoring alike."""
+    return [prompt + t for t in texts] if prompt else list(texts)
+
+
 def load_encoder(path: str, device: str | None = None, max_seq_length: int = 0):  # -> SentenceTransformer
     """Loads a sentence-transformers model in eval mode on `device` (default: cuda if present)."""
     import torch
@@ -109,7 +114,7 @@ def _runner(model, dtype: Dtype):
 
 def iter_encode(model, texts: Sequence[str], options: EncodeOptions) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Yields (indices, float32 embeddings) per batch, in planned (length-sorted) order."""
-    texts = [options.prompt + t for t in texts] if options.prompt else list(texts)
+    texts = prefixed(options.prompt, texts)
     runner = _runner(model, options.dtype)
     on_gpu = getattr(getattr(model, "device", None), "type", "cpu") == "cuda"  # an OnnxEncoder runs on CPU
     budget = options.max_tokens_per_batch or (GPU_TOKENS_PER_BATCH if on_gpu else CPU_TOKENS_PER_BATCH)

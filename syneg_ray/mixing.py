@@ -203,8 +203,15 @@ def _count_slots(stats: MixStats, chosen: list[tuple[str, str, str]]) -> None:
             stats.retrieved_slots += 1
 
 
-def check_instances(rows: Sequence[Mapping], path: object, corpus_ids: Mapping[str, object] | set[str]) -> int:
-    """Validates an instances file before training; returns n (negatives per instance).
+def check_instances(rows: Sequence[Mapping], path: object, corpus_ids: Mapping[str, object] | set[str],
+                    first_row: int = 1, n: int | None = None) -> int:  # fmt: skip
+    """Validates instances before training; returns n (negatives per instance).
+
+    Args:
+        rows: the instances, or one block of them.
+        corpus_ids: ids known to the corpus (for a block, at least those it names).
+        first_row: the 1-based row number of rows[0] in the file (a block's offset).
+        n: negatives per instance found in earlier blocks (None: take row 1's).
 
     Raises:
         DataError: missing columns, no rows, empty or uneven negatives, or an id not in the corpus,
@@ -215,8 +222,8 @@ def check_instances(rows: Sequence[Mapping], path: object, corpus_ids: Mapping[s
     missing = set(INSTANCE_COLUMNS) - set(rows[0])
     if missing:
         raise DataError.at(path, None, f"missing columns {sorted(missing)}; expected {list(INSTANCE_COLUMNS)}")
-    n = len(rows[0]["negatives"] or ())
-    for number, row in enumerate(rows, start=1):
+    n = len(rows[0]["negatives"] or ()) if n is None else n
+    for number, row in enumerate(rows, start=first_row):
         negs = row["negatives"] or ()
         if not negs or any(not t for t in negs):
             raise DataError.at(path, number, "empty negatives; every instance needs n non-empty negative texts")

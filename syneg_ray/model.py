@@ -14,21 +14,28 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from syneg_ray.encoder import prefixed
+
 logger = logging.getLogger(__name__)
 
 
 class DualEncoder(nn.Module):
     """Shared-weight bi-encoder: the same SentenceTransformer embeds queries and documents."""
 
-    def __init__(self, st: nn.Module, max_seq_length: int = 0) -> None:
+    def __init__(self, st: nn.Module, max_seq_length: int = 0, query_prompt: str = "", document_prompt: str = "") -> None:
         """`max_seq_length` truncates texts in training only (0 = the model's own limit).
 
         The model keeps declaring its own limit when saved: a model trained on 128-token heads
         still reads 256 tokens at search time, as its base did, so base and trained models are
         evaluated alike.
+
+        `query_prompt` and `document_prompt` (encoder.query_prompt / document_prompt) prefix the texts
+        `tokenize_queries` and `tokenize_documents` get, as mining and evaluation prefix them, so the
+        model trains on the inputs it is searched with.
         """
         super().__init__()
         self.st = st
+        self.query_prompt, self.document_prompt = query_prompt, document_prompt
         self.declared_max_seq_length = st.max_seq_length
         if max_seq_length:
             st.max_seq_length = max_seq_length
@@ -45,6 +52,14 @@ class DualEncoder(nn.Module):
         """Pads to the longest text of the call and truncates at the model's max_seq_length."""
         features = self.st.preprocess(list(texts))
         return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in features.items()}
+
+    def tokenize_queries(self, texts: Sequence[str], device: torch.device | str) -> dict[str, torch.Tensor]:
+        """`tokenize` of each query after `query_prompt`."""
+        return self.tokenize(prefixed(self.query_prompt, texts), device)
+
+    def tokenize_documents(self, texts: Sequence[str], device: torch.device | str) -> dict[str, torch.Tensor]:
+        """`tokenize` of each document after `document_prompt`."""
+        return self.tokenize(prefixed(self.document_prompt, texts), device)
 
     def freeze_unused(self, device: torch.device | str) -> list[str]:
         """Stops training the parameters the embedding never uses (e.g. BERT's pooler under mean pooling).

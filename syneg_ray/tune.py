@@ -222,20 +222,22 @@ def run_tune(cfg: PipelineConfig) -> dict[str, Any]:
 def base_dev_score(cfg: PipelineConfig, model_path: str) -> float:
     """The untrained model's dev nDCG@10, scored as the trials score theirs: the line a trial has to clear."""
     from syneg_ray.model import load_model
-    from syneg_ray.train.devset import dev_metrics, load_devset
-    from syneg_ray.train.local import dev_options
+    from syneg_ray.train.devset import load_devset
+    from syneg_ray.train.local import dev_scores
 
     dev = load_devset(cfg)
     if dev is None:  # require_dev_scores saw a dev split; a run whose dev queries all lost their documents has none
         return float("nan")
-    return float(dev_metrics(load_model(model_path), dev, dev_options(cfg))["ndcg@10"])
+    return float(dev_scores(load_model(model_path), dev, cfg)["ndcg@10"])
 
 
 def require_dev_scores(cfg: PipelineConfig) -> None:
     """Trials are ranked by dev nDCG@10: without a dev split every trial would end unscored, after all of them ran."""
     if not cfg.train.dev_eval:
         raise ConfigError("tune ranks trials by dev nDCG@10, which train.dev_eval = false turns off; set train.dev_eval=true")
-    if cfg.data.dev_fraction <= 0:
+    from syneg_ray.dataset import configured_dev_split
+
+    if cfg.data.dev_fraction <= 0 and not configured_dev_split(cfg):  # the carve, of nothing
         raise ConfigError("tune ranks trials by dev nDCG@10 and data.dev_fraction = 0 leaves no dev queries; "
                           "set data.dev_fraction (0.1 carves a tenth of the train queries)")
 
@@ -277,8 +279,9 @@ def write_trials(rows: list[dict[str, Any]], path: Path) -> None:
 def plot_heatmap(rows: list[dict[str, Any]], path: Path, base: float = float("nan")) -> Path:
     """dev nDCG@10 over (tau, R): a curve when one axis was held, else cells or points coloured by
     score; `base` (the untrained model's score) is drawn or named."""
-    import matplotlib
+    from syneg_ray.extras import require
 
+    matplotlib = require("matplotlib")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 

@@ -19,11 +19,12 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from syneg_ray import mixing, probes, prompts, schema, synthetic_store
 from syneg_ray.config import MixStrategy, PipelineConfig
-from syneg_ray.dataset import ensure_pairs, read_corpus
+from syneg_ray.dataset import ensure_pairs, read_corpus, texts_of
 from syneg_ray.errors import DataError
 from syneg_ray.runtime import write_parquet_atomic, write_text_atomic
 
@@ -77,6 +78,16 @@ def read_synthetic(path: Path, llm: tuple[str, str] | None = None,
     if stale:
         logger.info("%s: %d rows of another LLM or prompt version ignored", path, stale)
     return {**{pair: negs for pair, negs in other.items() if pair not in judged}, **current}
+
+
+def _mined_ids(path: Path) -> set[str]:
+    """Every document id the mined negatives name (none when there is no readable mine output:
+    read_mined reports that, where it is needed)."""
+    try:
+        column = pq.read_table(path, columns=["negative_ids"]).column("negative_ids")
+    except (OSError, pa.ArrowInvalid, KeyError):
+        return set()
+    return set(pc.list_flatten(column).to_pylist())
 
 
 def read_mined(path: Path, corpus: dict[str, str]) -> tuple[dict[mixing.PairKey, list[tuple[str, str]]], dict[str, set[str]]]:
@@ -203,7 +214,8 @@ def run_mix(cfg: PipelineConfig) -> dict:
     run_dir = Path(cfg.run.run_dir)
     prepared, pairs_path = ensure_pairs(cfg)
     pairs = pq.read_table(pairs_path).to_pylist()
-    corpus = read_corpus(prepared)
+    # the texts of the mined negatives only; the random strategy draws from every document
+    corpus = read_corpus(prepared) if cfg.mix.strategy is MixStrategy.RANDOM else texts_of(prepared, _mined_ids(run_dir / schema.MINED))
     need_syn, need_ret = sources_needed(cfg)
     missing = _missing_top_up(cfg, run_dir)
     need_syn, need_ret = need_syn and missing != "synthetic", need_ret and missing != "retrieved"

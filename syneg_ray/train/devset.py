@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -53,15 +53,19 @@ def load_devset(cfg: PipelineConfig) -> DevSet | None:
     return DevSet(query_ids, [queries[q] for q in query_ids], doc_ids, [corpus[d] for d in doc_ids], qrels)
 
 
-def dev_metrics(st, dev: DevSet, options: EncodeOptions) -> dict[str, float]:
-    """Encodes dev queries and documents with `st` (eval mode, restored after) and scores by cosine."""
+def dev_metrics(st, dev: DevSet, options: EncodeOptions, query_prompt: str = "", document_prompt: str = "") -> dict[str, float]:
+    """Encodes dev queries and documents with `st` (eval mode, restored after) and scores by cosine.
+
+    Queries are encoded after `query_prompt` and documents after `document_prompt` (encoder.query_prompt
+    and encoder.document_prompt, as evaluation and training prefix them); `options.prompt` is ignored.
+    """
     from syneg_ray.index import search_exact
 
     was_training = st.training
     st.eval()  # no dropout while measuring
     try:
-        q = _unit(encode(st, dev.query_texts, options))
-        d = _unit(encode(st, dev.doc_texts, options))
+        q = _unit(encode(st, dev.query_texts, replace(options, prompt=query_prompt)))
+        d = _unit(encode(st, dev.doc_texts, replace(options, prompt=document_prompt)))
     finally:
         st.train(was_training)
     scores, indices = search_exact(q, d, min(100, len(dev.doc_ids)), device=str(st.device) if st.device.type == "cuda" else "cpu")

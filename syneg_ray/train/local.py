@@ -16,7 +16,7 @@ from syneg_ray.config import PipelineConfig
 from syneg_ray.encoder import EncodeOptions
 from syneg_ray.model import load_model
 from syneg_ray.train.devset import DevSet, dev_metrics
-from syneg_ray.train.step import Data, Session, build_session, run_epoch, steps_per_epoch
+from syneg_ray.train.step import Data, Instances, Session, build_session, planned_steps, run_epoch
 
 logger = logging.getLogger(__name__)
 
@@ -42,14 +42,34 @@ def progress_logger(total: int, every: int) -> Callable[[dict], None]:
 
 
 def dev_options(cfg: PipelineConfig) -> EncodeOptions:
+    """How dev texts are encoded; the prompts come per side in `dev_scores`."""
     return EncodeOptions(
         batch_size=cfg.encoder.batch_size, max_tokens_per_batch=cfg.encoder.max_tokens_per_batch,
         max_seq_length=cfg.train.max_seq_length, dtype=cfg.train.dtype,
     )  # fmt: skip
 
 
+def dev_scores(st, dev: DevSet, cfg: PipelineConfig) -> dict[str, float]:
+    """`dev_metrics` with the run's encoding options and, per side, the prompt mining and evaluation use."""
+    return dev_metrics(st, dev, dev_options(cfg), **session_prompts(cfg))
+
+
+def session_prompts(cfg: PipelineConfig) -> dict[str, str]:
+    """encoder.query_prompt and encoder.document_prompt, the prompts mining and evaluation use, as the keyword
+    arguments of `build_session` (and `dev_metrics`)."""
+    return {"query_prompt": cfg.encoder.query_prompt, "document_prompt": cfg.encoder.document_prompt}
+
+
+def check_prompts(sess: Session, cfg: PipelineConfig) -> None:
+    """Raises ValueError when the session prefixes other prompts than `cfg.encoder`'s (built without `session_prompts`)."""
+    got = {"query_prompt": sess.encoder.query_prompt, "document_prompt": sess.encoder.document_prompt}
+    if got != session_prompts(cfg):
+        raise ValueError(f"the training session prefixes {got}, but mining and evaluation use {session_prompts(cfg)}: "
+                         "build it with build_session(..., **session_prompts(cfg))")
+
+
 def fit_epochs(
-    sess: Session, data: Data, cfg: PipelineConfig, done: list[dict], world: int = 1, rank: int = 0,
+    sess: Session, data: Instances, cfg: PipelineConfig, done: list[dict], world: int = 1, rank: int = 0,
     dev: DevSet | None = None, on_step: Callable[[dict], None] | None = None,
     on_epoch_end: Callable[[list[dict]], None] | None = None,
 ) -> list[dict]:  # fmt: skip
@@ -58,14 +78,15 @@ def fit_epochs(
     Returns:
         All epoch summaries, `done` included.
     """
+    check_prompts(sess, cfg)
     summaries = list(done)
-    total = steps_per_epoch(len(data.queries), cfg.train.batch_size, world) * cfg.train.epochs
+    total = planned_steps(data.n, cfg.train, world)
     log = progress_logger(total, cfg.train.log_every) if rank == 0 else None
     hooks = [h for h in (log, on_step) if h]
     for epoch in range(len(done), cfg.train.epochs):
         summary = run_epoch(sess, data, epoch, cfg.run.seed, world, rank, on_step=lambda r: [h(r) for h in hooks])
         if rank == 0 and dev is not None:
-            summary.update({f"dev_{k}": v for k, v in dev_metrics(sess.encoder.st, dev, dev_options(cfg)).items()})
+            summary.update({f"dev_{k}": v for k, v in dev_scores(sess.encoder.st, dev, cfg).items()})
         if rank == 0:
             logger.info("%s", summary_line(summary, cfg.train.epochs))
         summaries.append(summary)
@@ -83,7 +104,8 @@ def train_local(cfg: PipelineConfig, rows: Sequence[dict], model_path: str, out_
     device = torch.device("cuda" if cfg.train.use_gpu and torch.cuda.is_available() else "cpu")
     st = load_model(model_path, device)
     data = Data.from_rows(rows)
-    sess = build_session(st, cfg.train, steps_per_epoch(len(rows), cfg.train.batch_size, 1) * cfg.train.epochs, device)
+    sess = build_session(st, cfg.train, planned_steps(len(rows), cfg.train, 1), device,
+                         **session_prompts(cfg))  # fmt: skip
     summaries = fit_epochs(sess, data, cfg, [], dev=dev)
     sess.encoder.save(out_dir)
     return {"epochs": summaries, "steps": sess.history, "model": str(out_dir)}

@@ -14,31 +14,34 @@ import logging
 import os
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
-import pyarrow.parquet as pq
+import numpy as np
 import torch
 
 from syneg_ray.config import from_dict
 from syneg_ray.model import load_model
 from syneg_ray.train.devset import load_devset
-from syneg_ray.train.local import fit_epochs
+from syneg_ray.train.local import fit_epochs, session_prompts
 from syneg_ray.train.state import MODEL_DIR, load_state, save_state
-from syneg_ray.train.step import Data, Session, build_session, steps_per_epoch
+from syneg_ray.train.step import Batch, Session, build_session, planned_steps, steps_per_epoch
 
 logger = logging.getLogger("syneg_ray.train")
 PLACEMENT_GROUP = "placement_group.txt"  # the worker group's placement group id, written by rank 0
 
 PROGRESS_FILE = "progress.json"  # rank 0's latest step, with its pid (monitoring, and the kill test)
 ATTEMPTS_FILE = "attempts.jsonl"  # one line per worker start: pid, rank, first epoch to run
+SHARDS_FILE = "shards.jsonl"  # one line per worker and epoch: steps, instances read from its shard, mean loss
 
 
 def train_loop_per_worker(config: dict) -> None:
     """Trains `config["cfg"]` on `config["instances"]` from `config["model"]` (or the latest checkpoint).
 
     Args:
-        config: {"cfg": to_dict(PipelineConfig), "instances": parquet path, "model": local model path, "threads": int,
-            "train_dir": folder for progress files}.
+        config: {"cfg": to_dict(PipelineConfig), "n_instances": rows of the "train" dataset, "model": local model path,
+            "threads": int, "train_dir": folder for progress files}. The instances arrive as the trainer's
+            "train" Ray dataset, split across the workers.
     """
     import ray.train
     import ray.train.torch
@@ -48,13 +51,14 @@ def train_loop_per_worker(config: dict) -> None:
     rank, world = context.get_world_rank(), context.get_world_size()
     _setup_worker(rank, config.get("threads", 1))
     device = ray.train.torch.get_device()  # [ray] cuda:<local rank> or cpu
-    data = Data.from_rows(pq.read_table(config["instances"]).to_pylist())
-    total = steps_per_epoch(len(data.queries), cfg.train.batch_size, world) * cfg.train.epochs
+    # [ray] this worker's share of the instances, streamed by Ray Data: no worker reads the whole file
+    data = ShardStream(ray.train.get_dataset_shard("train"), config["n_instances"])
+    total = planned_steps(data.n, cfg.train, world)
     checkpoint = ray.train.get_checkpoint()  # [ray] latest checkpoint after a failure or a rerun, else None
     with checkpoint.as_directory() if checkpoint else contextlib.nullcontext() as ckpt_dir:
         st = load_model(str(Path(ckpt_dir) / MODEL_DIR) if ckpt_dir else config["model"], device)
         # [ray] prepare_model moves to the device and wraps in DDP when world > 1
-        sess = build_session(st, cfg.train, total, device, wrap=ray.train.torch.prepare_model)
+        sess = build_session(st, cfg.train, total, device, wrap=ray.train.torch.prepare_model, **session_prompts(cfg))
         done = load_state(sess, ckpt_dir)["epochs"] if ckpt_dir else []
     train_dir = Path(config["train_dir"])
     _append_attempt(train_dir, rank, len(done))
@@ -65,7 +69,60 @@ def train_loop_per_worker(config: dict) -> None:
     dev = load_devset(cfg) if rank == 0 else None
     on_step = _progress_writer(train_dir) if rank == 0 else None
     fit_epochs(sess, data, cfg, done, world, rank, dev, on_step=on_step,
-               on_epoch_end=lambda summaries: _report(sess, config["cfg"], rank, summaries))  # fmt: skip
+               on_epoch_end=lambda summaries: _end_epoch(sess, config["cfg"], rank, summaries, data, train_dir))  # fmt: skip
+
+
+def _end_epoch(sess: Session, cfg_dict: dict, rank: int, summaries: list[dict], data: ShardStream, train_dir: Path) -> None:
+    # what this worker trained on, before the report: a run stopped at the report keeps the record
+    with (train_dir / SHARDS_FILE).open("a", encoding="utf-8") as out:
+        last = summaries[-1]
+        out.write(json.dumps({"rank": rank, "epoch": last["epoch"], "steps": last["steps"], "rows": data.rows_read,
+                              "loss": last["loss"], "pid": os.getpid()}) + "\n")  # fmt: skip
+    _report(sess, cfg_dict, rank, summaries)
+
+
+SHUFFLE_BUFFER = 1024  # instances a worker shuffles among locally; more costs memory, not steps
+
+
+class ShardStream:
+    """One worker's shard of the "train" dataset (Ray Train splits it with `streaming_split(equal=True)`).
+
+    Equal steps on every worker, with full batches, is what DDP and the gathered in-batch negatives
+    need: a worker with one step more waits forever in an all-reduce the others never join, and a
+    short batch gathers fewer negatives. Ray's equal split gives each of W workers floor(N / W)
+    rows, and floor(floor(N / W) / B) = floor(N / (W B)) = steps_per_epoch, so the full batches
+    come out equal; a worker takes exactly that many and stops with an error, not a hang, if its
+    shard ever runs short. Rows past the last full batch (fewer than B) are read and dropped, so
+    every split ends its epoch and the next one starts cleanly.
+
+    Order: blocks reach the workers as Ray Data streams them, and each worker shuffles within a
+    buffer seeded by (seed, epoch, rank); unlike `Data`, the order is not replayed exactly on resume.
+    """
+
+    def __init__(self, shard, n: int):  # shard: ray.data.DataIterator
+        self.shard, self._n = shard, n
+        self.rows_read = 0  # instances of the last epoch this worker read, trained on or drained
+
+    @property
+    def n(self) -> int:
+        return self._n
+
+    def epoch(self, epoch: int, batch_size: int, world: int, rank: int, seed: int) -> Iterator[Batch]:
+        steps = steps_per_epoch(self._n, batch_size, world)
+        shuffle_seed = int(np.random.SeedSequence([seed, epoch, rank]).generate_state(1)[0])
+        batches = self.shard.iter_batches(batch_size=batch_size, batch_format="pyarrow",
+                                          local_shuffle_buffer_size=SHUFFLE_BUFFER, local_shuffle_seed=shuffle_seed)  # fmt: skip
+        taken, self.rows_read = 0, 0
+        for table in batches:
+            self.rows_read += table.num_rows
+            if taken == steps or table.num_rows < batch_size:
+                continue  # drain: the epoch's remainder (a short batch), never trained on
+            yield table.column("query").to_pylist(), [[p, *n] for p, n in zip(table.column("positive").to_pylist(),
+                                                                               table.column("negatives").to_pylist(), strict=True)]  # fmt: skip
+            taken += 1
+        if taken < steps:
+            raise RuntimeError(f"rank {rank}: its shard gave {taken} full batches of {batch_size} in epoch {epoch + 1}, "
+                               f"where {steps} were planned for {self._n} instances on {world} workers")  # fmt: skip
 
 
 def _record_placement_group(train_dir: Path) -> None:

@@ -14,6 +14,7 @@ import math
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -27,9 +28,24 @@ from syneg_ray.train.gradvar import GradVariance
 logger = logging.getLogger(__name__)
 
 
+Batch = tuple[list[str], list[list[str]]]  # queries, and per query [positive, negative_1, ..., negative_n]
+
+
+class Instances(Protocol):
+    """What an epoch trains on: the instances in memory (`Data`), or a Ray Train worker's stream of
+    its shard (train/loop.py), each giving every rank the same number of full batches."""
+
+    @property
+    def n(self) -> int:
+        """Instances over all workers (the schedule's length is computed from it)."""
+
+    def epoch(self, epoch: int, batch_size: int, world: int, rank: int, seed: int) -> Iterator[Batch]:
+        """This rank's batches of `epoch`: steps_per_epoch(n, batch_size, world) of them, each full."""
+
+
 @dataclass
 class Data:
-    """Instance texts, column-wise: queries[i] and docs[i] = [positive, negative_1, ..., negative_n]."""
+    """Instance texts in memory, column-wise: queries[i] and docs[i] = [positive, negative_1, ..., negative_n]."""
 
     queries: list[str]
     docs: list[list[str]]
@@ -37,6 +53,14 @@ class Data:
     @classmethod
     def from_rows(cls, rows: Sequence[dict]) -> Data:
         return cls([r["query"] for r in rows], [[r["positive"], *r["negatives"]] for r in rows])
+
+    @property
+    def n(self) -> int:
+        return len(self.queries)
+
+    def epoch(self, epoch: int, batch_size: int, world: int, rank: int, seed: int) -> Iterator[Batch]:
+        for index in epoch_batches(self.n, batch_size, world, rank, seed, epoch):
+            yield [self.queries[i] for i in index], [self.docs[i] for i in index]
 
 
 @dataclass
@@ -70,11 +94,22 @@ def steps_per_epoch(n: int, batch_size: int, world: int) -> int:
     return n // (batch_size * world)
 
 
+def planned_steps(n: int, cfg: TrainConfig, world: int) -> int:
+    """Optimizer steps of the whole run: every epoch's, or `max_steps` when that is fewer."""
+    total = steps_per_epoch(n, cfg.batch_size, world) * cfg.epochs
+    return min(total, cfg.max_steps) if cfg.max_steps else total
+
+
 def build_session(
-    st: nn.Module, cfg: TrainConfig, total_steps: int, device: torch.device, wrap: Callable[[nn.Module], nn.Module] | None = None
-) -> Session:
-    """AdamW with linear warmup (warmup_ratio) and linear decay to 0, as HF Trainer's default schedule."""
-    encoder = DualEncoder(st, cfg.max_seq_length).to(device)
+    st: nn.Module, cfg: TrainConfig, total_steps: int, device: torch.device, wrap: Callable[[nn.Module], nn.Module] | None = None,
+    *, query_prompt: str = "", document_prompt: str = "",
+) -> Session:  # fmt: skip
+    """AdamW with linear warmup (warmup_ratio) and linear decay to 0, as HF Trainer's default schedule.
+
+    `query_prompt` and `document_prompt` are encoder.query_prompt and encoder.document_prompt: the
+    steps prefix them as mining and evaluation do (`DualEncoder.tokenize_queries` / `tokenize_documents`).
+    """
+    encoder = DualEncoder(st, cfg.max_seq_length, query_prompt, document_prompt).to(device)
     frozen = encoder.freeze_unused(device)
     if frozen:
         logger.debug("not trained (unused by the embedding): %s", ", ".join(frozen))
@@ -123,9 +158,9 @@ def plain_step(sess: Session, queries: list[str], docs: list[list[str]]) -> torc
     """Forward both sides with the graph kept, backward the loss. Returns the (unscaled) loss."""
     b, k = len(docs), len(docs[0])
     with _autocast(sess.cfg, sess.device):
-        q = sess.model(sess.encoder.tokenize(queries, sess.device))  # (B, H)
-        d = sess.model(sess.encoder.tokenize([t for row in docs for t in row], sess.device))  # (B * k, H)
-    loss = _loss(sess, q, d.view(b, k, -1), queries, docs)
+        q = sess.model(sess.encoder.tokenize_queries(queries, sess.device))  # (B, H)
+        d = sess.model(sess.encoder.tokenize_documents([t for row in docs for t in row], sess.device))  # (B * k, H)
+    loss = _loss(sess, q, d.view(b, k, -1), queries, docs)  # ids of the raw texts: the prompt is the same for all
     (loss * _loss_scale(sess.cfg)).backward()
     return loss.detach()
 
@@ -161,7 +196,8 @@ def cached_step(sess: Session, queries: list[str], docs: list[list[str]]) -> tor
     """
     b, k, size = len(docs), len(docs[0]), sess.cfg.grad_cache_chunk
     texts = [queries, [t for row in docs for t in row]]
-    feats = [[sess.encoder.tokenize(c, sess.device) for c in _chunks(side, size)] for side in texts]
+    tokenizers = [sess.encoder.tokenize_queries, sess.encoder.tokenize_documents]
+    feats = [[tokenize(c, sess.device) for c in _chunks(side, size)] for tokenize, side in zip(tokenizers, texts, strict=True)]
     states: list[list[_RandState]] = [[], []]
     embs = []
     with torch.no_grad(), _autocast(sess.cfg, sess.device):
@@ -171,7 +207,7 @@ def cached_step(sess: Session, queries: list[str], docs: list[list[str]]) -> tor
                 states[side].append(_RandState(sess.device))
                 parts.append(sess.model(f).float())
             embs.append(torch.cat(parts).requires_grad_())  # (B, H) then (B * k, H)
-    loss = _loss(sess, embs[0], embs[1].view(b, k, -1), queries, docs)
+    loss = _loss(sess, embs[0], embs[1].view(b, k, -1), queries, docs)  # raw texts, as in plain_step
     (loss * _loss_scale(sess.cfg)).backward()
     jobs = [(f, s, g) for side in range(2) for f, s, g in zip(feats[side], states[side], embs[side].grad.split(size), strict=True)]
     no_sync = getattr(sess.model, "no_sync", contextlib.nullcontext)
@@ -203,17 +239,18 @@ def train_step(sess: Session, queries: list[str], docs: list[list[str]]) -> dict
 
 
 def run_epoch(
-    sess: Session, data: Data, epoch: int, seed: int, world: int = 1, rank: int = 0,
+    sess: Session, data: Instances, epoch: int, seed: int, world: int = 1, rank: int = 0,
     on_step: Callable[[dict], None] | None = None,
 ) -> dict[str, float]:  # fmt: skip
     """Trains one epoch; returns its summary (means over steps, samples/s over all workers)."""
     sess.model.train()
     # dropout: seeded per (seed, epoch, rank), so a resumed epoch replays and no two runs share draws
     torch.manual_seed(int(np.random.SeedSequence([seed, epoch, rank]).generate_state(1)[0]))
-    batches = epoch_batches(len(data.queries), sess.cfg.batch_size, world, rank, seed, epoch)
     records, start = [], time.perf_counter()
-    for index in batches:
-        record = train_step(sess, [data.queries[i] for i in index], [data.docs[i] for i in index])
+    for queries, docs in data.epoch(epoch, sess.cfg.batch_size, world, rank, seed):
+        if sess.cfg.max_steps and sess.step >= sess.cfg.max_steps:
+            continue  # the step budget is spent: read the epoch to its end (a stream's split must end it), train no more
+        record = train_step(sess, queries, docs)
         record["epoch"] = epoch
         records.append(record)
         if on_step:

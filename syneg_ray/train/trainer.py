@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import shutil
@@ -45,11 +46,26 @@ def require_one_batch(cfg: PipelineConfig, n_instances: int, instances: Path) ->
                            f"train.workers = {global_batch}); lower train.batch_size or mix more pairs")  # fmt: skip
 
 
-def build_trainer(cfg: PipelineConfig, instances: str | Path, model_path: str, train_dir: str | Path, callbacks=()):  # -> TorchTrainer
+def instances_dataset(instances: str | Path, n_rows: int, workers: int):  # -> ray.data.Dataset
+    """The instances file as a Ray dataset that the trainer splits across its workers.
+
+    Its read tasks reserve no CPU: training workers may hold every CPU of a node (and a Tune trial
+    a share beside them), and a read task waiting for a CPU would stall every worker's first batch.
+    """
+    import ray.data
+
+    blocks = max(4 * workers, n_rows // 4096 + 1)  # enough blocks for the split to balance the workers
+    return ray.data.read_parquet(str(instances), override_num_blocks=blocks, ray_remote_args={"num_cpus": 0})
+
+
+def build_trainer(cfg: PipelineConfig, instances: str | Path, model_path: str, train_dir: str | Path, callbacks=(),
+                  n_instances: int | None = None):  # -> TorchTrainer  # fmt: skip
     """A Ray Train V2 TorchTrainer over `train.workers` workers (gloo on CPU, nccl on GPU).
 
-    Checkpoints and Ray's own state go to `train_dir/ray/train`; fitting again with the same
-    `train_dir` resumes from the latest checkpoint there. `callbacks` are Ray Train UserCallbacks.
+    The instances reach the workers as a Ray dataset split across them (`get_dataset_shard`), so each
+    one streams only its share. Checkpoints and Ray's own state go to `train_dir/ray/train`; fitting
+    again with the same `train_dir` resumes from the latest checkpoint there. `callbacks` are Ray
+    Train UserCallbacks.
     """
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
@@ -58,13 +74,17 @@ def build_trainer(cfg: PipelineConfig, instances: str | Path, model_path: str, t
 
     train_dir = Path(train_dir).resolve()
     t = cfg.train
+    if n_instances is None:
+        n_instances = pq.ParquetFile(instances).metadata.num_rows
     cpus = worker_cpus(t)
     resources = {"CPU": cpus, **({"GPU": 1} if t.use_gpu else {})}
     return TorchTrainer(
         train_loop_per_worker,
         # workers run in a directory of their own: relative paths in the config would name other folders
-        train_loop_config={"cfg": to_dict(with_absolute_paths(cfg)), "instances": str(Path(instances).resolve()), "model": model_path,
+        train_loop_config={"cfg": to_dict(with_absolute_paths(cfg)), "n_instances": n_instances, "model": model_path,
                            "train_dir": str(train_dir), "threads": max(1, int(cpus))},
+        # a factory: the trainer's controller reads the file when the run starts, not this call
+        datasets={"train": functools.partial(instances_dataset, str(Path(instances).resolve()), n_instances, t.workers)},
         torch_config=TorchConfig(backend="nccl" if t.use_gpu else "gloo"),
         scaling_config=ScalingConfig(num_workers=t.workers, use_gpu=t.use_gpu, resources_per_worker=resources),
         run_config=RunConfig(
@@ -101,17 +121,40 @@ def check_resume(train_dir: Path, fingerprint: dict) -> bool:
     return True
 
 
-def read_instances(path: Path, corpus_ids) -> list[dict]:
-    """Reads and validates the instances file (DataError names the file and row)."""
+VALIDATE_ROWS = 4096  # instances validated at once: the driver never holds more of them
+
+
+def read_instances(path: Path, doc_ids) -> tuple[int, int]:
+    """Validates the instances file a block of rows at a time; returns (instances, negatives per instance).
+
+    Args:
+        path: the instances Parquet.
+        doc_ids: the corpus's ids (an Arrow column, or any collection of str).
+
+    Raises:
+        DataError: naming the file and row (mixing.check_instances), or an unreadable file.
+    """
+    import pyarrow.compute as pc
+
     if not path.exists():
         raise DataError.at(path, None, "no instances file; run `syneg mix` first")
+    known_set = pa.chunked_array([pa.array(list(doc_ids), pa.string())]) if not isinstance(doc_ids, pa.ChunkedArray) else doc_ids
+    known_set = known_set.combine_chunks()
+    count, n = 0, None
     try:
-        rows = pq.read_table(path).to_pylist()
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=VALIDATE_ROWS):
+            rows = batch.to_pylist()
+            ids = [r.get("positive_id") for r in rows] + [d for r in rows for d in (r.get("negative_ids") or ())]
+            candidates = pa.array([i for i in ids if isinstance(i, str)], pa.string())
+            known = set(candidates.filter(pc.is_in(candidates, value_set=known_set)).to_pylist())
+            n = check_instances(rows, path, known, first_row=count + 1, n=n)
+            count += len(rows)
     except (pa.ArrowInvalid, OSError) as exc:  # an interrupted write, or not Parquet at all
         raise DataError.at(path, None, f"not a readable Parquet file ({' '.join(str(exc).split())}); "
                                        "rerun `syneg mix` to rewrite it") from None
-    check_instances(rows, path, corpus_ids)
-    return rows
+    if n is None:
+        check_instances([], path, set())  # raises: no instances
+    return count, n
 
 
 def run_train(cfg: PipelineConfig, replace_other_config: bool = False) -> dict:
@@ -129,8 +172,8 @@ def run_train(cfg: PipelineConfig, replace_other_config: bool = False) -> dict:
     started = time.perf_counter()
     run_dir = Path(cfg.run.run_dir)
     train_dir, instances = run_dir / "train", run_dir / schema.INSTANCES
-    rows = read_instances(instances, dataset.read_corpus(dataset.prepare(cfg)))
-    require_one_batch(cfg, len(rows), instances)
+    n_instances, n_negatives = read_instances(instances, dataset.prepare(cfg).doc_ids())
+    require_one_batch(cfg, n_instances, instances)
     fingerprint = training_fingerprint(cfg, instances)
     try:
         resumable = check_resume(train_dir, fingerprint)
@@ -147,9 +190,9 @@ def run_train(cfg: PipelineConfig, replace_other_config: bool = False) -> dict:
     (train_dir / TRAIN_CONFIG).write_text(yaml.safe_dump(fingerprint, sort_keys=False), encoding="utf-8")
     model_path = resolve_model(cfg.train.model or cfg.encoder.model, cfg.run.cache_dir or None)
     logger.info("train: %d instances x %d negatives, %d worker(s), batch %d per worker, %d epoch(s), model %s",
-                len(rows), len(rows[0]["negatives"]), cfg.train.workers, cfg.train.batch_size, cfg.train.epochs, model_path)  # fmt: skip
+                n_instances, n_negatives, cfg.train.workers, cfg.train.batch_size, cfg.train.epochs, model_path)  # fmt: skip
     init_ray(cfg)
-    result = build_trainer(cfg, instances, model_path, train_dir).fit()
+    result = build_trainer(cfg, instances, model_path, train_dir, n_instances=n_instances).fit()
     return export(result.checkpoint, run_dir, cfg, time.perf_counter() - started)
 
 

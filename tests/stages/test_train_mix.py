@@ -117,7 +117,7 @@ def test_train_workers_get_absolute_paths(tiny_cfg, tmp_path, monkeypatch) -> No
     dataset = Path(tiny_cfg.data.dataset)
     (tmp_path / "data").symlink_to(dataset.parent)
     cfg = load_config(None, ["run.run_dir=runs/rel", f"data.dataset=data/{dataset.name}", "data.data_dir=data"])
-    trainer = build_trainer(cfg, "runs/rel/mix/instances.parquet", "model", "runs/rel/train")
+    trainer = build_trainer(cfg, "runs/rel/mix/instances.parquet", "model", "runs/rel/train", n_instances=8)
     seen = from_dict(trainer.train_loop_config["cfg"])
     assert seen.run.run_dir == str(tmp_path / "runs" / "rel")
     assert Path(seen.data.dataset).is_absolute() and Path(seen.data.dataset, "corpus.jsonl").is_file()
@@ -146,6 +146,13 @@ def _mixed_negatives(cfg) -> list[str]:
     return [n for r in pq.read_table(Path(cfg.run.run_dir) / schema.INSTANCES).to_pylist() for n in r["negatives"]]
 
 
+def _stored_texts(cfg, text: str) -> list[str]:
+    """Every negative `_stored_synthesis(cfg, ..., text)` wrote: 3 per pair."""
+    n_pairs = pq.read_table(ensure_pairs(cfg)[1]).num_rows
+    assert n_pairs > 0
+    return [f"{text} {i}.{j}" for i in range(n_pairs) for j in range(3)]
+
+
 def test_run_mix_reads_only_the_current_llms_synthesis(tiny_cfg) -> None:
     """After a change of LLM the old model's rows stay on disk; mixing them in would train on
     negatives of a config that is no longer the run's."""
@@ -153,8 +160,7 @@ def test_run_mix_reads_only_the_current_llms_synthesis(tiny_cfg) -> None:
     _stored_synthesis(tiny_cfg, "old-llm", "stale")
     assert _mixed_negatives(tiny_cfg) == []  # another LLM's rows are no synthesis of this run's
     _stored_synthesis(tiny_cfg, tiny_cfg.synthesize.model, "current", seed=7)
-    negatives = _mixed_negatives(tiny_cfg)
-    assert negatives and all(n.startswith("current ") for n in negatives)
+    assert sorted(_mixed_negatives(tiny_cfg)) == sorted(_stored_texts(tiny_cfg, "current"))  # every pair, all 3 of its negatives
 
 
 def test_run_mix_prefers_this_seeds_synthesis_and_falls_back_to_another(tiny_cfg) -> None:
@@ -163,11 +169,9 @@ def test_run_mix_prefers_this_seeds_synthesis_and_falls_back_to_another(tiny_cfg
     write_inputs(tiny_cfg, synthetic=False)
     at_one = dataclasses.replace(tiny_cfg, run=dataclasses.replace(tiny_cfg.run, seed=1))
     _stored_synthesis(tiny_cfg, tiny_cfg.synthesize.model, "seed-zero", seed=0)
-    shared = _mixed_negatives(at_one)
-    assert shared and all(n.startswith("seed-zero ") for n in shared)
+    assert sorted(_mixed_negatives(at_one)) == sorted(_stored_texts(tiny_cfg, "seed-zero"))
     _stored_synthesis(tiny_cfg, tiny_cfg.synthesize.model, "seed-one", seed=1)
-    own = _mixed_negatives(at_one)
-    assert len(own) == len(shared) and all(n.startswith("seed-one ") for n in own)
+    assert sorted(_mixed_negatives(at_one)) == sorted(_stored_texts(tiny_cfg, "seed-one"))
 
 
 def test_hybrid_at_r_1_tops_up_from_mining_and_at_r_0_needs_no_synthesis(tiny_cfg) -> None:
@@ -223,6 +227,7 @@ def test_rows_of_other_generation_settings_do_not_stand_in_for_this_runs(tiny_cf
     negatives must not be mixed in as if this run had written them."""
     write_inputs(tiny_cfg, synthetic=False)
     _stored_synthesis(tiny_cfg, tiny_cfg.synthesize.model, "hot", temperature=1.3)
-    assert all(n.startswith("hot ") for n in _mixed_negatives(tiny_cfg))  # no row of this run's: a fallback
+    # no row of this run's: the other temperature's rows are a fallback, every pair's
+    assert sorted(_mixed_negatives(tiny_cfg)) == sorted(_stored_texts(tiny_cfg, "hot"))
     _stored_synthesis(tiny_cfg, tiny_cfg.synthesize.model, "", status="failed")
     assert _mixed_negatives(tiny_cfg) == []

@@ -1,0 +1,66 @@
+"""Ray Train streams the instances as a Ray dataset split across workers: each worker reads only its
+shard, both run the same number of full steps when the count does not divide, and the loss is still
+gathered across them."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from syneg_ray import schema
+from syneg_ray.config import MixConfig, MixStrategy
+from syneg_ray.model import build_tiny
+from syneg_ray.registry import resolve_model
+from syneg_ray.stages.mix import run_mix
+from syneg_ray.train.loop import SHARDS_FILE
+from syneg_ray.train.trainer import run_train
+from tests.stages.test_train_mix import write_inputs
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> str:
+    return str(build_tiny(tmp_path_factory.mktemp("tiny") / "st", resolve_model("minilm")))
+
+
+def test_two_workers_read_only_their_shard_take_equal_steps_and_gather(tiny_cfg, ray_local, tiny_model) -> None:
+    train = {"model": tiny_model, "workers": 2, "epochs": 2, "learning_rate": 1e-3, "max_seq_length": 32,
+             "grad_var_window": 2, "dev_eval": False, "cpus_per_worker": 1.0}  # fmt: skip
+    cfg = dataclasses.replace(tiny_cfg, mix=MixConfig(strategy=MixStrategy.RETRIEVED, ratio=0.0, n_negatives=2),
+                              train=dataclasses.replace(tiny_cfg.train, **train))  # fmt: skip
+    write_inputs(cfg, synthetic=False)
+    run_mix(cfg)
+    n = pq.ParquetFile(Path(cfg.run.run_dir) / schema.INSTANCES).metadata.num_rows
+    batch = next(b for b in (3, 4, 5, 7) if n % (2 * b) and (n // 2) % b)  # a remainder on every worker
+    cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, batch_size=batch))
+    summary = run_train(cfg)
+
+    steps = n // (2 * batch)
+    records = [json.loads(line) for line in (Path(cfg.run.run_dir) / "train" / SHARDS_FILE).read_text().splitlines()]
+    assert sorted((r["epoch"], r["rank"]) for r in records) == [(0, 0), (0, 1), (1, 0), (1, 1)]
+    for epoch in (0, 1):
+        ranks = {r["rank"]: r for r in records if r["epoch"] == epoch}
+        assert ranks[0]["steps"] == ranks[1]["steps"] == steps  # the same number of full steps
+        # Ray's equal split: floor(n / 2) rows each, so together all but n % 2, and never the whole file
+        assert ranks[0]["rows"] == ranks[1]["rows"] == n // 2
+        assert ranks[0]["pid"] != ranks[1]["pid"]
+        # the gathered loss is the mean over both workers' queries: the same number on both
+        assert ranks[0]["loss"] == pytest.approx(ranks[1]["loss"], rel=1e-6)
+    history = json.loads((Path(cfg.run.run_dir) / "train" / "history.json").read_text())["steps"]
+    assert len(history) == 2 * steps and [e["steps"] for e in summary["epochs"]] == [steps, steps]
+
+
+def test_a_step_budget_stops_training_and_sizes_the_schedule(tmp_path, tiny_model) -> None:
+    from syneg_ray.config import load_config
+    from syneg_ray.train.local import train_local
+
+    cfg = load_config(None, ["train.batch_size=2", "train.epochs=2", "train.max_steps=3", "train.max_seq_length=16",
+                             "train.grad_var_window=0", "train.warmup_ratio=0"])  # fmt: skip
+    rows = [{"query": f"query {i}", "positive": f"positive {i}", "negatives": [f"negative {i}"]} for i in range(10)]
+    out = train_local(cfg, rows, tiny_model, tmp_path / "model")
+    assert [s["step"] for s in out["steps"]] == [1, 2, 3]  # 5 steps an epoch, 10 planned: 3 taken
+    assert [e["steps"] for e in out["epochs"]] == [3, 0]
+    assert out["steps"][-1]["lr"] == pytest.approx(2e-5 / 3)  # linear decay over the 3 planned steps, not 10
