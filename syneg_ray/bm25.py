@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -98,17 +98,38 @@ class BM25Shard:
 
     SCORE_CELLS = 1 << 24  # (documents x queries) floats scored at once: 64 MB
 
+    TOKENIZE_DOCS = 8192  # documents tokenized at once: bounds the Python token lists alive while indexing
+
     def __init__(self, texts: Sequence[str], k1: float = 0.9, b: float = 0.4):
+        self.k1, self.b = k1, b
+        self._build(texts[i : i + self.TOKENIZE_DOCS] for i in range(0, len(texts), self.TOKENIZE_DOCS))
+
+    @classmethod
+    def from_chunks(cls, chunks: Iterable[Sequence[str]], k1: float = 0.9, b: float = 0.4) -> BM25Shard:
+        """A shard indexed chunk by chunk (e.g. a Parquet file's row groups), never holding all its texts."""
+        shard = cls.__new__(cls)
+        shard.k1, shard.b = k1, b
+        shard._build(chunks)
+        return shard
+
+    def _build(self, chunks: Iterable[Sequence[str]]) -> None:
         import bm25s
         import scipy.sparse as sp
 
-        self.k1, self.b = k1, b
-        tokens = bm25s.tokenize(list(texts), stopwords="en", stemmer=_stemmer(), show_progress=False)
-        self.vocab: dict[str, int] = dict(tokens.vocab)
-        self.lengths = np.fromiter((len(ids) for ids in tokens.ids), dtype=np.int64, count=len(tokens.ids))
-        cols = np.fromiter((t for ids in tokens.ids for t in ids), dtype=np.int32, count=int(self.lengths.sum()))
+        self.vocab: dict[str, int] = {}
+        lengths, columns = [], []
+        for chunk in chunks:
+            tokens = bm25s.tokenize(list(chunk), stopwords="en", stemmer=_stemmer(), show_progress=False)
+            # the chunk's own term ids -> this shard's
+            local = sorted(tokens.vocab.items(), key=lambda item: item[1])
+            remap = np.fromiter((self.vocab.setdefault(term, len(self.vocab)) for term, _ in local), dtype=np.int32, count=len(local))
+            sizes = np.fromiter((len(ids) for ids in tokens.ids), dtype=np.int64, count=len(tokens.ids))
+            flat = np.fromiter((t for ids in tokens.ids for t in ids), dtype=np.int64, count=int(sizes.sum()))
+            lengths.append(sizes)
+            columns.append(remap[flat] if len(flat) else np.zeros(0, np.int32))
+        self.lengths = np.concatenate(lengths) if lengths else np.zeros(0, np.int64)
+        cols = np.concatenate(columns) if columns else np.zeros(0, np.int32)
         rows = np.repeat(np.arange(len(self.lengths), dtype=np.int32), self.lengths)
-        del tokens
         # (documents x terms) counts; csc, so a query's terms are a cheap column selection
         self.matrix = sp.csc_matrix((np.ones(len(cols), np.float32), (rows, cols)), shape=(len(self.lengths), len(self.vocab)))
         self.matrix.sum_duplicates()

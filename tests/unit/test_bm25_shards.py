@@ -80,3 +80,16 @@ def test_a_term_unknown_to_a_shard_still_counts_its_corpus_wide_frequency():
     (one_scores, one_rows), _, _ = _sharded(texts, tokens, [0, 4], 4)
     assert rows.tolist() == one_rows.tolist() and np.allclose(scores, one_scores)
     assert rows[0, 0] == 3  # "cake" occurs once in the corpus: rarer, so a higher idf than "apple"
+
+
+def test_a_shard_indexed_chunk_by_chunk_scores_as_one_indexed_whole(corpus_and_queries):
+    """The actors index their rows one Parquet row group at a time; the chunks' vocabularies merge."""
+    _, texts, queries = corpus_and_queries
+    texts, tokens = texts[:1500], bm25.tokenize(queries[:40])
+    whole = bm25.BM25Shard(texts)
+    chunked = bm25.BM25Shard.from_chunks(texts[i : i + 333] for i in range(0, len(texts), 333))
+    terms = {t for q in tokens for t in q}
+    assert chunked.stats(terms) == whole.stats(terms) and len(chunked) == len(whole) == 1500
+    stats = whole.stats(terms)
+    (scores, rows), (ref_scores, ref_rows) = chunked.search(tokens, stats, 20), whole.search(tokens, stats, 20)
+    assert np.array_equal(rows, ref_rows) and np.array_equal(scores, ref_scores) and (rows >= 0).any()
