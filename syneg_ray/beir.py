@@ -207,8 +207,18 @@ def read_qrels(folder: Path, split: str) -> tuple[Qrels, dict[str, int]]:
 
 
 def _is_judgement(fields: list[str]) -> bool:
-    """True when a qrels line is a judgement (three fields, an integer score), not a header."""
-    return len(fields) == 3 and fields[2].strip().lstrip("-").isdigit()
+    """True when a first qrels line is a judgement, not a header: three fields with a numeric score.
+
+    A score that is a number but not an integer (`1.5`) makes it a judgement, so a file without a
+    header whose first grade is fractional fails with its line, instead of losing that row as a header.
+    """
+    if len(fields) != 3:
+        return False
+    try:
+        float(fields[2])
+    except ValueError:
+        return False
+    return True
 
 
 def load_split(folder: Path, split: str, corpus: dict[str, str] | None = None, keep_unknown_docs: bool = False) -> BeirSplit:

@@ -1,11 +1,17 @@
 """`syneg <command>`: load the config, set up logging and Ray, call one run_* function.
 
-    syneg run        [--config pipeline.yaml] [section.key=value ...]   the whole pipeline
+    syneg run        [--config pipeline.yaml] [--yes] [section.key=value ...]   the whole pipeline
+                     (prints its plan first; refuses one over run.max_hours unless --yes)
     syneg synthesize | mine | mix | train | evaluate | tune             one stage
     syneg models                                                         the bundled model names
 
+    syneg --version                                                      the installed version
+
+`python -m syneg_ray ...` is the same command (the Ray job entrypoint uses it).
 Shortcut flags (--dataset, --model, --split, ...) are sugar for the matching overrides.
-Every SynegError is printed as one line without a traceback, exit code 2.
+Every SynegError is printed as one line without a traceback, exit code 2. SIGTERM (`ray job stop`,
+a pod eviction) unwinds like Ctrl-C: `finally` blocks and `with` exits run (a mirrored s3:// run
+directory is copied back), exit code 143.
 """
 
 from __future__ import annotations
@@ -16,8 +22,10 @@ import logging
 import sys
 from collections.abc import Sequence
 
+from syneg_ray import signals
 from syneg_ray.config import PipelineConfig, load_config, to_yaml
 from syneg_ray.errors import SynegError
+from syneg_ray.extras import check
 from syneg_ray.remote import local_run_dir
 
 logger = logging.getLogger("syneg_ray")
@@ -47,6 +55,10 @@ SHORTCUTS = {
 MODEL_KEY = {"evaluate": "evaluate.model", "synthesize": "synthesize.model", "train": "train.model", "mine": "encoder.model"}
 SPLIT_KEY = {"evaluate": "evaluate.split"}  # every other command reads its pairs from data.train_split
 
+# optional modules a command needs at its end, checked before it starts (a missing one would
+# otherwise stop it after the training it plots)
+NEEDS = {"run": ("matplotlib",), "train": ("matplotlib",), "tune": ("matplotlib",)}
+
 SMOKE_TEST = [  # a config that finishes in a minute or two on a laptop
     "data.limit=16",
     "synthesize.negatives_per_pair=2",
@@ -59,6 +71,7 @@ SMOKE_TEST = [  # a config that finishes in a minute or two on a laptop
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="syneg", description="SyNeg hard negatives and dense retriever training on Ray")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="command")
     for name, (_, help_text) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
@@ -79,9 +92,22 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--engine", choices=["hf", "vllm", "openai"], help="synthesize.engine")
         p.add_argument("--smoke-test", action="store_true", help="tiny sizes: a quick end-to-end check")
         p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+        if name == "run":
+            p.add_argument("--yes", action="store_true", help="start even when the plan exceeds run.max_hours")
         p.add_argument("-v", "--verbose", action="store_true")
     sub.add_parser("models", help="list the bundled model names")
     return parser
+
+
+def version() -> str:
+    """The installed distribution's version (pyproject.toml's), or "unknown" when run from a bare checkout."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as dist_version
+
+    try:
+        return dist_version("syneg-ray")
+    except PackageNotFoundError:
+        return "unknown"
 
 
 def resolve(args: argparse.Namespace) -> PipelineConfig:
@@ -110,20 +136,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     from syneg_ray.runtime import setup_logging
 
     setup_logging(args.verbose)
+    previous = signals.install()  # SIGTERM (ray job stop, pod eviction) unwinds: the cleanups below run
     try:
         cfg = resolve(args)
         if args.print_config:
             sys.stdout.write(to_yaml(cfg))
             return 0
+        check(*NEEDS.get(args.command, ()))
         module, _, function = COMMANDS[args.command][0].partition(":")
         with local_run_dir(cfg) as local_cfg:  # an s3:// or gs:// run directory is mirrored, then copied back
-            getattr(importlib.import_module(module), function)(local_cfg)
+            kwargs = {"yes": args.yes} if args.command == "run" else {}
+            getattr(importlib.import_module(module), function)(local_cfg, **kwargs)
     except SynegError as exc:
         sys.stderr.write(f"syneg {args.command}: error: {exc}\n")
         return 2
     except KeyboardInterrupt:
         sys.stderr.write(f"syneg {args.command}: interrupted; rerun the same command to resume\n")
         return 130
+    except signals.Terminated as exc:
+        sys.stderr.write(f"syneg {args.command}: terminated (signal {exc.signum}); rerun the same command to resume\n")
+        return exc.code
+    finally:
+        signals.restore(previous)
     return 0
 
 

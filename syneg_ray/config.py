@@ -68,6 +68,12 @@ class RunConfig:
     run_dir: str = "runs/default"  # every stage writes below this folder (local path, or s3:// / gs:// mirrored locally)
     seed: int = 0  # root seed of the run: LLM sampling per pair, mixing, training order and dropout
     cache_dir: str = ""  # embedding / model cache; "" means $SYNEG_CACHE or ~/.cache/syneg-ray
+    # `syneg run` prints its plan (pairs, steps, time per stage from syneg_ray/plan.py's rates) and
+    # refuses to start when the estimate exceeds this many hours, unless given --yes; 0 = no limit
+    max_hours: float = 2.0
+
+    def __post_init__(self) -> None:
+        _check_min("run.max_hours", self.max_hours, 0.0)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -76,14 +82,39 @@ class DataConfig:
     data_dir: str = ""  # folder holding BEIR datasets; "" means $SYNEG_DATA_DIR or ./datasets
     train_split: str = "train"  # qrels split the pairs come from
     eval_split: str = "test"  # qrels split the final evaluation reports
-    dev_fraction: float = 0.1  # share of train queries held out as the dev split (for Tune, epochs)
+    dev_fraction: float = 0.1  # share of train queries carved out as the dev split (for Tune, epochs) when data.dev_split carves
     split_seed: int = 0  # seeds the dev split; apart from run.seed so runs at several seeds train on the same pairs
-    limit: int = 0  # use only the first `limit` train pairs (0 = all); for smoke runs
+    # Dev queries for Tune and per-epoch dev scores: auto = the dataset's own qrels/dev.tsv when it has
+    # one (and it is not data.eval_split), else dev_fraction of the train queries | carve = always the
+    # carve | a split name = that qrels split. Train queries that are also dev queries give no pairs.
+    dev_split: str = "auto"
+    limit: int = 0  # use only the first `limit` train pairs (0 = all), after the caps below; for smoke runs
+    min_relevance: int = 1  # a train qrels row with score >= this is a training positive; every row with
+    # score > 0 stays a known positive of its query (mining's exclusion and guard, the in-batch mask)
+    # At most this many positives per query become pairs (0 = no cap): the highest grades first, then a
+    # draw seeded by split_seed among equal grades. 5 is SciFact's most per train query, so its 822 train
+    # pairs (published results) are unchanged; a dataset with dozens of positives per query is cut to 5.
+    max_positives_per_query: int = 5
+    # At most this many train pairs (0 = no cap): a sample seeded by split_seed, whole queries kept
+    # together (at most one query is cut). Applied before `limit`, which then takes the first N of them.
+    # 1000 is above SciFact's 822, so its pairs are unchanged; it keeps training near 32 steps of 32 on
+    # a large train set (about 15 minutes on 2 cores). Set 0 (with max_positives_per_query 0) for a full run.
+    max_pairs: int = 1000
     download: bool = True  # fetch a missing BEIR dataset from its public URL when the network allows
 
     def __post_init__(self) -> None:
         _check_range("data.dev_fraction", self.dev_fraction, 0.0, 0.9)
         _check_min("data.limit", self.limit, 0)
+        _check_min("data.min_relevance", self.min_relevance, 1)
+        _check_min("data.max_positives_per_query", self.max_positives_per_query, 0)
+        _check_min("data.max_pairs", self.max_pairs, 0)
+        if not self.dev_split:
+            raise ConfigError("data.dev_split is empty; use auto, carve or a qrels split name such as dev")
+        if self.dev_split == self.train_split:
+            raise ConfigError(f"data.dev_split = {self.dev_split!r} is data.train_split; use auto, carve or another split")
+        if self.dev_split == self.eval_split:
+            raise ConfigError(f"data.dev_split = {self.dev_split!r} is data.eval_split: tuning on the evaluated queries "
+                              "would leak them; use auto, carve or another split")
 
 
 # where the dataset is found, not what it holds: no stage's output depends on them

@@ -94,12 +94,21 @@ def run_evaluate_pair(cfg: PipelineConfig) -> dict[str, dict[str, float]]:
     }
 
 
-def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
+def run_pipeline(cfg: PipelineConfig, yes: bool = False) -> dict[str, Any]:
     """Runs every stage that is not already complete for this config, then writes report.md.
+
+    Before any stage runs, prints the plan (pairs, LLM pairs, instances, steps, time per stage;
+    plan.py) and refuses a plan longer than `run.max_hours` unless `yes`.
 
     Returns:
         {stage: summary} for the stages that ran, and the evaluation metrics.
+
+    Raises:
+        PlanError: the plan exceeds run.max_hours and `yes` is False.
     """
+    import sys
+
+    from syneg_ray import plan
     from syneg_ray.dataset import ensure_pairs
     from syneg_ray.runtime import init_ray, stage_dir
     from syneg_ray.stages.evaluate import check_not_scoring_on_training_queries, trained_model
@@ -107,18 +116,29 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
     check_not_scoring_on_training_queries(cfg, trained_model(cfg))  # before hours of work, not after
     run_dir = Path(cfg.run.run_dir)
     stage_dir(cfg, "pairs")  # saves the resolved config
-    ensure_pairs(cfg)
-    init_ray(cfg)
+    prepared, pairs_path = ensure_pairs(cfg)
+    stages = _stages()
     fingerprints: dict[str, str] = {}
+    complete: dict[str, dict] = {}
+    for stage in stages:
+        fingerprints[stage.name] = fingerprint(cfg, stage, fingerprints)
+        marker = read_marker(run_dir / stage.name)
+        if marker and marker.get("fingerprint") == fingerprints[stage.name]:
+            complete[stage.name] = marker
+    running = {s.name for s in stages if needed(cfg, s) and s.name not in complete}
+    estimate = plan.estimate(cfg, plan.counts_of(cfg, prepared, pairs_path), running, plan.load_rates(cfg.run.cache_dir))
+    sys.stdout.write(estimate.render(cfg.run.max_hours))
+    sys.stdout.flush()
+    plan.check_limit(estimate, cfg.run.max_hours, yes)
+    init_ray(cfg)
     summaries: dict[str, Any] = {}
     timings: dict[str, float] = {}
-    for stage in _stages():
-        fingerprints[stage.name] = fingerprint(cfg, stage, fingerprints)
+    for stage in stages:
         if not needed(cfg, stage):
             logger.info("%s: skipped, mix.strategy=%s reads nothing of it", stage.name, cfg.mix.strategy.value)
             continue
-        marker = read_marker(run_dir / stage.name)
-        if marker and marker.get("fingerprint") == fingerprints[stage.name]:
+        marker = complete.get(stage.name)
+        if marker:
             logger.info("%s: complete for this config, skipped", stage.name)
             summaries[stage.name] = marker.get("summary")
             timings[stage.name] = marker.get("seconds", 0.0)

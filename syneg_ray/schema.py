@@ -6,7 +6,7 @@ small hand-written file (tests do this) or run alone on a cluster.
     run_dir/
       config.yaml                       resolved PipelineConfig of the latest invocation
       pairs/pairs.parquet               Pair rows (train queries minus the dev split)
-      pairs/dev_qrels.json              the dev split carved from train queries
+      pairs/dev_qrels.json              the dev qrels: the dataset's dev split, or carved from train queries
       synthesize/negatives.parquet      SyntheticRow rows, one per pair (a folder of part files)
       mine/negatives.parquet            MinedRow rows, one per pair
       mix/instances.parquet             Instance rows

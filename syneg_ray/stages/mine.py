@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 from syneg_ray import beir, mining, schema
 from syneg_ray.config import PipelineConfig
-from syneg_ray.dataset import Prepared, ensure_pairs, rows_of
+from syneg_ray.dataset import Prepared, ensure_pairs, rows_of, scan_corpus
 from syneg_ray.runtime import write_parquet_atomic
 from syneg_ray.stages.sharded_search import bm25_search, index_spec
 
@@ -88,7 +88,7 @@ def text_groups(corpus_parquet: Path) -> np.ndarray:
     """mining.text_groups over the corpus, read one row group at a time: each text becomes a 64-bit
     digest of its folded form, so memory is 8 bytes a document, not the texts."""
     digests = []
-    for batch in pq.ParquetFile(corpus_parquet).iter_batches(columns=["text"]):
+    for batch in scan_corpus(corpus_parquet, ["text"]):
         digests.append(mining.text_digests(batch.column("text").to_pylist()))
     return mining.groups_of(np.concatenate(digests) if digests else np.zeros(0, np.int64))
 

@@ -1,0 +1,113 @@
+"""The plan `syneg run` prints first: steps, LLM pairs and stage times from counts, and the one-line
+refusal over run.max_hours (pure estimate without Ray; the refusal through cli.main on a generated dataset)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from syneg_ray import plan
+from syneg_ray.config import load_config
+from syneg_ray.errors import PlanError
+from tests.make_dataset import make_dataset
+
+SCIFACT_LIKE = plan.Counts(train_pairs=822, train_queries=728, corpus_docs=5183, dev_queries=81, eval_queries=300)
+
+
+def test_steps_llm_pairs_and_instances_follow_the_config() -> None:
+    p = plan.estimate(load_config(), SCIFACT_LIKE)
+    assert (p.instances, p.steps, p.llm_pairs) == (822, 822 // 32, 32)
+    assert plan.estimate(load_config(None, ["train.max_steps=5"]), SCIFACT_LIKE).steps == 5
+    assert plan.estimate(load_config(None, ["train.max_steps=500"]), SCIFACT_LIKE).steps == 25  # fewer than the cap
+    two = plan.estimate(load_config(None, ["train.epochs=2", "train.batch_size=16", "train.workers=2"]), SCIFACT_LIKE)
+    assert two.steps == 822 // 32 * 2
+    assert plan.estimate(load_config(None, ["synthesize.max_pairs=0"]), SCIFACT_LIKE).llm_pairs == 822
+
+
+def test_the_embedded_scifact_run_is_planned_near_its_measured_half_hour() -> None:
+    """Measured: 19-29 minutes on the 2-core VM (benchmarks/RESULTS.md); the rates are conservative."""
+    seconds = plan.estimate(load_config(), SCIFACT_LIKE).seconds
+    assert 20 * 60 < seconds < 45 * 60
+
+
+def test_time_grows_with_the_work_and_skipped_stages_cost_nothing() -> None:
+    cfg = load_config()
+    small = plan.estimate(cfg, SCIFACT_LIKE)
+    big = plan.estimate(cfg, plan.Counts(train_pairs=100_000, train_queries=2300, corpus_docs=5000))
+    assert big.seconds > 10 * small.seconds and big.largest().name == "train"
+    resumed = plan.estimate(cfg, SCIFACT_LIKE, running={"evaluate"})
+    assert resumed.seconds == next(s.seconds for s in resumed.stages if s.name == "evaluate")
+    assert "skipped" in resumed.render(2.0)
+    llm_heavy = plan.estimate(load_config(None, ["synthesize.max_pairs=0"]), SCIFACT_LIKE)
+    assert llm_heavy.largest().name == "synthesize"
+    gpu = plan.estimate(load_config(None, ["synthesize.max_pairs=0", "synthesize.gpus_per_replica=1", "train.use_gpu=true",
+                                           "encoder.gpus_per_actor=1"]), SCIFACT_LIKE)  # fmt: skip
+    assert gpu.seconds < llm_heavy.seconds / 5
+
+
+def test_the_block_names_every_count() -> None:
+    text = plan.estimate(load_config(), SCIFACT_LIKE).render(2.0)
+    for needle in ("822 train pairs", "728 queries", "81 dev queries", "5,183 corpus documents", "32 pairs to smollm2-135m",
+                   "822 instances", "25 steps", "total", "run.max_hours = 2"):  # fmt: skip
+        assert needle in text
+    assert len(text.splitlines()) == 7
+
+
+def test_the_refusal_is_one_line_naming_estimate_limit_and_the_setting() -> None:
+    p = plan.estimate(load_config(), plan.Counts(train_pairs=100_000, train_queries=2300, corpus_docs=5000))
+    with pytest.raises(PlanError) as info:
+        plan.check_limit(p, 2.0)
+    message = str(info.value)
+    assert "\n" not in message
+    assert message.startswith(f"the plan takes about {p.seconds / 3600:.1f} h, over run.max_hours = 2 (train: ")
+    assert "train.max_steps or data.max_pairs" in message and message.endswith("or pass --yes")
+    plan.check_limit(p, 2.0, yes=True)
+    plan.check_limit(p, 0.0)  # no limit
+    plan.check_limit(plan.estimate(load_config(), SCIFACT_LIKE), 2.0)  # fits
+
+
+def test_a_per_host_rates_file_overrides_the_table(tmp_path: Path) -> None:
+    (tmp_path / "rates-box.json").write_text(json.dumps({"train_s_per_text:minilm": 0.0135, "nonsense": 3}), encoding="utf-8")
+    rates = plan.load_rates(tmp_path, host="box")
+    assert rates["train_s_per_text:minilm"] == 0.0135 and "nonsense" not in rates
+    assert plan.load_rates(tmp_path, host="other") == plan.RATES
+    faster = plan.estimate(load_config(), SCIFACT_LIKE, rates=rates)
+    assert faster.seconds < plan.estimate(load_config(), SCIFACT_LIKE).seconds
+
+
+@pytest.fixture
+def tiny(tmp_path: Path) -> Path:
+    return make_dataset(tmp_path / "data", docs=80, queries=12, positives=(30, 35), dev_queries=3, test_queries=3)
+
+
+def test_syneg_run_prints_its_plan_and_refuses_one_over_max_hours(tmp_path: Path, tiny: Path, capsys) -> None:
+    from syneg_ray.cli import main
+
+    argv = ["run", "--dataset", str(tiny), "--run-dir", str(tmp_path / "run"), f"run.cache_dir={tmp_path / 'cache'}",
+            "run.max_hours=0.01"]  # fmt: skip
+    assert main(argv) == 2
+    out, err = capsys.readouterr()
+    assert out.startswith("plan: 60 train pairs of 12 queries, 3 dev queries (dev split), 80 corpus documents")
+    assert err.count("\n") == 1
+    assert err.startswith("syneg run: error: the plan takes about ") and "over run.max_hours = 0.01" in err
+    assert err.rstrip().endswith("or pass --yes")
+    assert not (tmp_path / "run" / "synthesize").exists()  # no stage ran
+
+
+def test_yes_starts_the_run_anyway(tmp_path: Path, tiny: Path, monkeypatch, capsys) -> None:
+    from syneg_ray import cli, runtime
+
+    class Started(Exception):
+        pass
+
+    def init_ray(cfg):  # the first thing after the plan: stop there
+        raise Started
+
+    monkeypatch.setattr(runtime, "init_ray", init_ray)
+    argv = ["run", "--yes", "--dataset", str(tiny), "--run-dir", str(tmp_path / "run"), f"run.cache_dir={tmp_path / 'cache'}",
+            "run.max_hours=0.01"]  # fmt: skip
+    with pytest.raises(Started):
+        cli.main(argv)
+    assert capsys.readouterr().out.startswith("plan: ")
