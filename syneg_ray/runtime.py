@@ -176,11 +176,11 @@ def write_text_atomic(path: Path, text: str) -> None:
     _replace_atomically(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
-def write_parquet_atomic(path: Path, table) -> None:  # table: pyarrow.Table
-    """Writes a Parquet file through a temporary file and a rename."""
+def write_parquet_atomic(path: Path, table, row_group_size: int | None = None) -> None:  # table: pyarrow.Table
+    """Writes a Parquet file through a temporary file and a rename (row groups of `row_group_size` rows)."""
     import pyarrow.parquet as pq
 
-    _replace_atomically(path, lambda tmp: pq.write_table(table, tmp))
+    _replace_atomically(path, lambda tmp: pq.write_table(table, tmp, row_group_size=row_group_size))
 
 
 def read_json(path: Path) -> dict | None:

@@ -33,6 +33,7 @@ logger = logging.getLogger(__name__)
 SYNTHETIC_COLUMNS = ("key", "query_id", "positive_id", "negatives")
 MINED_COLUMNS = ("query_id", "positive_id", "negative_ids", "source")
 INSTANCE_SCHEMA = schema.arrow_schema(schema.Instance)
+INSTANCE_ROW_GROUP = 4096  # instances per Parquet row group
 
 
 def _read(path: Path, required: tuple[str, ...], hint: str) -> list[dict]:
@@ -232,7 +233,9 @@ def run_mix(cfg: PipelineConfig) -> dict:
                     100 * guarded_out / max(before, 1))
     mined, positives = read_mined(run_dir / schema.MINED, corpus) if need_ret else ({}, {})
     instances, stats = mixing.mix(pairs, synthetic, mined, corpus, cfg.mix, cfg.run.seed, positives)
-    write_parquet_atomic(out, pa.Table.from_pylist(instances, schema=INSTANCE_SCHEMA))
+    # row groups of INSTANCE_ROW_GROUP: the unit Ray Data reads into a training block and the
+    # driver validates at once, so neither grows with the number of instances
+    write_parquet_atomic(out, pa.Table.from_pylist(instances, schema=INSTANCE_SCHEMA), row_group_size=INSTANCE_ROW_GROUP)
     record = {"strategy": cfg.mix.strategy.value, "ratio": cfg.mix.ratio, "n_negatives": cfg.mix.n_negatives,
               "synthetic_guarded_out": guarded_out, **stats.as_dict()}
     write_text_atomic(out.parent / "stats.json", json.dumps(record, indent=2))

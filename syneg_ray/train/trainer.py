@@ -152,6 +152,8 @@ def read_instances(path: Path, doc_ids) -> tuple[int, int]:
     except (pa.ArrowInvalid, OSError) as exc:  # an interrupted write, or not Parquet at all
         raise DataError.at(path, None, f"not a readable Parquet file ({' '.join(str(exc).split())}); "
                                        "rerun `syneg mix` to rewrite it") from None
+    finally:
+        pa.default_memory_pool().release_unused()  # Arrow keeps freed blocks; the driver has no more use for them
     if n is None:
         check_instances([], path, set())  # raises: no instances
     return count, n

@@ -231,3 +231,16 @@ def test_rows_of_other_generation_settings_do_not_stand_in_for_this_runs(tiny_cf
     assert sorted(_mixed_negatives(tiny_cfg)) == sorted(_stored_texts(tiny_cfg, "hot"))
     _stored_synthesis(tiny_cfg, tiny_cfg.synthesize.model, "", status="failed")
     assert _mixed_negatives(tiny_cfg) == []
+
+
+def test_instances_are_written_in_row_groups(tiny_cfg, monkeypatch) -> None:
+    """Ray Data reads a row group into one training block and the driver validates one at a time:
+    a single row group of every instance would make both grow with the training set."""
+    from syneg_ray.stages import mix
+
+    monkeypatch.setattr(mix, "INSTANCE_ROW_GROUP", 4)
+    write_inputs(tiny_cfg)
+    stats = run_mix(tiny_cfg)
+    meta = pq.ParquetFile(Path(tiny_cfg.run.run_dir) / schema.INSTANCES).metadata
+    assert stats["instances"] > 8 and meta.num_row_groups == -(-stats["instances"] // 4)
+    assert max(meta.row_group(i).num_rows for i in range(meta.num_row_groups)) == 4
