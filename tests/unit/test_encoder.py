@@ -276,3 +276,14 @@ def test_cpus_per_actor_fits_the_smallest_node() -> None:
     assert cpus_per_actor(EncoderConfig()) == cores  # one actor, every core of this machine
     assert cpus_per_actor(EncoderConfig(), smallest_node_cpus=cores + 1) == cores  # a local Ray's spare CPU is not a core
     assert cpus_per_actor(EncoderConfig(actors=2), smallest_node_cpus=1) == 1  # never more than a node has
+
+
+def test_row_writer_puts_rows_arriving_in_any_order_in_place(tmp_path):
+    from syneg_ray.stages.embed import _RowWriter
+
+    expected = np.arange(10 * 3, dtype=np.float32).reshape(10, 3)
+    writer = _RowWriter(tmp_path / "x.npy", 10, 3)
+    for rows in ([7, 8, 9, 0], [4, 2, 3], [1, 5, 6]):  # runs, a gap, reversed order
+        writer.write(np.array(rows), expected[rows])
+    writer.close()
+    assert np.array_equal(np.load(tmp_path / "x.npy"), expected)
