@@ -43,7 +43,7 @@ def assert_bm25_hits_guarded_by_encoder(cfg, rows: list[dict]) -> None:
     prepared, pairs_path = ensure_pairs(cfg)
     inputs, _ = load_inputs(cfg, prepared, pairs_path)
     embedded = embed_inputs(cfg, prepared, inputs)  # cached by the run
-    doc_row = {d: i for i, d in enumerate(inputs.doc_ids)}
+    doc_row = {d: i for i, d in enumerate(inputs.doc_ids.to_pylist())}  # an Arrow column in the stage
     checked = 0
     for row in rows:
         q = inputs.query_ids.index(row["query_id"])
