@@ -1,4 +1,4 @@
-"""nDCG@10 on the dev split (queries carved from train, never test) for the model being trained. No Ray."""
+"""nDCG@10 on the dev split (the dataset's own qrels/dev.tsv, or queries carved from train; never test) for the model being trained. No Ray."""
 
 from __future__ import annotations
 
