@@ -122,10 +122,13 @@ def search(index, queries: np.ndarray, k: int, block: int = 4096) -> tuple[np.nd
 
 
 def merge_topk(parts: list[tuple[np.ndarray, np.ndarray]], k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Merges per-shard top-k results whose indices are already global into one top-k.
+    """Merges per-shard top-k results whose indices are already global into one top-k (dense and BM25 shards).
+
+    Equal scores are ordered by the lower corpus row, so the merged list is the same however the
+    corpus was cut into shards.
 
     Args:
-        parts: (scores (n, k_i), indices (n, k_i)) per shard, the same n queries in the same order.
+        parts: (scores (n, k_i), indices (n, k_i)) per shard, the same n queries in the same order; -1 indices are pads.
         k: results kept per query.
 
     Returns:
@@ -138,7 +141,8 @@ def merge_topk(parts: list[tuple[np.ndarray, np.ndarray]], k: int) -> tuple[np.n
         pad = k - scores.shape[1]
         scores = np.pad(scores, ((0, 0), (0, pad)), constant_values=-np.inf)
         indices = np.pad(indices, ((0, 0), (0, pad)), constant_values=-1)
-    order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    tie_break = np.where(indices >= 0, indices, np.iinfo(np.int64).max)
+    order = np.lexsort((tie_break, -scores), axis=1)[:, :k]
     return np.take_along_axis(scores, order, 1).astype(np.float32), np.take_along_axis(indices, order, 1)
 
 

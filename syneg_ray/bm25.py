@@ -5,7 +5,8 @@ Two forms of one scorer:
 - `BM25Shard`: one slice of a corpus, scored with the corpus-wide statistics (`CorpusStats`: document
   count, mean length and the document frequency of every query term), so the scores of a corpus split
   into any number of shards equal one global index's; the mine stage runs one per Ray actor and
-  merges their top-k lists (`merge_topk`). One shard is the small case, not a second code path.
+  merges their top-k lists with `ann.merge_topk`, as for dense shards. One shard is the small case,
+  not a second code path.
 
 Lucene's BM25, as bm25s computes it: for a query term t of document d,
     idf(t) = ln(1 + (N - df(t) + 0.5) / (df(t) + 0.5))
@@ -118,8 +119,9 @@ class BM25Shard:
 
         self.vocab: dict[str, int] = {}
         lengths, columns = [], []
+        stemmer = _stemmer()
         for chunk in chunks:
-            tokens = bm25s.tokenize(list(chunk), stopwords="en", stemmer=_stemmer(), show_progress=False)
+            tokens = bm25s.tokenize(list(chunk), stopwords="en", stemmer=stemmer, show_progress=False)
             # the chunk's own term ids -> this shard's
             local = sorted(tokens.vocab.items(), key=lambda item: item[1])
             remap = np.fromiter((self.vocab.setdefault(term, len(self.vocab)) for term, _ in local), dtype=np.int32, count=len(local))
@@ -179,7 +181,7 @@ class BM25Shard:
                 docs = np.flatnonzero(column > 0)
                 if len(docs) > k:
                     docs = docs[np.argpartition(-column[docs], k - 1)[:k]]
-                docs = docs[np.lexsort((docs, -column[docs]))]  # by score, ties by row: the same order in any sharding
+                docs = docs[np.lexsort((docs, -column[docs]))]  # by score, ties by row, as ann.merge_topk orders them
                 scores[start + j, : len(docs)], rows[start + j, : len(docs)] = column[docs], docs
         return scores, rows
 
@@ -189,32 +191,6 @@ class BM25Shard:
         selected = self._weights(stats)[:, columns].tocsr()
         return [np.asarray(selected[np.asarray(r, dtype=np.int64)] @ query_weights[:, i], dtype=np.float32).ravel()
                 for i, r in enumerate(rows)]  # fmt: skip
-
-
-def merge_topk(parts: Sequence[tuple[np.ndarray, np.ndarray]], k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Merges per-shard top-k lists whose rows are already corpus-wide into one top-k per query.
-
-    Ties are broken by the lower corpus row, as `BM25Shard.search` breaks them, so the merged list
-    is the same however the corpus was cut.
-
-    Args:
-        parts: (scores (n, k_i), rows (n, k_i)) per shard for the same n queries; -1 rows are pads.
-        k: results kept per query.
-
-    Returns:
-        scores (n, k) descending, rows (n, k); -inf / -1 where fewer than k exist.
-    """
-    scores = np.concatenate([p[0] for p in parts], axis=1)
-    rows = np.concatenate([p[1] for p in parts], axis=1)
-    scores = np.where(rows >= 0, scores, -np.inf)
-    tie_break = np.where(rows >= 0, rows, np.iinfo(np.int64).max)
-    order = np.lexsort((tie_break, -scores), axis=1)[:, :k]
-    scores, rows = np.take_along_axis(scores, order, 1), np.take_along_axis(rows, order, 1)
-    if scores.shape[1] < k:
-        pad = k - scores.shape[1]
-        scores = np.pad(scores, ((0, 0), (0, pad)), constant_values=-np.inf)
-        rows = np.pad(rows, ((0, 0), (0, pad)), constant_values=-1)
-    return scores.astype(np.float32), rows
 
 
 def _stemmer():

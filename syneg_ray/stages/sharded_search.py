@@ -206,7 +206,7 @@ def bm25_search(cfg: PipelineConfig, corpus_parquet: str, n_docs: int, queries: 
             tokens_ref = ray.put(tokens[block])
             hits = [a.search.remote(tokens_ref, stats_ref, k) for a in actors]
             exact = [a.score_rows.remote(tokens_ref, stats_ref, positives[block]) for a in actors]
-            scores[block], rows[block] = bm25.merge_topk(ray.get(hits), k)
+            scores[block], rows[block] = ann.merge_topk(ray.get(hits), k)
             positive_scores += [np.sum(per_shard, axis=0) for per_shard in zip(*ray.get(exact), strict=True)]
         return scores, rows, positive_scores
     finally:

@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from syneg_ray import beir, bm25
+from syneg_ray import ann, beir, bm25
 
 K = 60
 
@@ -28,7 +28,7 @@ def _sharded(texts: list[str], tokens: list[list[str]], bounds: list[int], k: in
     for start, shard in zip(bounds, shards, strict=False):
         scores, rows = shard.search(tokens, stats, k)
         parts.append((scores, np.where(rows >= 0, rows + start, -1)))
-    return bm25.merge_topk(parts, k), shards, stats
+    return ann.merge_topk(parts, k), shards, stats
 
 
 def test_shards_score_as_one_global_index_and_as_bm25s(corpus_and_queries, monkeypatch):
@@ -67,9 +67,9 @@ def test_scores_of_chosen_rows_add_up_across_shards(corpus_and_queries):
 def test_merge_breaks_ties_by_row_whatever_the_cut():
     a = (np.array([[3.0, 1.0, -np.inf]], np.float32), np.array([[7, 2, -1]]))
     b = (np.array([[3.0, 2.0]], np.float32), np.array([[4, 9]]))
-    scores, rows = bm25.merge_topk([a, b], 4)
+    scores, rows = ann.merge_topk([a, b], 4)
     assert rows.tolist() == [[4, 7, 9, 2]] and scores.tolist() == [[3.0, 3.0, 2.0, 1.0]]
-    scores, rows = bm25.merge_topk([a], 4)  # fewer hits than k: padded
+    scores, rows = ann.merge_topk([a], 4)  # fewer hits than k: padded
     assert rows.tolist() == [[7, 2, -1, -1]] and np.isneginf(scores[0, 2:]).all()
 
 
