@@ -247,13 +247,13 @@ def build_pairs(cfg: PipelineConfig, prepared: Prepared, corpus: dict[str, str] 
     lookup the pairs need, and what decides whether a judged document is in the corpus.
     """
     d = cfg.data
-    if corpus is None:
-        qrels, _ = beir.read_qrels(prepared.folder, d.train_split)
-        corpus = texts_of(prepared, (doc for docs in qrels.values() for doc in docs))
-    split = beir.load_split(prepared.folder, d.train_split, corpus=corpus)
     dev_name = dev_split_name(cfg, prepared.folder)
+    if corpus is None:  # one scan of the corpus for the judged documents of both splits
+        judged = [beir.read_qrels(prepared.folder, name)[0] for name in (d.train_split, dev_name) if name]
+        corpus = texts_of(prepared, (doc for qrels in judged for docs in qrels.values() for doc in docs))
+    split = beir.load_split(prepared.folder, d.train_split, corpus=corpus)
     if dev_name:
-        dev_qrels = read_dev_split(prepared, dev_name)
+        dev_qrels = read_dev_split(prepared, dev_name, corpus)
         overlap = set(split.qrels) & set(dev_qrels)
         if overlap:
             logger.info("pairs: %d train queries are also %s queries and give no pairs", len(overlap), dev_name)
@@ -272,11 +272,16 @@ def build_pairs(cfg: PipelineConfig, prepared: Prepared, corpus: dict[str, str] 
     return pairs, dev_qrels
 
 
-def read_dev_split(prepared: Prepared, split: str) -> beir.Qrels:
+def read_dev_split(prepared: Prepared, split: str, corpus: dict[str, str] | None = None) -> beir.Qrels:
     """The qrels of the dataset's dev split, validated as evaluation validates its split (judged documents
-    missing from the corpus are kept, with a warning, unless none is there)."""
-    qrels, _ = beir.read_qrels(prepared.folder, split)
-    corpus = texts_of(prepared, (doc for docs in qrels.values() for doc in docs))
+    missing from the corpus are kept, with a warning, unless none is there).
+
+    `corpus` must hold the texts of the split's judged documents that are in the corpus (build_pairs
+    looks them up with the train split's in one scan); by default they are looked up here.
+    """
+    if corpus is None:
+        qrels, _ = beir.read_qrels(prepared.folder, split)
+        corpus = texts_of(prepared, (doc for docs in qrels.values() for doc in docs))
     return beir.load_split(prepared.folder, split, corpus=corpus, keep_unknown_docs=True).qrels
 
 

@@ -2,12 +2,12 @@
 
     pieces: corpus row ranges (CorpusFile) or a few hundred texts (queries, small lists)
       --blocks cut by the driver--> map_batches(EncodeUDF, actor pool; each actor reads its corpus rows)
-      --> corpus rows into a .npy memmap, query rows into memory
+      --> corpus rows written into a .npy at their offsets, query rows into memory
 
 Each actor loads the encoder once, reads the texts of its corpus pieces from the Parquet itself and
 packs them into length-sorted, token-budget batches (encoder.py). The driver holds no document
-text: it sends row ranges and streams the vectors into a memory-mapped .npy, and it opens no model
-of its own while the pool runs. Embeddings are cached under
+text: it sends row ranges and writes the vectors into the .npy as they stream back (plain writes,
+not a memory map), and it opens no model of its own while the pool runs. Embeddings are cached under
 `<cache>/embeddings/` keyed by (model weights, corpus content, dtype, max length, prompt).
 """
 

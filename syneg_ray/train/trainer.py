@@ -138,8 +138,7 @@ def read_instances(path: Path, doc_ids) -> tuple[int, int]:
 
     if not path.exists():
         raise DataError.at(path, None, "no instances file; run `syneg mix` first")
-    known_set = pa.chunked_array([pa.array(list(doc_ids), pa.string())]) if not isinstance(doc_ids, pa.ChunkedArray) else doc_ids
-    known_set = known_set.combine_chunks()
+    known_set = doc_ids.combine_chunks() if isinstance(doc_ids, pa.ChunkedArray) else pa.array(list(doc_ids), pa.string())
     count, n = 0, None
     try:
         for batch in pq.ParquetFile(path).iter_batches(batch_size=VALIDATE_ROWS):
