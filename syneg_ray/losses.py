@@ -16,6 +16,10 @@ Known positives are not negatives: given ids of the query and document texts, a 
 a positive of the row's query (another instance of the same query, or the same positive text
 again) is left out of that row's softmax. Datasets with several positives per query put such
 pairs in one batch routinely; without the mask each positive is pushed away from its own query.
+
+Empty slots: an instance may hold fewer than n hard negatives (the guard left its pair short). Its
+empty slots carry a zero vector and `d_mask` False; they are left out of every row's softmax, so
+the instance trains on the negatives it has plus the batch's.
 """
 
 from __future__ import annotations
@@ -84,7 +88,7 @@ def known_positives(q_ids: torch.Tensor, d_ids: torch.Tensor) -> torch.Tensor:
 
 def info_nce(
     q: torch.Tensor, d: torch.Tensor, temperature: float, in_batch: bool = True,
-    q_ids: torch.Tensor | None = None, d_ids: torch.Tensor | None = None,
+    q_ids: torch.Tensor | None = None, d_ids: torch.Tensor | None = None, d_mask: torch.Tensor | None = None,
 ) -> torch.Tensor:  # fmt: skip
     """Mean InfoNCE over the B queries: -log softmax(s / tau) at each query's own positive.
 
@@ -95,21 +99,27 @@ def info_nce(
         in_batch: also use every other document of the batch as a negative.
         q_ids, d_ids: (B,) and (B, 1 + n) text ids; with them, in-batch columns holding a known
             positive of the row's query are left out of its softmax (`known_positives`).
+        d_mask: (B, 1 + n) bool, False at an empty slot (never slot 0); such documents are left
+            out of every softmax.
 
     Returns:
         Scalar loss (float32).
     """
     logits = scores(q, d, temperature, in_batch)
     if not in_batch:
+        if d_mask is not None:
+            logits = logits.masked_fill(~d_mask, float("-inf"))
         return F.cross_entropy(logits, torch.zeros(q.shape[0], dtype=torch.long, device=q.device))
     if q_ids is not None and d_ids is not None:
         logits = logits.masked_fill(known_positives(q_ids, d_ids), float("-inf"))
+    if d_mask is not None:
+        logits = logits.masked_fill(~d_mask.T.reshape(1, -1), float("-inf"))  # slot-major columns, as `scores`
     return F.cross_entropy(logits, torch.arange(q.shape[0], device=q.device))
 
 
 def gathered_info_nce(
     q: torch.Tensor, d: torch.Tensor, temperature: float, in_batch: bool = True, gather: bool = True,
-    q_ids: torch.Tensor | None = None, d_ids: torch.Tensor | None = None,
+    q_ids: torch.Tensor | None = None, d_ids: torch.Tensor | None = None, d_mask: torch.Tensor | None = None,
 ) -> torch.Tensor:  # fmt: skip
     """InfoNCE over the queries and documents of all workers (see the module docstring for the scale).
 
@@ -122,6 +132,7 @@ def gathered_info_nce(
         in_batch: use in-batch negatives (without them gathering changes nothing and is skipped).
         gather: gather across workers.
         q_ids, d_ids: text ids for the known-positive mask (see `info_nce`); gathered like q and d.
+        d_mask: empty slots (see `info_nce`); gathered like d. Every worker must pass it or none.
 
     Returns:
         Scalar loss: the mean over all W * B queries, identical on every worker.
@@ -131,4 +142,6 @@ def gathered_info_nce(
         d = gather_with_grad_local(d)  # (W * B, 1 + n, H)
         if q_ids is not None and d_ids is not None:
             q_ids, d_ids = gather_with_grad_local(q_ids), gather_with_grad_local(d_ids)
-    return info_nce(q, d, temperature, in_batch, q_ids, d_ids)
+        if d_mask is not None:  # as bytes: not every backend gathers bool tensors
+            d_mask = gather_with_grad_local(d_mask.to(torch.uint8)).bool()
+    return info_nce(q, d, temperature, in_batch, q_ids, d_ids, d_mask)

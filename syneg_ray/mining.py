@@ -8,15 +8,21 @@ For each query and each source (dense, bm25, ...) the candidates go through, in 
    not eat a slot; candidates ranked in [range_min, range_max) stay;
 3. false-negative guard: keep a candidate only if score <= pos - |pos| * relative_margin and
    score <= pos - absolute_margin (and, for dense scores, score <= max_score). `pos` is the
-   query's *lowest* positive score: a document that outscores any known positive is suspect
-   (the rule of `sentence_transformers.util.mine_hard_negatives`). A lexical source may carry
-   its hits' dense scores (`Candidates.dense_scores`); the guard then judges them by those, on
-   the same scale as dense hits, and not by BM25, whose scale changes from query to query and
-   which scores 0 a positive that shares no term with its query (rejecting every candidate).
+   guard's reference (`pair_references`): by default the pair's own positive score, as
+   sentence-transformers' `mine_hard_negatives` judges each anchor-positive pair; or the query's
+   lowest positive score, the strictest choice, which suits one-positive queries but rejects
+   nearly every candidate of a query with dozens of loosely relevant positives. A lexical source
+   may carry its hits' dense scores (`Candidates.dense_scores`); the guard then judges them by
+   those, on the same scale as dense hits, and not by BM25, whose scale changes from query to
+   query and which scores 0 a positive that shares no term with its query (rejecting every
+   candidate).
+
+Selection runs per row, and a row is one (query, positive) pair: every positive of the query is
+still excluded, whichever pair the row is.
 
 The sources are then combined round-robin (first source first), de-duplicated by document (or
 text group), and a document rejected by the guard of one source is banned from all of them.
-A query left with fewer than `num_negatives` is counted as short, never padded.
+A pair left with fewer than `num_negatives` is counted as short, never padded.
 """
 
 from __future__ import annotations
@@ -27,20 +33,20 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from syneg_ray.config import MineConfig, Sampling
+from syneg_ray.config import GuardReference, MineConfig, Sampling
 
 DENSE = "dense"
 
 
 @dataclass(frozen=True)
 class Candidates:
-    """Ranked hits of one source for a block of queries."""
+    """Ranked hits of one source, one row per query (or per pair, after `take`)."""
 
     source: str  # "dense" | "bm25" | "pyserini"
-    scores: np.ndarray  # (n_queries, k) float32, descending per row
-    indices: np.ndarray  # (n_queries, k) int64 corpus rows; -1 pads short rows
-    positive_scores: np.ndarray  # (n_queries,) the guard's reference: each query's lowest positive score, on the guard's scale
-    dense_scores: np.ndarray | None = None  # (n_queries, k) a lexical source's hits scored by the dense model, for the guard
+    scores: np.ndarray  # (n_rows, k) float32, descending per row
+    indices: np.ndarray  # (n_rows, k) int64 corpus rows; -1 pads short rows
+    positive_scores: np.ndarray  # (n_rows,) the guard's reference per row, on the guard's scale (`pair_references`)
+    dense_scores: np.ndarray | None = None  # (n_rows, k) a lexical source's hits scored by the dense model, for the guard
 
     @property
     def judged_dense(self) -> bool:
@@ -48,19 +54,55 @@ class Candidates:
         return self.source == DENSE or self.dense_scores is not None
 
     def rows(self, rows: slice) -> Candidates:
-        """The candidates of a block of queries."""
+        """The candidates of a block of rows."""
         dense = None if self.dense_scores is None else self.dense_scores[rows]
         return Candidates(self.source, self.scores[rows], self.indices[rows], self.positive_scores[rows], dense)
+
+    def take(self, query_rows: np.ndarray, reference: np.ndarray) -> Candidates:
+        """One row per pair: the hits of each pair's query (`query_rows` index this object's rows)
+        with the pair's own guard reference."""
+        dense = None if self.dense_scores is None else self.dense_scores[query_rows]
+        return Candidates(self.source, self.scores[query_rows], self.indices[query_rows], reference, dense)
+
+
+def pair_references(
+    positive_scores: Sequence[np.ndarray], positives: Sequence[np.ndarray], pair_query: np.ndarray,
+    pair_positive: np.ndarray, reference: GuardReference,
+) -> np.ndarray:  # fmt: skip
+    """The guard's reference of each pair, on one source's scale.
+
+    Args:
+        positive_scores: per query, the score of each of its positives, aligned with `positives`.
+        positives: per query, the sorted corpus rows of all its positives.
+        pair_query: (n_pairs,) the query row of each pair.
+        pair_positive: (n_pairs,) the corpus row of each pair's positive (-1 when not in the corpus).
+        reference: PAIR takes the pair's own positive's score; QUERY_MIN the query's lowest.
+
+    Returns:
+        (n_pairs,) float32; nan for a query without positives (nan passes no guard). A pair whose
+        positive is not among its query's scored positives falls back to the query's lowest.
+    """
+    out = np.full(len(pair_query), np.nan, dtype=np.float32)
+    for i, (q, row) in enumerate(zip(pair_query.tolist(), pair_positive.tolist(), strict=True)):
+        scores = positive_scores[q]
+        if not len(scores):
+            continue
+        out[i] = scores.min()
+        if reference is GuardReference.PAIR:
+            at = int(np.searchsorted(positives[q], row))
+            if at < len(scores) and positives[q][at] == row:
+                out[i] = scores[at]
+    return out
 
 
 @dataclass
 class MineStats:
-    """Counters summed over queries; `merge` adds another block's counters."""
+    """Counters summed over rows; `merge` adds another block's counters."""
 
-    queries: int = 0
-    negatives: int = 0  # negatives selected, over all queries
-    short: int = 0  # queries with fewer than num_negatives
-    empty: int = 0  # queries with none at all
+    rows: int = 0  # rows judged: (query, positive) pairs, or queries when called per query
+    negatives: int = 0  # negatives selected, over all rows
+    short: int = 0  # rows with fewer than num_negatives
+    empty: int = 0  # rows with none at all
     in_window: int = 0  # non-positive candidates inside the rank window (all sources)
     skipped_margin: int = 0  # of those, dropped by the relative / absolute margin
     skipped_max_score: int = 0  # of those, dropped by max_score only
@@ -68,7 +110,7 @@ class MineStats:
 
     def merge(self, other: MineStats) -> None:
         """Adds `other` into this object."""
-        for name in ("queries", "negatives", "short", "empty", "in_window", "skipped_margin", "skipped_max_score"):
+        for name in ("rows", "negatives", "short", "empty", "in_window", "skipped_margin", "skipped_max_score"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
         for source, count in other.per_source.items():
             self.per_source[source] = self.per_source.get(source, 0) + count
@@ -81,7 +123,7 @@ class MineStats:
 
 @dataclass(frozen=True)
 class Selected:
-    """The negatives of one query, best first within each source."""
+    """The negatives of one row (a pair, or a query), best first within each source."""
 
     indices: list[int]
     scores: list[float]
@@ -188,28 +230,28 @@ def select_negatives(
     rng: np.random.Generator,
     groups: np.ndarray | None = None,
 ) -> tuple[list[Selected], MineStats]:
-    """Hard negatives for a block of queries from one or more sources.
+    """Hard negatives for a block of rows (pairs or queries) from one or more sources.
 
     Args:
-        sources: candidates of each source for the same queries, in combination order.
-        positives: per query, the corpus rows of all its positives.
+        sources: candidates of each source for the same rows, in combination order.
+        positives: per row, the corpus rows of all positives of its query.
         cfg: window, guard, sampling and count.
         rng: seeded generator (used by random sampling only).
         groups: optional (n_docs,) text-group ids for text de-duplication.
 
     Returns:
-        One `Selected` per query, and the block's counters.
+        One `Selected` per row, and the block's counters.
 
     Raises:
-        ValueError: the sources disagree on the number of queries.
+        ValueError: the sources disagree on the number of rows.
     """
-    stats = MineStats(queries=len(positives))
+    stats = MineStats(rows=len(positives))
     for cand in sources:
         dense_shape = cand.indices.shape if cand.dense_scores is None else cand.dense_scores.shape
         if cand.indices.shape[0] != len(positives) or not cand.scores.shape == dense_shape == cand.indices.shape:
             raise ValueError(
                 f"source {cand.source!r}: indices {cand.indices.shape} / scores {cand.scores.shape} / dense scores "
-                f"{dense_shape} do not match {len(positives)} queries; pass one row per query"
+                f"{dense_shape} do not match {len(positives)} rows; pass one row per pair (or query)"
             )
     filtered = [filter_source(c, positives, cfg, groups, stats) for c in sources]
     keeps = [f[0] for f in filtered]

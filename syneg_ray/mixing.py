@@ -15,9 +15,13 @@ Shortfall rule (every case is counted in `MixStats`):
   instance is a mix by definition and stays as close to R as the pair allows;
 - single-source instances (direct, synthetic, retrieved) never borrow: that would change what the
   strategy measures;
-- an instance still short of n negatives is dropped (`dropped_short`): every query then sees the
-  same number of hard negatives, so the loss denominators are comparable across instances and
-  batches stack into fixed-size tensors. A pair absent from an input counts as 0 negatives of it.
+- an instance still short of n negatives is kept with what it has (`short`), as long as it has
+  `min_negatives` (else it is dropped, `dropped_short`): training masks its empty slots, and its
+  in-batch negatives remain. A query with dozens of positives often has fewer guarded negatives
+  than n for some pairs; dropping those pairs would drop most of such a dataset. Set
+  `min_negatives = n` for instances that all hold exactly n (the paper's setting, and the ablation's,
+  where every query sees the same number of hard negatives). A pair absent from an input counts as
+  0 negatives of it.
 
 Which negatives: the first ones in input order (synthetic: the LLM's order; retrieved: the mining
 order, hardest first, already past the false-negative guard), so the choice is deterministic.
@@ -54,12 +58,16 @@ class MixStats:
 
     pairs: int = 0
     instances: int = 0
-    dropped_short: int = 0  # instances left with fewer than n negatives after the shortfall rule
+    dropped_short: int = 0  # instances left with fewer than min_negatives after the shortfall rule
+    short: int = 0  # instances kept with fewer than n negatives (their empty slots are masked in training)
     borrowed_synthetic: int = 0  # hybrid slots meant for synthetic, filled with retrieved
     borrowed_retrieved: int = 0  # hybrid slots meant for retrieved, filled with synthetic
     synthetic_slots: int = 0
     retrieved_slots: int = 0
     random_slots: int = 0
+    with_synthetic: int = 0  # kept instances whose pair has synthetic negatives
+    with_synthetic_slots: int = 0  # their filled slots
+    with_synthetic_synthetic_slots: int = 0  # of those, synthetic
 
     @property
     def realized_ratio(self) -> float:
@@ -67,8 +75,15 @@ class MixStats:
         total = self.synthetic_slots + self.retrieved_slots + self.random_slots
         return self.synthetic_slots / total if total else 0.0
 
+    @property
+    def realized_ratio_with_synthetic(self) -> float:
+        """Realized R over the instances whose pair has synthetic negatives: what the mix achieves
+        where the LLM wrote something (the run-wide figure also counts pairs never synthesized)."""
+        return self.with_synthetic_synthetic_slots / self.with_synthetic_slots if self.with_synthetic_slots else 0.0
+
     def as_dict(self) -> dict[str, float]:
-        return {**dataclasses.asdict(self), "realized_ratio": round(self.realized_ratio, 4)}
+        return {**dataclasses.asdict(self), "realized_ratio": round(self.realized_ratio, 4),
+                "realized_ratio_with_synthetic": round(self.realized_ratio_with_synthetic, 4)}  # fmt: skip
 
 
 def synthetic_slots(ratio: float, n: int) -> int:
@@ -121,7 +136,7 @@ def mix(
         synthetic: (query_id, positive_id) -> its synthetic negatives (missing = none).
         mined: (query_id, positive_id) -> [(doc_id, source)] retrieved negatives, hardest first.
         corpus: doc_id -> text; the text of retrieved and random negatives.
-        cfg: strategy, R and n.
+        cfg: strategy, R, n and the fewest negatives an instance may keep (min_negatives).
         seed: drives the direct choice and the random draws.
         positives: query_id -> all its positives (random never draws them); defaults to the pairs'.
 
@@ -141,6 +156,7 @@ def mix(
     out: list[Instance] = []
     for i, pair in enumerate(pairs):
         key = (pair["query_id"], pair["positive_id"])
+        has_synthetic = False
         if strategy is MixStrategy.RANDOM:
             chosen = _random_negatives(rng, doc_ids, all_pos[pair["query_id"]], cfg.n_negatives, corpus)
         else:
@@ -149,11 +165,13 @@ def mix(
             counts = _counts(strategy, cfg, len(syn.texts), len(ret), bool(direct is not None and direct[i]), stats)
             chosen = [(f"{syn.key}#{j}", SYNTHETIC, syn.texts[j]) for j in range(counts[0])]
             chosen += [(doc, source, corpus[doc]) for doc, source in ret[: counts[1]]]
-        if len(chosen) < cfg.n_negatives:
+            has_synthetic = bool(syn.texts)
+        if len(chosen) < cfg.min_negatives:
             stats.dropped_short += 1
             continue
+        stats.short += len(chosen) < cfg.n_negatives
         out.append(_instance(pair, chosen))
-        _count_slots(stats, chosen)
+        _count_slots(stats, chosen, has_synthetic)
     stats.instances = len(out)
     return out, stats
 
@@ -163,7 +181,7 @@ def _counts(strategy: MixStrategy, cfg: MixConfig, n_syn: int, n_ret: int, direc
     if strategy is MixStrategy.HYBRID:
         syn, ret = plan_hybrid(n_syn, n_ret, cfg.ratio, n)
         want = hybrid_target(cfg.ratio, n, both_kinds=bool(n_syn and n_ret))
-        if syn + ret == n:  # only kept instances count as borrowing
+        if syn + ret >= cfg.min_negatives:  # only kept instances count as borrowing
             stats.borrowed_synthetic += max(0, want - syn)
             stats.borrowed_retrieved += max(0, syn - want)
         return syn, ret
@@ -193,7 +211,11 @@ def _instance(pair: Pair, chosen: list[tuple[str, str, str]]) -> Instance:
     }
 
 
-def _count_slots(stats: MixStats, chosen: list[tuple[str, str, str]]) -> None:
+def _count_slots(stats: MixStats, chosen: list[tuple[str, str, str]], has_synthetic: bool) -> None:
+    if has_synthetic:
+        stats.with_synthetic += 1
+        stats.with_synthetic_slots += len(chosen)
+        stats.with_synthetic_synthetic_slots += sum(source == SYNTHETIC for _, source, _ in chosen)
     for _, source, _ in chosen:
         if source == SYNTHETIC:
             stats.synthetic_slots += 1
@@ -204,34 +226,36 @@ def _count_slots(stats: MixStats, chosen: list[tuple[str, str, str]]) -> None:
 
 
 def check_instances(rows: Sequence[Mapping], path: object, corpus_ids: Mapping[str, object] | set[str],
-                    first_row: int = 1, n: int | None = None) -> int:  # fmt: skip
-    """Validates instances before training; returns n (negatives per instance).
+                    first_row: int = 1, n: int = 0) -> int:  # fmt: skip
+    """Validates instances before training; returns the most negatives any instance holds (the
+    width training pads every instance to, masking the empty slots).
 
     Args:
         rows: the instances, or one block of them.
         corpus_ids: ids known to the corpus (for a block, at least those it names).
         first_row: the 1-based row number of rows[0] in the file (a block's offset).
-        n: negatives per instance found in earlier blocks (None: take row 1's).
+        n: the most negatives found in earlier blocks.
 
     Raises:
-        DataError: missing columns, no rows, empty or uneven negatives, or an id not in the corpus,
-            naming `path` and the 1-based row.
+        DataError: missing columns, no rows, an empty negative text, negatives, ids and sources of
+            different lengths, or an id not in the corpus, naming `path` and the 1-based row.
     """
     if not rows:
         raise DataError.at(path, None, "no instances; run `syneg mix` first or check the mix settings")
     missing = set(INSTANCE_COLUMNS) - set(rows[0])
     if missing:
         raise DataError.at(path, None, f"missing columns {sorted(missing)}; expected {list(INSTANCE_COLUMNS)}")
-    n = len(rows[0]["negatives"] or ()) if n is None else n
     for number, row in enumerate(rows, start=first_row):
-        negs = row["negatives"] or ()
-        if not negs or any(not t for t in negs):
-            raise DataError.at(path, number, "empty negatives; every instance needs n non-empty negative texts")
-        if len(negs) != n or len(row["negative_ids"]) != n or len(row["negative_sources"]) != n:
-            raise DataError.at(path, number, f"{len(negs)} negatives where row 1 has {n}; instances must all have the same n")
+        negs, ids, sources = row["negatives"] or (), row["negative_ids"] or (), row["negative_sources"] or ()
+        if any(not t for t in negs):
+            raise DataError.at(path, number, "an empty negative text; leave the slot out instead (an instance may hold fewer negatives)")
+        if not len(negs) == len(ids) == len(sources):
+            raise DataError.at(path, number, f"{len(negs)} negatives, {len(ids)} negative_ids and {len(sources)} negative_sources; "
+                                             "each negative needs its id and source")  # fmt: skip
+        n = max(n, len(negs))
         if row["positive_id"] not in corpus_ids:
             raise DataError.at(path, number, f"unknown positive_id {row['positive_id']!r}: not in the corpus")
-        for doc, source in zip(row["negative_ids"], row["negative_sources"], strict=True):
+        for doc, source in zip(ids, sources, strict=True):
             if source != SYNTHETIC and doc not in corpus_ids:
                 raise DataError.at(path, number, f"unknown negative id {doc!r} ({source}): not in the corpus")
         if not row["query"] or not row["positive"]:

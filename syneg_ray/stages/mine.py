@@ -6,7 +6,8 @@
       -> bm25:  corpus-sharded BM25 on Ray actors, top-k merged (or pyserini in the driver), each
                 hit scored by the encoder too for the guard (mine.guard_scorer; by default when
                 dense is a source)
-      -> mining.select_negatives (window, positives, guard, sampling, combination)
+      -> mining.select_negatives per (query, positive) pair: window, positives, guard (against the
+         pair's own positive by default, mine.guard_reference), sampling, combination
       -> run_dir/mine/negatives.parquet: one MinedRow per (query, positive) pair
 
 Candidate depth per query is range_max + the most positives (text duplicates included) any
@@ -47,7 +48,9 @@ class MineInputs:
 
     query_ids: list[str]  # unique train queries, in pair order
     query_texts: list[str]
-    positives: list[np.ndarray]  # per query, corpus rows of ALL its positives (qrels score > 0)
+    positives: list[np.ndarray]  # per query, sorted corpus rows of ALL its positives (qrels score > 0)
+    pair_query: np.ndarray  # (n_pairs,) each pair's index into query_ids
+    pair_positive: np.ndarray  # (n_pairs,) each pair's positive as a corpus row (-1: not in the corpus)
     doc_ids: pa.ChunkedArray  # corpus order
     groups: np.ndarray | None  # text-group id per document (mine.dedup_text)
     depth: int  # candidates retrieved per query
@@ -68,6 +71,9 @@ def load_inputs(cfg: PipelineConfig, prepared: Prepared, pairs_path: Path) -> tu
     rows = rows_of(doc_ids, [d for ds in docs for d in ds])
     bounds = np.cumsum([0, *map(len, docs)])
     positives = [np.sort(r[r >= 0]) for r in np.split(rows, bounds[1:-1])] if docs else []
+    qpos = {q: i for i, q in enumerate(query_ids)}
+    pair_query = np.array([qpos[q] for q in pairs.column("query_id").to_pylist()], dtype=np.int64)
+    pair_positive = rows_of(doc_ids, pairs.column("positive_id").to_pylist())
     groups = text_groups(prepared.corpus_parquet) if cfg.mine.dedup_text else None
     group_sizes = np.bincount(groups) if groups is not None else None
     widest = max((_expanded(p, groups, group_sizes) for p in positives), default=0)
@@ -75,6 +81,8 @@ def load_inputs(cfg: PipelineConfig, prepared: Prepared, pairs_path: Path) -> tu
         query_ids,
         [texts[q] for q in query_ids],
         positives,
+        pair_query,
+        pair_positive,
         doc_ids,
         groups,
         cfg.mine.range_max + widest,
@@ -131,24 +139,37 @@ def embed_inputs(cfg: PipelineConfig, prepared: Prepared, inputs: MineInputs) ->
     return Embedded(corpus, queries, pos_scores)
 
 
-def dense_candidates(cfg: PipelineConfig, embedded: Embedded, inputs: MineInputs) -> mining.Candidates:
+@dataclass(frozen=True)
+class Source:
+    """One source's hits per query, and the scores of each query's positives on the scale the guard
+    judges those hits by (aligned with MineInputs.positives): the guard's reference is taken from
+    them per pair."""
+
+    candidates: mining.Candidates  # one row per query; positive_scores holds each query's lowest
+    guard_positive_scores: list[np.ndarray]
+
+
+def dense_candidates(cfg: PipelineConfig, embedded: Embedded, inputs: MineInputs) -> Source:
     """Searches the corpus embeddings with the configured index."""
     scores, indices = dense_search(cfg, embedded.corpus, embedded.queries, inputs.depth)
-    return mining.Candidates("dense", scores, indices, _reference(embedded.positive_scores))
+    cand = mining.Candidates("dense", scores, indices, _reference(embedded.positive_scores))
+    return Source(cand, embedded.positive_scores)
 
 
-def judged_by_encoder(cand: mining.Candidates, embedded: Embedded) -> mining.Candidates:
+def judged_by_encoder(source: Source, embedded: Embedded) -> Source:
     """A lexical source's hits with their dense scores, and the guard's reference on that scale.
 
     Queries are scored in blocks, so the (block, k, dim) gather stays small; pads (-1) score nan.
     """
+    cand = source.candidates
     dense = np.full(cand.indices.shape, np.nan, dtype=np.float32)
     for start in range(0, len(dense), GUARD_BLOCK):
         rows = slice(start, start + GUARD_BLOCK)
         hits = cand.indices[rows]
         docs = np.asarray(embedded.corpus[np.maximum(hits, 0).ravel()]).reshape(*hits.shape, -1)
         dense[rows] = np.where(hits >= 0, np.einsum("qkd,qd->qk", docs, embedded.queries[rows]), np.nan)
-    return mining.Candidates(cand.source, cand.scores, cand.indices, _reference(embedded.positive_scores), dense)
+    judged = mining.Candidates(cand.source, cand.scores, cand.indices, _reference(embedded.positive_scores), dense)
+    return Source(judged, embedded.positive_scores)
 
 
 def dense_search(cfg: PipelineConfig, corpus: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -169,16 +190,16 @@ def dense_search(cfg: PipelineConfig, corpus: np.ndarray, queries: np.ndarray, k
     return ann.search(index, queries, k, block=m.search_block)
 
 
-def bm25_candidates(cfg: PipelineConfig, inputs: MineInputs) -> tuple[mining.Candidates, list[np.ndarray]]:
+def bm25_candidates(cfg: PipelineConfig, inputs: MineInputs) -> tuple[Source, list[np.ndarray]]:
     """BM25 top-k on corpus-sharded actors plus the exact BM25 score of every positive (the guard's
     reference on BM25's scale)."""
     n_docs = len(inputs.doc_ids)
     scores, indices, pos_scores = bm25_search(cfg, inputs.corpus_parquet, n_docs, inputs.query_texts, inputs.depth,
                                               inputs.positives)  # fmt: skip
-    return mining.Candidates("bm25", scores, indices, _reference(pos_scores)), pos_scores
+    return Source(mining.Candidates("bm25", scores, indices, _reference(pos_scores)), pos_scores), pos_scores
 
 
-def pyserini_candidates(cfg: PipelineConfig, inputs: MineInputs) -> tuple[mining.Candidates, list[np.ndarray]]:
+def pyserini_candidates(cfg: PipelineConfig, inputs: MineInputs) -> tuple[Source, list[np.ndarray]]:
     """Lucene BM25 through pyserini (optional extra `syneg-ray[pyserini]`); the index is cached per corpus."""
     from syneg_ray.bm25 import pyserini_search
     from syneg_ray.config import default_cache_dir
@@ -198,7 +219,7 @@ def pyserini_candidates(cfg: PipelineConfig, inputs: MineInputs) -> tuple[mining
         cfg.mine.bm25_k1,
         cfg.mine.bm25_b,
     )
-    return mining.Candidates("pyserini", scores, indices, _reference(pos_scores)), pos_scores
+    return Source(mining.Candidates("pyserini", scores, indices, _reference(pos_scores)), pos_scores), pos_scores
 
 
 def _reference(pos_scores: list[np.ndarray]) -> np.ndarray:
@@ -209,17 +230,25 @@ def _reference(pos_scores: list[np.ndarray]) -> np.ndarray:
 LEXICAL = {"bm25": bm25_candidates, "pyserini": pyserini_candidates}  # source name -> searcher
 
 
-def select_all(
-    cfg: PipelineConfig, sources: list[mining.Candidates], inputs: MineInputs
-) -> tuple[list[mining.Selected], mining.MineStats]:
-    """Runs the pure selection block by block, with a progress bar."""
+def select_all(cfg: PipelineConfig, sources: list[Source], inputs: MineInputs) -> tuple[list[mining.Selected], mining.MineStats]:
+    """Runs the pure selection per pair, block by block, with a progress bar.
+
+    A block expands its pairs' query rows into (block, k) arrays, so memory is bounded by
+    SELECT_BLOCK, not by the number of pairs.
+    """
     rng = np.random.default_rng(cfg.run.seed)
     stats, selected = mining.MineStats(), []
-    n = len(inputs.query_ids)
+    n = len(inputs.pair_query)
     for start in tqdm(range(0, n, SELECT_BLOCK), desc="select negatives", unit="block", disable=n <= SELECT_BLOCK):
-        rows = slice(start, start + SELECT_BLOCK)
-        block = [c.rows(rows) for c in sources]
-        out, block_stats = mining.select_negatives(block, inputs.positives[rows], cfg.mine, rng, inputs.groups)
+        query_rows = inputs.pair_query[start : start + SELECT_BLOCK]
+        pair_positive = inputs.pair_positive[start : start + SELECT_BLOCK]
+        block = [
+            s.candidates.take(query_rows, mining.pair_references(
+                s.guard_positive_scores, inputs.positives, query_rows, pair_positive, cfg.mine.guard_reference))
+            for s in sources
+        ]  # fmt: skip
+        positives = [inputs.positives[q] for q in query_rows.tolist()]
+        out, block_stats = mining.select_negatives(block, positives, cfg.mine, rng, inputs.groups)
         selected += out
         stats.merge(block_stats)
     return selected, stats
@@ -231,7 +260,7 @@ MINED_SCHEMA = schema.arrow_schema(schema.MinedRow)
 def to_rows(
     pairs: pa.Table, inputs: MineInputs, selected: list[mining.Selected], first_pos: list[np.ndarray]
 ) -> list[schema.MinedRow]:
-    """One MinedRow per pair; positive_score is the pair's positive under the first source."""
+    """One MinedRow per pair (`selected` is in pair order); positive_score is the pair's positive under the first source."""
     qpos = {q: i for i, q in enumerate(inputs.query_ids)}
     ids = inputs.doc_ids.combine_chunks()
 
@@ -239,10 +268,9 @@ def to_rows(
         return ids.take(pa.array(np.asarray(corpus_rows, dtype=np.int64))).to_pylist()
 
     rows: list[schema.MinedRow] = []
-    for q, d in zip(pairs.column("query_id").to_pylist(), pairs.column("positive_id").to_pylist(), strict=True):
+    for q, d, sel in zip(pairs.column("query_id").to_pylist(), pairs.column("positive_id").to_pylist(), selected, strict=True):
         i = qpos[q]
         pos_ids = names(np.sort(inputs.positives[i]))  # aligned with first_pos[i]
-        sel = selected[i]
         rows.append({
             "query_id": q, "positive_id": d, "positive_ids": pos_ids,
             "negative_ids": names(sel.indices), "negative_scores": sel.scores,
@@ -261,7 +289,8 @@ def run_mine(cfg: PipelineConfig) -> dict:
     """`syneg mine`: retrieved hard negatives for every train pair into run_dir/mine/negatives.parquet.
 
     Returns:
-        Summary: queries, pairs, avg_negatives, skipped_share, short_queries, per_source, seconds, path.
+        Summary: queries, pairs, avg_negatives (a pair), skipped_share, short_pairs, empty_pairs, per_source,
+        seconds, path.
     """
     from syneg_ray.runtime import stage_dir
 
@@ -276,26 +305,29 @@ def run_mine(cfg: PipelineConfig) -> dict:
     for name in cfg.mine.sources:
         t0 = time.perf_counter()
         if name == "dense":
-            cand, pos_scores = dense_candidates(cfg, embedded, inputs), embedded.positive_scores
+            source, pos_scores = dense_candidates(cfg, embedded, inputs), embedded.positive_scores
         else:
-            cand, pos_scores = LEXICAL[name](cfg, inputs)
+            source, pos_scores = LEXICAL[name](cfg, inputs)
             if cfg.mine.dense_guard:
-                cand = judged_by_encoder(cand, embedded)
+                source = judged_by_encoder(source, embedded)
         timings[name] = round(time.perf_counter() - t0, 2)
-        sources.append(cand)
+        sources.append(source)
         first_pos = pos_scores if first_pos is None else first_pos
     selected, stats = select_all(cfg, sources, inputs)
     path = stage_dir(cfg, "mine") / Path(schema.MINED).name
     write_rows(path, to_rows(pairs, inputs, selected, first_pos))
     summary = {
-        "queries": stats.queries, "pairs": pairs.num_rows, "avg_negatives": stats.negatives / max(stats.queries, 1),
-        "skipped_share": stats.skipped_share, "short_queries": stats.short, "empty_queries": stats.empty,
+        "queries": len(inputs.query_ids), "pairs": stats.rows, "avg_negatives": stats.negatives / max(stats.rows, 1),
+        "skipped_share": stats.skipped_share, "short_pairs": stats.short, "empty_pairs": stats.empty,
+        "guard_reference": cfg.mine.guard_reference.value,
         "per_source": stats.per_source, "seconds": {**timings, "total": round(time.perf_counter() - started, 2)},
         "path": str(path),
     }  # fmt: skip
     logger.info(
-        "mined %s queries (%s pairs): %.1f negatives avg; %.1f%% skipped by margin; %s short of %d",
-        f"{stats.queries:,}", f"{pairs.num_rows:,}", summary["avg_negatives"], 100 * stats.skipped_share,
-        f"{stats.short:,}", cfg.mine.num_negatives,
+        "mined %s pairs (%s queries): %.1f negatives a pair; %.1f%% of candidates skipped by the guard (against the %s); "
+        "%s pairs short of %d, %s with none",
+        f"{stats.rows:,}", f"{len(inputs.query_ids):,}", summary["avg_negatives"], 100 * stats.skipped_share,
+        "pair's positive" if cfg.mine.guard_reference.value == "pair" else "query's lowest positive",
+        f"{stats.short:,}", cfg.mine.num_negatives, f"{stats.empty:,}",
     )  # fmt: skip
     return summary

@@ -240,10 +240,23 @@ def run_mix(cfg: PipelineConfig) -> dict:
               "synthetic_guarded_out": guarded_out, **stats.as_dict()}
     write_text_atomic(out.parent / "stats.json", json.dumps(record, indent=2))
     logger.info(
-        "mixed %s instances (%s R=%.2f, n=%d) from %s pairs in %.1f s: realized R %.3f; %d dropped short; "
-        "%d synthetic / %d retrieved slots borrowed -> %s",
+        "mixed %s instances (%s R=%.2f, n=%d) from %s pairs in %.1f s: realized R %.3f (%.3f over the %s instances "
+        "with synthetic negatives); %s kept short of n, %s dropped (fewer than %d); %d synthetic / %d retrieved slots borrowed -> %s",
         f"{stats.instances:,}", cfg.mix.strategy.value, cfg.mix.ratio, cfg.mix.n_negatives, f"{stats.pairs:,}",
-        time.perf_counter() - started, stats.realized_ratio, stats.dropped_short, stats.borrowed_synthetic,
+        time.perf_counter() - started, stats.realized_ratio, stats.realized_ratio_with_synthetic, f"{stats.with_synthetic:,}",
+        f"{stats.short:,}", f"{stats.dropped_short:,}", cfg.mix.min_negatives, stats.borrowed_synthetic,
         stats.borrowed_retrieved, out,
     )  # fmt: skip
+    warning = realized_ratio_warning(cfg, stats)
+    if warning:
+        logger.warning(warning)
     return record
+
+
+def realized_ratio_warning(cfg: PipelineConfig, stats: mixing.MixStats) -> str:
+    """A line saying the run trains on far fewer synthetic negatives than mix.ratio asks for, or ""."""
+    if cfg.mix.strategy not in (MixStrategy.HYBRID, MixStrategy.DIRECT) or stats.realized_ratio >= cfg.mix.ratio / 2:
+        return ""
+    return (f"realized R {stats.realized_ratio:.3f} is below half of mix.ratio = {cfg.mix.ratio}: most pairs have no "
+            f"(guarded) synthetic negatives ({stats.with_synthetic:,} of {stats.instances:,} instances have any); "
+            "raise synthesize.max_pairs to synthesize more pairs")

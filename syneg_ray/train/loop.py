@@ -25,7 +25,7 @@ from syneg_ray.model import load_model
 from syneg_ray.train.devset import load_devset
 from syneg_ray.train.local import fit_epochs, session_prompts
 from syneg_ray.train.state import MODEL_DIR, load_state, save_state
-from syneg_ray.train.step import Batch, Session, build_session, planned_steps, steps_per_epoch
+from syneg_ray.train.step import Batch, Session, build_session, padded, planned_steps, steps_per_epoch
 
 logger = logging.getLogger("syneg_ray.train")
 PLACEMENT_GROUP = "placement_group.txt"  # the worker group's placement group id, written by rank 0
@@ -39,7 +39,8 @@ def train_loop_per_worker(config: dict) -> None:
     """Trains `config["cfg"]` on `config["instances"]` from `config["model"]` (or the latest checkpoint).
 
     Args:
-        config: {"cfg": to_dict(PipelineConfig), "n_instances": rows of the "train" dataset, "model": local model path,
+        config: {"cfg": to_dict(PipelineConfig), "n_instances": rows of the "train" dataset, "width": the most
+            negatives an instance holds (batches are padded to it), "model": local model path,
             "threads": int, "train_dir": folder for progress files}. The instances arrive as the trainer's
             "train" Ray dataset, split across the workers.
     """
@@ -52,7 +53,7 @@ def train_loop_per_worker(config: dict) -> None:
     _setup_worker(rank, config.get("threads", 1))
     device = ray.train.torch.get_device()  # [ray] cuda:<local rank> or cpu
     # [ray] this worker's share of the instances, streamed by Ray Data: no worker reads the whole file
-    data = ShardStream(ray.train.get_dataset_shard("train"), config["n_instances"])
+    data = ShardStream(ray.train.get_dataset_shard("train"), config["n_instances"], config["width"])
     total = planned_steps(data.n, cfg.train, world)
     checkpoint = ray.train.get_checkpoint()  # [ray] latest checkpoint after a failure or a rerun, else None
     with checkpoint.as_directory() if checkpoint else contextlib.nullcontext() as ckpt_dir:
@@ -99,8 +100,8 @@ class ShardStream:
     buffer seeded by (seed, epoch, rank); unlike `Data`, the order is not replayed exactly on resume.
     """
 
-    def __init__(self, shard, n: int):  # shard: ray.data.DataIterator
-        self.shard, self._n = shard, n
+    def __init__(self, shard, n: int, width: int):  # shard: ray.data.DataIterator
+        self.shard, self._n, self.width = shard, n, width
         self.rows_read = 0  # instances of the last epoch this worker read, trained on or drained
 
     @property
@@ -117,8 +118,8 @@ class ShardStream:
             self.rows_read += table.num_rows
             if taken == steps or table.num_rows < batch_size:
                 continue  # drain: the epoch's remainder (a short batch), never trained on
-            yield table.column("query").to_pylist(), [[p, *n] for p, n in zip(table.column("positive").to_pylist(),
-                                                                               table.column("negatives").to_pylist(), strict=True)]  # fmt: skip
+            positives, negatives = table.column("positive").to_pylist(), table.column("negatives").to_pylist()
+            yield table.column("query").to_pylist(), [padded(p, n, self.width) for p, n in zip(positives, negatives, strict=True)]
             taken += 1
         if taken < steps:
             raise RuntimeError(f"rank {rank}: its shard gave {taken} full batches of {batch_size} in epoch {epoch + 1}, "

@@ -28,7 +28,13 @@ from syneg_ray.train.gradvar import GradVariance
 logger = logging.getLogger(__name__)
 
 
-Batch = tuple[list[str], list[list[str]]]  # queries, and per query [positive, negative_1, ..., negative_n]
+Batch = tuple[list[str], list[list[str | None]]]  # queries, and per query [positive, negative_1, ..., negative_n]; None = an empty slot
+
+
+def padded(positive: str, negatives: Sequence[str], width: int) -> list[str | None]:
+    """[positive, *negatives] padded with None to 1 + width slots: an instance with fewer negatives
+    than the widest keeps its empty slots, which the loss masks (losses.py)."""
+    return [positive, *negatives, *([None] * (width - len(negatives)))]
 
 
 class Instances(Protocol):
@@ -45,14 +51,16 @@ class Instances(Protocol):
 
 @dataclass
 class Data:
-    """Instance texts in memory, column-wise: queries[i] and docs[i] = [positive, negative_1, ..., negative_n]."""
+    """Instance texts in memory, column-wise: queries[i] and docs[i] = [positive, negative_1, ..., negative_n],
+    padded with None to the widest instance."""
 
     queries: list[str]
-    docs: list[list[str]]
+    docs: list[list[str | None]]
 
     @classmethod
     def from_rows(cls, rows: Sequence[dict]) -> Data:
-        return cls([r["query"] for r in rows], [[r["positive"], *r["negatives"]] for r in rows])
+        width = max((len(r["negatives"]) for r in rows), default=0)
+        return cls([r["query"] for r in rows], [padded(r["positive"], r["negatives"], width) for r in rows])
 
     @property
     def n(self) -> int:
@@ -140,27 +148,41 @@ def _loss_scale(cfg: TrainConfig) -> int:
     return losses.world_size() if gathered else 1
 
 
-def text_ids(texts: Sequence[str]) -> list[int]:
-    """A 64-bit id per text, the same in every process (Python's hash() is salted per process)."""
-    return [int.from_bytes(hashlib.blake2b(t.encode(), digest_size=8).digest(), "little", signed=True) for t in texts]
+def text_ids(texts: Sequence[str | None]) -> list[int]:
+    """A 64-bit id per text, the same in every process (Python's hash() is salted per process); 0 for an empty slot."""
+    return [0 if t is None else int.from_bytes(hashlib.blake2b(t.encode(), digest_size=8).digest(), "little", signed=True)
+            for t in texts]  # fmt: skip
 
 
-def _loss(sess: Session, q: torch.Tensor, d: torch.Tensor, queries: list[str], docs: list[list[str]]) -> torch.Tensor:
+def _present(docs: list[list[str | None]]) -> tuple[list[str], torch.Tensor]:
+    """The batch's document texts without empty slots, and the (B, 1 + n) mask of the slots they fill."""
+    return [t for row in docs for t in row if t is not None], torch.tensor([[t is not None for t in row] for row in docs])
+
+
+def _slots(flat: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """(B, 1 + n, H): the embeddings of the present texts at their slots, zeros at empty ones (autograd flows to `flat`)."""
+    out = flat.new_zeros(mask.numel(), flat.shape[-1])
+    return out.index_put((mask.reshape(-1).nonzero().squeeze(1).to(flat.device),), flat).view(*mask.shape, -1)
+
+
+def _loss(sess: Session, q: torch.Tensor, d: torch.Tensor, queries: list[str], docs: list[list[str | None]],
+          mask: torch.Tensor) -> torch.Tensor:  # fmt: skip
     cfg = sess.cfg
     q_ids = d_ids = None
     if cfg.mask_known_positives and cfg.in_batch_negatives:
         q_ids = torch.tensor(text_ids(queries), device=q.device)  # (B,)
         d_ids = torch.tensor([text_ids(row) for row in docs], device=q.device)  # (B, 1 + n)
-    return losses.gathered_info_nce(q, d, cfg.temperature, cfg.in_batch_negatives, cfg.gather_across_workers, q_ids, d_ids)
+    return losses.gathered_info_nce(q, d, cfg.temperature, cfg.in_batch_negatives, cfg.gather_across_workers, q_ids, d_ids,
+                                    mask.to(q.device))  # fmt: skip
 
 
-def plain_step(sess: Session, queries: list[str], docs: list[list[str]]) -> torch.Tensor:
+def plain_step(sess: Session, queries: list[str], docs: list[list[str | None]]) -> torch.Tensor:
     """Forward both sides with the graph kept, backward the loss. Returns the (unscaled) loss."""
-    b, k = len(docs), len(docs[0])
+    texts, mask = _present(docs)
     with _autocast(sess.cfg, sess.device):
         q = sess.model(sess.encoder.tokenize_queries(queries, sess.device))  # (B, H)
-        d = sess.model(sess.encoder.tokenize_documents([t for row in docs for t in row], sess.device))  # (B * k, H)
-    loss = _loss(sess, q, d.view(b, k, -1), queries, docs)  # ids of the raw texts: the prompt is the same for all
+        d = sess.model(sess.encoder.tokenize_documents(texts, sess.device))  # (present texts, H)
+    loss = _loss(sess, q, _slots(d, mask), queries, docs, mask)  # ids of the raw texts: the prompt is the same for all
     (loss * _loss_scale(sess.cfg)).backward()
     return loss.detach()
 
@@ -187,15 +209,16 @@ class _RandState:
             yield
 
 
-def cached_step(sess: Session, queries: list[str], docs: list[list[str]]) -> torch.Tensor:
+def cached_step(sess: Session, queries: list[str], docs: list[list[str | None]]) -> torch.Tensor:
     """GradCache (Gao et al. 2021): the same gradient as `plain_step` with activations of one chunk at a time.
 
     1. embed every chunk without a graph; 2. loss and backward on the embeddings only, which gives
     d loss / d embedding; 3. re-embed chunk by chunk with a graph and backpropagate that cached
     gradient. DDP syncs only on the last chunk's backward.
     """
-    b, k, size = len(docs), len(docs[0]), sess.cfg.grad_cache_chunk
-    texts = [queries, [t for row in docs for t in row]]
+    size = sess.cfg.grad_cache_chunk
+    present, mask = _present(docs)
+    texts = [queries, present]
     tokenizers = [sess.encoder.tokenize_queries, sess.encoder.tokenize_documents]
     feats = [[tokenize(c, sess.device) for c in _chunks(side, size)] for tokenize, side in zip(tokenizers, texts, strict=True)]
     states: list[list[_RandState]] = [[], []]
@@ -206,8 +229,8 @@ def cached_step(sess: Session, queries: list[str], docs: list[list[str]]) -> tor
             for f in chunk_feats:
                 states[side].append(_RandState(sess.device))
                 parts.append(sess.model(f).float())
-            embs.append(torch.cat(parts).requires_grad_())  # (B, H) then (B * k, H)
-    loss = _loss(sess, embs[0], embs[1].view(b, k, -1), queries, docs)  # raw texts, as in plain_step
+            embs.append(torch.cat(parts).requires_grad_())  # (B, H) then (present texts, H)
+    loss = _loss(sess, embs[0], _slots(embs[1], mask), queries, docs, mask)  # raw texts, as in plain_step
     (loss * _loss_scale(sess.cfg)).backward()
     jobs = [(f, s, g) for side in range(2) for f, s, g in zip(feats[side], states[side], embs[side].grad.split(size), strict=True)]
     no_sync = getattr(sess.model, "no_sync", contextlib.nullcontext)
@@ -219,7 +242,7 @@ def cached_step(sess: Session, queries: list[str], docs: list[list[str]]) -> tor
     return loss.detach()
 
 
-def train_step(sess: Session, queries: list[str], docs: list[list[str]]) -> dict[str, float]:
+def train_step(sess: Session, queries: list[str], docs: list[list[str | None]]) -> dict[str, float]:
     """One optimizer step. Returns loss, grad_norm (before clipping), grad_var (last full window) and lr."""
     step_fn = cached_step if sess.cfg.grad_cache_chunk else plain_step
     loss = step_fn(sess, queries, docs)

@@ -58,14 +58,25 @@ def instances_dataset(instances: str | Path, n_rows: int, workers: int):  # -> r
     return ray.data.read_parquet(str(instances), override_num_blocks=blocks, ray_remote_args={"num_cpus": 0})
 
 
+def instance_width(instances: str | Path) -> int:
+    """The most negatives any instance of the file holds, read from one list column a row group at a time."""
+    import pyarrow.compute as pc
+
+    width = 0
+    for batch in pq.ParquetFile(instances).iter_batches(batch_size=VALIDATE_ROWS, columns=["negative_sources"]):
+        width = max(width, pc.max(pc.list_value_length(batch.column(0))).as_py() or 0)
+    return width
+
+
 def build_trainer(cfg: PipelineConfig, instances: str | Path, model_path: str, train_dir: str | Path, callbacks=(),
-                  n_instances: int | None = None):  # -> TorchTrainer  # fmt: skip
+                  n_instances: int | None = None, width: int | None = None):  # -> TorchTrainer  # fmt: skip
     """A Ray Train V2 TorchTrainer over `train.workers` workers (gloo on CPU, nccl on GPU).
 
     The instances reach the workers as a Ray dataset split across them (`get_dataset_shard`), so each
     one streams only its share. Checkpoints and Ray's own state go to `train_dir/ray/train`; fitting
     again with the same `train_dir` resumes from the latest checkpoint there. `callbacks` are Ray
-    Train UserCallbacks.
+    Train UserCallbacks. `width` is the most negatives an instance holds (read from the file when
+    not given): every worker pads its batches to it, so the gathered tensors match in shape.
     """
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
@@ -76,12 +87,14 @@ def build_trainer(cfg: PipelineConfig, instances: str | Path, model_path: str, t
     t = cfg.train
     if n_instances is None:
         n_instances = pq.ParquetFile(instances).metadata.num_rows
+    if width is None:
+        width = instance_width(instances)
     cpus = worker_cpus(t)
     resources = {"CPU": cpus, **({"GPU": 1} if t.use_gpu else {})}
     return TorchTrainer(
         train_loop_per_worker,
         # workers run in a directory of their own: relative paths in the config would name other folders
-        train_loop_config={"cfg": to_dict(with_absolute_paths(cfg)), "n_instances": n_instances, "model": model_path,
+        train_loop_config={"cfg": to_dict(with_absolute_paths(cfg)), "n_instances": n_instances, "width": width, "model": model_path,
                            "train_dir": str(train_dir), "threads": max(1, int(cpus))},
         # a factory: the trainer's controller reads the file when the run starts, not this call
         datasets={"train": functools.partial(instances_dataset, str(Path(instances).resolve()), n_instances, t.workers)},
@@ -125,7 +138,8 @@ VALIDATE_ROWS = 4096  # instances validated at once: the driver never holds more
 
 
 def read_instances(path: Path, doc_ids) -> tuple[int, int]:
-    """Validates the instances file a block of rows at a time; returns (instances, negatives per instance).
+    """Validates the instances file a block of rows at a time; returns (instances, the most negatives
+    an instance holds: the width every batch is padded to, its empty slots masked in the loss).
 
     Args:
         path: the instances Parquet.
@@ -139,7 +153,7 @@ def read_instances(path: Path, doc_ids) -> tuple[int, int]:
     if not path.exists():
         raise DataError.at(path, None, "no instances file; run `syneg mix` first")
     known_set = doc_ids.combine_chunks() if isinstance(doc_ids, pa.ChunkedArray) else pa.array(list(doc_ids), pa.string())
-    count, n = 0, None
+    count, n = 0, 0
     try:
         for batch in pq.ParquetFile(path).iter_batches(batch_size=VALIDATE_ROWS):
             rows = batch.to_pylist()
@@ -153,7 +167,7 @@ def read_instances(path: Path, doc_ids) -> tuple[int, int]:
                                        "rerun `syneg mix` to rewrite it") from None
     finally:
         pa.default_memory_pool().release_unused()  # Arrow keeps freed blocks; the driver has no more use for them
-    if n is None:
+    if not count:
         check_instances([], path, set())  # raises: no instances
     return count, n
 
@@ -190,10 +204,10 @@ def run_train(cfg: PipelineConfig, replace_other_config: bool = False) -> dict:
     train_dir.mkdir(parents=True, exist_ok=True)
     (train_dir / TRAIN_CONFIG).write_text(yaml.safe_dump(fingerprint, sort_keys=False), encoding="utf-8")
     model_path = resolve_model(cfg.train.model or cfg.encoder.model, cfg.run.cache_dir or None)
-    logger.info("train: %d instances x %d negatives, %d worker(s), batch %d per worker, %d epoch(s), model %s",
+    logger.info("train: %d instances x up to %d negatives, %d worker(s), batch %d per worker, %d epoch(s), model %s",
                 n_instances, n_negatives, cfg.train.workers, cfg.train.batch_size, cfg.train.epochs, model_path)  # fmt: skip
     init_ray(cfg)
-    result = build_trainer(cfg, instances, model_path, train_dir, n_instances=n_instances).fit()
+    result = build_trainer(cfg, instances, model_path, train_dir, n_instances=n_instances, width=n_negatives).fit()
     return export(result.checkpoint, run_dir, cfg, time.perf_counter() - started)
 
 

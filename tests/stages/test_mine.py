@@ -39,7 +39,7 @@ def test_bm25_mining_on_scifact_small(tiny_cfg, scifact_small):
     pairs = pq.read_table(Path(cfg.run.run_dir) / schema.PAIRS)
     assert len(rows) == pairs.num_rows == summary["pairs"]
     full = [r for r in rows if len(r["negative_ids"]) == 5]
-    assert len(full) >= 0.5 * len(rows) and summary["short_queries"] == sum(
+    assert len(full) >= 0.5 * len(rows) and summary["short_pairs"] == sum(
         1 for q in {r["query_id"]: r for r in rows}.values() if len(q["negative_ids"]) < 5
     )
     for row in full:  # the guard held: every negative scored at most (1 - 0.05) x the lowest positive
@@ -71,7 +71,7 @@ def test_positive_width_counts_text_duplicates_without_scanning_the_corpus() -> 
 
 
 def test_lexical_hits_are_scored_by_the_encoder_for_the_guard() -> None:
-    """Every BM25 hit gets its query-document dot product, pads get nan, and the reference is the lowest positive."""
+    """Every BM25 hit gets its query-document dot product, pads get nan, and the positives' scores are the encoder's."""
     import numpy as np
 
     from syneg_ray import mining
@@ -83,11 +83,14 @@ def test_lexical_hits_are_scored_by_the_encoder_for_the_guard() -> None:
     positives = [np.sort(rng.choice(700, size=1 + i % 3, replace=False)) for i in range(300)]
     pos_scores = [corpus[p] @ q for q, p in zip(queries, positives, strict=True)]
     bm25 = mining.Candidates("bm25", rng.random((300, 5)).astype(np.float32), hits, np.zeros(300, np.float32))
-    judged = mine.judged_by_encoder(bm25, mine.Embedded(corpus, queries, pos_scores))
+    source = mine.judged_by_encoder(mine.Source(bm25, [np.zeros(len(p), np.float32) for p in positives]),
+                                    mine.Embedded(corpus, queries, pos_scores))
+    judged = source.candidates
     expected = np.where(hits >= 0, np.einsum("qkd,qd->qk", corpus[np.maximum(hits, 0)], queries), np.nan)
     assert mine.GUARD_BLOCK < 300
     np.testing.assert_allclose(judged.dense_scores, expected, rtol=1e-5)
     np.testing.assert_allclose(judged.positive_scores, [s.min() for s in pos_scores], rtol=1e-6)
+    assert source.guard_positive_scores is pos_scores  # each pair's reference is then taken on the dense scale
     assert judged.scores is bm25.scores and judged.judged_dense
 
 

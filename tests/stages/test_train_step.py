@@ -142,3 +142,32 @@ def test_the_step_masks_known_positives_unless_told_not_to(tiny_model_dir: str) 
                              torch.device("cpu"))  # fmt: skip
         got[mask] = plain_step(sess, queries, docs).item()
     assert got[True] < got[False]
+
+
+@pytest.mark.parametrize("chunk", [0, 3])
+def test_an_instance_with_fewer_negatives_trains_on_what_it_has(tiny_model_dir: str, chunk: int) -> None:
+    """Empty slots are not encoded, and the loss is the one over the present documents: padding a
+    short instance with None gives the loss of the batch without those slots at all."""
+    from syneg_ray import losses
+    from syneg_ray.train.step import Data
+
+    rows = _rows(6, 3)
+    rows[2]["negatives"] = rows[2]["negatives"][:1]
+    rows[4]["negatives"] = []
+    data = Data.from_rows(rows)
+    assert [len(r) for r in data.docs] == [4] * 6 and data.docs[4][1:] == [None, None, None]
+    cfg = TrainConfig(temperature=0.05, grad_cache_chunk=chunk, batch_size=6)
+    st = load_model(tiny_model_dir).eval()
+    sess = build_session(st, cfg, 10, torch.device("cpu"))
+    encoded = []
+    tokenize = sess.encoder.tokenize_documents
+    sess.encoder.tokenize_documents = lambda texts, device: encoded.extend(texts) or tokenize(texts, device)
+    loss = (cached_step if chunk else plain_step)(sess, data.queries, data.docs)
+    assert None not in encoded and len(encoded) == 6 + 3 * 4 + 1  # positives and the negatives present
+    with torch.no_grad():  # the same loss, written out over the present documents
+        q = sess.model(sess.encoder.tokenize_queries(data.queries, sess.device))
+        d = torch.zeros(6, 4, q.shape[1])
+        mask = torch.tensor([[t is not None for t in row] for row in data.docs])
+        d[mask] = sess.model(tokenize([t for row in data.docs for t in row if t is not None], sess.device))
+        expected = losses.info_nce(q, d, 0.05, d_mask=mask)
+    assert loss.item() == pytest.approx(expected.item(), abs=1e-5)

@@ -154,3 +154,24 @@ def test_gathered_loss_at_world_size_one_is_the_written_out_loss(in_batch: bool,
     assert all(g.abs().sum() > 0 for g in g_expected)  # both inputs get a gradient to compare
     for a, b in zip(g_expected, g_gathered, strict=True):
         torch.testing.assert_close(b, a, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("in_batch", [True, False])
+def test_empty_slots_are_left_out_of_every_softmax(in_batch: bool) -> None:
+    """An instance with fewer negatives: its empty slots (masked) weigh nothing, whatever they hold,
+    and the loss equals the written-out one over the documents that are there."""
+    q, d = _batch(b=4, n=3)
+    mask = torch.ones(4, 4, dtype=torch.bool)
+    mask[1, 2:] = False  # instance 1 holds one negative of three
+    mask[3, 1:] = False  # instance 3 holds none: in-batch negatives only
+    a = losses.info_nce(q, d, 0.1, in_batch, d_mask=mask)
+    d_other = d.detach().clone()
+    d_other[~mask] = torch.randn(int((~mask).sum()), d.shape[-1])  # other content in the empty slots
+    assert losses.info_nce(q, d_other, 0.1, in_batch, d_mask=mask).item() == pytest.approx(a.item(), rel=1e-6)
+    expected = 0.0
+    for i in range(4):
+        docs = [(j, s) for j in range(4) for s in range(4) if mask[j, s]] if in_batch else [(i, s) for s in range(4) if mask[i, s]]
+        logits = torch.stack([F.cosine_similarity(q[i], d[j, s], dim=0) for j, s in docs]) / 0.1
+        expected += -F.log_softmax(logits, dim=0)[docs.index((i, 0))].item()
+    assert a.item() == pytest.approx(expected / 4, rel=1e-5)
+    assert losses.info_nce(q, d, 0.1, in_batch).item() != pytest.approx(a.item(), rel=1e-3)  # the mask matters

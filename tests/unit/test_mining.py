@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from syneg_ray import mining
-from syneg_ray.config import MineConfig, Sampling
+from syneg_ray.config import GuardReference, MineConfig, Sampling
 
 RNG = np.random.default_rng(0)
 
@@ -131,17 +131,17 @@ def test_vectorised_mask_matches_naive_loop():
 
 def test_mismatched_sources_raise_with_shapes():
     cand = _cand([[1, 2]], [[0.5, 0.4]], [0.9])
-    with pytest.raises(ValueError, match="do not match 2 queries"):
+    with pytest.raises(ValueError, match="do not match 2 rows"):
         mining.select_negatives([cand], [np.array([0]), np.array([1])], _cfg(), RNG)
 
 
 def test_stats_merge_and_share():
     a, b = (
-        mining.MineStats(queries=1, in_window=10, skipped_margin=2),
-        mining.MineStats(queries=2, in_window=10, skipped_margin=3),
+        mining.MineStats(rows=1, in_window=10, skipped_margin=2),
+        mining.MineStats(rows=2, in_window=10, skipped_margin=3),
     )
     a.merge(b)
-    assert a.queries == 3 and a.skipped_share == pytest.approx(0.25)
+    assert a.rows == 3 and a.skipped_share == pytest.approx(0.25)
 
 
 def test_text_groups_streamed_from_parquet_match_the_in_memory_ones(tmp_path):
@@ -154,3 +154,33 @@ def test_text_groups_streamed_from_parquet_match_the_in_memory_ones(tmp_path):
     path = tmp_path / "corpus.parquet"
     pq.write_table(pa.table({"doc_id": [str(i) for i in range(7)], "text": texts}), path, row_group_size=3)
     assert text_groups(path).tolist() == mining.text_groups(texts).tolist() == [0, 1, 0, 2, 1, 2, 3]
+
+
+def test_pair_reference_is_the_pairs_own_positive_and_query_min_the_lowest():
+    positives = [np.array([3, 8, 11]), np.array([4])]
+    scores = [np.array([0.9, 0.5, 0.7], np.float32), np.array([0.6], np.float32)]
+    pair_query, pair_positive = np.array([0, 0, 1, 0]), np.array([8, 11, 4, 99])  # 99: not a scored positive
+    pair = mining.pair_references(scores, positives, pair_query, pair_positive, GuardReference.PAIR)
+    np.testing.assert_allclose(pair, [0.5, 0.7, 0.6, 0.5])  # an unknown positive falls back to the lowest
+    low = mining.pair_references(scores, positives, pair_query, pair_positive, GuardReference.QUERY_MIN)
+    np.testing.assert_allclose(low, [0.5, 0.5, 0.6, 0.5])
+    empty = mining.pair_references([np.zeros(0, np.float32)], [np.zeros(0, np.int64)], np.array([0]), np.array([-1]), GuardReference.PAIR)
+    assert np.isnan(empty).all()
+
+
+def test_many_positive_query_keeps_negatives_per_pair_where_its_lowest_positive_rejects_them():
+    # One query with three positives of very different scores (a loosely relevant one at 0.2).
+    # Judged against the lowest, every candidate above 0.2 is suspect; judged per pair, the pair
+    # of the 0.9 positive keeps the candidates below it, and the excluded positives stay excluded.
+    query = _cand([[10, 3, 11, 12, 13]], [[0.85, 0.8, 0.6, 0.5, 0.1]], [0.2])
+    positives = [np.array([1, 2, 3])]
+    scores = [np.array([0.9, 0.45, 0.2], np.float32)]
+    pair_query, pair_positive = np.array([0, 0, 0]), np.array([1, 2, 3])
+    cfg = _cfg(num_negatives=3, relative_margin=0.05)
+    kept = {}
+    for reference in GuardReference:
+        ref = mining.pair_references(scores, positives, pair_query, pair_positive, reference)
+        out, _ = mining.select_negatives([query.take(pair_query, ref)], positives * 3, cfg, RNG)
+        kept[reference] = [o.indices for o in out]
+    assert kept[GuardReference.PAIR] == [[10, 11, 12], [13], [13]]  # 0.45's threshold is 0.4275: 0.5 fails it
+    assert kept[GuardReference.QUERY_MIN] == [[13], [13], [13]]

@@ -22,9 +22,10 @@ def _inputs(n: int = 10, n_syn: int = 4, n_ret: int = 4):
     return pairs, syn, ret
 
 
-def _mix(strategy: MixStrategy, ratio: float, n: int = 4, seed: int = 0, **kw):
+def _mix(strategy: MixStrategy, ratio: float, n: int = 4, seed: int = 0, min_negatives: int = 1, **kw):
     pairs, syn, ret = _inputs(**kw)
-    return mixing.mix(pairs, syn, ret, CORPUS, MixConfig(strategy=strategy, ratio=ratio, n_negatives=n), seed)
+    cfg = MixConfig(strategy=strategy, ratio=ratio, n_negatives=n, min_negatives=min_negatives)
+    return mixing.mix(pairs, syn, ret, CORPUS, cfg, seed)
 
 
 def _syn_count(inst: dict) -> int:
@@ -45,9 +46,21 @@ def test_hybrid_borrows_from_the_other_source_and_counts_it() -> None:
     assert stats.realized_ratio == pytest.approx(0.25)
 
 
-def test_hybrid_drops_instances_short_in_total() -> None:
-    _, stats = _mix(MixStrategy.HYBRID, 0.5, 4, n_syn=1, n_ret=2)
-    assert stats.instances == 0 and stats.dropped_short == 10
+def test_hybrid_keeps_instances_short_in_total_unless_min_negatives_asks_for_all() -> None:
+    instances, stats = _mix(MixStrategy.HYBRID, 0.5, 4, n_syn=1, n_ret=2)
+    assert stats.instances == len(instances) == 10 and stats.short == 10 and stats.dropped_short == 0
+    assert all(len(i["negatives"]) == len(i["negative_ids"]) == 3 and _syn_count(i) == 1 for i in instances)
+    assert stats.realized_ratio == pytest.approx(1 / 3) and stats.realized_ratio_with_synthetic == pytest.approx(1 / 3)
+    _, stats = _mix(MixStrategy.HYBRID, 0.5, 4, n_syn=1, n_ret=2, min_negatives=4)
+    assert stats.instances == 0 and stats.dropped_short == 10 and stats.short == 0
+
+
+def test_realized_ratio_with_synthetic_counts_only_pairs_the_llm_wrote_for() -> None:
+    pairs, syn, ret = _inputs(10)
+    syn = {key: negs for i, (key, negs) in enumerate(syn.items()) if i < 2}  # the LLM wrote for 2 of 10 pairs
+    _, stats = mixing.mix(pairs, syn, ret, CORPUS, MixConfig(strategy=MixStrategy.HYBRID, ratio=0.5), 0)
+    assert stats.with_synthetic == 2 and stats.realized_ratio_with_synthetic == pytest.approx(0.5)
+    assert stats.realized_ratio == pytest.approx(4 / 40)
 
 
 def test_direct_assigns_a_fraction_of_instances_to_one_source() -> None:
@@ -60,7 +73,9 @@ def test_direct_assigns_a_fraction_of_instances_to_one_source() -> None:
 
 
 def test_direct_and_single_source_never_borrow() -> None:
-    _, stats = _mix(MixStrategy.SYNTHETIC, 1.0, 4, n_syn=2)
+    instances, stats = _mix(MixStrategy.SYNTHETIC, 1.0, 4, n_syn=2)
+    assert stats.instances == 10 and stats.short == 10 and all(i["negative_sources"] == ["synthetic"] * 2 for i in instances)
+    _, stats = _mix(MixStrategy.SYNTHETIC, 1.0, 4, n_syn=2, min_negatives=4)
     assert stats.instances == 0 and stats.dropped_short == 10
     instances, stats = _mix(MixStrategy.RETRIEVED, 0.0, 4)
     assert stats.instances == len(instances) == 10 and stats.borrowed_synthetic == 0
@@ -88,9 +103,19 @@ def test_synthetic_ids_name_the_generation_key() -> None:
 def test_check_instances_names_file_and_row() -> None:
     instances, _ = _mix(MixStrategy.HYBRID, 0.5, 4)
     assert mixing.check_instances(instances, "x.parquet", CORPUS) == 4
+    short = [dict(i) for i in instances]
+    for key in ("negatives", "negative_ids", "negative_sources"):
+        short[1][key] = short[1][key][:1]
+        short[3][key] = []
+    assert mixing.check_instances(short, "x.parquet", CORPUS) == 4  # fewer negatives is fine: the width is the most
+    assert mixing.check_instances(short[3:4], "x.parquet", CORPUS, n=2) == 2
     bad = [dict(i) for i in instances]
-    bad[2]["negatives"] = []
-    with pytest.raises(DataError, match=r"x.parquet:3: empty negatives"):
+    bad[2]["negatives"] = bad[2]["negatives"][:3]
+    with pytest.raises(DataError, match=r"x.parquet:3: 3 negatives, 4 negative_ids and 4 negative_sources"):
+        mixing.check_instances(bad, "x.parquet", CORPUS)
+    bad = [dict(i) for i in instances]
+    bad[2]["negatives"] = ["", *bad[2]["negatives"][1:]]
+    with pytest.raises(DataError, match=r"x.parquet:3: an empty negative text"):
         mixing.check_instances(bad, "x.parquet", CORPUS)
     bad = [dict(i) for i in instances]
     bad[4]["positive_id"] = "nope"
