@@ -9,6 +9,8 @@
 
 `python -m syneg_ray ...` is the same command (the Ray job entrypoint uses it).
 Shortcut flags (--dataset, --model, --split, ...) are sugar for the matching overrides.
+Each command is one function of the Python API (api.py: COMMANDS, `syneg_ray.mine(cfg)`, ...), called
+the same way. Ray's own output is off unless -v; `syneg run` ends with the metric table.
 Every SynegError is printed as one line without a traceback, exit code 2. SIGTERM (`ray job stop`,
 a pod eviction) unwinds like Ctrl-C: `finally` blocks and `with` exits run (a mirrored s3:// run
 directory is copied back), exit code 143.
@@ -17,29 +19,16 @@ directory is copied back), exit code 143.
 from __future__ import annotations
 
 import argparse
-import importlib
 import logging
 import sys
 from collections.abc import Sequence
 
 from syneg_ray import signals
+from syneg_ray.api import COMMANDS, call
 from syneg_ray.config import PipelineConfig, load_config, to_yaml
 from syneg_ray.errors import SynegError
-from syneg_ray.extras import check
-from syneg_ray.remote import local_run_dir
 
 logger = logging.getLogger("syneg_ray")
-
-# command -> "module:function"; each function takes the PipelineConfig and returns a summary dict.
-COMMANDS = {
-    "run": ("syneg_ray.pipeline:run_pipeline", "synthesize -> mine -> mix -> train -> evaluate into one run directory"),
-    "synthesize": ("syneg_ray.stages.synthesize:run_synthesize", "LLM-written hard negatives for every train pair"),
-    "mine": ("syneg_ray.stages.mine:run_mine", "retrieved hard negatives (dense ANN and BM25)"),
-    "mix": ("syneg_ray.stages.mix:run_mix", "training instances from synthetic and retrieved negatives at ratio R"),
-    "train": ("syneg_ray.train.trainer:run_train", "InfoNCE fine-tuning with Ray Train"),
-    "evaluate": ("syneg_ray.stages.evaluate:run_evaluate", "BEIR metrics of a model (or bm25) on a split"),
-    "tune": ("syneg_ray.tune:run_tune", "Ray Tune over temperature and R, scored on the dev split"),
-}
 
 # --flag -> override key
 SHORTCUTS = {
@@ -54,10 +43,6 @@ SHORTCUTS = {
 }
 MODEL_KEY = {"evaluate": "evaluate.model", "synthesize": "synthesize.model", "train": "train.model", "mine": "encoder.model"}
 SPLIT_KEY = {"evaluate": "evaluate.split"}  # every other command reads its pairs from data.train_split
-
-# optional modules a command needs at its end, checked before it starts (a missing one would
-# otherwise stop it after the training it plots)
-NEEDS = {"run": ("matplotlib",), "train": ("matplotlib",), "tune": ("matplotlib",)}
 
 SMOKE_TEST = [  # a config that finishes in a minute or two on a laptop
     "data.limit=16",
@@ -94,7 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
         if name == "run":
             p.add_argument("--yes", action="store_true", help="start even when the plan exceeds run.max_hours")
-        p.add_argument("-v", "--verbose", action="store_true")
+        p.add_argument("-v", "--verbose", action="store_true",
+                       help="debug logs, and Ray's own output: its INFO logs and Ray Data's progress per operator")
     sub.add_parser("models", help="list the bundled model names")
     return parser
 
@@ -142,11 +128,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.print_config:
             sys.stdout.write(to_yaml(cfg))
             return 0
-        check(*NEEDS.get(args.command, ()))
-        module, _, function = COMMANDS[args.command][0].partition(":")
-        with local_run_dir(cfg) as local_cfg:  # an s3:// or gs:// run directory is mirrored, then copied back
-            kwargs = {"yes": args.yes} if args.command == "run" else {}
-            getattr(importlib.import_module(module), function)(local_cfg, **kwargs)
+        result = call(args.command, cfg, **({"yes": args.yes} if args.command == "run" else {}))  # the API's path too
+        if args.command == "run":
+            _print_metrics(result)
     except SynegError as exc:
         sys.stderr.write(f"syneg {args.command}: error: {exc}\n")
         return 2
@@ -159,6 +143,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         signals.restore(previous)
     return 0
+
+
+def _print_metrics(summaries: dict) -> None:
+    """The run's metric table, last on stdout: the answer a run is for, after the logs of how it went."""
+    from syneg_ray.report import metrics_table
+
+    table = metrics_table((summaries or {}).get("evaluate") or {})
+    if table:
+        sys.stdout.write(f"\n{table}\n")
+        sys.stdout.flush()
 
 
 if __name__ == "__main__":

@@ -92,25 +92,66 @@ def _value(v: Any) -> str:
     return f"{v:.4g}" if isinstance(v, float) else str(v)
 
 
+def _realized(mix: dict | None) -> str:
+    """", realized R = x (y where the LLM wrote negatives)" from the mix summary, or "" without one."""
+    if not isinstance(mix, dict) or "realized_ratio" not in mix:
+        return ""
+    return (f" (realized R = {mix['realized_ratio']:.3f} over all instances, {mix.get('realized_ratio_with_synthetic', 0.0):.3f} "
+            f"over the {mix.get('with_synthetic', 0):,} with synthetic negatives)")
+
+
+def _ratio_warning(cfg: PipelineConfig, mix: dict | None) -> str:
+    from syneg_ray.mixing import MixStats
+    from syneg_ray.stages.mix import realized_ratio_warning
+
+    if not isinstance(mix, dict) or "realized_ratio" not in mix:
+        return ""
+    fields = {k: v for k, v in mix.items() if k in MixStats.__dataclass_fields__}
+    return realized_ratio_warning(cfg, MixStats(**fields))
+
+
+def metrics_table(evaluation: dict[str, dict[str, float]]) -> str:
+    """The retrieval metrics of each evaluated model as an aligned Markdown table ("" for none):
+    the report's table, and the last thing `syneg run` prints.
+
+    Args:
+        evaluation: {label: {metric: value}}, e.g. the pipeline's {"base": ..., "trained": ...}.
+
+    Example:
+        >>> print(metrics_table({"base": {"ndcg@10": 0.6451, "recall@100": 0.925, "mrr@10": 0.6102, "map@100": 0.5998}}))
+        | model | ndcg@10 | recall@100 | mrr@10 | map@100 |
+        |-------|---------|------------|--------|---------|
+        | base  |  0.6451 |     0.9250 | 0.6102 |  0.5998 |
+    """
+    if not evaluation:
+        return ""
+    names = list(METRICS)
+    width = max(len("model"), *(len(label) for label in evaluation))
+    lines = ["| " + " | ".join(["model".ljust(width), *names]) + " |",
+             "|" + "|".join("-" * (w + 2) for w in [width, *map(len, names)]) + "|"]
+    for label, scores in evaluation.items():
+        cells = [label.ljust(width), *(f"{scores[n]:.4f}".rjust(len(n)) for n in names)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def write_report(cfg: PipelineConfig, summaries: dict[str, Any], timings: dict[str, float]) -> Path:
     """Writes run_dir/report.md and returns its path."""
     run_dir = Path(cfg.run.run_dir)
     lines = [f"# syneg-ray run: {run_dir.name}", ""]
-    evaluation = summaries.get("evaluate") or {}
-    if evaluation:
-        names = list(METRICS)
-        lines += [f"## Retrieval on {cfg.data.dataset} / {cfg.evaluate.split or cfg.data.eval_split}", "",
-                  "| model | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
-        for label, scores in evaluation.items():
-            lines.append(f"| {label} | " + " | ".join(f"{scores[n]:.4f}" for n in names) + " |")
-        lines.append("")
+    table = metrics_table(summaries.get("evaluate") or {})
+    if table:
+        lines += [f"## Retrieval on {cfg.data.dataset} / {cfg.evaluate.split or cfg.data.eval_split}", "", table, ""]
     lines += ["## Stages", "", "| stage | seconds | summary |", "|---|---|---|"]
     for stage, seconds in timings.items():
         summary = summaries.get(stage)
         text = ", ".join(f"{k}: {_value(v)}" for k, v in summary.items() if not isinstance(v, dict | list)) if isinstance(summary, dict) else ""
         lines.append(f"| {stage} | {seconds:.0f} | {text} |")
     lines += ["", (f"LLM: `{cfg.synthesize.model}` ({cfg.synthesize.engine.value}); encoder: `{cfg.encoder.model}`; "
-              f"mix: {cfg.mix.strategy.value}, R = {cfg.mix.ratio}; tau = {cfg.train.temperature}"), ""]
+              f"mix: {cfg.mix.strategy.value}, R = {cfg.mix.ratio}{_realized(summaries.get('mix'))}; tau = {cfg.train.temperature}"), ""]
+    warning = _ratio_warning(cfg, summaries.get("mix"))
+    if warning:
+        lines += [f"**Note:** {warning}.", ""]
     try:
         plot = similarity_plot(cfg, run_dir)
     except Exception as exc:  # noqa: BLE001 - a plot must never fail a finished run

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -14,15 +15,46 @@ from syneg_ray.config import PipelineConfig, to_yaml
 logger = logging.getLogger(__name__)
 
 
+VERBOSE_ENV = "SYNEG_VERBOSE"  # "1": Ray's own output (progress blocks, Ray Data and Train logs) as Ray prints it
+
+# Third-party loggers kept at WARNING unless verbose.
+NOISY_LOGGERS = ("ray", "urllib3", "httpx", "filelock", "sentence_transformers", "transformers", "faiss")
+
+# The environment of a local Ray's workers when not verbose. Actors and Tune trials run Ray Data
+# and Hugging Face loads in their own processes, whose output log_to_driver copies to the
+# driver's terminal; a DataContext or logger setting of the driver does not reach them.
+QUIET_WORKER_ENV = {
+    "RAY_DATA_DISABLE_PROGRESS_BARS": "1",  # Ray Data's bars, or its ten-second progress blocks off a TTY
+    # Ray Data's "Starting execution of Dataset", "Execution plan", "execution finished" lines. Read
+    # each time Ray Data (re)configures its logger, which it does in workers for every dataset.
+    "RAY_DATA_LOG_LEVEL": "WARNING",
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",  # transformers' "Loading weights" bar in every actor that loads a model
+}
+
+
+def verbose() -> bool:
+    """True when Ray's own output is wanted: `syneg -v`, or SYNEG_VERBOSE=1 in the environment."""
+    return os.environ.get(VERBOSE_ENV, "") not in ("", "0")
+
+
 def setup_logging(verbose: bool = False) -> None:
-    """One format for the whole package; Ray's own loggers stay at WARNING unless verbose."""
+    """One format for the whole package; Ray's own loggers stay at WARNING unless verbose.
+
+    `verbose` also sets SYNEG_VERBOSE=1, which `init_ray` reads: the CLI's `-v` brings back Ray
+    Data's progress output and Ray's INFO logs.
+
+    Example:
+        >>> setup_logging(verbose=False)  # INFO lines of syneg_ray, WARNING of Ray
+    """
+    if verbose:
+        os.environ[VERBOSE_ENV] = "1"
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
     if not verbose:
-        for noisy in ("ray", "urllib3", "httpx", "filelock", "sentence_transformers", "transformers", "faiss"):
+        for noisy in NOISY_LOGGERS:
             logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
@@ -89,25 +121,36 @@ def usable_cores(cpu_max: str | Path = "/sys/fs/cgroup/cpu.max") -> int:
 def init_ray(cfg: PipelineConfig) -> None:
     """Starts a local Ray sized for this machine, or joins the cluster in `ray.address`.
 
-    Inside `ray job submit` (RAY_ADDRESS set) it always joins the job's cluster.
+    Inside `ray job submit` (RAY_ADDRESS set) it always joins the job's cluster. Unless verbose
+    (`syneg -v`, SYNEG_VERBOSE=1), Ray's own output is off: its INFO logs, Ray Data's per-operator
+    progress (and its ten-second progress blocks when stdout is not a terminal), and, in a local
+    Ray's workers, Ray Data's and Hugging Face's progress bars (QUIET_WORKER_ENV). Warnings and
+    errors still print; each stage prints its own progress and summary line.
+
+    Example:
+        >>> init_ray(load_config(None, ["ray.num_cpus=2"]))  # doctest: +SKIP
     """
     import ray
 
     if ray.is_initialized():
         return
+    loud = verbose()
     # Ray 2.60 turns token auth on by default; a local, loopback-only Ray does not need it.
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     # Workers inherit the driver's env: keep torch from oversubscribing cores inside each actor.
-    runtime_env = {"env_vars": {"TOKENIZERS_PARALLELISM": "false", "RAY_AUTH_MODE": os.environ["RAY_AUTH_MODE"]}}
+    env_vars = {"TOKENIZERS_PARALLELISM": "false", "RAY_AUTH_MODE": os.environ["RAY_AUTH_MODE"]}
+    runtime_env: dict = {"env_vars": {**env_vars, VERBOSE_ENV: "1"} if loud else {**env_vars, **QUIET_WORKER_ENV}}
     address = cfg.ray.address or os.environ.get("RAY_ADDRESS", "")
     ours = signals.installed()  # ray.init replaces the SIGTERM handler: put the CLI's back after it
+    # ray.init sets the "ray" logger to this level; WARNING drops "Started a local Ray instance" and the like
+    logging_level = logging.INFO if loud else logging.WARNING
     if address:
         # On a cluster the job's runtime_env (jobs/runtime_env.yaml) governs; a second one would conflict.
-        ray.init(address=address, log_to_driver=True)
+        ray.init(address=address, log_to_driver=True, logging_level=logging_level)
         signals.keep(ours)
+        quiet_ray_data(loud)
         return
-    if not cfg.ray.dashboard:
-        runtime_env["worker_process_setup_hook"] = "syneg_ray.runtime.quiet_worker_logs"
+    runtime_env["worker_process_setup_hook"] = "syneg_ray.runtime.quiet_worker_logs"
     ray.init(
         # One spare logical CPU: actor pools that reserve every core would otherwise starve Ray Data's
         # read and write tasks (a deadlock seen on 2 cores).
@@ -115,20 +158,24 @@ def init_ray(cfg: PipelineConfig) -> None:
         object_store_memory=int(cfg.ray.object_store_gb * 1024**3),
         include_dashboard=cfg.ray.dashboard,
         runtime_env=runtime_env,
-        log_to_driver=True,
+        log_to_driver=True,  # workers' warnings and errors still reach the terminal
+        logging_level=logging_level,
         _system_config=_idle_worker_config(cfg.ray.idle_workers),
     )
     signals.keep(ours)  # Ray's processes are still stopped on exit, by the atexit hook ray.init registers
-    _quiet_ray_data()
+    quiet_ray_data(loud)
 
 
 def quiet_worker_logs() -> None:
-    """Runs first in every worker of a local Ray without the dashboard (its runtime_env's worker_process_setup_hook)."""
+    """Runs first in every worker of a local Ray (its runtime_env's worker_process_setup_hook)."""
     # Ray Train's placement-group cleaner asks the State API every second whether the train
     # controller still lives. A local Ray without the dashboard does not serve that API, so every
     # check logged a warning: hundreds of lines per training run. Its job, freeing the placement
     # group of a controller that died, falls to the local cluster's own exit.
     logging.getLogger("ray.train.v2._internal.execution.controller.placement_group_cleaner").setLevel(logging.ERROR)
+    if not verbose():
+        # the "Progress bars disabled" warning that RAY_DATA_DISABLE_PROGRESS_BARS brings, once per worker
+        logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
 
 
 def _idle_worker_config(idle_workers: int) -> dict:
@@ -145,13 +192,31 @@ def _idle_worker_config(idle_workers: int) -> dict:
     return config
 
 
-def _quiet_ray_data() -> None:
-    """Ray Data prints a progress bar per operator; keep them but drop the per-op verbose stats."""
+def quiet_ray_data(loud: bool = False) -> None:
+    """Ray Data's output in this process: the driver, where the stages' datasets execute.
+
+    Quiet (the default): no per-operator progress; one overall bar per dataset on a terminal, and
+    none off a terminal, where Ray Data would log a block of progress lines every ten seconds
+    instead. Its INFO lines ("Starting execution of Dataset ...") are dropped. Loud (`syneg -v`):
+    Ray Data's defaults.
+
+    Example:
+        >>> import ray.data
+        >>> quiet_ray_data()
+        >>> ray.data.DataContext.get_current().enable_operator_progress_bars
+        False
+    """
     import ray.data
 
     ctx = ray.data.DataContext.get_current()
-    ctx.enable_progress_bars = True
-    ctx.print_on_execution_start = False
+    ctx.print_on_execution_start = loud  # the operator plan, printed at every execution
+    ctx.enable_progress_bars = loud or sys.stdout.isatty()  # Ray Data's own test for its non-TTY progress log
+    ctx.enable_operator_progress_bars = loud
+    # Ray Data's logger does not propagate to ours: it has its own console handler and level
+    # (DEBUG, for its session log file), set when ray.data is imported.
+    logging.getLogger("ray.data").setLevel((os.environ.get("RAY_DATA_LOG_LEVEL") or logging.DEBUG) if loud else logging.WARNING)
+    # "Progress bars disabled / for operators disabled" is a warning printed once; here it is the intent
+    logging.getLogger("ray.data._internal.progress").setLevel(logging.NOTSET if loud else logging.ERROR)
 
 
 def stage_dir(cfg: PipelineConfig, stage: str) -> Path:
