@@ -108,9 +108,26 @@ class DataConfig:
     # a large train set (about 15 minutes on 2 cores). Set 0 (with max_positives_per_query 0) for a full run.
     max_pairs: int = 1000
     download: bool = True  # fetch a missing BEIR dataset from its public URL when the network allows
+    # Your own data instead of a BEIR folder (syneg_ray/userdata.py): Parquet, JSONL, CSV/TSV files or
+    # a `datasets` save_to_disk folder, converted once into a BEIR folder in the cache. Setting
+    # data.pairs switches to them; data.dataset is then only the name the reports give the data.
+    pairs: str = ""  # training rows: a query, its positive (text or id) and optional given negatives
+    corpus: str = ""  # documents (id, text, optional title); "" = the pairs' positives and negatives are the corpus
+    dev_pairs: str = ""  # dev rows (Tune, per-epoch dev scores), read as the pairs; "" = carved (data.dev_fraction)
+    eval_pairs: str = ""  # test rows for the final evaluation, read as the pairs; "" = `syneg run` skips evaluation
+    # Column names. An optional column is read when the file has it; one renamed here must exist.
+    doc_id_column: str = "_id"  # corpus: document id (strings or integers)
+    text_column: str = "text"  # corpus: document text
+    title_column: str = "title"  # corpus, optional: prefixed to the text as BEIR does; "" = none
+    query_column: str = "query"  # pairs: query text
+    query_id_column: str = "query_id"  # pairs, optional: without it a query's id is derived from its text
+    positive_column: str = "positive"  # pairs: positive text (found in the corpus or added to it)
+    positive_id_column: str = "positive_id"  # pairs, optional: a corpus document id; used instead of the text when set
+    negatives_column: str = "negatives"  # pairs, optional: a list of corpus ids or texts (CSV: a JSON list)
 
     def __post_init__(self) -> None:
         _check_range("data.dev_fraction", self.dev_fraction, 0.0, 0.9)
+        self._check_user_data()
         _check_min("data.limit", self.limit, 0)
         _check_min("data.min_relevance", self.min_relevance, 1)
         _check_min("data.max_positives_per_query", self.max_positives_per_query, 0)
@@ -122,6 +139,30 @@ class DataConfig:
         if self.dev_split == self.eval_split:
             raise ConfigError(f"data.dev_split = {self.dev_split!r} is data.eval_split: tuning on the evaluated queries "
                               "would leak them; use auto, carve or another split")
+
+    def _check_user_data(self) -> None:
+        if not self.pairs:
+            for name in ("corpus", "dev_pairs", "eval_pairs"):
+                if getattr(self, name):
+                    raise ConfigError(f"data.{name} is set but data.pairs is not; give the training pairs file as well")
+            return
+        # the converted folder's qrels are named train, dev and test: BEIR split names mean nothing here
+        fixed = {"train_split": "train", "eval_split": "test"}
+        for name, value in fixed.items():
+            if getattr(self, name) != value:
+                raise ConfigError(f"data.{name} = {getattr(self, name)!r}, but with data.pairs the splits are train "
+                                  f"(data.pairs), dev (data.dev_pairs) and test (data.eval_pairs); leave data.{name} unset")
+        if self.dev_split not in ("auto", "carve", "dev") or (self.dev_split == "dev" and not self.dev_pairs):
+            raise ConfigError(f"data.dev_split = {self.dev_split!r} with data.pairs; use auto, carve, or dev with data.dev_pairs set")
+        for name in ("doc_id_column", "text_column", "query_column"):
+            if not getattr(self, name):
+                raise ConfigError(f"data.{name} is empty; name the column that holds it")
+        if not (self.positive_column or self.positive_id_column):
+            raise ConfigError("data.positive_column and data.positive_id_column are both empty; name at least one")
+
+    def files(self) -> dict[str, str]:
+        """The user data files that are set, by config key: pairs, corpus, dev_pairs, eval_pairs."""
+        return {k: v for k in ("pairs", "corpus", "dev_pairs", "eval_pairs") if (v := getattr(self, k))}
 
 
 # where the dataset is found, not what it holds: no stage's output depends on them
@@ -221,9 +262,33 @@ class SynthesizeConfig:
     min_length_ratio: float = 0.2  # a negative shorter than this x the positive's words is rejected
     max_length_ratio: float = 3.0  # ... longer than this x the positive's words (+50) is rejected
     near_duplicate: float = 0.8  # word-set Jaccard with the positive, the query or a kept negative
+    candidates_per_pair: int = 0  # k' negatives asked of the LLM, of which the k hardest that pass the judge are kept; 0 = negatives_per_pair + 2
+    judge: bool = True  # score every negative with encoder.model and flag false negatives, near copies, off-topic ones
+    # cos(negative, positive) above this = a near copy of the positive. all-MiniLM-L6-v2 on 1,500 SciFact
+    # abstracts: an abstract's nearest other abstract scores at most 0.89 (99th percentile 0.85), while two
+    # thirds of its own sentences, shuffled, score 0.93 at the median: distinct documents pass, copies do not
+    judge_max_positive_similarity: float = 0.9
+    reflect_rounds: int = 1  # follow-up turns asking the LLM to rewrite its flagged negatives, with the reasons; 0 = none
+    judge_actors: int = 1  # encoder actors of the judge (its own pool, beside the LLM's)
+    judge_cpus: float = 0.5  # logical CPUs (and threads, at least 1) per judge actor
+    style_reference: bool = False  # show the LLM the pair's first mined negative as a model of length and register
+
+    @property
+    def candidates(self) -> int:
+        """k': negatives asked of the LLM per pair (`candidates_per_pair`, or negatives_per_pair + 2)."""
+        return self.candidates_per_pair or self.negatives_per_pair + 2
 
     def __post_init__(self) -> None:
         _check_min("synthesize.max_pairs", self.max_pairs, 0)
+        _check_min("synthesize.candidates_per_pair", self.candidates_per_pair, 0)
+        if self.candidates_per_pair and self.candidates_per_pair < self.negatives_per_pair:
+            raise ConfigError(f"synthesize.candidates_per_pair = {self.candidates_per_pair} is below "
+                              f"synthesize.negatives_per_pair = {self.negatives_per_pair}; raise it, or 0 for "
+                              "negatives_per_pair + 2")
+        _check_range("synthesize.judge_max_positive_similarity", self.judge_max_positive_similarity, -1.0, 1.0)
+        _check_min("synthesize.reflect_rounds", self.reflect_rounds, 0)
+        _check_min("synthesize.judge_actors", self.judge_actors, 1)
+        _check_range("synthesize.judge_cpus", self.judge_cpus, 0.01, 1024.0)
         _check_min("synthesize.negatives_per_pair", self.negatives_per_pair, 1)
         _check_min("synthesize.max_new_tokens", self.max_new_tokens, 16)
         _check_range("synthesize.temperature", self.temperature, 0.0, 2.0)
@@ -250,7 +315,7 @@ class SynthesizeConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class MineConfig:
-    sources: tuple[str, ...] = ("dense", "bm25")  # combined round-robin in this order: dense, bm25, pyserini
+    sources: tuple[str, ...] = ("dense", "bm25")  # combined round-robin in this order: dense, bm25, pyserini, given (the user's own pairs' negatives)
     index: str = "flat"  # dense search: flat (exact) | ivf | hnsw (approximate, for large corpora)
     range_min: int = 0  # rank window start: skip this many top candidates (positives are not counted)
     range_max: int = 50  # rank window end: consider candidates ranked below this (positives not counted)
@@ -289,9 +354,9 @@ class MineConfig:
         _check_range("mine.relative_margin", self.relative_margin, 0.0, 1.0)
         _check_min("mine.absolute_margin", self.absolute_margin, 0.0)
         _check_min("mine.num_negatives", self.num_negatives, 1)
-        unknown = set(self.sources) - {"dense", "bm25", "pyserini"}
+        unknown = set(self.sources) - {"dense", "bm25", "pyserini", "given"}
         if unknown or not self.sources:
-            raise ConfigError(f"mine.sources = {list(self.sources)}; choose from dense, bm25, pyserini")
+            raise ConfigError(f"mine.sources = {list(self.sources)}; choose from dense, bm25, pyserini, given")
         if self.index not in ("flat", "ivf", "hnsw"):
             raise ConfigError(f"mine.index = {self.index!r}; choose flat, ivf or hnsw")
         if self.guard_scorer not in ("auto", "dense", "source"):
@@ -500,14 +565,15 @@ def with_absolute_paths(cfg: PipelineConfig) -> PipelineConfig:
         return path if not path or "://" in path else str(Path(path).expanduser().resolve())
 
     dataset = cfg.data.dataset
-    if Path(dataset).expanduser().exists():  # a dataset given as a folder, not a BEIR name
+    if not cfg.data.pairs and Path(dataset).expanduser().exists():  # a BEIR folder, not a name (with data.pairs: a label)
         dataset = absolute(dataset)
     # Unset folders are filled in too: their defaults ($SYNEG_DATA_DIR or ./datasets, $SYNEG_CACHE or
     # ~/.cache/syneg-ray) would otherwise be looked up again in the worker's directory and environment.
     return dataclasses.replace(
         cfg,
         run=dataclasses.replace(cfg.run, run_dir=absolute(cfg.run.run_dir), cache_dir=str(cache_root(cfg.run.cache_dir))),
-        data=dataclasses.replace(cfg.data, dataset=dataset, data_dir=str(data_root(cfg.data.data_dir))),
+        data=dataclasses.replace(cfg.data, dataset=dataset, data_dir=str(data_root(cfg.data.data_dir)),
+                                 **{k: absolute(v) for k, v in cfg.data.files().items()}),
     )
 
 

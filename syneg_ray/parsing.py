@@ -103,42 +103,102 @@ def _candidates(obj: dict[str, Any]) -> list[Any] | None:
     return out
 
 
-def validate(candidates: list[Any], query: str, positive: str, limits: Limits) -> tuple[list[str], list[str]]:
-    """Splits candidate negatives into (valid, reject reasons), in order, first duplicate wins."""
-    n_pos = len(positive.split())
-    low = limits.shortest(n_pos)
-    high = limits.max_ratio * n_pos + limits.slack_words
-    q_tokens = tokens(query)
-    q_words, p_words = set(q_tokens), words(positive)
-    q_phrase = f" {' '.join(q_tokens)} " if len(q_tokens) >= 5 else ""  # a short query is a topic, not a claim
-    valid: list[str] = []
-    kept_words: list[set[str]] = []
-    reasons: list[str] = []
-    for item in candidates:
+class _Checker:
+    """The per-candidate tests of one pair: length, near-duplicates of the positive, the query and kept negatives."""
+
+    def __init__(self, query: str, positive: str, limits: Limits) -> None:
+        n_pos = len(positive.split())
+        self.low, self.high = limits.shortest(n_pos), limits.max_ratio * n_pos + limits.slack_words
+        q_tokens = tokens(query)
+        self.q_words, self.p_words = set(q_tokens), words(positive)
+        self.q_phrase = f" {' '.join(q_tokens)} " if len(q_tokens) >= 5 else ""  # a short query is a topic, not a claim
+        self.near_duplicate = limits.near_duplicate
+        self.kept_words: list[set[str]] = []
+
+    def keep(self, text: str) -> None:
+        """Counts `text` as kept: later candidates that nearly repeat it are duplicates."""
+        self.kept_words.append(words(text))
+
+    def reason(self, item: Any) -> str:
+        """Why `item` is rejected, or "" when it is a valid negative."""
         text = item.strip() if isinstance(item, str) else ""
         n = len(text.split())
         t = tokens(text)
         w = set(t)
         if not text:
-            reasons.append(EMPTY)
-        elif n < low:
-            reasons.append(TOO_SHORT)
-        elif n > high:
-            reasons.append(TOO_LONG)
-        elif jaccard(w, p_words) >= limits.near_duplicate:
-            reasons.append(NEAR_DUP_POSITIVE)
-        elif jaccard(w, q_words) >= limits.near_duplicate:
-            reasons.append(NEAR_DUP_QUERY)
-        elif q_phrase and q_phrase in f" {' '.join(t)} ":
-            reasons.append(CONTAINS_QUERY)
-        elif any(jaccard(w, k) >= limits.near_duplicate for k in kept_words):
-            reasons.append(DUPLICATE)
+            return EMPTY
+        if n < self.low:
+            return TOO_SHORT
+        if n > self.high:
+            return TOO_LONG
+        if jaccard(w, self.p_words) >= self.near_duplicate:
+            return NEAR_DUP_POSITIVE
+        if jaccard(w, self.q_words) >= self.near_duplicate:
+            return NEAR_DUP_QUERY
+        if self.q_phrase and self.q_phrase in f" {' '.join(t)} ":
+            return CONTAINS_QUERY
+        if any(jaccard(w, k) >= self.near_duplicate for k in self.kept_words):
+            return DUPLICATE
+        return ""
+
+
+def validate(candidates: list[Any], query: str, positive: str, limits: Limits) -> tuple[list[str], list[str]]:
+    """Splits candidate negatives into (valid, reject reasons), in order, first duplicate wins."""
+    check = _Checker(query, positive, limits)
+    valid: list[str] = []
+    reasons: list[str] = []
+    for item in candidates:
+        reason = check.reason(item)
+        if reason:
+            reasons.append(reason)
         elif limits.max_negatives and len(valid) >= limits.max_negatives:
             continue  # surplus valid negatives are dropped silently: they are not rejects
         else:
-            valid.append(text)
-            kept_words.append(w)
+            valid.append(item.strip())
+            check.keep(item)
     return valid, reasons
+
+
+@dataclass
+class Rewrites:
+    """What one reflection answer yielded, aligned with the negatives it was asked to rewrite."""
+
+    texts: list[str]  # per asked negative: its valid rewrite, or "" when there is none
+    reasons: list[str]  # per asked negative: "" for a valid rewrite, else why it was rejected
+    reasoning: str = ""
+
+
+def parse_rewrites(text: str, n: int, query: str, positive: str, limits: Limits, others: tuple[str, ...] = ()) -> Rewrites:
+    """Parses a reflection answer: the i-th negative of its list rewrites the i-th flagged negative.
+
+    Args:
+        text: the raw model output.
+        n: negatives it was asked to rewrite.
+        query: the pair's query; positive: its positive document (the same tests as `parse`).
+        limits: thresholds (`max_negatives` is ignored: the count is `n`).
+        others: the pair's negatives that stay (a rewrite that nearly repeats one is a duplicate).
+
+    Returns:
+        `Rewrites` of length `n`; an answer that is not a JSON object with a list marks all `n`
+        `invalid_json` / `bad_schema`, a missing item `empty`.
+    """
+    obj = extract_object(text or "")
+    candidates = _candidates(obj) if obj is not None else None
+    if candidates is None:
+        return Rewrites([""] * n, [INVALID_JSON if obj is None else BAD_SCHEMA] * n)
+    reasoning = obj.get("reasoning", "")
+    reasoning = reasoning.strip() if isinstance(reasoning, str) else json.dumps(reasoning, ensure_ascii=False)
+    check = _Checker(query, positive, limits)
+    for other in others:
+        check.keep(other)
+    texts, reasons = [], []
+    for item in [*candidates[:n], *[""] * (n - len(candidates))]:
+        reason = check.reason(item)
+        texts.append("" if reason else item.strip())
+        reasons.append(reason)
+        if not reason:
+            check.keep(item)
+    return Rewrites(texts, reasons, reasoning)
 
 
 def parse(text: str, query: str, positive: str, limits: Limits | None = None) -> Parsed:

@@ -1,4 +1,4 @@
-"""`syneg run`: synthesize -> mine -> mix -> train -> evaluate into one run directory, then a report.
+"""`syneg run`: mine -> synthesize -> mix -> train -> evaluate into one run directory, then a report.
 
 A stage that finishes writes `<stage>/_COMPLETE.json` holding a fingerprint of the config sections
 it read and of the stages it read from. On the next run a stage whose fingerprint matches is
@@ -49,8 +49,10 @@ def _stages() -> list[Stage]:
         return run_train(cfg, replace_other_config=True)
 
     return [
-        Stage("synthesize", run_synthesize, ("data", "synthesize"), ()),
         Stage("mine", run_mine, ("data", "encoder", "mine"), ()),
+        # the judge scores with the encoder and the miner's guard margins, takes its off-topic floor
+        # from the mined scores and (synthesize.style_reference) a mined document as a model of style
+        Stage("synthesize", run_synthesize, ("data", "encoder", "mine", "synthesize"), ("mine",)),
         Stage("mix", run_mix, ("data", "mix"), ("synthesize", "mine")),
         Stage("train", train, ("data", "encoder", "train"), ("mix",)),
         Stage("evaluate", run_evaluate_pair, ("data", "encoder", "evaluate"), ("train",), ignored=()),
@@ -80,12 +82,20 @@ def read_marker(folder: Path) -> dict | None:
 
 
 def run_evaluate_pair(cfg: PipelineConfig) -> dict[str, dict[str, float]]:
-    """Scores the base encoder and the trained model on the eval split (the corpus embeddings of the base are cached)."""
+    """Scores the base encoder and the trained model on the eval split (the corpus embeddings of the base are cached).
+
+    Returns {} for user data without evaluation pairs (`data.eval_pairs` unset): there is nothing to score.
+    """
     from dataclasses import replace
 
     from syneg_ray import schema
+    from syneg_ray.dataset import prepare
     from syneg_ray.stages.evaluate import run_evaluate
 
+    split = cfg.evaluate.split or cfg.data.eval_split
+    if cfg.data.pairs and not (prepare(cfg).folder / "qrels" / f"{split}.tsv").is_file():
+        logger.info("evaluate: skipped, the data has no %s qrels (set data.eval_pairs to evaluate)", split)
+        return {}
     trained = str(Path(cfg.run.run_dir) / schema.MODEL)
     base = cfg.train.model or cfg.encoder.model
     return {

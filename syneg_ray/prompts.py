@@ -5,6 +5,10 @@ Definition], [Hard Negatives Definition], [Attributes Definition], [Format Defin
 and the positive travel as JSON-encoded data between markers, and the format rules come after
 them, so instructions hidden in corpus text ("ignore the instructions...") are quoted data, not
 the last word. The parser validates whatever comes back anyway.
+
+Two optional parts: a style reference (a real corpus document near the positive, to write like)
+inside the first request, and the reflection turn, which continues the same chat with the judge's
+reasons for each flagged negative and asks for rewrites in the same JSON schema.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import math
 from typing import Any
 
 # Bump whenever the wording or the output schema changes: it is part of every resume key.
-PROMPT_VERSION = "syneg-v2"  # v2: the vllm engine holds each negative open to the length floor
+PROMPT_VERSION = "syneg-v3"  # v3: optional style reference; judged negatives go back in a reflection turn
 MAX_POSITIVE_WORDS = 350  # the positive is cut to this many words inside the prompt
 TOKENS_PER_WORD = 1.5  # BPE tokens per word of English scientific prose (SmolLM2 and Qwen2.5 on SciFact: 1.50-1.52)
 # Characters that hold a word of English scientific prose, with margin: SciFact averages 6.9 with
@@ -45,9 +49,25 @@ A hard negative shares the topic, terms and style of the "positive_document", so
 
 [Attributes Definition]
 All the negative documents should be in the education level of {difficulty} to comprehend, and the length should be {length} the "positive_document" (about {words} words each).
-
+{style}
 [Format Definition]
 Answer with exactly one JSON object with two keys: "reasoning" (a string) and "negatives" (a list of {k} strings, each one complete document written by you). No text before or after it."""
+
+# A real document of the collection, shown so the negatives read like it (SyNeg's negatives were easy to
+# tell from corpus text by their register and length). It sits in the attributes section, as data.
+STYLE = """Write like this document of the same collection in length, register and structure; do not copy it or its facts:
+<data>
+{{"style_reference": {reference}}}
+</data>
+"""
+
+REFLECTION = """A judge scored your negatives with a retrieval model. These did not pass:
+
+<data>
+{flagged}
+</data>
+
+Rewrite each one listed above, in the order listed, following its reason: it must stay on the topic of the "user_query", read like the "positive_document", and NOT answer or support the query. Answer with exactly one JSON object with two keys: "reasoning" (a string: what went wrong and how the rewrites avoid it) and "negatives" (a list of {n} strings, the rewrites). No text before or after it."""
 
 
 def json_schema(k: int, min_chars: int = 0) -> dict[str, Any]:
@@ -70,7 +90,20 @@ def json_schema(k: int, min_chars: int = 0) -> dict[str, Any]:
     }
 
 
-def build_messages(query: str, positive: str, attributes: dict[str, str], k: int) -> list[dict[str, str]]:
+def _cut(text: str) -> str:
+    """`text` cut to MAX_POSITIVE_WORDS words, with any data end marker in it broken."""
+    tokens = text.split()
+    if len(tokens) > MAX_POSITIVE_WORDS:  # long documents cost prompt tokens on every call, not quality
+        text = " ".join(tokens[:MAX_POSITIVE_WORDS]) + " ..."
+    return text.replace("</data>", "</ data>")
+
+
+def _quoted(text: str) -> str:
+    """`text` cut and JSON-encoded: json.dumps escapes quotes and newlines, so it cannot close an object or a marker."""
+    return json.dumps(_cut(text), ensure_ascii=False)
+
+
+def build_messages(query: str, positive: str, attributes: dict[str, str], k: int, style: str = "") -> list[dict[str, str]]:
     """Chat messages asking for `k` hard negatives of one pair under one attribute draw.
 
     Args:
@@ -78,25 +111,42 @@ def build_messages(query: str, positive: str, attributes: dict[str, str], k: int
         positive: the positive document text.
         attributes: `domain`, `difficulty` and `length` (see `attributes.draw`).
         k: negatives to write.
+        style: a real corpus document near the positive (never a positive), shown as a model of length
+            and register; "" for none.
 
     Returns:
         `[system, user]` messages in the OpenAI chat format.
     """
-    tokens = positive.split()
-    words = max(20, min(250, len(tokens)))
-    if len(tokens) > MAX_POSITIVE_WORDS:  # long documents cost prompt tokens on every call, not quality
-        positive = " ".join(tokens[:MAX_POSITIVE_WORDS]) + " ..."
+    words = max(20, min(250, len(positive.split())))
     user = TEMPLATE.format(
         domain=attributes["domain"],
         # json.dumps escapes quotes and newlines, so the data cannot close the object or the marker
         query=json.dumps(query, ensure_ascii=False),
-        positive=json.dumps(positive.replace("</data>", "</ data>"), ensure_ascii=False),
+        positive=_quoted(positive),
         k=k,
         difficulty=attributes["difficulty"],
         length=attributes["length"],
         words=words,
+        style=STYLE.format(reference=_quoted(style)) if style else "",
     )
     return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": user}]
+
+
+def reflection_messages(messages: list[dict[str, str]], answer: str, flagged: list[tuple[str, str]]) -> list[dict[str, str]]:
+    """The follow-up turn of one chat: its messages, the LLM's answer, and a request to rewrite the flagged negatives.
+
+    Args:
+        messages: the chat so far (the messages that produced `answer`).
+        answer: the LLM's answer to them, as it wrote it.
+        flagged: (negative text, reason in words) per negative to rewrite, in the order the rewrites must come.
+
+    Returns:
+        `messages + [assistant answer, user request]`; the answer's schema is `json_schema(len(flagged))`.
+    """
+    listed = "\n".join(json.dumps({"negative": i + 1, "text": _cut(text), "reason": reason}, ensure_ascii=False)
+                       for i, (text, reason) in enumerate(flagged))
+    user = REFLECTION.format(flagged=listed, n=len(flagged))
+    return [*messages, {"role": "assistant", "content": answer}, {"role": "user", "content": user}]
 
 
 def negative_min_chars(shortest_words: float) -> int:
@@ -141,6 +191,6 @@ def pair_key(query_id: str, positive_id: str, prompt_version: str, model: str, s
     return hashlib.sha256("\x1f".join(fields).encode()).hexdigest()
 
 
-def attempt_seed(seed: int, attempt: int) -> int:
-    """The sampling seed of a retry: a new seed per attempt, the same on every rerun."""
-    return (seed + 1_000_003 * attempt) % (2**31)
+def attempt_seed(seed: int, attempt: int, round_: int = 0) -> int:
+    """The sampling seed of a retry (and of its reflection rounds): a new seed per attempt and round, the same on every rerun."""
+    return (seed + 1_000_003 * attempt + 7_919 * round_) % (2**31)

@@ -8,6 +8,7 @@ small hand-written file (tests do this) or run alone on a cluster.
       pairs/pairs.parquet               Pair rows (train queries minus the dev split)
       pairs/dev_qrels.json              the dev qrels: the dataset's dev split, or carved from train queries
       synthesize/negatives.parquet      SyntheticRow rows, one per pair (a folder of part files)
+      synthesize/rounds/                the judge's record: one row per pair, attempt and round (synthetic_store.ROUND_SCHEMA)
       mine/negatives.parquet            MinedRow rows, one per pair
       mix/instances.parquet             Instance rows
       train/model/                      sentence-transformers folder
@@ -59,7 +60,11 @@ class SyntheticRow(TypedDict):
     prompt_tokens: int
     output_tokens: int
     status: str  # "ok" | "failed"
-    reject_reasons: list[str]  # one entry per rejected candidate (e.g. "too_short", "invalid_json")
+    reject_reasons: list[str]  # one entry per rejected candidate (e.g. "too_short", "invalid_json", "false_negative")
+    # Added with the judge (prompt syneg-v3); older files read them as nulls.
+    negative_scores: list[float]  # per kept negative, cos(query, negative) under encoder.model; nan when not judged
+    positive_score: float  # cos(query, positive); nan when not judged
+    judge_rounds: int  # reflection rounds the pair went through (0 = its first answer was kept as judged)
 
 
 class MinedRow(TypedDict):

@@ -4,7 +4,9 @@ Each batch of finished rows becomes one part file written to a temporary folder 
 place (atomic on one filesystem), named by a hash of its keys, so a batch written twice replaces
 itself. Readers see only whole parts; a killed run leaves at most an ignored temporary file.
 Pairs that need a retry are logged the same way in a sibling `attempts/` folder, so a rerun
-continues their attempt count instead of starting over.
+continues their attempt count instead of starting over. With the judge on, every judged round of a
+pair (its first answer, then each reflection turn) is committed to `rounds/` before anything that
+follows from it, so a rerun goes on from the last committed round and never asks for it again.
 """
 
 from __future__ import annotations
@@ -36,11 +38,35 @@ ATTEMPT_SCHEMA = pa.schema(
 )
 
 
-# Settings that change what the LLM writes for a pair or what validation keeps of it. The others
-# (batch size, replicas, CPUs, retries, server address, rate limits) change how, not what.
+# One row per pair, attempt and round: the pair's negatives after that round was judged (what a
+# rerun resumes from) and the round's reflection record, one list entry per rewritten negative.
+_SCORES = pa.list_(pa.float32())
+ROUND_SCHEMA = pa.schema(
+    [("key", pa.string()), ("query_id", pa.string()), ("positive_id", pa.string()), ("domain", pa.string()),
+     ("difficulty", pa.string()), ("length", pa.string()), ("seed", pa.int64()), ("attempt", pa.int64()),
+     ("round", pa.int64()),  # 0 = the first answer; r >= 1 = the r-th reflection turn
+     ("chat", pa.string()),  # the JSON messages of this round's request
+     ("answer", pa.string()),  # the LLM's raw answer to them (the next turn quotes it)
+     ("reasoning", pa.string()),  # the first answer's reasoning
+     ("candidates", pa.list_(pa.string())), ("query_scores", _SCORES), ("positive_similarities", _SCORES),
+     ("verdicts", pa.list_(pa.string())), ("positive_score", pa.float32()), ("floor", pa.float32()),
+     ("prompt_tokens", pa.int64()), ("output_tokens", pa.int64()),  # over every attempt and round so far
+     ("reject_reasons", pa.list_(pa.string())),
+     ("rewritten", pa.list_(pa.int64())),  # which candidates this round rewrote (empty in round 0)
+     ("originals", pa.list_(pa.string())), ("reasons", pa.list_(pa.string())), ("rewrites", pa.list_(pa.string())),
+     ("rewrite_query_scores", _SCORES), ("rewrite_positive_similarities", _SCORES),
+     ("rewrite_verdicts", pa.list_(pa.string()))]  # a judge verdict, or the parse reason of a rejected rewrite
+)  # fmt: skip
+REFLECTION_FIELDS = ("originals", "reasons", "rewrites", "rewrite_query_scores", "rewrite_positive_similarities",
+                     "rewrite_verdicts")  # fmt: skip
+
+
+# Settings that change what the LLM writes for a pair or what validation and the judge keep of it.
+# The others (batch size, replicas, CPUs, retries, server address, rate limits) change how, not what.
 GENERATION_SETTINGS = (
     "engine", "negatives_per_pair", "max_new_tokens", "temperature", "top_p", "presence_penalty", "dtype",
     "max_model_len", "schema_min_length", "attribute_pools", "min_length_ratio", "max_length_ratio", "near_duplicate",
+    "candidates", "judge", "judge_max_positive_similarity", "reflect_rounds", "style_reference",
 )  # fmt: skip
 
 
@@ -53,22 +79,38 @@ def generation_fingerprint(s: SynthesizeConfig) -> str:
     return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def settings_fingerprint(cfg: PipelineConfig) -> str:
+    """`generation_fingerprint`, and with the judge on, the judge's settings outside the synthesize
+    section: the encoder that scores and the miner's guard margins it applies."""
+    own = generation_fingerprint(cfg.synthesize)
+    if not cfg.synthesize.judge:
+        return own
+    e, m = cfg.encoder, cfg.mine
+    judge = [e.model, e.query_prompt, e.document_prompt, e.max_seq_length, m.relative_margin, m.absolute_margin, m.max_score]
+    return own + hashlib.sha256(json.dumps(judge).encode()).hexdigest()[:8]
+
+
 def pair_key(cfg: PipelineConfig, query_id: str, positive_id: str) -> str:
     """The key under which this config's synthesis of one pair is stored: it names the prompt
-    version, the LLM, the pair's seed and the generation settings, so rows written under other
-    settings never pass for this config's (a rerun with new settings writes new rows; the old ones
-    stay, and count again if the settings come back)."""
+    version, the LLM, the pair's seed and the generation and judge settings, so rows written under
+    other settings never pass for this config's (a rerun with new settings writes new rows; the old
+    ones stay, and count again if the settings come back)."""
     seed = attributes.pair_seed(cfg.run.seed, query_id, positive_id)
     return prompts.pair_key(query_id, positive_id, prompts.PROMPT_VERSION, cfg.synthesize.model, seed,
-                            generation_fingerprint(cfg.synthesize))
+                            settings_fingerprint(cfg))
 
 
-def write_part(folder: Path, rows: list[dict], schema: pa.Schema) -> Path | None:
-    """Commits `rows` as one part file (tmp + rename); returns its path, or None for no rows."""
+def write_part(folder: Path, rows: list[dict], schema: pa.Schema, id_columns: tuple[str, ...] = ("key",)) -> Path | None:
+    """Commits `rows` as one part file (tmp + rename); returns its path, or None for no rows.
+
+    The file is named by the rows' `id_columns`: the same rows written again replace their part,
+    and rows of another identity (the same pairs in a later round) get a part of their own.
+    """
     if not rows:
         return None
     folder.mkdir(parents=True, exist_ok=True)
-    digest = hashlib.sha256("\n".join(sorted(r["key"] for r in rows)).encode()).hexdigest()[:20]
+    ids = sorted("\x1f".join(str(r[c]) for c in id_columns) for r in rows)
+    digest = hashlib.sha256("\n".join(ids).encode()).hexdigest()[:20]
     target = folder / f"part-{digest}.parquet"
     # the temporary file lives outside the part folder so dataset readers never list it
     tmp_dir = folder.parent / f".{folder.name}.tmp"
@@ -116,3 +158,30 @@ def latest_attempts(folder: Path) -> dict[str, dict]:
         if row["key"] not in latest or row["attempts"] > latest[row["key"]]["attempts"]:
             latest[row["key"]] = row
     return latest
+
+
+def latest_rounds(folder: Path) -> dict[str, dict]:
+    """key -> the pair's last committed round (highest attempt, then round): where a rerun goes on."""
+    latest: dict[str, dict] = {}
+    for row in read_parts(folder, ROUND_SCHEMA).to_pylist():
+        seen = latest.get(row["key"])
+        if seen is None or (row["attempt"], row["round"]) > (seen["attempt"], seen["round"]):
+            latest[row["key"]] = row
+    return latest
+
+
+def read_reflections(folder: Path) -> pa.Table:
+    """The reflection record: one row per (key, attempt, round, rewritten negative `index`) with its
+    `original` text, the `reason` the LLM was given, the `rewrite` ("" when the answer held no valid
+    one), its `query_score`, `positive_similarity` and `verdict` (a judge verdict or a parse reason)."""
+    table = read_parts(folder, ROUND_SCHEMA, ["key", "attempt", "round", "rewritten", *REFLECTION_FIELDS])
+    names = dict(zip(REFLECTION_FIELDS, ("original", "reason", "rewrite", "query_score", "positive_similarity", "verdict"),
+                     strict=True))
+    rows = [
+        {"key": r["key"], "attempt": r["attempt"], "round": r["round"], "index": index,
+         **{names[name]: r[name][i] for name in REFLECTION_FIELDS}}
+        for r in table.to_pylist() for i, index in enumerate(r["rewritten"] or [])
+    ]  # fmt: skip
+    fields = [ROUND_SCHEMA.field(n) for n in ("key", "attempt", "round")] + [pa.field("index", pa.int64())]
+    fields += [pa.field(names[n], ROUND_SCHEMA.field(n).type.value_type) for n in REFLECTION_FIELDS]
+    return pa.Table.from_pylist(rows, schema=pa.schema(fields))

@@ -1,7 +1,8 @@
 """What every LLM engine shares: the generation columns it adds and the row -> request helpers.
 
-An engine is a function `Dataset -> Dataset` that reads the `chat` column (JSON chat messages),
-`gen_seed` and `k`, and adds `generated_text`, `prompt_tokens` and `output_tokens` while keeping
+An engine is a function `Dataset -> Dataset` that reads the `chat` column (JSON chat messages, a
+multi-turn conversation in a reflection round), `gen_seed` and `k` (which may differ from row to
+row), and adds `generated_text`, `prompt_tokens` and `output_tokens` while keeping
 every input column. hf.py (`HFGenerator`) and openai.py (`chat_once`) also expose a direct
 (non-Ray) call; vllm.py has none: the benchmark builds `vllm.LLM` itself from `engine_kwargs`, and
 the one-off direct answer of a vllm run comes from `HFGenerator` (engines.complete).
@@ -25,7 +26,10 @@ WORK_SCHEMA = pa.schema(
      ("positive", pa.string()), ("domain", pa.string()), ("difficulty", pa.string()), ("length", pa.string()),
      ("seed", pa.int64()), ("gen_seed", pa.int64()), ("attempt", pa.int64()), ("k", pa.int64()), ("max_tokens", pa.int64()),
      ("chat", pa.string()),
-     ("prior_prompt_tokens", pa.int64()), ("prior_output_tokens", pa.int64()), ("prior_reasons", pa.list_(pa.string()))]
+     ("prior_prompt_tokens", pa.int64()), ("prior_output_tokens", pa.int64()), ("prior_reasons", pa.list_(pa.string())),
+     # the judge's: 0 = a first answer, r = the r-th reflection turn (`chat` then holds the whole
+     # conversation and `k` the negatives to rewrite); the pool it rewrites (JSON); the off-topic floor
+     ("round", pa.int64()), ("pool", pa.string()), ("floor", pa.float64())]
 )
 WORK_COLUMNS = tuple(WORK_SCHEMA.names)
 # ... and the columns it adds.
@@ -56,9 +60,10 @@ class SamplingSpec:
 
 
 def limits_of(cfg: SynthesizeConfig) -> parsing.Limits:
-    """Validation thresholds from the config: what the stage validates against and an engine may decode toward."""
+    """Validation thresholds from the config: what the stage validates against and an engine may decode toward.
+    A first answer keeps up to k' (`candidates`) valid negatives, among which the judge's selection keeps k."""
     return parsing.Limits(min_ratio=cfg.min_length_ratio, max_ratio=cfg.max_length_ratio,
-                          near_duplicate=cfg.near_duplicate, max_negatives=cfg.negatives_per_pair)
+                          near_duplicate=cfg.near_duplicate, max_negatives=cfg.candidates)
 
 
 def min_chars_of(row: dict[str, Any], cfg: SynthesizeConfig) -> int:

@@ -247,11 +247,17 @@ class HFGenerateUDF:
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         rows = batch.to_pylist()  # plain Python values: list columns stay lists, not numpy object arrays
-        k = int(rows[0]["k"])
-        lengths = [len(str(r["positive"]).split()) for r in rows]
-        gens = self.generator.generate([messages_of(r) for r in rows], k, self.spec, [int(r["gen_seed"]) for r in rows], lengths,
-                                       [int(r["max_tokens"]) for r in rows])
-        return pa.Table.from_pylist([with_generation(r, g) for r, g in zip(rows, gens, strict=True)], schema=OUTPUT_SCHEMA)
+        out: list[dict[str, Any]] = [{} for _ in rows]
+        # one generate per k: the scaffold writes k fields for every row of a call, and a reflection
+        # row asks for as many rewrites as it has flagged negatives
+        for k in sorted({int(r["k"]) for r in rows}):
+            group = [i for i, r in enumerate(rows) if int(r["k"]) == k]
+            part = [rows[i] for i in group]
+            gens = self.generator.generate([messages_of(r) for r in part], k, self.spec, [int(r["gen_seed"]) for r in part],
+                                           [len(str(r["positive"]).split()) for r in part], [int(r["max_tokens"]) for r in part])
+            for i, g in zip(group, gens, strict=True):
+                out[i] = with_generation(rows[i], g)
+        return pa.Table.from_pylist(out, schema=OUTPUT_SCHEMA)
 
 
 def threads_for(cfg: SynthesizeConfig) -> int:

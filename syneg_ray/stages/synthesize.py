@@ -1,15 +1,18 @@
-"""Synthesize stage: pairs -> prompts -> LLM engine (Ray Data) -> parsed, validated negatives.
+"""Synthesize stage: pairs -> prompts -> LLM engine -> judge (Ray Data) -> the k hardest negatives that pass.
 
-Glue only: prompts.py builds the messages, engines/ generate, parsing.py validates and
-synthetic_store.py commits each batch exactly once. A pair with no valid negative is retried with
-a new seed up to `synthesize.max_retries` times, then recorded as failed. Rerunning skips every
-finished key, so a killed run resumes where it stopped.
+Glue only: prompts.py builds the messages, engines/ generate, stages/judge.py parses and scores
+each answer on its own encoder actors (judging.py gives the verdicts), rounds.py decides what
+follows (a reflection turn for the flagged negatives, or the kept ones), and synthetic_store.py
+commits each batch exactly once: judged rounds first, then what follows from them. A pair left with
+no passing negative is retried with a new seed up to `synthesize.max_retries` times, then recorded
+as failed. Rerunning skips every finished key and goes on from every pair's last committed round.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import random
 import time
 from collections import Counter
@@ -19,16 +22,18 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from syneg_ray import attributes, engines, parsing, prompts, schema
+from syneg_ray import attributes, engines, judging, parsing, prompts, rounds, schema
 from syneg_ray import synthetic_store as store
 from syneg_ray.config import Engine, PipelineConfig, SynthesizeConfig
-from syneg_ray.engines.base import WORK_SCHEMA, limits_of
-from syneg_ray.errors import EngineError, SynegError
+from syneg_ray.engines.base import WORK_COLUMNS, WORK_SCHEMA, limits_of
+from syneg_ray.errors import DataError, EngineError, SynegError
+from syneg_ray.stages.judge import examine
 
 logger = logging.getLogger(__name__)
 
-ENGINE_ERROR = "engine_error"  # reject reason of a request the engine answered with an error
+ENGINE_ERROR = rounds.ENGINE_ERROR  # reject reason of a request the engine answered with an error
 POOLS_FILE = "attribute_pools.yaml"
+NO_CONTEXT = (math.nan, "")  # a pair's (off-topic floor, style reference) without mining output
 
 
 def finished_keys(rows: list[dict]) -> set[str]:
@@ -40,9 +45,13 @@ def finished_keys(rows: list[dict]) -> set[str]:
     return {r["key"] for r in rows if r["status"] == "ok" or any(x != ENGINE_ERROR for x in r["reject_reasons"])}
 
 
-def plan(pairs: list[dict], cfg: PipelineConfig, pools: attributes.Pools, done: set[str],
-         attempts: dict[str, dict]) -> tuple[list[dict], int]:
-    """Work rows for every unfinished pair (continuing logged attempts) and the count of finished pairs."""
+def plan(pairs: list[dict], cfg: PipelineConfig, pools: attributes.Pools, done: set[str], attempts: dict[str, dict],
+         context: dict[tuple[str, str], tuple[float, str]] | None = None) -> tuple[list[dict], int]:
+    """First-answer work rows for every unfinished pair (continuing logged attempts) and the count of finished pairs.
+
+    Args:
+        context: (query_id, positive_id) -> (off-topic floor, style reference text), from mining output.
+    """
     s = cfg.synthesize
     rows, finished = [], 0
     for pair in pairs:
@@ -52,36 +61,62 @@ def plan(pairs: list[dict], cfg: PipelineConfig, pools: attributes.Pools, done: 
             finished += 1
             continue
         draw = attributes.draw(pools, seed)
+        floor, style = (context or {}).get((pair["query_id"], pair["positive_id"]), NO_CONTEXT)
         prior = attempts.get(key, {"attempts": 0, "prompt_tokens": 0, "output_tokens": 0, "reject_reasons": []})
-        attempt = min(prior["attempts"], s.max_retries)
-        rows.append({
-            **pair, **draw, "key": key, "seed": seed, "attempt": attempt, "gen_seed": prompts.attempt_seed(seed, attempt),
-            "k": s.negatives_per_pair,
-            "max_tokens": prompts.answer_budget(s.max_new_tokens, s.negatives_per_pair, len(pair["positive"].split()), s.min_length_ratio),
-            "chat": json.dumps(prompts.build_messages(pair["query"], pair["positive"], draw, s.negatives_per_pair)),
-            "prior_prompt_tokens": prior["prompt_tokens"], "prior_output_tokens": prior["output_tokens"],
-            "prior_reasons": list(prior["reject_reasons"]),
-        })
+        chat = prompts.build_messages(pair["query"], pair["positive"], draw, s.candidates, style if s.style_reference else "")
+        base = {**pair, **draw, "key": key, "seed": seed, "chat": json.dumps(chat), "floor": floor if s.judge else math.nan}
+        rows.append(rounds.first_work(base, s, min(prior["attempts"], s.max_retries), prior))
     return rows, finished
 
 
-def finish(row: dict[str, Any], cfg: SynthesizeConfig, limits: parsing.Limits) -> tuple[dict, parsing.Parsed]:
-    """Parses one generated row into an output row (status ok, failed, or retry)."""
-    if row.get("engine_error"):
-        parsed = parsing.Parsed(reasons=[ENGINE_ERROR])
-    else:
-        parsed = parsing.parse(row["generated_text"], row["query"], row["positive"], limits)
-    attempts = int(row["attempt"]) + 1
-    status = "ok" if parsed.ok else ("failed" if attempts > cfg.max_retries else "retry")
-    out = {
-        "key": row["key"], "query_id": row["query_id"], "positive_id": row["positive_id"], "negatives": parsed.negatives,
-        "domain": row["domain"], "difficulty": row["difficulty"], "length": row["length"], "reasoning": parsed.reasoning,
-        "model": cfg.model, "engine": cfg.engine.value, "prompt_version": prompts.PROMPT_VERSION, "seed": int(row["seed"]),
-        "attempts": attempts, "prompt_tokens": int(row["prior_prompt_tokens"]) + int(row["prompt_tokens"]),
-        "output_tokens": int(row["prior_output_tokens"]) + int(row["output_tokens"]), "status": status,
-        "reject_reasons": [*list(row["prior_reasons"]), *parsed.reasons],
-    }
-    return out, parsed
+def follow(state: dict[str, Any], base: dict[str, Any], s: SynthesizeConfig) -> tuple[dict | None, rounds.Outcome | None]:
+    """What follows from a judged state: (the next work row or None, the pair's outcome or None).
+
+    A non-terminal state asks for a reflection turn; a terminal one gives the outcome, and a retry
+    outcome also the first work row of the next attempt.
+    """
+    if not rounds.terminal(state, s):
+        return rounds.reflection_work(base, state, s), None
+    result = rounds.outcome(state, s, s.model)
+    if result.retry:
+        return rounds.first_work(base, s, result.row["attempts"], result.row), result
+    return None, result
+
+
+def finish(row: dict[str, Any], cfg: SynthesizeConfig, limits: parsing.Limits) -> tuple[dict, dict]:
+    """The outcome row (status ok, failed or retry) of one unjudged first answer, and its state."""
+    (judged,) = examine([row], limits, judging.Rule(), None)
+    state = rounds.state_of(judged)
+    return rounds.outcome(state, cfg, cfg.model).row, state
+
+
+def commit(out: Path, states: list[dict], outcomes: list[rounds.Outcome]) -> None:
+    """Commits judged rounds, then the retries and finished pairs that follow from them (a kill in
+    between loses nothing: a rerun derives the same outcomes from the committed rounds)."""
+    store.write_part(out / "rounds", states, store.ROUND_SCHEMA, id_columns=("key", "attempt", "round"))
+    again = [o.row for o in outcomes if o.retry]
+    store.write_part(out / "attempts", [{k: r[k] for k in store.ATTEMPT_SCHEMA.names} for r in again], store.ATTEMPT_SCHEMA)
+    store.write_part(out / Path(schema.SYNTHETIC).name, [o.row for o in outcomes if not o.retry], store.SYNTHETIC_SCHEMA)
+
+
+def resume(work: list[dict], states: dict[str, dict], s: SynthesizeConfig, out: Path) -> list[dict]:
+    """The work rows with every pair that has a committed round of its current attempt carried on
+    from it; outcomes that follow from a committed round with no generation are committed here."""
+    carried, outcomes, resumed = [], [], 0
+    for row in work:
+        state = states.get(row["key"])
+        if state is None or int(state["attempt"]) != int(row["attempt"]):
+            carried.append(row)
+            continue
+        resumed += 1
+        again, result = follow(state, {name: row[name] for name in WORK_COLUMNS}, s)
+        carried += [again] if again else []
+        outcomes += [result] if result else []
+    commit(out, [], outcomes)
+    if resumed:
+        logger.info("synthesize: %d pairs go on from their last committed judge round (%d settled by it)",
+                    resumed, sum(not o.retry for o in outcomes))
+    return carried
 
 
 def resolve_pools(cfg: PipelineConfig, model: str, out_dir: Path) -> attributes.Pools:
@@ -128,40 +163,97 @@ def work_dataset(work: list[dict], batch_size: int):  # -> ray.data.Dataset
     return ray.data.from_arrow([table.slice(i, batch_size) for i in range(0, len(work), batch_size)])
 
 
-def run_round(work: list[dict], step: engines.EngineFn, cfg: SynthesizeConfig, out: Path, bar: Any,
-              totals: Counter) -> list[dict]:
-    """One pass of the engine over `work`; commits finished rows, logs retries; returns rows to retry."""
+def count(row: dict[str, Any], totals: Counter) -> None:
+    """Adds one judged generation to the invocation's counters."""
+    totals["generations"] += 1
+    totals["reflections"] += bool(row["round"])
+    totals["engine_errors"] += bool(row.get("engine_error"))
+    totals["output_tokens"] += int(row["output_tokens"])
+    if not row["round"]:
+        totals["invalid_json"] += parsing.INVALID_JSON in row["parse_reasons"]
+        totals.update(f"reject:{r}" for r in row["parse_reasons"] if r)
+    filled = [j for j, t in enumerate(row["candidates"]) if t]
+    totals["rewritten"] += len(filled) if row["round"] else 0
+    scored = [j for j in filled if not math.isnan(row["query_scores"][j])]
+    totals["judged"] += len(scored)
+    totals.update(f"flagged:{row['verdicts'][j]}" for j in scored if row["verdicts"][j] != judging.OK)
+
+
+def run_round(work: list[dict], step: engines.EngineFn, judge_step: engines.EngineFn | None, cfg: SynthesizeConfig,
+              out: Path, bar: Any, totals: Counter) -> list[dict]:
+    """One pass of the engine (and the judge) over `work`; commits what each batch settles; returns the next work."""
     limits = limits_of(cfg)
     ds = step(work_dataset(work, cfg.batch_size))
-    retry: list[dict] = []
-    by_key = {w["key"]: w for w in work}
+    if judge_step is not None:
+        ds = judge_step(ds)
+    following: list[dict] = []
     for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
-        finished, again = [], []
-        for row in batch.to_pylist():
-            result, parsed = finish(row, cfg, limits)
-            totals["generations"] += 1
-            totals["engine_errors"] += bool(row.get("engine_error"))
-            totals["invalid_json"] += parsing.INVALID_JSON in parsed.reasons
-            totals["output_tokens"] += int(row["output_tokens"])
-            totals.update(f"reject:{r}" for r in parsed.reasons)
-            (again if result["status"] == "retry" else finished).append(result)
-        store.write_part(out / "attempts", [{k: r[k] for k in store.ATTEMPT_SCHEMA.names} for r in again], store.ATTEMPT_SCHEMA)
-        store.write_part(out / Path(schema.SYNTHETIC).name, finished, store.SYNTHETIC_SCHEMA)
-        bar.update(len(finished))
-        for r in again:
-            retry.append({**by_key[r["key"]], "attempt": r["attempts"], "gen_seed": prompts.attempt_seed(r["seed"], r["attempts"]),
-                          "prior_prompt_tokens": r["prompt_tokens"], "prior_output_tokens": r["output_tokens"],
-                          "prior_reasons": r["reject_reasons"]})
+        rows = batch.to_pylist()
+        if judge_step is None:
+            rows = examine(rows, limits, judging.Rule(), None)
+        states, outcomes = [], []
+        for row in rows:
+            count(row, totals)
+            state = rounds.state_of(row)
+            if cfg.judge and (state["round"] or state["candidates"]):
+                states.append(state)
+            again, result = follow(state, {name: row[name] for name in WORK_COLUMNS}, cfg)
+            following += [again] if again else []
+            outcomes += [result] if result else []
+        commit(out, states, outcomes)
+        totals["kept"] += sum(o.kept for o in outcomes)
+        bar.update(sum(not o.retry for o in outcomes))
     if totals["generations"] and totals["engine_errors"] == totals["generations"]:
         raise EngineError(f"{cfg.engine.value} engine answered every request with an error; check the server log")
-    return retry
+    return following
+
+
+def mined_context(cfg: PipelineConfig, pairs: list[dict]) -> dict[tuple[str, str], tuple[float, str]]:
+    """(query_id, positive_id) -> (off-topic floor, style reference text) from `mine/negatives.parquet`.
+
+    The floor (judge on) is the pair's k-th dense mined score (`judging.mined_floor`); the style
+    reference (`synthesize.style_reference`) is the text of its first mined negative that is not a
+    positive, read with `dataset.texts_of` (only the documents named). No mining output: none of either.
+
+    Raises:
+        DataError: the mining output lacks a column; rerun `syneg mine`.
+    """
+    from syneg_ray.dataset import prepare, texts_of
+
+    s = cfg.synthesize
+    if not (s.judge or s.style_reference):
+        return {}
+    path = Path(cfg.run.run_dir) / schema.MINED
+    if not path.exists():
+        logger.info("synthesize: no mining output at %s, so no off-topic floor%s; run `syneg mine` first to have them",
+                    path, " and no style reference" if s.style_reference else "")
+        return {}
+    columns = ["query_id", "positive_id", "positive_ids", "negative_ids", "negative_scores", "source"]
+    try:
+        table = pq.read_table(path, columns=columns)
+    except (pa.ArrowInvalid, KeyError, OSError) as exc:
+        raise DataError.at(path, None, f"cannot read columns {columns} ({' '.join(str(exc).split())[:200]}); "
+                                       "rerun `syneg mine`") from None
+    wanted = {(p["query_id"], p["positive_id"]) for p in pairs}
+    floors, style_ids = {}, {}
+    for row in table.to_pylist():
+        pair = (row["query_id"], row["positive_id"])
+        if pair not in wanted:
+            continue
+        floors[pair] = judging.mined_floor(row["negative_scores"] or [], row["source"] or [], s.negatives_per_pair) if s.judge else math.nan
+        positives = set(row["positive_ids"] or ()) | {row["positive_id"]}
+        style_ids[pair] = next((d for d in row["negative_ids"] or () if d not in positives), "")
+    texts = texts_of(prepare(cfg), {d for d in style_ids.values() if d}) if s.style_reference else {}
+    return {pair: (floors[pair], texts.get(style_ids[pair], "")) for pair in floors}
 
 
 def run_synthesize(cfg: PipelineConfig) -> dict:
-    """Writes validated synthetic negatives for every train pair into `run_dir/synthesize/negatives.parquet`.
+    """Writes judged synthetic negatives for every train pair into `run_dir/synthesize/negatives.parquet`.
 
     Returns:
-        Summary: pairs, ok, failed, valid_rate, valid_json_rate, negatives, output_tokens, tokens_per_s, rejects.
+        Summary: pairs, ok, failed, valid_rate, valid_json_rate, negatives, generations, reflections,
+        judged, flagged (per verdict), rewritten, kept, output_tokens, seconds, tokens_per_s,
+        output_tokens_per_kept, seconds_per_kept, rejects.
 
     Raises:
         EngineError: the engine failed as a whole (model cannot load, server unreachable).
@@ -171,9 +263,11 @@ def run_synthesize(cfg: PipelineConfig) -> dict:
     from syneg_ray.dataset import ensure_pairs
     from syneg_ray.registry import resolve_model
     from syneg_ray.runtime import init_ray, stage_dir
+    from syneg_ray.stages import judge
 
     s = cfg.synthesize
     _, pairs_path = ensure_pairs(cfg)  # a bad dataset or split fails here, before Ray starts
+    judge_step = judge.build(cfg, limits_of(s)) if s.judge else None  # before Ray: an ONNX export runs apart from it
     init_ray(cfg)
     out = stage_dir(cfg, "synthesize")
     model = s.model if s.engine is Engine.OPENAI else resolve_model(s.model, cfg.run.cache_dir or None)
@@ -183,9 +277,11 @@ def run_synthesize(cfg: PipelineConfig) -> dict:
         pairs = pairs[: s.max_pairs]
     parts = Path(cfg.run.run_dir) / schema.SYNTHETIC
     done = finished_keys(store.read_synthetic(parts, ["key", "status", "reject_reasons"]).to_pylist())
-    work, finished = plan(pairs, cfg, pools, done, store.latest_attempts(out / "attempts"))
-    logger.info("synthesize: %d pairs, %d already done, %d to generate with %s %s (prompt %s)",
-                len(pairs), finished, len(work), s.engine.value, s.model, prompts.PROMPT_VERSION)
+    work, finished = plan(pairs, cfg, pools, done, store.latest_attempts(out / "attempts"), mined_context(cfg, pairs))
+    work = resume(work, store.latest_rounds(out / "rounds") if s.judge else {}, s, out)
+    logger.info("synthesize: %d pairs, %d already done, %d to generate with %s %s (prompt %s; judge %s, %d reflection rounds)",
+                len(pairs), finished, len(work), s.engine.value, s.model, prompts.PROMPT_VERSION,
+                cfg.encoder.model if s.judge else "off", s.reflect_rounds if s.judge else 0)
     totals: Counter = Counter()
     start = time.perf_counter()
     if work:
@@ -193,7 +289,7 @@ def run_synthesize(cfg: PipelineConfig) -> dict:
         with tqdm(total=len(pairs), initial=finished, desc="synthesize", unit="pair") as bar:
             while work:
                 try:
-                    work = run_round(work, step, s, out, bar, totals)
+                    work = run_round(work, step, judge_step, s, out, bar, totals)
                 except SynegError:
                     raise
                 except Exception as exc:  # Ray wraps engine crashes; say which engine and what to do
@@ -202,23 +298,37 @@ def run_synthesize(cfg: PipelineConfig) -> dict:
 
 
 def summarize(cfg: PipelineConfig, pairs: list[dict], parts: Path, totals: Counter, seconds: float) -> dict:
-    """Counts over the whole output (not just this invocation) and the one summary line."""
+    """Counts over the whole output (not just this invocation) and the one summary line.
+
+    The cost per kept negative: output tokens over the whole output (every attempt and round of
+    every pair, failed ones too) per negative kept, and this invocation's seconds per negative it kept.
+    """
     keys = {store.pair_key(cfg, p["query_id"], p["positive_id"]) for p in pairs}
-    table = store.read_synthetic(parts, ["key", "status", "negatives"])
+    table = store.read_synthetic(parts, ["key", "status", "negatives", "output_tokens"])
     rows = [r for r in table.to_pylist() if r["key"] in keys]
     ok = sum(r["status"] == "ok" for r in rows)
+    negatives = sum(len(r["negatives"]) for r in rows)
     gens = totals["generations"]
     summary = {
         "pairs": len(pairs), "ok": ok, "failed": len(rows) - ok, "valid_rate": ok / len(pairs) if pairs else 0.0,
-        "negatives": sum(len(r["negatives"]) for r in rows), "generations": gens,
+        "negatives": negatives, "generations": gens, "reflections": totals["reflections"],
         "valid_json_rate": (gens - totals["invalid_json"] - totals["engine_errors"]) / gens if gens else None,
+        "judged": totals["judged"],
+        "flagged": {k.split(":", 1)[1]: v for k, v in sorted(totals.items()) if k.startswith("flagged:")},
+        "rewritten": totals["rewritten"], "kept": totals["kept"],
         "output_tokens": totals["output_tokens"], "seconds": round(seconds, 1),
         "tokens_per_s": totals["output_tokens"] / seconds if seconds > 0 and gens else None,
+        "output_tokens_per_kept": sum(r["output_tokens"] for r in rows) / negatives if negatives else None,
+        "seconds_per_kept": seconds / totals["kept"] if totals["kept"] else None,
         "rejects": {k.split(":", 1)[1]: v for k, v in sorted(totals.items()) if k.startswith("reject:")},
         "output": str(parts),
-    }
+    }  # fmt: skip
     tps = f"{summary['tokens_per_s']:.1f} output tok/s" if summary["tokens_per_s"] else "nothing generated"
-    logger.info("synthesized %d pairs: %d ok (valid rate %.1f%%), %d failed, %d negatives; %s; rejects %s",
-                len(pairs), ok, 100 * summary["valid_rate"], summary["failed"], summary["negatives"], tps,
+    cost = (f"{summary['output_tokens_per_kept']:.0f} output tokens" if summary["output_tokens_per_kept"] else "n/a") + (
+        f", {summary['seconds_per_kept']:.1f} s" if summary["seconds_per_kept"] else "")
+    logger.info("synthesized %d pairs: %d ok (valid rate %.1f%%), %d failed, %d negatives; %s; judged %d, flagged %s, "
+                "%d reflection turns, %d rewritten, %d kept; per kept negative %s; rejects %s",
+                len(pairs), ok, 100 * summary["valid_rate"], summary["failed"], negatives, tps, summary["judged"],
+                summary["flagged"] or "none", summary["reflections"], summary["rewritten"], summary["kept"], cost,
                 summary["rejects"] or "none")
     return summary

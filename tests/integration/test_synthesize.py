@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -216,3 +217,67 @@ def test_readme_command_64_pairs(tmp_path, scifact) -> None:
     rows = store.read_synthetic(tmp_path / "run" / schema.SYNTHETIC).to_pylist()
     assert len(rows) == 64
     assert sum(r["status"] == "ok" for r in rows) >= 0.9 * 64
+
+
+# The judge flags every scored negative as a near copy (cos to the positive > -1), so each pair's
+# negatives go back to the LLM: the point is that a flagged negative is rewritten and recorded.
+FLAG_ALL = ["synthesize.judge_max_positive_similarity=-1", "synthesize.reflect_rounds=1", "synthesize.candidates_per_pair=1",
+            "synthesize.max_retries=0", "synthesize.judge_cpus=0.5"]
+
+
+def test_flagged_negatives_are_rewritten_and_recorded(tmp_path, scifact_small, ray_local) -> None:
+    from syneg_ray.stages.synthesize import run_synthesize
+
+    cfg = config(tmp_path, scifact_small, 2, *FLAG_ALL)
+    summary = run_synthesize(cfg)
+    assert summary["reflections"] >= 1 and summary["judged"] >= summary["reflections"]
+    assert summary["flagged"].get("near_copy", 0) == summary["judged"]  # every scored negative was flagged
+    reflections = store.read_reflections(tmp_path / "run" / "synthesize" / "rounds").to_pylist()
+    assert len(reflections) == summary["reflections"] and {r["round"] for r in reflections} == {1}
+    for r in reflections:
+        assert r["original"] and "nearly copies the positive" in r["reason"]
+        assert (r["rewrite"] == "") == (r["verdict"] != "near_copy")  # a valid rewrite is judged again
+    # recorded and judged again; SmolLM2-135M often writes its flagged text out again word for word
+    assert any(r["rewrite"] and r["verdict"] == "near_copy" for r in reflections), "no valid rewrite; adjust the test sizes"
+    rounds_rows = store.read_parts(tmp_path / "run" / "synthesize" / "rounds", store.ROUND_SCHEMA).to_pylist()
+    turn = next(r for r in rounds_rows if r["round"] == 1)
+    assert [m["role"] for m in json.loads(turn["chat"])] == ["system", "user", "assistant", "user"]  # one chat, a follow-up turn
+    # nothing passes the judge: with no retry left, the pairs are failed with the verdict as the reason
+    out = rows_of(tmp_path / "run")
+    assert all(r["status"] == "failed" and "near_copy" in r["reject_reasons"] and r["judge_rounds"] == 1 for r in out
+               if r["key"] in {x["key"] for x in reflections})
+    assert summary["output_tokens_per_kept"] is None and summary["kept"] == 0
+
+
+@pytest.mark.slow  # two runs of the stage: 6 min on 2 cores shared with other jobs
+def test_a_rerun_after_a_kill_does_not_regenerate_committed_rounds(tmp_path, scifact_small, ray_local, monkeypatch) -> None:
+    """The run stops after the first answers were judged and committed, before their reflection
+    turns (as a SIGKILL between two engine passes would); the rerun asks only for the reflection turns."""
+    from syneg_ray.stages import synthesize as stage
+
+    cfg = config(tmp_path, scifact_small, 2, *FLAG_ALL)
+    real = stage.run_round
+    passes = []
+
+    def killed_after_one_pass(*args, **kwargs):
+        if passes:
+            raise KeyboardInterrupt  # the second pass (the reflection turns) never starts
+        passes.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(stage, "run_round", killed_after_one_pass)
+    with pytest.raises(KeyboardInterrupt):
+        stage.run_synthesize(cfg)
+    folder = tmp_path / "run" / "synthesize" / "rounds"
+    before = {p.name: p.read_bytes() for p in folder.glob("part-*.parquet")}
+    first = store.read_parts(folder, store.ROUND_SCHEMA).to_pylist()
+    assert first and {r["round"] for r in first} == {0} and not rows_of(tmp_path / "run")
+
+    monkeypatch.setattr(stage, "run_round", real)
+    summary = stage.run_synthesize(cfg)
+    assert summary["generations"] == summary["reflections"] == len(first)  # no first answer asked again
+    assert all((folder / name).read_bytes() == data for name, data in before.items())  # committed rounds untouched
+    rows = store.read_parts(folder, store.ROUND_SCHEMA).to_pylist()
+    ids = [(r["key"], r["attempt"], r["round"]) for r in rows]
+    assert len(ids) == len(set(ids)) == 2 * len(first)  # each round once
+    assert len(rows_of(tmp_path / "run")) == 2

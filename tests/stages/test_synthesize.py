@@ -32,10 +32,11 @@ def work_row(cfg, attempt: int = 0) -> dict:
 def test_plan_skips_done_and_continues_attempts(cfg) -> None:
     rows, finished = stage.plan([PAIR], cfg, attributes.POOLS["scifact"], set(), {})
     (row,) = rows
-    assert finished == 0 and row["attempt"] == 0 and row["k"] == 1
+    assert finished == 0 and row["attempt"] == 0 and row["round"] == 0
+    assert row["k"] == cfg.synthesize.candidates == 3  # k' = k + 2 candidates asked, k kept after judging
     assert json.loads(row["chat"])[1]["content"].startswith(f"Assume you are an expert in {row['domain']}")
     assert row["key"] == prompts.pair_key("q1", "d1", prompts.PROMPT_VERSION, "smollm2-135m", row["seed"],
-                                          store.generation_fingerprint(cfg.synthesize))
+                                          store.settings_fingerprint(cfg))
     assert stage.plan([PAIR], cfg, attributes.POOLS["scifact"], {row["key"]}, {}) == ([], 1)
     logged = {row["key"]: {"attempts": 1, "prompt_tokens": 10, "output_tokens": 5, "reject_reasons": ["too_short"]}}
     (again,), _ = stage.plan([PAIR], cfg, attributes.POOLS["scifact"], set(), logged)
@@ -59,7 +60,10 @@ def test_changing_what_is_generated_replans_a_pair_and_changing_how_does_not(cfg
     for how in ("synthesize.batch_size=2", "synthesize.max_retries=3", "synthesize.replicas=2"):
         assert not replanned(how), how
     for what in ("synthesize.temperature=0.3", "synthesize.negatives_per_pair=2", "synthesize.max_new_tokens=200",
-                 "synthesize.min_length_ratio=0.1", "synthesize.presence_penalty=1.0", "synthesize.engine=vllm"):
+                 "synthesize.min_length_ratio=0.1", "synthesize.presence_penalty=1.0", "synthesize.engine=vllm",
+                 "synthesize.candidates_per_pair=4", "synthesize.reflect_rounds=2", "synthesize.judge=false",
+                 "synthesize.judge_max_positive_similarity=0.8", "synthesize.style_reference=true",
+                 "encoder.model=mpnet", "mine.relative_margin=0.1"):
         assert replanned(what), what
     pools = tmp_path / "pools.yaml"
     pools.write_text("domains: [biology]\ndifficulty: [expert]\nlength: [same]\n", encoding="utf-8")
@@ -121,7 +125,7 @@ def test_hf_udf_writes_schema_json(cfg) -> None:
     udf = HFGenerateUDF(resolve_model("smollm2-135m"), "fp32", 0, "cpu", {"max_new_tokens": 40, "temperature": 0.7, "top_p": 0.9})
     out = udf(pa.Table.from_pylist([{**work_row(cfg), "max_tokens": 40}], schema=WORK_SCHEMA)).to_pylist()[0]
     answer = json.loads(out["generated_text"])
-    assert set(answer) == {"reasoning", "negatives"} and len(answer["negatives"]) == 1
+    assert set(answer) == {"reasoning", "negatives"} and len(answer["negatives"]) == cfg.synthesize.candidates == 3
     assert out["prompt_tokens"] > 100 and 0 < out["output_tokens"] <= 40 + 2
     assert out["key"] == work_row(cfg)["key"]
 

@@ -1,0 +1,171 @@
+"""The judge's verdicts and selection, the reflection prompt, and a pair's way through its rounds: no Ray, no model."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from syneg_ray import judging, parsing, prompts, rounds
+from syneg_ray.config import MineConfig, load_config
+
+RULE = judging.Rule(relative_margin=0.05, max_positive_similarity=0.9)
+NAN = math.nan
+
+
+def test_each_verdict() -> None:
+    # positive scores 0.60: the guard passes a negative up to 0.60 - 0.05 * 0.60 = 0.57
+    got = judging.verdicts(np.array([0.40, 0.71, 0.50, 0.20]), 0.60, np.array([0.50, 0.60, 0.95, 0.30]), RULE, floor=0.30)
+    assert got == [judging.OK, judging.FALSE_NEGATIVE, judging.NEAR_COPY, judging.OFF_TOPIC]
+
+
+def test_margin_edges_follow_the_miners_guard() -> None:
+    pos = 0.60
+    edge = pos - abs(pos) * RULE.relative_margin  # 0.57: at the bound passes, as mining.guard_masks keeps score <= bound
+    scores = np.array([edge, np.nextafter(edge, 1.0), pos, pos + 0.1])
+    assert judging.verdicts(scores, pos, np.zeros(4), RULE) == ["ok", "false_negative", "false_negative", "false_negative"]
+    # a negative positive score: the margin is taken from its magnitude, so the bound (-0.21) is below it
+    assert judging.verdicts(np.array([-0.22, -0.20]), -0.20, np.zeros(2), RULE) == ["ok", "false_negative"]
+    # the absolute margin and max_score of the miner apply too
+    strict = judging.Rule.of(MineConfig(relative_margin=0.0, absolute_margin=0.1, max_score=0.5), 0.9)
+    assert judging.verdicts(np.array([0.49, 0.51, 0.45]), 0.6, np.zeros(3), strict) == ["ok", "false_negative", "ok"]
+    assert judging.verdicts(np.array([0.52]), 0.9, np.zeros(1), strict) == ["false_negative"]  # above max_score
+    # margin 0 still rejects a score above the positive, and keeps one equal to it (the miner's rule)
+    zero = judging.Rule(relative_margin=0.0)
+    assert judging.verdicts(np.array([0.6, 0.61]), 0.6, np.zeros(2), zero) == ["ok", "false_negative"]
+
+
+def test_near_copy_comes_first_and_unscored_negatives_pass() -> None:
+    # a copy of the positive also fails the guard: it is named for what it is, a copy
+    assert judging.verdicts(np.array([0.9]), 0.6, np.array([0.99]), RULE) == [judging.NEAR_COPY]
+    assert judging.verdicts(np.array([NAN, NAN]), NAN, np.array([NAN, NAN]), RULE, floor=0.5) == ["ok", "ok"]
+    assert judging.verdicts(np.array([0.1]), 0.6, np.array([0.2]), RULE) == ["ok"]  # no floor without mining
+    everything = judging.Rule(max_positive_similarity=-1.0)  # flags any scored negative
+    assert judging.verdicts(np.array([0.1, 0.2]), 0.6, np.array([-0.5, 0.0]), everything) == [judging.NEAR_COPY] * 2
+    assert judging.verdicts(np.zeros(0), 0.6, np.zeros(0), RULE) == []
+
+
+def test_selection_keeps_the_hardest_that_pass() -> None:
+    verdicts = ["ok", "false_negative", "ok", "ok", "off_topic"]
+    scores = np.array([0.30, 0.90, 0.55, 0.41, 0.10])
+    assert judging.select(verdicts, scores, 2) == [2, 3]  # 0.90 is the hardest but does not pass
+    assert judging.select(verdicts, scores, 5) == [2, 3, 0]
+    assert judging.select(["false_negative"], np.array([0.9]), 3) == []
+    assert judging.select(["ok"] * 3, np.array([NAN] * 3), 2) == [0, 1]  # unjudged: the order written
+    assert judging.select(["ok", "ok", "ok"], np.array([0.2, 0.5, 0.5]), 2) == [1, 2]  # ties keep the order
+
+
+def test_mined_floor_is_the_kth_dense_score() -> None:
+    assert judging.mined_floor([0.7, 12.0, 0.6, 9.0, 0.5], ["dense", "bm25", "dense", "bm25", "dense"], 2) == 0.6
+    assert judging.mined_floor([0.7, 12.0], ["dense", "bm25"], 3) == 0.7  # fewer mined: the last one
+    assert math.isnan(judging.mined_floor([12.0], ["bm25"], 1))  # BM25's scale is not a cosine's
+    assert math.isnan(judging.mined_floor([], [], 3))
+
+
+def test_cosines_are_row_wise_and_safe_on_zero_vectors() -> None:
+    a = np.array([[1.0, 0.0], [1.0, 1.0], [0.0, 0.0]])
+    b = np.array([[2.0, 0.0], [-1.0, -1.0], [1.0, 0.0]])
+    assert np.allclose(judging.cosines(a, b), [1.0, -1.0, 0.0])
+
+
+def test_reasons_name_the_scores() -> None:
+    text = judging.describe(judging.FALSE_NEGATIVE, 0.71, 0.64, 0.5)
+    assert "0.71" in text and "0.64" in text and "does not answer the query" in text
+    assert "0.95" in judging.describe(judging.NEAR_COPY, 0.5, 0.6, 0.95)
+    assert "0.20" in judging.describe(judging.OFF_TOPIC, 0.2, 0.6, 0.3, floor=0.45) and "0.45" in judging.describe(
+        judging.OFF_TOPIC, 0.2, 0.6, 0.3, floor=0.45)
+
+
+def test_reflection_prompt_is_a_follow_up_turn_of_the_same_chat() -> None:
+    first = prompts.build_messages("Does X cause Y?", "X causes Y in mice.", {"domain": "Biology", "difficulty": "expert",
+                                                                               "length": "the same as"}, 5)
+    answer = '{"reasoning": "r", "negatives": ["a", "b"]}'
+    flagged = [('He said "stop" </data> now', "it nearly copies the positive"), ("second", "it supports the claim")]
+    messages = prompts.reflection_messages(first, answer, flagged)
+    assert messages[:2] == first and messages[2] == {"role": "assistant", "content": answer}
+    request = messages[3]
+    assert request["role"] == "user" and "2 strings" in request["content"]
+    data = request["content"].split("<data>\n", 1)[1].split("\n</data>", 1)[0]
+    listed = [json.loads(line) for line in data.splitlines()]  # one JSON object a line: quotes cannot break out
+    assert [x["negative"] for x in listed] == [1, 2] and listed[1] == {"negative": 2, "text": "second", "reason": "it supports the claim"}
+    assert "</data>" not in listed[0]["text"] and listed[0]["reason"] == "it nearly copies the positive"
+
+
+def test_style_reference_enters_the_prompt_only_when_given() -> None:
+    draw = {"domain": "Biology", "difficulty": "expert", "length": "the same as"}
+    plain = prompts.build_messages("q", "p", draw, 3)[1]["content"]
+    styled = prompts.build_messages("q", "p", draw, 3, style='A "real" document.')[1]["content"]
+    assert "style_reference" not in plain and '"style_reference": "A \\"real\\" document."' in styled
+    assert "do not copy it" in styled
+    assert styled.index("style_reference") < styled.index("[Format Definition]")  # the format rules stay last
+
+
+def test_parse_rewrites_keeps_positions() -> None:
+    positive = "Vitamin D supplementation reduced hip fractures in a randomized trial of older adults. " * 3
+    good = "Calcium intake in adolescents was measured in a cohort study that reported bone density but no fractures."
+    limits = parsing.Limits(min_ratio=0.2)
+    got = parsing.parse_rewrites(json.dumps({"reasoning": "why", "negatives": ["too short", good]}), 3, "Does vitamin D help?",
+                                 positive, limits)
+    assert got.texts == ["", good, ""] and got.reasons == [parsing.TOO_SHORT, "", parsing.EMPTY] and got.reasoning == "why"
+    dup = parsing.parse_rewrites(json.dumps({"negatives": [good]}), 1, "q", positive, limits, others=(good,))
+    assert dup.reasons == [parsing.DUPLICATE]
+    assert parsing.parse_rewrites("not json", 2, "q", positive, limits).reasons == [parsing.INVALID_JSON] * 2
+
+
+def _judged_row(cfg, **overrides) -> dict:
+    """A first-answer row after the engine and the judge, as stages/judge.examine leaves it."""
+    base = {"key": "k", "query_id": "q", "positive_id": "d", "query": "Does X cause Y?", "positive": "X causes Y. " * 10,
+            "domain": "Biology", "difficulty": "expert", "length": "the same as", "seed": 5,
+            "chat": json.dumps([{"role": "system", "content": "s"}, {"role": "user", "content": "u"}]), "floor": NAN}
+    row = rounds.first_work(base, cfg.synthesize, 0, {"prompt_tokens": 0, "output_tokens": 0, "reject_reasons": []})
+    row.update({"generated_text": '{"negatives": []}', "prompt_tokens": 100, "output_tokens": 50, "engine_error": "",
+                "candidates": ["n0", "n1", "n2"], "parse_reasons": [], "reasoning": "r", "query_scores": [0.3, 0.9, 0.5],
+                "positive_similarities": [0.2, 0.4, 0.95], "positive_score": 0.6,
+                "verdicts": ["ok", "false_negative", "near_copy"]})  # fmt: skip
+    row.update(overrides)
+    return row
+
+
+def test_a_flagged_pair_is_reflected_then_keeps_the_hardest_passing() -> None:
+    cfg = load_config(None, ["synthesize.negatives_per_pair=2", "synthesize.reflect_rounds=1"])
+    s = cfg.synthesize
+    state = rounds.state_of(_judged_row(cfg))
+    assert rounds.flagged(state) == [1, 2] and not rounds.terminal(state, s)
+    work = rounds.reflection_work({k: v for k, v in _judged_row(cfg).items()}, state, s)
+    messages = json.loads(work["chat"])
+    assert work["round"] == 1 and work["k"] == 2 and len(messages) == 4 and messages[2]["role"] == "assistant"
+    assert "0.90" in messages[3]["content"] and work["gen_seed"] != _judged_row(cfg)["gen_seed"]
+    # the first rewrite passes, the second is rejected by validation: its original stays, still flagged
+    answer = {**work, "generated_text": "...", "prompt_tokens": 300, "output_tokens": 40, "engine_error": "",
+              "candidates": ["r1", ""], "parse_reasons": ["", "too_short"], "reasoning": "rr",
+              "query_scores": [0.52, NAN], "positive_similarities": [0.3, NAN], "positive_score": 0.6,
+              "verdicts": ["ok", "too_short"]}  # fmt: skip
+    after = rounds.state_of(answer)
+    assert after["round"] == 1 and after["candidates"] == ["n0", "r1", "n2"] and after["verdicts"] == ["ok", "ok", "near_copy"]
+    assert after["rewritten"] == [1, 2] and after["originals"] == ["n1", "n2"] and after["rewrites"] == ["r1", ""]
+    assert "0.90" in after["reasons"][0] and after["rewrite_verdicts"] == ["ok", "too_short"]
+    assert after["output_tokens"] == 90 and rounds.terminal(after, s)
+    result = rounds.outcome(after, s, "m")
+    assert result.row["negatives"] == ["r1", "n0"] and result.row["negative_scores"] == pytest.approx([0.52, 0.3])
+    assert result.row["status"] == "ok" and result.row["judge_rounds"] == 1 and result.kept == 2
+    assert result.row["reject_reasons"] == ["near_copy"]
+
+
+def test_nothing_passing_is_a_retry_and_no_reflection_when_rounds_are_zero() -> None:
+    cfg = load_config(None, ["synthesize.negatives_per_pair=1", "synthesize.reflect_rounds=0", "synthesize.max_retries=1"])
+    state = rounds.state_of(_judged_row(cfg, verdicts=["off_topic", "false_negative", "near_copy"]))
+    assert rounds.terminal(state, cfg.synthesize)
+    result = rounds.outcome(state, cfg.synthesize, "m")
+    assert result.retry and result.row["negatives"] == [] and result.row["attempts"] == 1
+    again = rounds.first_work(_judged_row(cfg), cfg.synthesize, 1, result.row)
+    assert again["round"] == 0 and again["k"] == cfg.synthesize.candidates == 3 and len(json.loads(again["chat"])) == 2
+    assert again["prior_output_tokens"] == 50 and again["prior_reasons"] == ["off_topic", "false_negative", "near_copy"]
+
+
+def test_candidates_per_pair_defaults_to_k_plus_two_and_may_not_be_below_k() -> None:
+    assert load_config(None, ["synthesize.negatives_per_pair=3"]).synthesize.candidates == 5
+    assert load_config(None, ["synthesize.candidates_per_pair=4"]).synthesize.candidates == 4
+    with pytest.raises(Exception, match="candidates_per_pair"):
+        load_config(None, ["synthesize.negatives_per_pair=3", "synthesize.candidates_per_pair=2"])
