@@ -35,6 +35,8 @@ class Prepared:
     folder: Path
     corpus_parquet: Path
     fingerprint: str  # sha256 prefix of corpus.jsonl
+    # user data (data.pairs) whose pairs gave negatives: {query_id, positive_id, negative_ids} rows, else None
+    given_negatives: Path | None = None
 
     @property
     def n_docs(self) -> int:
@@ -66,15 +68,29 @@ _DIGESTS: dict[tuple[str, int, int], str] = {}
 
 
 def prepare(cfg: PipelineConfig) -> Prepared:
-    """Resolves `data.dataset` and makes sure its validated Parquet corpus is in the cache."""
-    folder = beir.resolve_dataset(cfg.data.dataset, cfg.data.data_dir, cfg.data.download)
+    """Resolves the data and makes sure its validated Parquet corpus is in the cache.
+
+    The data is `data.dataset` (a BEIR folder or name), or, when `data.pairs` is set, the user's
+    files, converted once into a BEIR folder in the cache (`userdata.convert`).
+
+    Raises:
+        DataError: the data is missing or malformed (the message names file, line or row, and the fix).
+    """
+    given_negatives = None
+    if cfg.data.pairs:
+        from syneg_ray import userdata  # imported here: it reads this module's file_digest
+
+        converted = userdata.convert(cfg.data, default_cache_dir(cfg))
+        folder, given_negatives = converted.folder, converted.given_negatives
+    else:
+        folder = beir.resolve_dataset(cfg.data.dataset, cfg.data.data_dir, cfg.data.download)
     fingerprint = file_digest(folder / "corpus.jsonl")[:16]
     # "-g": the row-grouped layout; a cache written before it (one row group) is rewritten once
     target = default_cache_dir(cfg) / "corpus" / f"{fingerprint}-g{CORPUS_ROW_GROUP}.parquet"
     if not target.is_file():
         n = write_corpus_parquet(folder / "corpus.jsonl", target)
         logger.info("corpus: %s documents validated and cached as %s", f"{n:,}", target)
-    return Prepared(folder=folder, corpus_parquet=target, fingerprint=fingerprint)
+    return Prepared(folder=folder, corpus_parquet=target, fingerprint=fingerprint, given_negatives=given_negatives)
 
 
 CORPUS_ROW_GROUP = 2048  # documents per Parquet row group: the unit an encoder or BM25 actor reads
@@ -188,6 +204,8 @@ def dev_split_name(cfg: PipelineConfig, folder: Path) -> str:
 
 def configured_dev_split(cfg: PipelineConfig) -> str:
     """`dev_split_name` for a dataset that may not be on disk yet (no download): "" (the carve) when it is not."""
+    if cfg.data.pairs:  # user data: its dev split is data.dev_pairs, converted to qrels/dev.tsv
+        return "dev" if cfg.data.dev_pairs and cfg.data.dev_split != "carve" else ""
     try:
         folder = beir.resolve_dataset(cfg.data.dataset, cfg.data.data_dir, download=False)
     except DataError:

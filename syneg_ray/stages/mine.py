@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 from syneg_ray import beir, mining, schema
 from syneg_ray.config import PipelineConfig
 from syneg_ray.dataset import Prepared, ensure_pairs, rows_of, scan_corpus
+from syneg_ray.errors import DataError
 from syneg_ray.runtime import write_parquet_atomic
 from syneg_ray.stages.sharded_search import bm25_search, index_spec
 
@@ -222,6 +223,37 @@ def pyserini_candidates(cfg: PipelineConfig, inputs: MineInputs) -> tuple[Source
     return Source(mining.Candidates("pyserini", scores, indices, _reference(pos_scores)), pos_scores), pos_scores
 
 
+TRUSTED = 1e30  # the guard's reference for given negatives not judged by the encoder (finite: inf - inf * margin is nan)
+
+
+def given_candidates(cfg: PipelineConfig, inputs: MineInputs, prepared: Prepared) -> tuple[Source, list[np.ndarray]]:
+    """The negatives the user's own pairs came with (`data.negatives_column`), as one more source.
+
+    Each query's row holds the given negatives of all its pairs, in the order given (scored by
+    descending rank, so the window counts them in that order). They carry no retrieval score: with
+    `mine.guard_scorer` dense (the default when dense is a source) the encoder judges them like any
+    hit; otherwise they are taken as given (the reference is TRUSTED, which every score passes).
+    """
+    if prepared.given_negatives is None:
+        raise DataError.at(prepared.folder, None, "mine.sources names `given`, but the data has no given negatives; set "
+                                                  "data.negatives_column to the pairs' negatives column, or drop `given`")  # fmt: skip
+    table = pq.read_table(prepared.given_negatives, columns=["query_id", "negative_ids"])
+    qpos = {q: i for i, q in enumerate(inputs.query_ids)}
+    per_query: list[list[str]] = [[] for _ in inputs.query_ids]
+    for q, negatives in zip(table.column("query_id").to_pylist(), table.column("negative_ids").to_pylist(), strict=True):
+        if q in qpos:
+            per_query[qpos[q]] += [d for d in negatives if d not in per_query[qpos[q]]]
+    k = max(inputs.depth, max(map(len, per_query), default=0))
+    indices = np.full((len(per_query), k), -1, dtype=np.int64)
+    for i, ids in enumerate(per_query):
+        indices[i, : len(ids)] = rows_of(inputs.doc_ids, ids)[:k]
+    indices = np.where(indices >= 0, indices, -1)
+    scores = np.where(indices >= 0, -np.arange(k, dtype=np.float32)[None, :], -np.inf).astype(np.float32)
+    trusted = [np.full(len(p), TRUSTED, dtype=np.float32) for p in inputs.positives]
+    unscored = [np.full(len(p), np.nan, dtype=np.float32) for p in inputs.positives]  # no score of its own for the positives
+    return Source(mining.Candidates("given", scores, indices, _reference(trusted)), trusted), unscored
+
+
 def _reference(pos_scores: list[np.ndarray]) -> np.ndarray:
     """The guard's reference per query: its lowest positive score (nan for a query without positives)."""
     return np.array([float(s.min()) if len(s) else np.nan for s in pos_scores], dtype=np.float32)
@@ -306,6 +338,10 @@ def run_mine(cfg: PipelineConfig) -> dict:
         t0 = time.perf_counter()
         if name == "dense":
             source, pos_scores = dense_candidates(cfg, embedded, inputs), embedded.positive_scores
+        elif name == "given":
+            source, pos_scores = given_candidates(cfg, inputs, prepared)
+            if embedded is not None:
+                source = judged_by_encoder(source, embedded)
         else:
             source, pos_scores = LEXICAL[name](cfg, inputs)
             if cfg.mine.dense_guard:
