@@ -12,8 +12,11 @@ query, to the positive) and this module decides, per negative, in this order:
    output exists): a real corpus document is a harder negative than it;
 4. `ok` otherwise.
 
-A negative with no score (nan: the judge is off) is `ok`, and the selection then keeps the first
-k in the order written. `describe` puts a verdict into the words the LLM gets back in reflection.
+`near_copy` and `false_negative` disqualify a negative: it is never kept. `off_topic` only asks
+for a rewrite: an easy negative is still a true one, so after the last round it may be kept (after
+every harder one), and a pair whose candidates are all easy is not retried for it. A negative with
+no score (nan: the judge is off) is `ok`, and the selection then keeps the first k in the order
+written. `describe` puts a verdict into the words the LLM gets back in reflection.
 """
 
 from __future__ import annotations
@@ -98,13 +101,18 @@ def verdicts(query_scores: np.ndarray, positive_score: float, positive_similarit
     return out
 
 
+KEEPABLE = (OK, OFF_TOPIC)  # verdicts a kept negative may have: true negatives, hard or easy
+
+
 def select(verdict_list: list[str], query_scores: np.ndarray, k: int) -> list[int]:
-    """Indices of the k hardest passing negatives: the highest query scores among the `ok` ones.
+    """Indices of the k hardest keepable negatives: the highest query scores among those neither a
+    near copy nor a false negative (an `ok` one always scores above an `off_topic` one: the floor
+    lies between them).
 
     Unscored negatives (nan) come after scored ones, in their written order; ties keep it too.
     """
     scores = np.asarray(query_scores, dtype=np.float64).reshape(-1)
-    passing = [i for i, v in enumerate(verdict_list) if v == OK]
+    passing = [i for i, v in enumerate(verdict_list) if v in KEEPABLE]
     passing.sort(key=lambda i: (math.isnan(scores[i]), -scores[i] if not math.isnan(scores[i]) else 0.0))
     return passing[:k]
 

@@ -49,7 +49,7 @@ RATES: dict[str, float] = {
     "mix_s_per_pair": 0.002,  # 2-core VM: mix of 822 pairs reported as 0 s
 }
 
-STAGES = ("synthesize", "mine", "mix", "train", "evaluate")
+STAGES = ("mine", "synthesize", "mix", "train", "evaluate")
 
 # which setting shrinks each stage most, for the refusal's one line
 SHRINK = {
@@ -176,7 +176,11 @@ def estimate(cfg: PipelineConfig, counts: Counts, running: set[str] | None = Non
         per_pair = r["llm_s_per_pair:gpu"] / s.replicas
     else:  # replicas on one machine share its cores: no faster
         per_pair = _model_key(r, "llm_s_per_pair", s.model, "cpu")
-    synth = StagePlan("synthesize", overhead + n_llm * per_pair, f"{n_llm:,} pairs to {s.model} ({s.engine.value})")
+    # the rates are of k negatives in one answer; the judge asks for k' candidates and, per reflection
+    # round, rewrites of the flagged ones (counted as a whole second answer: an upper bound)
+    judged = (s.candidates / s.negatives_per_pair) * (1 + s.reflect_rounds) if s.judge else 1.0
+    synth = StagePlan("synthesize", overhead + n_llm * per_pair * judged, f"{n_llm:,} pairs to {s.model} ({s.engine.value})"
+                      + (f", k'={s.candidates}, {s.reflect_rounds} reflection round(s)" if s.judge else ""))
 
     # encoding rates: the encoder's, and the trained model's (the same family)
     def encode_rate(model: str) -> float:
@@ -232,7 +236,7 @@ def estimate(cfg: PipelineConfig, counts: Counts, running: set[str] | None = Non
         eval_s += (counts.corpus_docs + counts.eval_queries) / base_rate
     evaluate = StagePlan("evaluate", eval_s, f"{counts.corpus_docs:,} docs, {counts.eval_queries:,} queries, base and trained")
 
-    stages = [synth, mine, mix, train, evaluate]
+    stages = [mine, synth, mix, train, evaluate]
     stages = [StagePlan(p.name, p.seconds, p.what, p.name in running) for p in stages]
     return Plan(counts=counts, llm_pairs=n_llm, instances=instances, steps=steps, stages=stages)
 

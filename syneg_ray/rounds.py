@@ -103,10 +103,10 @@ class Outcome:
 
 
 def outcome(state: dict[str, Any], s: SynthesizeConfig, model: str) -> Outcome:
-    """The SyntheticRow of a terminal state: the k hardest candidates that pass the judge.
+    """The SyntheticRow of a terminal state: the k hardest candidates the judge lets keep (`judging.select`).
 
-    No candidate passing is a failed attempt: status retry while `max_retries` allows, else failed.
-    The verdicts of the candidates not passed join the reject reasons.
+    No keepable candidate is a failed attempt: status retry while `max_retries` allows, else failed.
+    The verdicts of the candidates not kept join the reject reasons.
     """
     keep = judging.select(state["verdicts"], state["query_scores"], s.negatives_per_pair)
     attempts = int(state["attempt"]) + 1
@@ -115,7 +115,7 @@ def outcome(state: dict[str, Any], s: SynthesizeConfig, model: str) -> Outcome:
         **{name: state[name] for name in STATE_FIELDS}, "negatives": [state["candidates"][i] for i in keep],
         "reasoning": state["reasoning"], "model": model, "engine": s.engine.value, "prompt_version": prompts.PROMPT_VERSION,
         "attempts": attempts, "prompt_tokens": int(state["prompt_tokens"]), "output_tokens": int(state["output_tokens"]),
-        "status": status, "reject_reasons": [*state["reject_reasons"], *(v for v in state["verdicts"] if v != judging.OK)],
+        "status": status, "reject_reasons": [*state["reject_reasons"], *(v for i, v in enumerate(state["verdicts"]) if v != judging.OK and i not in keep)],
         "negative_scores": [_nan(state["query_scores"][i]) for i in keep], "positive_score": _nan(state["positive_score"]),
         "judge_rounds": int(state["round"]),
     }  # fmt: skip

@@ -51,7 +51,8 @@ def test_selection_keeps_the_hardest_that_pass() -> None:
     verdicts = ["ok", "false_negative", "ok", "ok", "off_topic"]
     scores = np.array([0.30, 0.90, 0.55, 0.41, 0.10])
     assert judging.select(verdicts, scores, 2) == [2, 3]  # 0.90 is the hardest but does not pass
-    assert judging.select(verdicts, scores, 5) == [2, 3, 0]
+    assert judging.select(verdicts, scores, 5) == [2, 3, 0, 4]  # an easy (off-topic) one last, but kept
+    assert judging.select(["near_copy", "false_negative"], np.array([0.2, 0.3]), 2) == []  # these never
     assert judging.select(["false_negative"], np.array([0.9]), 3) == []
     assert judging.select(["ok"] * 3, np.array([NAN] * 3), 2) == [0, 1]  # unjudged: the order written
     assert judging.select(["ok", "ok", "ok"], np.array([0.2, 0.5, 0.5]), 2) == [1, 2]  # ties keep the order
@@ -155,13 +156,16 @@ def test_a_flagged_pair_is_reflected_then_keeps_the_hardest_passing() -> None:
 
 def test_nothing_passing_is_a_retry_and_no_reflection_when_rounds_are_zero() -> None:
     cfg = load_config(None, ["synthesize.negatives_per_pair=1", "synthesize.reflect_rounds=0", "synthesize.max_retries=1"])
-    state = rounds.state_of(_judged_row(cfg, verdicts=["off_topic", "false_negative", "near_copy"]))
+    easy = rounds.outcome(rounds.state_of(_judged_row(cfg, verdicts=["off_topic", "false_negative", "near_copy"])), cfg.synthesize, "m")
+    assert not easy.retry and easy.kept == 1  # an easy negative is a true one: kept, not retried
+    assert easy.row["reject_reasons"] == ["false_negative", "near_copy"]
+    state = rounds.state_of(_judged_row(cfg, verdicts=["near_copy", "false_negative", "near_copy"]))
     assert rounds.terminal(state, cfg.synthesize)
     result = rounds.outcome(state, cfg.synthesize, "m")
     assert result.retry and result.row["negatives"] == [] and result.row["attempts"] == 1
     again = rounds.first_work(_judged_row(cfg), cfg.synthesize, 1, result.row)
     assert again["round"] == 0 and again["k"] == cfg.synthesize.candidates == 3 and len(json.loads(again["chat"])) == 2
-    assert again["prior_output_tokens"] == 50 and again["prior_reasons"] == ["off_topic", "false_negative", "near_copy"]
+    assert again["prior_output_tokens"] == 50 and again["prior_reasons"] == ["near_copy", "false_negative", "near_copy"]
 
 
 def test_candidates_per_pair_defaults_to_k_plus_two_and_may_not_be_below_k() -> None:

@@ -49,7 +49,7 @@ def test_time_grows_with_the_work_and_skipped_stages_cost_nothing() -> None:
 
 def test_the_block_names_every_count() -> None:
     text = plan.estimate(load_config(), SCIFACT_LIKE).render(2.0)
-    for needle in ("822 train pairs", "728 queries", "81 dev queries", "5,183 corpus documents", "32 pairs to smollm2-135m",
+    for needle in ("822 train pairs", "728 queries", "81 dev queries", "5,183 corpus documents", "16 pairs to smollm2-135m",
                    "822 instances", "25 steps", "total", "run.max_hours = 2"):  # fmt: skip
         assert needle in text
     assert len(text.splitlines()) == 7
