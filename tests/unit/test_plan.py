@@ -18,7 +18,7 @@ SCIFACT_LIKE = plan.Counts(train_pairs=822, train_queries=728, corpus_docs=5183,
 
 def test_steps_llm_pairs_and_instances_follow_the_config() -> None:
     p = plan.estimate(load_config(), SCIFACT_LIKE)
-    assert (p.instances, p.steps, p.llm_pairs) == (822, 822 // 32, 32)
+    assert (p.instances, p.steps, p.llm_pairs) == (822, 822 // 32, 16)
     assert plan.estimate(load_config(None, ["train.max_steps=5"]), SCIFACT_LIKE).steps == 5
     assert plan.estimate(load_config(None, ["train.max_steps=500"]), SCIFACT_LIKE).steps == 25  # fewer than the cap
     two = plan.estimate(load_config(None, ["train.epochs=2", "train.batch_size=16", "train.workers=2"]), SCIFACT_LIKE)
