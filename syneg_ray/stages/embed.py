@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from syneg_ray import onnx_backend
 from syneg_ray.config import Backend, Dtype, EncoderConfig, PipelineConfig, default_cache_dir
@@ -275,7 +276,10 @@ def encode_on_pool(cfg: PipelineConfig, model_path: str, documents: list[str] | 
     )
     partial = target.with_name(target.stem + f".{os.getpid()}.partial.npy") if n_docs else None
     out = query_out = None  # opened at the first batch, whose width is the model's: the driver never loads the model
+    # one progress line for the whole encoding (Ray Data's own progress is off unless -v)
+    bar = tqdm(total=n_docs + len(queries), desc="encode", unit="text", unit_scale=True, mininterval=10)
     for batch in ds.iter_batches(batch_format="numpy", batch_size=None):
+        bar.update(len(batch["row"]))
         vectors = np.stack(batch["embedding"]) if batch["embedding"].dtype == object else batch["embedding"]
         if query_out is None:
             query_out = np.empty((len(queries), vectors.shape[1]), dtype=np.float32)
@@ -285,6 +289,7 @@ def encode_on_pool(cfg: PipelineConfig, model_path: str, documents: list[str] | 
         if out is not None:
             out.write(batch["row"][is_doc], vectors[is_doc])
         query_out[batch["row"][~is_doc] - n_docs] = vectors[~is_doc]
+    bar.close()
     assert query_out is not None  # texts is not empty, so a batch arrived
     logger.info("encoded %s documents and %s queries with %s %s actors", f"{n_docs:,}", f"{len(queries):,}", e.actors,
                 backend.value)  # fmt: skip
