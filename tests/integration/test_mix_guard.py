@@ -21,7 +21,7 @@ UNRELATED = "The recipe folds two cups of flour into softened butter before the 
 
 
 def test_guard_drops_synthetic_negatives_that_restate_the_positive(ray_local, tiny_cfg, monkeypatch) -> None:
-    cfg = dataclasses.replace(tiny_cfg, mix=MixConfig(strategy=MixStrategy.SYNTHETIC, n_negatives=2, guard_synthetic=True),
+    cfg = dataclasses.replace(tiny_cfg, mix=MixConfig(strategy=MixStrategy.SYNTHETIC, n_negatives=2, min_negatives=2, guard_synthetic=True),
                               encoder=dataclasses.replace(tiny_cfg.encoder, actors=1, cpus_per_actor=0.5))
     write_inputs(cfg, synthetic=False)
     _, pairs_path = ensure_pairs(cfg)
@@ -35,8 +35,8 @@ def test_guard_drops_synthetic_negatives_that_restate_the_positive(ray_local, ti
     stats = run_mix(cfg)
 
     assert stats["synthetic_guarded_out"] == len(pairs)  # every copy of a positive, and nothing else
-    assert stats["dropped_short"] == len(pairs)  # synthetic-only with n=2: one negative left is too few
-    guarded = dataclasses.replace(cfg, mix=dataclasses.replace(cfg.mix, n_negatives=1))
+    assert stats["dropped_short"] == len(pairs)  # synthetic-only with n=2 and min 2: one negative left is too few
+    guarded = dataclasses.replace(cfg, mix=dataclasses.replace(cfg.mix, n_negatives=1, min_negatives=1))
     # another mix of the same negatives (as a Tune trial at another R is) reads the cached flags
     monkeypatch.setattr(embed, "encode_on_pool", lambda *a, **k: pytest.fail("the guard encoded the same negatives again"))
     stats = run_mix(guarded)
