@@ -89,6 +89,8 @@ def test_split_names_the_pairs_split_outside_evaluate() -> None:
 
 
 def test_synthesize_with_a_missing_split_fails_before_ray_starts(scifact: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    if "ray" in sys.modules and sys.modules["ray"].is_initialized():
+        sys.modules["ray"].shutdown()  # an earlier test's Ray in this process would make the check below meaningless
     argv = ["synthesize", "--dataset", str(scifact), "--split", "dev", "--limit", "4", "--run-dir", str(tmp_path / "run")]
     assert main(argv) == 2
     err = capsys.readouterr().err
