@@ -239,15 +239,16 @@ def given_candidates(cfg: PipelineConfig, inputs: MineInputs, prepared: Prepared
                                                   "data.negatives_column to the pairs' negatives column, or drop `given`")  # fmt: skip
     table = pq.read_table(prepared.given_negatives, columns=["query_id", "negative_ids"])
     qpos = {q: i for i, q in enumerate(inputs.query_ids)}
-    per_query: list[list[str]] = [[] for _ in inputs.query_ids]
+    per_query: list[dict[str, None]] = [{} for _ in inputs.query_ids]  # ordered sets: first mention first
     for q, negatives in zip(table.column("query_id").to_pylist(), table.column("negative_ids").to_pylist(), strict=True):
         if q in qpos:
-            per_query[qpos[q]] += [d for d in negatives if d not in per_query[qpos[q]]]
+            per_query[qpos[q]].update(dict.fromkeys(negatives))
     k = max(inputs.depth, max(map(len, per_query), default=0))
+    rows = rows_of(inputs.doc_ids, [d for ids in per_query for d in ids])  # one lookup for every query, -1 if unknown
+    bounds = np.cumsum([0, *map(len, per_query)])
     indices = np.full((len(per_query), k), -1, dtype=np.int64)
-    for i, ids in enumerate(per_query):
-        indices[i, : len(ids)] = rows_of(inputs.doc_ids, ids)[:k]
-    indices = np.where(indices >= 0, indices, -1)
+    for i in range(len(per_query)):
+        indices[i, : bounds[i + 1] - bounds[i]] = rows[bounds[i] : bounds[i + 1]]
     scores = np.where(indices >= 0, -np.arange(k, dtype=np.float32)[None, :], -np.inf).astype(np.float32)
     trusted = [np.full(len(p), TRUSTED, dtype=np.float32) for p in inputs.positives]
     unscored = [np.full(len(p), np.nan, dtype=np.float32) for p in inputs.positives]  # no score of its own for the positives
@@ -293,15 +294,14 @@ def to_rows(
     pairs: pa.Table, inputs: MineInputs, selected: list[mining.Selected], first_pos: list[np.ndarray]
 ) -> list[schema.MinedRow]:
     """One MinedRow per pair (`selected` is in pair order); positive_score is the pair's positive under the first source."""
-    qpos = {q: i for i, q in enumerate(inputs.query_ids)}
     ids = inputs.doc_ids.combine_chunks()
 
     def names(corpus_rows) -> list[str]:
         return ids.take(pa.array(np.asarray(corpus_rows, dtype=np.int64))).to_pylist()
 
     rows: list[schema.MinedRow] = []
-    for q, d, sel in zip(pairs.column("query_id").to_pylist(), pairs.column("positive_id").to_pylist(), selected, strict=True):
-        i = qpos[q]
+    for q, d, sel, i in zip(pairs.column("query_id").to_pylist(), pairs.column("positive_id").to_pylist(), selected,
+                            inputs.pair_query.tolist(), strict=True):  # fmt: skip
         pos_ids = names(np.sort(inputs.positives[i]))  # aligned with first_pos[i]
         rows.append({
             "query_id": q, "positive_id": d, "positive_ids": pos_ids,
