@@ -17,11 +17,18 @@ for a rewrite: an easy negative is still a true one, so after the last round it 
 every harder one), and a pair whose candidates are all easy is not retried for it. A negative with
 no score (nan: the judge is off) is `ok`, and the selection then keeps the first k in the order
 written. `describe` puts a verdict into the words the LLM gets back in reflection.
+
+A rewrite asked for in reflection that `repeats` its original (the same text up to case, whitespace
+and punctuation; see `normalized`) is not a rewrite: its record says `unchanged` and the original
+keeps its place and its verdict. Small LLMs often hand the flagged text back as their answer, and
+scored again a copy with another case or punctuation can land on the other side of a threshold,
+so a false negative would pass the judge without having changed.
 """
 
 from __future__ import annotations
 
 import math
+import unicodedata
 from dataclasses import dataclass
 
 import numpy as np
@@ -34,6 +41,9 @@ FALSE_NEGATIVE = "false_negative"
 NEAR_COPY = "near_copy"
 OFF_TOPIC = "off_topic"
 VERDICTS = (OK, FALSE_NEGATIVE, NEAR_COPY, OFF_TOPIC)
+# the record's verdict of a rewrite that repeats its original; never a candidate's verdict, as the
+# original stays with its own
+UNCHANGED = "unchanged"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -125,6 +135,25 @@ def mined_floor(negative_scores: list[float], sources: list[str], k: int) -> flo
     if not dense:
         return math.nan
     return dense[min(k, len(dense)) - 1]
+
+
+def normalized(text: str) -> str:
+    """`text` as `repeats` compares it: NFKC-normalized (full-width and compatibility forms become
+    their plain ones), case-folded, every punctuation character (Unicode category P*: periods,
+    commas, quotes, brackets, hyphens, dashes) turned into a space, then split on whitespace and
+    joined with single spaces.
+
+    Letters, digits, marks and symbols stay, so a changed claim is not taken for a repeat: "p < 0.05"
+    and "p > 0.05" differ, and "1.5" (read "1 5") differs from "15".
+    """
+    folded = unicodedata.normalize("NFKC", text).casefold()
+    spaced = "".join(" " if unicodedata.category(c).startswith("P") else c for c in folded)
+    return " ".join(spaced.split())
+
+
+def repeats(original: str, rewrite: str) -> bool:
+    """Whether `rewrite` is `original` again: equal once both are `normalized`."""
+    return normalized(original) == normalized(rewrite)
 
 
 def describe(verdict: str, query_score: float, positive_score: float, positive_similarity: float,

@@ -59,7 +59,12 @@ def first_state(row: dict[str, Any]) -> dict[str, Any]:
 
 def reflected_state(row: dict[str, Any]) -> dict[str, Any]:
     """The state after a reflection turn: the previous pool (`row["pool"]`) with each valid rewrite in
-    its original's place, and the round's record (original, reason, rewrite, scores, verdict)."""
+    its original's place, and the round's record (original, reason, rewrite, scores, verdict).
+
+    A rewrite that repeats its original (`judging.repeats`) is not one: the original stays with its
+    verdict, and the record holds it as a rejected rewrite (no text, no scores) with the verdict
+    `judging.UNCHANGED`, the way a rewrite validation rejected holds its parse reason.
+    """
     prev = json.loads(row["pool"])
     state = {**prev, "round": int(row["round"]), "chat": row["chat"], "answer": row.get("generated_text") or "",
              "prompt_tokens": int(prev["prompt_tokens"]) + int(row["prompt_tokens"]),
@@ -72,7 +77,10 @@ def reflected_state(row: dict[str, Any]) -> dict[str, Any]:
     state["rewrite_query_scores"], state["rewrite_positive_similarities"] = list(row["query_scores"]), list(row["positive_similarities"])
     state["rewrite_verdicts"] = list(row["verdicts"])
     for j, i in enumerate(asked):
-        if row["candidates"][j]:  # a valid rewrite replaces its original, whatever its verdict
+        if row["candidates"][j] and judging.repeats(prev["candidates"][i], row["candidates"][j]):
+            state["rewrites"][j], state["rewrite_verdicts"][j] = "", judging.UNCHANGED
+            state["rewrite_query_scores"][j] = state["rewrite_positive_similarities"][j] = math.nan
+        elif row["candidates"][j]:  # a valid rewrite replaces its original, whatever its verdict
             state["candidates"][i] = row["candidates"][j]
             state["query_scores"][i] = row["query_scores"][j]
             state["positive_similarities"][i] = row["positive_similarities"][j]

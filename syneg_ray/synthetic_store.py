@@ -55,7 +55,7 @@ ROUND_SCHEMA = pa.schema(
      ("rewritten", pa.list_(pa.int64())),  # which candidates this round rewrote (empty in round 0)
      ("originals", pa.list_(pa.string())), ("reasons", pa.list_(pa.string())), ("rewrites", pa.list_(pa.string())),
      ("rewrite_query_scores", _SCORES), ("rewrite_positive_similarities", _SCORES),
-     ("rewrite_verdicts", pa.list_(pa.string()))]  # a judge verdict, or the parse reason of a rejected rewrite
+     ("rewrite_verdicts", pa.list_(pa.string()))]  # a judge verdict, "unchanged" (the original handed back), or the parse reason of a rejected rewrite
 )  # fmt: skip
 REFLECTION_FIELDS = ("originals", "reasons", "rewrites", "rewrite_query_scores", "rewrite_positive_similarities",
                      "rewrite_verdicts")  # fmt: skip

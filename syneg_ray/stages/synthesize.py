@@ -173,7 +173,13 @@ def count(row: dict[str, Any], totals: Counter) -> None:
         totals["invalid_json"] += parsing.INVALID_JSON in row["parse_reasons"]
         totals.update(f"reject:{r}" for r in row["parse_reasons"] if r)
     filled = [j for j, t in enumerate(row["candidates"]) if t]
-    totals["rewritten"] += len(filled) if row["round"] else 0
+    if row["round"]:  # a rewrite that repeats its original is no rewrite (rounds.reflected_state)
+        prev = json.loads(row["pool"])
+        originals = [prev["candidates"][i] for i in rounds.flagged(prev)]
+        same = {j for j in filled if judging.repeats(originals[j], row["candidates"][j])}
+        totals["unchanged"] += len(same)
+        totals["rewritten"] += len(filled) - len(same)
+        filled = [j for j in filled if j not in same]
     scored = [j for j in filled if not math.isnan(row["query_scores"][j])]
     totals["judged"] += len(scored)
     totals.update(f"flagged:{row['verdicts'][j]}" for j in scored if row["verdicts"][j] != judging.OK)
@@ -252,7 +258,7 @@ def run_synthesize(cfg: PipelineConfig) -> dict:
 
     Returns:
         Summary: pairs, ok, failed, valid_rate, valid_json_rate, negatives, generations, reflections,
-        judged, flagged (per verdict), rewritten, kept, output_tokens, seconds, tokens_per_s,
+        judged, flagged (per verdict), rewritten, unchanged (rewrites that repeat their original), kept, output_tokens, seconds, tokens_per_s,
         output_tokens_per_kept, seconds_per_kept, rejects.
 
     Raises:
@@ -315,7 +321,7 @@ def summarize(cfg: PipelineConfig, pairs: list[dict], parts: Path, totals: Count
         "valid_json_rate": (gens - totals["invalid_json"] - totals["engine_errors"]) / gens if gens else None,
         "judged": totals["judged"],
         "flagged": {k.split(":", 1)[1]: v for k, v in sorted(totals.items()) if k.startswith("flagged:")},
-        "rewritten": totals["rewritten"], "kept": totals["kept"],
+        "rewritten": totals["rewritten"], "unchanged": totals["unchanged"], "kept": totals["kept"],
         "output_tokens": totals["output_tokens"], "seconds": round(seconds, 1),
         "tokens_per_s": totals["output_tokens"] / seconds if seconds > 0 and gens else None,
         "output_tokens_per_kept": sum(r["output_tokens"] for r in rows) / negatives if negatives else None,
@@ -327,8 +333,8 @@ def summarize(cfg: PipelineConfig, pairs: list[dict], parts: Path, totals: Count
     cost = (f"{summary['output_tokens_per_kept']:.0f} output tokens" if summary["output_tokens_per_kept"] else "n/a") + (
         f", {summary['seconds_per_kept']:.1f} s" if summary["seconds_per_kept"] else "")
     logger.info("synthesized %d pairs: %d ok (valid rate %.1f%%), %d failed, %d negatives; %s; judged %d, flagged %s, "
-                "%d reflection turns, %d rewritten, %d kept; per kept negative %s; rejects %s",
+                "%d reflection turns, %d rewritten (%d handed back unchanged), %d kept; per kept negative %s; rejects %s",
                 len(pairs), ok, 100 * summary["valid_rate"], summary["failed"], negatives, tps, summary["judged"],
-                summary["flagged"] or "none", summary["reflections"], summary["rewritten"], summary["kept"], cost,
+                summary["flagged"] or "none", summary["reflections"], summary["rewritten"], summary["unchanged"], summary["kept"], cost,
                 summary["rejects"] or "none")
     return summary

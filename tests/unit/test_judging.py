@@ -173,3 +173,68 @@ def test_candidates_per_pair_defaults_to_k_plus_two_and_may_not_be_below_k() -> 
     assert load_config(None, ["synthesize.candidates_per_pair=4"]).synthesize.candidates == 4
     with pytest.raises(Exception, match="candidates_per_pair"):
         load_config(None, ["synthesize.negatives_per_pair=3", "synthesize.candidates_per_pair=2"])
+
+
+def test_a_repeat_is_the_same_text_up_to_case_whitespace_and_punctuation() -> None:
+    original = 'Vitamin D (25-OH) levels rose by 1.5-fold; "no" effect on fractures was seen.'
+    for same in ('vitamin d 25 oh levels rose by 1 5 fold no effect on fractures was seen',
+                 '  VITAMIN D (25-OH)\nlevels rose by 1.5-fold -- "no" effect on fractures was seen!  ',
+                 "Vitamin D (25–OH) levels rose by 1.5‑fold; “no” effect on fractures was seen",  # en dash, typographic quotes
+                 "Ｖｉｔａｍｉｎ D (25-OH) levels rose by 1.5-fold; 'no' effect on fractures was seen."):  # full-width letters
+        assert judging.repeats(original, same), same
+    for changed in ("Vitamin D (25-OH) levels rose by 15-fold; no effect on fractures was seen.",  # 1.5 is not 15
+                    "Vitamin D levels rose by 1.5-fold; no effect on fractures was seen.",  # a word dropped
+                    "Vitamin D (25-OH) levels rose by 1.5-fold; an effect on fractures was seen."):
+        assert not judging.repeats(original, changed), changed
+    assert not judging.repeats("p < 0.05 for the trend", "p > 0.05 for the trend")  # symbols stay
+    assert judging.normalized(" A\tb,c. ") == "a b c"
+
+
+def _reflected(cfg, rewrites: list[str], verdicts: list[str]) -> tuple[dict, dict]:
+    """(the state of `_judged_row`, the state after a reflection turn whose rewrites of its flagged
+    negatives (n1: false_negative, n2: near_copy) are `rewrites`, judged `verdicts`)."""
+    state = rounds.state_of(_judged_row(cfg, candidates=["The first one.", "Aspirin lowers fever in adults.", "n2"]))
+    work = rounds.reflection_work(_judged_row(cfg), state, cfg.synthesize)
+    answer = {**work, "generated_text": "...", "prompt_tokens": 300, "output_tokens": 40, "engine_error": "",
+              "candidates": rewrites, "parse_reasons": ["" if r else "too_short" for r in rewrites], "reasoning": "rr",
+              "query_scores": [0.40 if r else NAN for r in rewrites], "positive_similarities": [0.3 if r else NAN for r in rewrites],
+              "positive_score": 0.6, "verdicts": verdicts}  # fmt: skip
+    return state, rounds.state_of(answer)
+
+
+def test_a_rewrite_that_repeats_its_original_keeps_the_originals_verdict() -> None:
+    cfg = load_config(None, ["synthesize.negatives_per_pair=2", "synthesize.reflect_rounds=1"])
+    # the false negative comes back with another case and punctuation, and the encoder now lets it pass
+    before, after = _reflected(cfg, ["aspirin  lowers fever, in adults", "A new text."], ["ok", "ok"])
+    assert after["candidates"] == ["The first one.", "Aspirin lowers fever in adults.", "A new text."]
+    assert after["verdicts"] == ["ok", "false_negative", "ok"]
+    assert after["query_scores"][1] == before["query_scores"][1] == 0.9
+    assert after["positive_similarities"][1] == before["positive_similarities"][1]
+    # recorded as a rejected rewrite: no text, no scores, the verdict unchanged; the other is judged as written
+    assert after["originals"] == ["Aspirin lowers fever in adults.", "n2"] and after["rewrites"] == ["", "A new text."]
+    assert after["rewrite_verdicts"] == [judging.UNCHANGED, "ok"]
+    assert math.isnan(after["rewrite_query_scores"][0]) and math.isnan(after["rewrite_positive_similarities"][0])
+    assert after["rewrite_query_scores"][1] == 0.40
+    result = rounds.outcome(after, cfg.synthesize, "m")
+    assert result.row["negatives"] == ["A new text.", "The first one."]  # the false negative stays out
+    assert result.row["reject_reasons"] == ["false_negative"]
+    # a later round asks again for the flagged original
+    more = load_config(None, ["synthesize.negatives_per_pair=2", "synthesize.reflect_rounds=2"]).synthesize
+    assert rounds.flagged(after) == [1] and not rounds.terminal(after, more)
+    again = rounds.reflection_work(_judged_row(cfg), after, more)
+    assert again["k"] == 1 and "Aspirin lowers fever in adults." in json.loads(again["chat"])[-1]["content"]
+
+
+def test_an_unchanged_round_is_committed_and_read_back_in_the_round_schema() -> None:
+    import pyarrow as pa
+
+    from syneg_ray import synthetic_store as store
+
+    cfg = load_config(None, ["synthesize.negatives_per_pair=2", "synthesize.reflect_rounds=2"])
+    _, after = _reflected(cfg, ["Aspirin lowers fever in adults.", ""], [judging.FALSE_NEGATIVE, "too_short"])
+    (committed,) = pa.Table.from_pylist([after], schema=store.ROUND_SCHEMA).to_pylist()
+    assert committed["rewrite_verdicts"] == [judging.UNCHANGED, "too_short"] and committed["rewrites"] == ["", ""]
+    assert committed["verdicts"] == after["verdicts"] == ["ok", "false_negative", "near_copy"]
+    # a rerun rebuilds the next turn from the committed state as from the live one
+    live, read = (rounds.reflection_work(_judged_row(cfg), s, cfg.synthesize) for s in (after, committed))
+    assert live["chat"] == read["chat"] and live["k"] == read["k"] == 2
