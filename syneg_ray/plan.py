@@ -71,6 +71,9 @@ class Counts:
     dev_queries: int = 0
     eval_queries: int = 0
     dev_source: str = "carve"  # the dev split's name, or "carve"
+    # False: the user's own data has no evaluation pairs (data.pairs without data.eval_pairs), so
+    # `syneg run` skips evaluation (pipeline.run_evaluate_pair)
+    evaluated: bool = True
 
 
 @dataclass(frozen=True)
@@ -78,7 +81,7 @@ class StagePlan:
     name: str
     seconds: float
     what: str
-    runs: bool = True  # False: complete for this config, or not needed by the mix strategy
+    runs: bool = True  # False: complete for this config, not needed by the mix strategy, or nothing to evaluate
 
 
 @dataclass(frozen=True)
@@ -100,8 +103,9 @@ class Plan:
     def render(self, max_hours: float = 0.0) -> str:
         c = self.counts
         dev = f"{c.dev_queries:,} dev queries ({'carved from train' if c.dev_source == 'carve' else c.dev_source + ' split'})"
+        evaluation = f"{c.eval_queries:,} evaluation queries" if c.evaluated else "no evaluation pairs"
         head = (f"plan: {c.train_pairs:,} train pairs of {c.train_queries:,} queries, {dev}, "
-                f"{c.corpus_docs:,} corpus documents, {c.eval_queries:,} evaluation queries")  # fmt: skip
+                f"{c.corpus_docs:,} corpus documents, {evaluation}")  # fmt: skip
         lines = [head]
         for s in self.stages:
             when = f"~ {duration(s.seconds)}" if s.runs else "skipped"
@@ -236,9 +240,11 @@ def estimate(cfg: PipelineConfig, counts: Counts, running: set[str] | None = Non
     if not base_cached:
         eval_s += (counts.corpus_docs + counts.eval_queries) / base_rate
     evaluate = StagePlan("evaluate", eval_s, f"{counts.corpus_docs:,} docs, {counts.eval_queries:,} queries, base and trained")
+    if not counts.evaluated:  # evaluate finds no test qrels and scores nothing: no time to plan
+        evaluate = StagePlan("evaluate", 0.0, "no evaluation pairs (set data.eval_pairs to evaluate)", runs=False)
 
     stages = [mine, synth, mix, train, evaluate]
-    stages = [StagePlan(p.name, p.seconds, p.what, p.name in running) for p in stages]
+    stages = [StagePlan(p.name, p.seconds, p.what, p.runs and p.name in running) for p in stages]
     return Plan(counts=counts, llm_pairs=n_llm, instances=instances, steps=steps, stages=stages)
 
 
@@ -257,7 +263,12 @@ def check_limit(plan: Plan, max_hours: float, yes: bool = False) -> None:
 
 def counts_of(cfg: PipelineConfig, prepared, pairs_path: Path) -> Counts:
     """Counts for `estimate` from the run's pairs (query ids only), dev qrels, the eval split's qrels
-    and the corpus Parquet's footer: no document or query text is read."""
+    and the corpus Parquet's footer: no document or query text is read.
+
+    `evaluated` is False for the user's own data without the eval split's qrels (data.eval_pairs
+    unset), the test `pipeline.run_evaluate_pair` skips evaluation on. A BEIR folder without them is
+    still planned as evaluated: evaluation runs there and reports the missing split.
+    """
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
@@ -272,6 +283,7 @@ def counts_of(cfg: PipelineConfig, prepared, pairs_path: Path) -> Counts:
     except (OSError, ValueError):
         dev = {}
     split = cfg.evaluate.split or cfg.data.eval_split
+    evaluated = not cfg.data.pairs or (prepared.folder / "qrels" / f"{split}.tsv").is_file()
     try:
         eval_queries = len(beir.read_qrels(prepared.folder, split)[0])
     except DataError:  # evaluate reports it when it runs
@@ -283,4 +295,5 @@ def counts_of(cfg: PipelineConfig, prepared, pairs_path: Path) -> Counts:
         dev_queries=len(dev),
         eval_queries=eval_queries,
         dev_source=dev_split_name(cfg, prepared.folder) or "carve",
+        evaluated=evaluated,
     )

@@ -55,6 +55,21 @@ def test_the_block_names_every_count() -> None:
     assert len(text.splitlines()) == 7
 
 
+def test_data_without_evaluation_pairs_plans_no_evaluation() -> None:
+    cfg = load_config()
+    full = plan.estimate(cfg, SCIFACT_LIKE)
+    p = plan.estimate(cfg, plan.Counts(train_pairs=822, train_queries=728, corpus_docs=5183, dev_queries=81, evaluated=False))
+    evaluate = next(s for s in p.stages if s.name == "evaluate")
+    assert not evaluate.runs and evaluate.seconds == 0
+    assert p.seconds == pytest.approx(full.seconds - next(s.seconds for s in full.stages if s.name == "evaluate"))
+    text = p.render(2.0)
+    line = next(x for x in text.splitlines() if x.lstrip().startswith("evaluate"))
+    assert line.endswith("skipped") and "data.eval_pairs" in line
+    assert text.splitlines()[0].endswith("5,183 corpus documents, no evaluation pairs") and len(text.splitlines()) == 7
+    assert plan.estimate(cfg, plan.Counts(train_pairs=822, train_queries=728, corpus_docs=5183, evaluated=False),
+                         running={"evaluate"}).seconds == 0  # nothing else runs, and evaluate scores nothing
+
+
 def test_the_refusal_is_one_line_naming_estimate_limit_and_the_setting() -> None:
     p = plan.estimate(load_config(), plan.Counts(train_pairs=100_000, train_queries=2300, corpus_docs=5000))
     with pytest.raises(PlanError) as info:
@@ -111,3 +126,42 @@ def test_yes_starts_the_run_anyway(tmp_path: Path, tiny: Path, monkeypatch, caps
     with pytest.raises(Started):
         cli.main(argv)
     assert capsys.readouterr().out.startswith("plan: ")
+
+
+def _own_data(folder: Path, out: Path) -> dict[str, Path]:
+    """The generated BEIR folder as the user's own files: corpus, train pairs and test pairs (Parquet)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from syneg_ray import beir
+
+    out.mkdir()
+    corpus = [json.loads(line) for line in (folder / "corpus.jsonl").open(encoding="utf-8")]
+    queries = {r["_id"]: r["text"] for r in map(json.loads, (folder / "queries.jsonl").open(encoding="utf-8"))}
+    files = {"corpus": out / "corpus.parquet"}
+    pq.write_table(pa.Table.from_pylist([{k: r[k] for k in ("_id", "title", "text")} for r in corpus]), files["corpus"])
+    for key, split in (("pairs", "train"), ("eval_pairs", "test")):
+        qrels, _ = beir.read_qrels(folder, split)
+        rows = [{"query_id": q, "query": queries[q], "positive_id": d} for q in sorted(qrels) for d in sorted(qrels[q])]
+        files[key] = out / f"{split}.parquet"
+        pq.write_table(pa.Table.from_pylist(rows), files[key])
+    return files
+
+
+def test_syneg_run_on_own_data_without_eval_pairs_plans_evaluation_as_skipped(tmp_path: Path, tiny: Path, capsys) -> None:
+    from syneg_ray.cli import main
+
+    files = _own_data(tiny, tmp_path / "own")
+
+    def evaluate_line(*data: str) -> str:
+        run = tmp_path / f"run{len(data)}"
+        argv = ["run", "--run-dir", str(run), f"run.cache_dir={tmp_path / 'cache'}", "run.max_hours=0.0001", *data]
+        assert main(argv) == 2  # refused over run.max_hours: no stage runs
+        out = capsys.readouterr().out
+        return next(x for x in out.splitlines() if x.lstrip().startswith("evaluate"))
+
+    own = [f"data.pairs={files['pairs']}", f"data.corpus={files['corpus']}"]
+    skipped = evaluate_line(*own)
+    assert skipped.endswith("skipped") and "set data.eval_pairs to evaluate" in skipped
+    planned = evaluate_line(*own, f"data.eval_pairs={files['eval_pairs']}")
+    assert "~ " in planned and "3 queries" in planned
