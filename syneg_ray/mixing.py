@@ -40,6 +40,9 @@ from syneg_ray.errors import DataError
 from syneg_ray.schema import INSTANCE_COLUMNS, Instance, Pair
 
 PairKey = tuple[str, str]  # (query_id, positive_id)
+# A chosen negative: (id, source, text). A corpus document's text is None until `with_texts` fills
+# it, so that a caller looks up the texts of the documents chosen only, once the choice is made.
+Negative = tuple[str, str, str | None]
 SYNTHETIC = "synthetic"
 RANDOM = "random"
 
@@ -129,7 +132,7 @@ def mix(
     seed: int,
     positives: Mapping[str, Iterable[str]] | None = None,
 ) -> tuple[list[Instance], MixStats]:
-    """Builds the training instances of `pairs` with `cfg.strategy` at ratio `cfg.ratio`.
+    """Builds the training instances of `pairs` with `cfg.strategy` at ratio `cfg.ratio`, in one block.
 
     Args:
         pairs: the train pairs, with query and positive text.
@@ -143,37 +146,105 @@ def mix(
     Returns:
         (instances in pair order, stats).
     """
-    stats = MixStats(pairs=len(pairs))
-    all_pos: dict[str, set[str]] = {}
-    for p in pairs:
-        all_pos.setdefault(p["query_id"], set()).add(p["positive_id"])
-    for qid, ids in (positives or {}).items():
-        all_pos.setdefault(qid, set()).update(ids)
-    strategy = cfg.strategy
-    direct = direct_choice(len(pairs), cfg.ratio, seed) if strategy is MixStrategy.DIRECT else None
-    rng = np.random.default_rng(seed)
-    doc_ids = list(corpus)
-    out: list[Instance] = []
-    for i, pair in enumerate(pairs):
-        key = (pair["query_id"], pair["positive_id"])
-        has_synthetic = False
-        if strategy is MixStrategy.RANDOM:
-            chosen = _random_negatives(rng, doc_ids, all_pos[pair["query_id"]], cfg.n_negatives, corpus)
-        else:
-            syn = synthetic.get(key, SyntheticNegs("", ()))
-            ret = list(mined.get(key, ()))
-            counts = _counts(strategy, cfg, len(syn.texts), len(ret), bool(direct is not None and direct[i]), stats)
-            chosen = [(f"{syn.key}#{j}", SYNTHETIC, syn.texts[j]) for j in range(counts[0])]
-            chosen += [(doc, source, corpus[doc]) for doc, source in ret[: counts[1]]]
-            has_synthetic = bool(syn.texts)
-        if len(chosen) < cfg.min_negatives:
-            stats.dropped_short += 1
-            continue
-        stats.short += len(chosen) < cfg.n_negatives
-        out.append(_instance(pair, chosen))
-        _count_slots(stats, chosen, has_synthetic)
-    stats.instances = len(out)
-    return out, stats
+    random = cfg.strategy is MixStrategy.RANDOM
+    mixer = Mixer(cfg, seed, len(pairs), query_positives(((p["query_id"], p["positive_id"]) for p in pairs), positives)
+                  if random else {}, list(corpus) if random else ())  # fmt: skip
+    return with_texts(mixer.choose(pairs, synthetic, mined), corpus), mixer.stats
+
+
+def query_positives(pairs: Iterable[PairKey],
+                    positives: Mapping[str, Iterable[str]] | None = None) -> dict[str, set[str]]:  # fmt: skip
+    """query_id -> every positive of the query: those of `pairs` and those `positives` adds."""
+    found: dict[str, set[str]] = {}
+    for query_id, positive_id in pairs:
+        found.setdefault(query_id, set()).add(positive_id)
+    for query_id, ids in (positives or {}).items():
+        found.setdefault(query_id, set()).update(ids)
+    return found
+
+
+class Mixer:
+    """Mixes the pairs one block at a time (`choose`, then `with_texts`), giving the instances and
+    statistics of one `mix` over all of them whatever the blocks.
+
+    What spans blocks is carried here: the direct choice (a seeded draw over all pairs, so it needs
+    their count up front), the generator of the random draws (one draw per pair, in pair order, so
+    the blocks must come in pair order), the pairs mixed so far and the statistics.
+
+    Args:
+        n_pairs: how many pairs the blocks hold together.
+        positives: query_id -> every positive of the query, for every pair's query (random only).
+        doc_ids: every corpus document id, in corpus order (random only: its draws index them).
+    """
+
+    def __init__(self, cfg: MixConfig, seed: int, n_pairs: int, positives: Mapping[str, set[str]] | None = None,
+                 doc_ids: Sequence[str] = ()) -> None:  # fmt: skip
+        self.cfg = cfg
+        self.stats = MixStats()
+        self.direct = direct_choice(n_pairs, cfg.ratio, seed) if cfg.strategy is MixStrategy.DIRECT else None
+        self.rng = np.random.default_rng(seed)
+        self.positives = positives or {}
+        self.doc_ids = doc_ids
+        self.mixed = 0  # pairs of earlier blocks: the index of this block's first pair in the direct choice
+
+    def choose(
+        self,
+        pairs: Sequence[Pair],
+        synthetic: Mapping[PairKey, SyntheticNegs],
+        mined: Mapping[PairKey, Sequence[tuple[str, str]]],
+    ) -> list[tuple[Pair, list[Negative]]]:
+        """The next block's kept pairs with their chosen negatives (corpus texts still None), counted in `stats`.
+
+        `synthetic` and `mined` need to hold the block's pairs only (missing = none).
+        """
+        cfg, stats, strategy = self.cfg, self.stats, self.cfg.strategy
+        kept: list[tuple[Pair, list[Negative]]] = []
+        for i, pair in enumerate(pairs, start=self.mixed):
+            key = (pair["query_id"], pair["positive_id"])
+            has_synthetic = False
+            if strategy is MixStrategy.RANDOM:
+                chosen = _random_negatives(self.rng, self.doc_ids, self.positives[pair["query_id"]], cfg.n_negatives)
+            else:
+                syn = synthetic.get(key, SyntheticNegs("", ()))
+                ret = list(mined.get(key, ()))
+                direct_syn = bool(self.direct is not None and self.direct[i])
+                counts = _counts(strategy, cfg, len(syn.texts), len(ret), direct_syn, stats)
+                chosen = [(f"{syn.key}#{j}", SYNTHETIC, syn.texts[j]) for j in range(counts[0])]
+                chosen += [(doc, source, None) for doc, source in ret[: counts[1]]]
+                has_synthetic = bool(syn.texts)
+            if len(chosen) < cfg.min_negatives:
+                stats.dropped_short += 1
+                continue
+            stats.short += len(chosen) < cfg.n_negatives
+            kept.append((pair, chosen))
+            _count_slots(stats, chosen, has_synthetic)
+        self.mixed += len(pairs)
+        stats.pairs += len(pairs)
+        stats.instances += len(kept)
+        return kept
+
+
+def corpus_ids(kept: Iterable[tuple[Pair, list[Negative]]]) -> set[str]:
+    """The corpus documents whose text the chosen negatives need."""
+    return {doc for _, chosen in kept for doc, _, text in chosen if text is None}
+
+
+def with_texts(kept: Iterable[tuple[Pair, list[Negative]]], corpus: Mapping[str, str]) -> list[Instance]:
+    """The instances of the kept pairs, each corpus negative's text taken from `corpus`."""
+    return [_instance(pair, [(doc, source, corpus[doc] if text is None else text) for doc, source, text in chosen])
+            for pair, chosen in kept]  # fmt: skip
+
+
+def drop_flagged(synthetic: Mapping[PairKey, SyntheticNegs],
+                 flags: Mapping[PairKey, Sequence[bool]]) -> dict[PairKey, SyntheticNegs]:  # fmt: skip
+    """`synthetic` less the negatives flagged True (by the false-negative guard); a pair left with none is left out."""
+    kept = {}
+    for key, negs in synthetic.items():
+        flagged = flags.get(key, ())
+        left = tuple(t for j, t in enumerate(negs.texts) if not (j < len(flagged) and flagged[j]))
+        if left:
+            kept[key] = SyntheticNegs(negs.key, left) if len(left) < len(negs.texts) else negs
+    return kept
 
 
 def _counts(strategy: MixStrategy, cfg: MixConfig, n_syn: int, n_ret: int, direct_syn: bool, stats: MixStats) -> tuple[int, int]:
@@ -190,13 +261,11 @@ def _counts(strategy: MixStrategy, cfg: MixConfig, n_syn: int, n_ret: int, direc
     return 0, min(n, n_ret)  # retrieved, or a direct pair not chosen for synthetic
 
 
-def _random_negatives(
-    rng: np.random.Generator, doc_ids: list[str], exclude: set[str], n: int, corpus: Mapping[str, str]
-) -> list[tuple[str, str, str]]:
+def _random_negatives(rng: np.random.Generator, doc_ids: Sequence[str], exclude: set[str], n: int) -> list[Negative]:
     # draw a few extra so removing the query's positives still leaves n; one draw per pair keeps it seeded
     draw = rng.choice(len(doc_ids), size=min(len(doc_ids), n + len(exclude)), replace=False)
-    picked = [doc_ids[j] for j in draw if doc_ids[j] not in exclude][:n]
-    return [(doc, RANDOM, corpus[doc]) for doc in picked]
+    picked = [doc for doc in (doc_ids[j] for j in draw) if doc not in exclude][:n]
+    return [(doc, RANDOM, None) for doc in picked]
 
 
 def _instance(pair: Pair, chosen: list[tuple[str, str, str]]) -> Instance:
@@ -211,7 +280,7 @@ def _instance(pair: Pair, chosen: list[tuple[str, str, str]]) -> Instance:
     }
 
 
-def _count_slots(stats: MixStats, chosen: list[tuple[str, str, str]], has_synthetic: bool) -> None:
+def _count_slots(stats: MixStats, chosen: list[Negative], has_synthetic: bool) -> None:
     if has_synthetic:
         stats.with_synthetic += 1
         stats.with_synthetic_slots += len(chosen)

@@ -123,3 +123,30 @@ def test_check_instances_names_file_and_row() -> None:
         mixing.check_instances(bad, "x.parquet", CORPUS)
     with pytest.raises(DataError, match=r"missing columns \['negative_sources'\]"):
         mixing.check_instances([{k: v for k, v in i.items() if k != "negative_sources"} for i in instances], "x.parquet", CORPUS)
+
+
+@pytest.mark.parametrize("strategy", list(MixStrategy))
+@pytest.mark.parametrize("block", [1, 3, 7])
+def test_a_mix_in_blocks_is_the_mix_in_one(strategy: MixStrategy, block: int) -> None:
+    """The stage mixes a block of pairs at a time: the direct choice spans all pairs, and the random
+    draws come from one generator in pair order, so the blocks change nothing."""
+    pairs, syn, ret = _inputs(23, n_syn=3, n_ret=5)
+    syn = {key: negs for i, (key, negs) in enumerate(syn.items()) if i % 4}  # some pairs without synthetic negatives
+    pairs += [{**pairs[0], "positive_id": "d40", "positive": CORPUS["d40"]}]  # q0's second positive, in another block
+    cfg = MixConfig(strategy=strategy, ratio=0.6, n_negatives=4, min_negatives=2)
+    whole, stats = mixing.mix(pairs, syn, ret, CORPUS, cfg, seed=5, positives={"q1": ["d45"]})
+    positives = mixing.query_positives(((p["query_id"], p["positive_id"]) for p in pairs), {"q1": ["d45"]})
+    mixer = mixing.Mixer(cfg, 5, len(pairs), positives, list(CORPUS))
+    blocks = []
+    for start in range(0, len(pairs), block):
+        kept = mixer.choose(pairs[start : start + block], syn, ret)
+        blocks += mixing.with_texts(kept, {doc: CORPUS[doc] for doc in mixing.corpus_ids(kept)})  # the chosen texts only
+    assert blocks == whole and mixer.stats == stats and stats.pairs == len(pairs)
+
+
+def test_drop_flagged_keeps_the_unflagged_and_drops_pairs_left_empty() -> None:
+    syn = {("q0", "d0"): mixing.SyntheticNegs("k0", ("a", "b", "c")), ("q1", "d1"): mixing.SyntheticNegs("k1", ("x",)),
+           ("q2", "d2"): mixing.SyntheticNegs("k2", ("y", "z"))}  # fmt: skip
+    flags = {("q0", "d0"): (False, True, False, False), ("q1", "d1"): (True,), ("q9", "d9"): (True,)}
+    assert mixing.drop_flagged(syn, flags) == {("q0", "d0"): mixing.SyntheticNegs("k0", ("a", "c")),
+                                               ("q2", "d2"): syn[("q2", "d2")]}  # fmt: skip
