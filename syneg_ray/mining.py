@@ -81,18 +81,58 @@ def pair_references(
     Returns:
         (n_pairs,) float32; nan for a query without positives (nan passes no guard). A pair whose
         positive is not among its query's scored positives falls back to the query's lowest.
+
+    Raises:
+        ValueError: a query's scores and positives differ in length.
     """
-    out = np.full(len(pair_query), np.nan, dtype=np.float32)
-    for i, (q, row) in enumerate(zip(pair_query.tolist(), pair_positive.tolist(), strict=True)):
-        scores = positive_scores[q]
-        if not len(scores):
-            continue
-        out[i] = scores.min()
-        if reference is GuardReference.PAIR:
-            at = int(np.searchsorted(positives[q], row))
-            if at < len(scores) and positives[q][at] == row:
-                out[i] = scores[at]
-    return out
+    own, found, lowest = _pair_lookup(positive_scores, positives, pair_query, pair_positive)
+    return np.where(found, own, lowest) if reference is GuardReference.PAIR else lowest
+
+
+def pair_positive_scores(
+    positive_scores: Sequence[np.ndarray], positives: Sequence[np.ndarray], pair_query: np.ndarray,
+    pair_positive: np.ndarray,
+) -> np.ndarray:  # fmt: skip
+    """(n_pairs,) float32: the score of each pair's own positive (arguments as `pair_references`);
+    nan where it is not among its query's positives."""
+    return _pair_lookup(positive_scores, positives, pair_query, pair_positive)[0]
+
+
+def _pair_lookup(
+    positive_scores: Sequence[np.ndarray], positives: Sequence[np.ndarray], pair_query: np.ndarray,
+    pair_positive: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # fmt: skip
+    """(own score, found, query's lowest score) per pair, each (n_pairs,); float32 scores, nan
+    where there is none.
+
+    The positives of the pairs' distinct queries are concatenated once, so each query's are
+    gathered once however many pairs it has, and every pair is found by one searchsorted over
+    (query, row) keys: each query's rows are sorted, so the keys are sorted.
+    """
+    queries, inverse = np.unique(np.asarray(pair_query, dtype=np.int64), return_inverse=True)
+    scores = [np.asarray(positive_scores[q]) for q in queries.tolist()]
+    rows = [np.asarray(positives[q], dtype=np.int64) for q in queries.tolist()]
+    lengths = np.array([len(s) for s in scores], dtype=np.int64)
+    mismatched = np.flatnonzero(lengths != np.array([len(r) for r in rows], dtype=np.int64))
+    if len(mismatched):
+        q = int(queries[mismatched[0]])
+        raise ValueError(f"query {q}: {len(positive_scores[q])} positive scores for {len(positives[q])} positives")
+    flat_scores = np.concatenate(scores) if scores else np.zeros(0, np.float32)
+    flat_rows = np.concatenate(rows) if rows else np.zeros(0, np.int64)
+    starts = np.cumsum(lengths) - lengths
+    lowest = np.full(len(queries), np.nan, dtype=np.float32)
+    filled = lengths > 0
+    if filled.any():  # reduceat over the non-empty queries only: an empty one would take its neighbour's first
+        lowest[filled] = np.minimum.reduceat(flat_scores, starts[filled])
+    pair_positive = np.asarray(pair_positive, dtype=np.int64)
+    span = int(max(flat_rows.max(initial=-1), pair_positive.max(initial=-1))) + 2  # rows shifted by 1 so -1 fits
+    keys = np.repeat(np.arange(len(queries), dtype=np.int64), lengths) * span + flat_rows + 1
+    wanted = inverse.reshape(-1).astype(np.int64) * span + pair_positive + 1
+    at = np.minimum(np.searchsorted(keys, wanted), max(len(keys) - 1, 0))
+    found = keys[at] == wanted if len(keys) else np.zeros(len(wanted), dtype=bool)
+    own = np.full(len(wanted), np.nan, dtype=np.float32)
+    own[found] = flat_scores[at[found]]
+    return own, found, lowest[inverse.reshape(-1)]
 
 
 @dataclass

@@ -8,7 +8,8 @@
                 dense is a source)
       -> mining.select_negatives per (query, positive) pair: window, positives, guard (against the
          pair's own positive by default, mine.guard_reference), sampling, combination
-      -> run_dir/mine/negatives.parquet: one MinedRow per (query, positive) pair
+      -> run_dir/mine/negatives.parquet: one MinedRow per (query, positive) pair, in pair order,
+         appended a block of pairs at a time (the driver never holds every pair's row)
 
 Candidate depth per query is range_max + the most positives (text duplicates included) any
 query has, so excluding positives never shrinks the window, as in the peer implementation.
@@ -17,8 +18,12 @@ query has, so excluding positives never shrinks the window, as in the peer imple
 from __future__ import annotations
 
 import logging
+import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from itertools import chain
 from pathlib import Path
 
 import numpy as np
@@ -30,12 +35,11 @@ from syneg_ray import beir, mining, schema
 from syneg_ray.config import PipelineConfig
 from syneg_ray.dataset import Prepared, ensure_pairs, rows_of, scan_corpus
 from syneg_ray.errors import DataError
-from syneg_ray.runtime import write_parquet_atomic
 from syneg_ray.stages.sharded_search import bm25_search, index_spec
 
 logger = logging.getLogger(__name__)
 
-SELECT_BLOCK = 8192  # queries per selection block: bounds the (block, k) boolean masks
+SELECT_BLOCK = 8192  # pairs per selection block: bounds the (block, k) boolean masks and the rows held before writing
 GUARD_BLOCK = 256  # queries per block when lexical hits are scored by the encoder: (block, k, dim) floats
 
 
@@ -263,58 +267,107 @@ def _reference(pos_scores: list[np.ndarray]) -> np.ndarray:
 LEXICAL = {"bm25": bm25_candidates, "pyserini": pyserini_candidates}  # source name -> searcher
 
 
-def select_all(cfg: PipelineConfig, sources: list[Source], inputs: MineInputs) -> tuple[list[mining.Selected], mining.MineStats]:
-    """Runs the pure selection per pair, block by block, with a progress bar.
+def select_blocks(
+    cfg: PipelineConfig, sources: list[Source], inputs: MineInputs
+) -> Iterator[tuple[slice, list[mining.Selected], mining.MineStats]]:
+    """Runs the pure selection per pair, block by block in pair order, with a progress bar.
 
     A block expands its pairs' query rows into (block, k) arrays, so memory is bounded by
-    SELECT_BLOCK, not by the number of pairs.
+    SELECT_BLOCK, not by the number of pairs. One generator draws every block's random samples,
+    so the result does not depend on SELECT_BLOCK.
+
+    Yields:
+        (the block's pairs, one Selected per pair, the block's counters).
     """
     rng = np.random.default_rng(cfg.run.seed)
-    stats, selected = mining.MineStats(), []
     n = len(inputs.pair_query)
     for start in tqdm(range(0, n, SELECT_BLOCK), desc="select negatives", unit="block", disable=n <= SELECT_BLOCK):
-        query_rows = inputs.pair_query[start : start + SELECT_BLOCK]
-        pair_positive = inputs.pair_positive[start : start + SELECT_BLOCK]
-        block = [
+        block = slice(start, min(start + SELECT_BLOCK, n))
+        query_rows, pair_positive = inputs.pair_query[block], inputs.pair_positive[block]
+        candidates = [
             s.candidates.take(query_rows, mining.pair_references(
                 s.guard_positive_scores, inputs.positives, query_rows, pair_positive, cfg.mine.guard_reference))
             for s in sources
         ]  # fmt: skip
         positives = [inputs.positives[q] for q in query_rows.tolist()]
-        out, block_stats = mining.select_negatives(block, positives, cfg.mine, rng, inputs.groups)
-        selected += out
-        stats.merge(block_stats)
-    return selected, stats
+        selected, stats = mining.select_negatives(candidates, positives, cfg.mine, rng, inputs.groups)
+        yield block, selected, stats
 
 
 MINED_SCHEMA = schema.arrow_schema(schema.MinedRow)
 
 
-def to_rows(
-    pairs: pa.Table, inputs: MineInputs, selected: list[mining.Selected], first_pos: list[np.ndarray]
-) -> list[schema.MinedRow]:
-    """One MinedRow per pair (`selected` is in pair order); positive_score is the pair's positive under the first source."""
+def mined_table(
+    pairs: pa.Table, inputs: MineInputs, ids: pa.Array, block: slice, selected: list[mining.Selected],
+    first_pos: list[np.ndarray],
+) -> pa.Table:  # fmt: skip
+    """The MinedRows of one block of pairs (`selected` holds the block's pairs in order), as an
+    Arrow table; positive_score is the pair's positive under the first source.
+
+    `ids` is the corpus's doc_id column as one array: every id of the block is named by one take.
+    """
+    query_rows = inputs.pair_query[block]
+    first_score = mining.pair_positive_scores(first_pos, inputs.positives, query_rows, inputs.pair_positive[block])
+    columns = {
+        "query_id": pairs.column("query_id")[block].cast(pa.string()),
+        "positive_id": pairs.column("positive_id")[block].cast(pa.string()),
+        "positive_ids": _named(ids, [inputs.positives[q] for q in query_rows.tolist()]),
+        "negative_ids": _named(ids, [s.indices for s in selected]),
+        "negative_scores": _lists([s.scores for s in selected], pa.float32()),
+        "positive_score": pa.array(first_score, pa.float32()),
+        "source": _lists([s.sources for s in selected], pa.string()),
+    }
+    return pa.Table.from_arrays([columns[f.name] for f in MINED_SCHEMA], schema=MINED_SCHEMA)
+
+
+def _offsets(lists: list) -> pa.Array:
+    """Arrow list offsets of `lists`: where each one starts in their concatenation, and the end."""
+    return pa.array(np.concatenate([[0], np.cumsum([len(v) for v in lists], dtype=np.int64)]), pa.int32())
+
+
+def _lists(lists: list[list], value_type: pa.DataType) -> pa.ListArray:
+    """A list array of Python lists (empty lists stay empty, never null)."""
+    return pa.ListArray.from_arrays(_offsets(lists), pa.array(list(chain.from_iterable(lists)), value_type))
+
+
+def _named(ids: pa.Array, corpus_rows: list) -> pa.ListArray:
+    """A list array of the doc ids of lists of corpus rows."""
+    flat = np.concatenate([np.asarray(r, dtype=np.int64) for r in corpus_rows] or [np.zeros(0, np.int64)])
+    return pa.ListArray.from_arrays(_offsets(corpus_rows), ids.take(pa.array(flat)).cast(pa.string()))
+
+
+@contextmanager
+def parquet_writer(path: Path, arrow_schema: pa.Schema) -> Iterator[pq.ParquetWriter]:
+    """A ParquetWriter on a temporary file beside `path`, renamed into place when the block ends
+    and deleted if it raises: a reader, or a rerun after a crash, never finds half a file under
+    `path`, while the rows are written as they come."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with pq.ParquetWriter(tmp, arrow_schema) as writer:
+            yield writer
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)  # gone already after the rename
+
+
+def write_mined(
+    path: Path, cfg: PipelineConfig, sources: list[Source], inputs: MineInputs, pairs: pa.Table,
+    first_pos: list[np.ndarray],
+) -> mining.MineStats:  # fmt: skip
+    """Selects each block of pairs and appends its rows to the Parquet at `path`, in pair order (the
+    mix stage reads the file alongside the pairs), so the driver holds one block's rows at a time.
+
+    Returns:
+        The counters summed over all blocks.
+    """
+    stats = mining.MineStats()
     ids = inputs.doc_ids.combine_chunks()
-
-    def names(corpus_rows) -> list[str]:
-        return ids.take(pa.array(np.asarray(corpus_rows, dtype=np.int64))).to_pylist()
-
-    rows: list[schema.MinedRow] = []
-    for q, d, sel, i in zip(pairs.column("query_id").to_pylist(), pairs.column("positive_id").to_pylist(), selected,
-                            inputs.pair_query.tolist(), strict=True):  # fmt: skip
-        pos_ids = names(np.sort(inputs.positives[i]))  # aligned with first_pos[i]
-        rows.append({
-            "query_id": q, "positive_id": d, "positive_ids": pos_ids,
-            "negative_ids": names(sel.indices), "negative_scores": sel.scores,
-            "positive_score": float(first_pos[i][pos_ids.index(d)]) if d in pos_ids else float("nan"),
-            "source": sel.sources,
-        })  # fmt: skip
-    return rows
-
-
-def write_rows(path: Path, rows: list[schema.MinedRow]) -> None:
-    """Writes the Parquet atomically, so a crashed run never leaves a half file a later stage trusts."""
-    write_parquet_atomic(path, pa.Table.from_pylist(rows, schema=MINED_SCHEMA))
+    with parquet_writer(path, MINED_SCHEMA) as writer:
+        for block, selected, block_stats in select_blocks(cfg, sources, inputs):
+            writer.write_table(mined_table(pairs, inputs, ids, block, selected, first_pos))
+            stats.merge(block_stats)
+    return stats
 
 
 def run_mine(cfg: PipelineConfig) -> dict:
@@ -349,9 +402,8 @@ def run_mine(cfg: PipelineConfig) -> dict:
         timings[name] = round(time.perf_counter() - t0, 2)
         sources.append(source)
         first_pos = pos_scores if first_pos is None else first_pos
-    selected, stats = select_all(cfg, sources, inputs)
     path = stage_dir(cfg, "mine") / Path(schema.MINED).name
-    write_rows(path, to_rows(pairs, inputs, selected, first_pos))
+    stats = write_mined(path, cfg, sources, inputs, pairs, first_pos)
     summary = {
         "queries": len(inputs.query_ids), "pairs": stats.rows, "avg_negatives": stats.negatives / max(stats.rows, 1),
         "skipped_share": stats.skipped_share, "short_pairs": stats.short, "empty_pairs": stats.empty,

@@ -184,3 +184,49 @@ def test_many_positive_query_keeps_negatives_per_pair_where_its_lowest_positive_
         kept[reference] = [o.indices for o in out]
     assert kept[GuardReference.PAIR] == [[10, 11, 12], [13], [13]]  # 0.45's threshold is 0.4275: 0.5 fails it
     assert kept[GuardReference.QUERY_MIN] == [[13], [13], [13]]
+
+
+def _pair_references_loop(positive_scores, positives, pair_query, pair_positive, reference):
+    """The per-pair definition the vectorised `pair_references` must match."""
+    out = np.full(len(pair_query), np.nan, dtype=np.float32)
+    for i, (q, row) in enumerate(zip(pair_query.tolist(), pair_positive.tolist(), strict=True)):
+        scores = positive_scores[q]
+        if not len(scores):
+            continue
+        out[i] = scores.min()
+        if reference is GuardReference.PAIR:
+            at = int(np.searchsorted(positives[q], row))
+            if at < len(scores) and positives[q][at] == row:
+                out[i] = scores[at]
+    return out
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_vectorised_pair_references_match_the_per_pair_loop(seed):
+    rng = np.random.default_rng(seed)
+    n_queries, n_docs = 60, 80
+    positives = [np.sort(rng.choice(n_docs, size=rng.integers(0, 6), replace=False)) for _ in range(n_queries)]
+    scores = [rng.normal(size=len(p)).astype(np.float32) for p in positives]
+    scores[3] = np.full(len(positives[3]), np.nan, np.float32)  # a source that leaves the positives unscored
+    pair_query = rng.integers(0, n_queries, size=400)  # queries repeat and come in any order
+    own = np.array([rng.choice(positives[q]) if len(positives[q]) else -1 for q in pair_query.tolist()], dtype=np.int64)
+    other = rng.integers(-1, n_docs, size=400)  # some pairs' positive is not (or no longer) among the query's
+    pair_positive = np.where(rng.random(400) < 0.8, own, other)
+    assert (pair_positive == -1).any() and any(not len(p) for p in positives)
+    for reference in GuardReference:
+        got = mining.pair_references(scores, positives, pair_query, pair_positive, reference)
+        want = _pair_references_loop(scores, positives, pair_query, pair_positive, reference)
+        assert got.dtype == np.float32 and got.shape == want.shape
+        np.testing.assert_array_equal(got, want)  # nan where nan, equal elsewhere
+    pair_scores = mining.pair_positive_scores(scores, positives, pair_query, pair_positive)
+    want = [float(scores[q][list(positives[q]).index(d)]) if d in positives[q] else np.nan
+            for q, d in zip(pair_query.tolist(), pair_positive.tolist(), strict=True)]  # fmt: skip
+    np.testing.assert_array_equal(pair_scores, np.float32(want))
+    empty = mining.pair_references(scores, positives, np.zeros(0, np.int64), np.zeros(0, np.int64), GuardReference.PAIR)
+    assert empty.shape == (0,)
+
+
+def test_pair_references_reject_scores_not_aligned_with_the_positives():
+    with pytest.raises(ValueError, match="query 1: 1 positive scores for 2 positives"):
+        mining.pair_references([np.float32([0.5]), np.float32([0.4])], [np.array([2]), np.array([3, 5])],
+                               np.array([0, 1]), np.array([2, 3]), GuardReference.PAIR)  # fmt: skip
