@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from syneg_ray import storage
 from syneg_ray.config import data_root
 from syneg_ray.errors import DataError
 
@@ -58,11 +59,15 @@ def resolve_dataset(name_or_path: str, data_dir: str = "", download: bool = True
     Raises:
         DataError: the folder does not exist and cannot be downloaded.
     """
+    if storage.is_uri(name_or_path):
+        return _fetched(storage.local_path(name_or_path))
     as_path = Path(name_or_path).expanduser()
     if (as_path / "corpus.jsonl").is_file():
-        return as_path
+        return _fetched(as_path)
     root = data_root(data_dir)
     folder = root / name_or_path
+    if storage.uri_of(folder) is not None:  # a data_dir in object storage
+        return _fetched(folder)
     if (folder / "corpus.jsonl").is_file():
         return folder
     if name_or_path not in BEIR_DATASETS:
@@ -74,6 +79,15 @@ def resolve_dataset(name_or_path: str, data_dir: str = "", download: bool = True
         raise DataError(f"{folder}: dataset {name_or_path!r} is missing and data.download is false")
     _download(name_or_path, root)
     return folder
+
+
+def _fetched(folder: Path) -> Path:
+    """A BEIR folder made readable on this node: fetched when it mirrors object storage (data.data_dir
+    or data.dataset a URI); a dataset uploaded by other tools has no completion marker."""
+    try:
+        return storage.fetch(folder, marked=False)
+    except FileNotFoundError as exc:
+        raise DataError(f"{exc}; upload the BEIR folder (corpus.jsonl, queries.jsonl, qrels/) there") from None
 
 
 def _download(name: str, root: Path) -> None:

@@ -580,14 +580,20 @@ def with_absolute_paths(cfg: PipelineConfig) -> PipelineConfig:
 def data_root(data_dir: str = "") -> Path:
     """Where BEIR datasets named by `data.dataset` live: `data_dir`, else $SYNEG_DATA_DIR, else
     ./datasets; absolute, as cache_root."""
-    return Path(data_dir or os.environ.get("SYNEG_DATA_DIR") or "datasets").expanduser().resolve()
+    from syneg_ray.storage import is_uri, local_path
+
+    location = data_dir or os.environ.get("SYNEG_DATA_DIR") or "datasets"
+    return local_path(location) if is_uri(location) else Path(location).expanduser().resolve()  # a URI: its mirror here
 
 
 def cache_root(cache_dir: str | Path = "") -> Path:
     """Where embeddings and converted models are cached: `cache_dir`, else $SYNEG_CACHE, else
     ~/.cache/syneg-ray. Always absolute: paths built from it are handed to actors, which may run
-    in another working directory."""
-    return Path(os.path.abspath(Path(cache_dir or os.environ.get("SYNEG_CACHE") or Path.home() / ".cache" / "syneg-ray").expanduser()))
+    in another working directory (and, for a URI, on another node: see storage.py)."""
+    from syneg_ray.storage import local_path
+
+    # a URI (a cache the cluster's nodes share through object storage): its mirror on this node
+    return local_path(cache_dir or os.environ.get("SYNEG_CACHE") or Path.home() / ".cache" / "syneg-ray")
 
 
 def default_cache_dir(cfg: PipelineConfig) -> Path:

@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from syneg_ray import beir, schema
+from syneg_ray import beir, schema, storage
 from syneg_ray.config import PipelineConfig, default_cache_dir
 from syneg_ray.errors import DataError
 from syneg_ray.runtime import _replace_atomically, read_json, write_parquet_atomic, write_text_atomic
@@ -87,9 +87,12 @@ def prepare(cfg: PipelineConfig) -> Prepared:
     fingerprint = file_digest(folder / "corpus.jsonl")[:16]
     # "-g": the row-grouped layout; a cache written before it (one row group) is rewritten once
     target = default_cache_dir(cfg) / "corpus" / f"{fingerprint}-g{CORPUS_ROW_GROUP}.parquet"
-    if not target.is_file():
-        n = write_corpus_parquet(folder / "corpus.jsonl", target)
-        logger.info("corpus: %s documents validated and cached as %s", f"{n:,}", target)
+
+    def build(path: Path) -> None:
+        n = write_corpus_parquet(folder / "corpus.jsonl", path)
+        logger.info("corpus: %s documents validated and cached as %s", f"{n:,}", path)
+
+    storage.ensure(target, build)  # with the cache in object storage: built once, fetched by other nodes
     return Prepared(folder=folder, corpus_parquet=target, fingerprint=fingerprint, given_negatives=given_negatives)
 
 
@@ -324,7 +327,7 @@ def ensure_pairs(cfg: PipelineConfig) -> tuple[Prepared, Path]:
     if not path.is_file() or read_json(run_dir / schema.PAIRS_SOURCE) != source:
         pairs, dev = build_pairs(cfg, prepared)
         # the old record goes first: a run killed before the new one is written rebuilds, whatever it resumes with
-        (run_dir / schema.PAIRS_SOURCE).unlink(missing_ok=True)
+        storage.remove(run_dir / schema.PAIRS_SOURCE)
         write_pairs(run_dir, pairs, dev)
         write_text_atomic(run_dir / schema.PAIRS_SOURCE, json.dumps(source, sort_keys=True))
         logger.info("pairs: %s train pairs, %s dev queries (%s)", f"{len(pairs):,}", f"{len(dev):,}",

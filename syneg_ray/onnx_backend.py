@@ -87,6 +87,10 @@ def export(model_path: str, target: Path) -> Path:
     return _make_in_child(["export", model_path], target, f"exporting {model_path}", "set encoder.backend=torch")
 
 
+def quantized_path(fp32_path: Path) -> Path:
+    return fp32_path.with_name(f"{fp32_path.stem}.int8.onnx")
+
+
 def quantized(fp32_path: Path) -> Path:
     """The int8 twin of an exported transformer (`<name>.int8.onnx` beside it), made once.
 
@@ -95,7 +99,7 @@ def quantized(fp32_path: Path) -> Path:
     where the CPU has them). Per channel matters: per-tensor scales lost 6% cosine to fp32 on MiniLM,
     per-channel about 0.5% (benchmarks/RESULTS.md, Mining).
     """
-    target = fp32_path.with_name(f"{fp32_path.stem}.int8.onnx")
+    target = quantized_path(fp32_path)
     extras.check("onnxruntime", "onnx")
     return _make_in_child(["quantize", str(fp32_path)], target, f"quantizing {fp32_path.name}", "use encoder.dtype=fp32")
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from syneg_ray import remote
 from syneg_ray.config import DATA_LOCATION_KEYS, PipelineConfig, to_dict
 from syneg_ray.runtime import read_json, write_text_atomic
 
@@ -160,6 +161,7 @@ def run_pipeline(cfg: PipelineConfig, yes: bool = False) -> dict[str, Any]:
         summaries[stage.name] = summary
         record = {"fingerprint": fingerprints[stage.name], "seconds": timings[stage.name], "summary": summary}
         write_text_atomic(run_dir / stage.name / MARKER, json.dumps(record, indent=2, default=str))  # "done" only when whole
+        remote.push(cfg)  # a run directory in object storage gets each stage as it finishes, its marker last
     from syneg_ray.report import write_report
 
     report = write_report(cfg, summaries, timings)

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from syneg_ray import storage
 from syneg_ray.config import cache_root
 from syneg_ray.errors import ModelNotFoundError
 
@@ -54,9 +55,14 @@ def _distribution_file(dist: str, relative: str, install: str) -> Path:
 
 
 def _atomic_folder(target: Path, build: Callable[[Path], None]) -> Path:
-    """Builds `target` in a temporary sibling and renames it into place, so readers never see half a model."""
+    """Builds `target` in a temporary sibling and renames it into place, so readers never see half a
+    model; with the cache in object storage, a model another node converted is fetched instead."""
+    return storage.ensure(target, lambda path: _build_folder(path, build))
+
+
+def _build_folder(target: Path, build: Callable[[Path], None]) -> None:
     if target.is_dir():
-        return target
+        return
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{target.name}-") as tmp:
         build(Path(tmp))
@@ -67,7 +73,6 @@ def _atomic_folder(target: Path, build: Callable[[Path], None]) -> Path:
                 raise
         else:
             os.makedirs(tmp)  # let TemporaryDirectory clean up an empty folder
-    return target
 
 
 # --------------------------------------------------------------------------- the bundled models
@@ -111,8 +116,8 @@ def _gguf_to_safetensors(gguf: Callable[[], Path], name: str) -> Callable[[Path]
     """Dequantizes a GGUF LLM once into a plain safetensors folder (what vLLM and fast HF paths need)."""
 
     def materialize(cache: Path) -> Path:
-        if (cache / "models" / name).is_dir():  # converted before: the GGUF package need not be installed here
-            return cache / "models" / name
+        if storage.published(cache / "models" / name):  # converted before: the GGUF package need not be installed here
+            return storage.fetch(cache / "models" / name)
         source = gguf()
 
         def build(tmp: Path) -> None:

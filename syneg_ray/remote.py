@@ -1,73 +1,63 @@
-"""Run directories on any pyarrow filesystem (local path, s3://, gs://, hdfs://), for `syneg` and `ray job submit`.
+"""A run directory in object storage (s3://, gs://), for `syneg` and `ray job submit`.
 
-Stages read and write a local folder. A command or job whose run directory is a URI mirrors it
-into a local working folder of the driver first and copies the results back after, so the same
-stage code runs on a laptop and in a job. Ray Train workers placed on other nodes read the run directory by path
-and do not see that folder: a multi-node run needs the run directory on a shared filesystem.
+The driver works on the run directory's mirror (`storage.local_path`): it pulls the remote folder
+first, so a rerun resumes from what an earlier submission wrote, and pushes what changed after every
+stage and when the command ends, also when it fails or is stopped (SIGTERM unwinds, see signals.py),
+so nothing a stage finished is lost. Completion markers go last in every push.
+
+Actors and train workers on other nodes do not read the driver's mirror: they fetch what they read
+from the URI (`storage.fetch`), and Ray Train keeps checkpoints at the URI itself
+(`storage.storage_location`), so a multi-node run needs no shared disk.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import tempfile
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
+from syneg_ray import storage
 from syneg_ray.config import PipelineConfig
 
 logger = logging.getLogger(__name__)
 
+# Ray Train and Tune keep their state at the URI itself and read it from there; the driver never mirrors it
+RAY_STORAGE = ("train/ray", "tune/ray")
+COMPLETION_MARKERS = ("_COMPLETE.json", "summary.json")
+
 
 def is_uri(path: str) -> bool:
-    return "://" in path and not path.startswith("file://")
+    return storage.is_uri(path)
 
 
-def _filesystem(uri: str):
-    import pyarrow.fs as pafs
-
-    return pafs.FileSystem.from_uri(uri)  # (filesystem, path inside it)
+def _is_marker(relative: str) -> bool:
+    return relative.rpartition("/")[2] in COMPLETION_MARKERS
 
 
-def pull(uri: str, local: Path) -> None:
-    """Copies everything under `uri` into `local` (nothing when the remote folder does not exist yet)."""
-    import pyarrow.fs as pafs
-
-    fs, root = _filesystem(uri)
-    if fs.get_file_info(root).type == pafs.FileType.NotFound:
+def push(cfg: PipelineConfig) -> None:
+    """Uploads what changed in a mirrored run directory (nothing for a local one); markers last."""
+    local = Path(cfg.run.run_dir)
+    if storage.uri_of(local) is None:
         return
-    pafs.copy_files(root, str(local), source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
-
-
-def push(local: Path, uri: str) -> None:
-    """Copies the local run folder back to `uri`, overwriting files of the same name."""
-    import pyarrow.fs as pafs
-
-    fs, root = _filesystem(uri)
-    fs.create_dir(root, recursive=True)
-    pafs.copy_files(str(local), root, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
-
-
-def localized(cfg: PipelineConfig) -> tuple[PipelineConfig, Path | None]:
-    """A config whose run_dir is local: the same one, or a fresh folder mirroring the remote one."""
-    if not is_uri(cfg.run.run_dir):
-        return cfg, None
-    local = Path(tempfile.mkdtemp(prefix="syneg-run-"))
-    logger.info("mirroring %s into %s", cfg.run.run_dir, local)
-    pull(cfg.run.run_dir, local)
-    return replace(cfg, run=replace(cfg.run, run_dir=str(local))), local
+    sent = storage.push_tree(local, last=_is_marker)
+    if sent:
+        logger.info("pushed %d file(s) to %s", sent, storage.uri_of(local))
 
 
 @contextlib.contextmanager
 def local_run_dir(cfg: PipelineConfig) -> Iterator[PipelineConfig]:
-    """Yields `cfg` with a local run directory; a URI's mirror is copied back when the stage ends,
-    also when it fails or is interrupted, so a rerun resumes from what was written."""
-    remote_dir = cfg.run.run_dir
-    cfg, local = localized(cfg)
+    """Yields `cfg` with a local run directory: the same one, or the mirror of a URI, pulled first and
+    pushed when the block ends, also when it fails or is interrupted."""
+    if not storage.is_uri(cfg.run.run_dir):
+        yield cfg
+        return
+    local = storage.local_path(cfg.run.run_dir)
+    logger.info("run directory %s, mirrored in %s", cfg.run.run_dir, local)
+    storage.pull_tree(local, skip=RAY_STORAGE)
+    cfg = replace(cfg, run=replace(cfg.run, run_dir=str(local)))
     try:
         yield cfg
     finally:
-        if local is not None:
-            logger.info("copying %s back to %s", local, remote_dir)
-            push(local, remote_dir)
+        push(cfg)

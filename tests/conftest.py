@@ -92,3 +92,53 @@ def tiny_cfg(tmp_path: Path, scifact_small: Path):
     from syneg_ray.config import load_config
 
     return load_config(None, [f"run.run_dir={tmp_path / 'run'}", f"data.dataset={scifact_small}", f"run.cache_dir={tmp_path / 'cache'}"])
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """A real S3-compatible server (moto) on loopback for the whole session; yields its endpoint URL."""
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen([str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    endpoint = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            urllib.request.urlopen(endpoint, timeout=1)
+            break
+        except OSError:
+            if time.monotonic() > deadline or server.poll() is not None:
+                server.kill()
+                pytest.fail("moto_server did not start; install the dev extra (moto[server])")
+            time.sleep(0.2)
+    yield endpoint
+    server.terminate()
+    server.wait(timeout=10)
+
+
+S3_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+
+
+@pytest.fixture
+def s3(s3_server: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A fresh bucket on the loopback S3 server, its credentials in the environment, and a node folder
+    of this test's own (storage.NODE_DIR_ENV); yields `s3://<bucket>`."""
+    import uuid
+
+    import pyarrow.fs as pafs
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_server)
+    for name, value in S3_ENV.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("SYNEG_NODE_DIR", str(tmp_path / "node-a"))
+    bucket = f"test-{uuid.uuid4().hex[:12]}"
+    pafs.S3FileSystem(endpoint_override=s3_server, allow_bucket_creation=True).create_dir(bucket)
+    return f"s3://{bucket}"

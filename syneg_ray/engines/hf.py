@@ -63,6 +63,9 @@ class HFGenerator:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
+        from syneg_ray import storage
+
+        model = str(storage.fetch(model))  # a model in a cache in object storage, on a node that lacks it
         if threads > 0:
             torch.set_num_threads(threads)
         self.torch = torch

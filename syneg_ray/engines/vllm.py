@@ -11,7 +11,7 @@ import importlib.util
 import os
 from typing import Any
 
-from syneg_ray import prompts
+from syneg_ray import prompts, storage
 from syneg_ray.config import Dtype, SynthesizeConfig
 from syneg_ray.engines.base import (
     WORK_COLUMNS,
@@ -109,7 +109,8 @@ def build(cfg: SynthesizeConfig, model: str) -> Any:
     if cfg.gpus_per_replica <= 0:  # CPU: reserve CPUs instead of the default one-GPU bundle per worker
         extra["placement_group_config"] = {"bundles": [{"CPU": cfg.cpus_per_replica}] * bundles}
     config = vLLMEngineProcessorConfig(
-        model_source=model,
+        # Ray Data LLM downloads a model given as a URI on each node itself (a cache in object storage)
+        model_source=storage.uri_of(model) or model,
         engine_kwargs=engine_kwargs(cfg),
         batch_size=cfg.batch_size,
         concurrency=cfg.replicas,

@@ -25,7 +25,7 @@ from typing import NamedTuple
 import numpy as np
 from tqdm.auto import tqdm
 
-from syneg_ray import onnx_backend
+from syneg_ray import onnx_backend, storage
 from syneg_ray.config import Backend, Dtype, EncoderConfig, PipelineConfig, default_cache_dir
 from syneg_ray.dataset import CORPUS_ROW_GROUP, Prepared, file_digest, read_corpus_rows
 from syneg_ray.encoder import EncodeOptions, embedding_dimension, encode, load_encoder
@@ -80,14 +80,22 @@ def onnx_file(cfg: PipelineConfig, model_path: str) -> Path:
 
 
 def prepare_onnx(model_path: str, onnx_path: str, dtype: Dtype = Dtype.FP32) -> Path:
-    """The ONNX graph an encoder of `dtype` runs: the fp32 export, or its int8 twin; each made once."""
-    exported = onnx_backend.export(model_path, Path(onnx_path))
-    return onnx_backend.quantized(exported) if dtype is Dtype.INT8 else exported
+    """The ONNX graph an encoder of `dtype` runs: the fp32 export, or its int8 twin; each made once
+    (with the cache in object storage, once in the cluster: other nodes fetch it)."""
+    exported = storage.ensure(Path(onnx_path), lambda path: onnx_backend.export(model_path, path))
+    if dtype is not Dtype.INT8:
+        return exported
+    return storage.ensure(onnx_backend.quantized_path(exported), lambda path: onnx_backend.quantized(exported))
 
 
 def open_encoder(model_path: str, backend: Backend, onnx_path: str, threads: int = 0, max_seq_length: int = 0,
                  dtype: Dtype = Dtype.FP32):
-    """The encoder `encoder.encode` runs: the sentence-transformers model, or its torch-free ONNX Runtime twin."""
+    """The encoder `encoder.encode` runs: the sentence-transformers model, or its torch-free ONNX Runtime twin.
+
+    Opened in actors on any node: a model in the run directory or the cache is fetched from object
+    storage when this node lacks it (storage.fetch).
+    """
+    model_path = str(storage.fetch(model_path))
     if backend is Backend.ONNX:
         return onnx_backend.OnnxEncoder(model_path, prepare_onnx(model_path, onnx_path, dtype), threads, max_seq_length)
     return load_encoder(model_path, max_seq_length=max_seq_length)
@@ -134,7 +142,7 @@ class EncodeUDF:
             if len(inline):
                 texts += list(inline)
             else:
-                corpus = read_corpus_rows(self.corpus_path, int(start), int(stop), ["text"]).column("text").to_pylist()
+                corpus = read_corpus_rows(str(storage.fetch(self.corpus_path)), int(start), int(stop), ["text"]).column("text").to_pylist()
                 texts += [self.document_prompt + t for t in corpus]
         rows = np.concatenate([np.arange(a, b, dtype=np.int64) for a, b in zip(batch["row"], batch["stop"], strict=True)])
         return {"row": rows, "embedding": encode(self.model, texts, self.options)}
@@ -195,7 +203,8 @@ def embed_corpus_and_queries(cfg: PipelineConfig, prepared: Prepared, queries: l
     """
     model_path = resolve_model(model or cfg.encoder.model, default_cache_dir(cfg))
     target = cache_path(cfg, model_path, prepared.fingerprint)
-    if target.is_file():
+    if target.is_file() or storage.published(target):  # with the cache in object storage, another node's encoding counts
+        storage.fetch(target)
         logger.info("corpus embeddings: cache hit %s", target.name)
         corpus = np.load(target, mmap_mode="r")
         if not queries:
@@ -297,6 +306,7 @@ def encode_on_pool(cfg: PipelineConfig, model_path: str, documents: list[str] | 
         return PoolOutput(np.zeros((0, query_out.shape[1]), np.float32), query_out)
     out.close()
     os.replace(partial, target)
+    storage.publish(target)
     return PoolOutput(np.load(target, mmap_mode="r"), query_out)
 
 

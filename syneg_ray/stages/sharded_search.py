@@ -138,8 +138,10 @@ class BM25Searcher:
     """One row range of the corpus Parquet, read by this actor itself and indexed for BM25."""
 
     def __init__(self, corpus_parquet: str, start: int, stop: int, k1: float, b: float):
+        from syneg_ray import storage
         from syneg_ray.dataset import CORPUS_ROW_GROUP, read_corpus_rows
 
+        corpus_parquet = str(storage.fetch(corpus_parquet))  # on a node that lacks the cache, from object storage
         chunks = (read_corpus_rows(corpus_parquet, a, min(a + CORPUS_ROW_GROUP, stop), ["text"]).column("text").to_pylist()
                   for a in range(start, stop, CORPUS_ROW_GROUP))  # fmt: skip
         self.shard = bm25.BM25Shard.from_chunks(chunks, k1, b)  # one row group of texts at a time

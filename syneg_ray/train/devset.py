@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from syneg_ray import beir, dataset, metrics, schema
+from syneg_ray import beir, dataset, metrics, schema, storage
 from syneg_ray.config import PipelineConfig
 from syneg_ray.encoder import EncodeOptions, encode
 
@@ -34,8 +34,9 @@ def load_devset(cfg: PipelineConfig) -> DevSet | None:
         None when the run has no dev queries (data.dev_fraction = 0) or dev evaluation is off.
     """
     path = Path(cfg.run.run_dir) / schema.DEV_QRELS
-    if not cfg.train.dev_eval or not path.is_file():
+    if not cfg.train.dev_eval or not storage.published(path):
         return None
+    path = storage.fetch(path)  # rank 0 may run on a node that never saw the run directory
     qrels = {q: docs for q, docs in json.loads(path.read_text(encoding="utf-8")).items() if docs}
     if not qrels:
         return None

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from syneg_ray import storage
 from syneg_ray.config import from_dict
 from syneg_ray.model import load_model
 from syneg_ray.train.devset import load_devset
@@ -31,8 +32,11 @@ logger = logging.getLogger("syneg_ray.train")
 PLACEMENT_GROUP = "placement_group.txt"  # the worker group's placement group id, written by rank 0
 
 PROGRESS_FILE = "progress.json"  # rank 0's latest step, with its pid (monitoring, and the kill test)
-ATTEMPTS_FILE = "attempts.jsonl"  # one line per worker start: pid, rank, first epoch to run
-SHARDS_FILE = "shards.jsonl"  # one line per worker and epoch: steps, instances read from its shard, mean loss
+# Records of every worker process, one file per process (rank<r>-<pid>.jsonl): workers on other
+# nodes publish theirs to a run directory in object storage, where no two processes may write one object.
+ATTEMPTS_DIR = "attempts"  # one line per worker start: pid, rank, first epoch to run
+SHARDS_DIR = "shards"  # one line per worker and epoch: steps, instances read from its shard, mean loss
+PROGRESS_EVERY_S = 10.0  # rank 0 rewrites progress.json at most this often (an object-store put each time)
 
 
 def train_loop_per_worker(config: dict) -> None:
@@ -57,7 +61,8 @@ def train_loop_per_worker(config: dict) -> None:
     total = planned_steps(data.n, cfg.train, world)
     checkpoint = ray.train.get_checkpoint()  # [ray] latest checkpoint after a failure or a rerun, else None
     with checkpoint.as_directory() if checkpoint else contextlib.nullcontext() as ckpt_dir:
-        st = load_model(str(Path(ckpt_dir) / MODEL_DIR) if ckpt_dir else config["model"], device)
+        # the base model, fetched on a node that lacks it when the cache is in object storage
+        st = load_model(str(Path(ckpt_dir) / MODEL_DIR) if ckpt_dir else str(storage.fetch(config["model"])), device)
         # [ray] prepare_model moves to the device and wraps in DDP when world > 1
         sess = build_session(st, cfg.train, total, device, wrap=ray.train.torch.prepare_model, **session_prompts(cfg))
         done = load_state(sess, ckpt_dir)["epochs"] if ckpt_dir else []
@@ -75,11 +80,27 @@ def train_loop_per_worker(config: dict) -> None:
 
 def _end_epoch(sess: Session, cfg_dict: dict, rank: int, summaries: list[dict], data: ShardStream, train_dir: Path) -> None:
     # what this worker trained on, before the report: a run stopped at the report keeps the record
-    with (train_dir / SHARDS_FILE).open("a", encoding="utf-8") as out:
-        last = summaries[-1]
-        out.write(json.dumps({"rank": rank, "epoch": last["epoch"], "steps": last["steps"], "rows": data.rows_read,
-                              "loss": last["loss"], "pid": os.getpid()}) + "\n")  # fmt: skip
+    last = summaries[-1]
+    _append_record(train_dir / SHARDS_DIR, rank, {"rank": rank, "epoch": last["epoch"], "steps": last["steps"],
+                                                  "rows": data.rows_read, "loss": last["loss"], "pid": os.getpid()})  # fmt: skip
     _report(sess, cfg_dict, rank, summaries)
+
+
+def _append_record(folder: Path, rank: int, record: dict) -> None:
+    """Appends `record` to this process's file in `folder` and publishes it (see ATTEMPTS_DIR)."""
+    from syneg_ray import storage
+
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"rank{rank}-{os.getpid()}.jsonl"
+    with path.open("a", encoding="utf-8") as out:
+        out.write(json.dumps(record) + "\n")
+    storage.publish(path)
+
+
+def worker_records(train_dir: str | Path, folder: str) -> list[dict]:
+    """Every worker process's records in `train_dir/folder` (ATTEMPTS_DIR or SHARDS_DIR), oldest file first."""
+    files = sorted((Path(train_dir) / folder).glob("rank*.jsonl"), key=lambda p: p.stat().st_mtime_ns)
+    return [json.loads(line) for path in files for line in path.read_text(encoding="utf-8").splitlines() if line]
 
 
 SHUFFLE_BUFFER = 1024  # instances a worker shuffles among locally; more costs memory, not steps
@@ -130,9 +151,12 @@ def _record_placement_group(train_dir: Path) -> None:
     """Writes the worker group's placement group id, so a Tune trial stopped mid-run can release it (tune.py)."""
     import ray.util
 
+    from syneg_ray import storage
+
     group = ray.util.get_current_placement_group()
     if group is not None:
         (train_dir / PLACEMENT_GROUP).write_text(group.id.hex(), encoding="utf-8")
+        storage.publish(train_dir / PLACEMENT_GROUP)
 
 
 def _report(sess: Session, cfg_dict: dict, rank: int, summaries: list[dict]) -> None:
@@ -156,17 +180,24 @@ def _setup_worker(rank: int, threads: int) -> None:
 
 
 def _append_attempt(train_dir: Path, rank: int, start_epoch: int) -> None:
-    train_dir.mkdir(parents=True, exist_ok=True)
-    with (train_dir / ATTEMPTS_FILE).open("a", encoding="utf-8") as out:
-        out.write(json.dumps({"pid": os.getpid(), "rank": rank, "start_epoch": start_epoch, "time": time.time()}) + "\n")
+    import ray
+
+    node = ray.get_runtime_context().get_node_id()  # which node of the cluster this worker ran on
+    _append_record(train_dir / ATTEMPTS_DIR, rank, {"pid": os.getpid(), "rank": rank, "node": node, "start_epoch": start_epoch,
+                                                    "time": time.time()})  # fmt: skip
 
 
 def _progress_writer(train_dir: Path):
+    from syneg_ray import storage
     from syneg_ray.runtime import write_text_atomic
 
     path = train_dir / PROGRESS_FILE
+    published = [0.0]  # when progress.json last went to object storage
 
     def write(record: dict) -> None:
         write_text_atomic(path, json.dumps({"pid": os.getpid(), "epoch": record["epoch"], "step": record["step"], "loss": record["loss"]}))
+        if time.monotonic() - published[0] >= PROGRESS_EVERY_S:
+            storage.publish(path)
+            published[0] = time.monotonic()
 
     return write

@@ -13,7 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
 
-from syneg_ray import dataset, schema
+from syneg_ray import dataset, remote, schema, storage
 from syneg_ray.config import DATA_LOCATION_KEYS, PipelineConfig, TrainConfig, diff, to_dict, with_absolute_paths
 from syneg_ray.errors import DataError, ResumeError
 from syneg_ray.mixing import check_instances
@@ -54,8 +54,12 @@ def instances_dataset(instances: str | Path, n_rows: int, workers: int):  # -> r
     """
     import ray.data
 
+    from syneg_ray import storage
+
     blocks = max(4 * workers, n_rows // 4096 + 1)  # enough blocks for the split to balance the workers
-    return ray.data.read_parquet(str(instances), override_num_blocks=blocks, ray_remote_args={"num_cpus": 0})
+    # a run directory in object storage: the read tasks, on any node, read the file there
+    path, filesystem = storage.storage_location(instances)
+    return ray.data.read_parquet(path, filesystem=filesystem, override_num_blocks=blocks, ray_remote_args={"num_cpus": 0})
 
 
 def instance_width(instances: str | Path) -> int:
@@ -84,6 +88,8 @@ def build_trainer(cfg: PipelineConfig, instances: str | Path, model_path: str, t
     from syneg_ray.train.loop import train_loop_per_worker
 
     train_dir = Path(train_dir).resolve()
+    # Ray keeps checkpoints where every worker can write them: the URI of a run directory in object storage
+    storage_path, storage_filesystem = storage.storage_location(train_dir / "ray")
     t = cfg.train
     if n_instances is None:
         n_instances = pq.ParquetFile(instances).metadata.num_rows
@@ -102,7 +108,8 @@ def build_trainer(cfg: PipelineConfig, instances: str | Path, model_path: str, t
         scaling_config=ScalingConfig(num_workers=t.workers, use_gpu=t.use_gpu, resources_per_worker=resources),
         run_config=RunConfig(
             name="train",
-            storage_path=str(train_dir / "ray"),
+            storage_path=storage_path,
+            storage_filesystem=storage_filesystem,
             failure_config=FailureConfig(max_failures=t.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=t.checkpoints_to_keep),
             callbacks=list(callbacks),  # e.g. Tune's TuneReportCallback, so trials see each epoch's metrics
@@ -196,7 +203,7 @@ def run_train(cfg: PipelineConfig, replace_other_config: bool = False) -> dict:
         if not replace_other_config:
             raise
         logger.warning("train: replacing the model of the previous config: %s", exc)
-        shutil.rmtree(train_dir)  # the model, its checkpoints and curves: all of that config
+        storage.remove(train_dir)  # the model, its checkpoints and curves: all of that config, here and in object storage
         resumable = False
     if resumable and (train_dir / SUMMARY).is_file():
         logger.info("train: %s is already trained with this config; delete it to train again", train_dir)
@@ -207,6 +214,7 @@ def run_train(cfg: PipelineConfig, replace_other_config: bool = False) -> dict:
     logger.info("train: %d instances x up to %d negatives, %d worker(s), batch %d per worker, %d epoch(s), model %s",
                 n_instances, n_negatives, cfg.train.workers, cfg.train.batch_size, cfg.train.epochs, model_path)  # fmt: skip
     init_ray(cfg)
+    remote.push(cfg)  # the instances and the dev set, for workers on nodes that read them from object storage
     result = build_trainer(cfg, instances, model_path, train_dir, n_instances=n_instances, width=n_negatives).fit()
     return export(result.checkpoint, run_dir, cfg, time.perf_counter() - started)
 
@@ -222,6 +230,7 @@ def export(checkpoint, run_dir: Path, cfg: PipelineConfig, seconds: float) -> di
         if target.exists():
             shutil.rmtree(target)
         shutil.copytree(Path(folder) / MODEL_DIR, target)
+    storage.publish(target)  # whole before evaluate's actors, on any node, fetch it
     train_dir = target.parent
     title = f"{cfg.mix.strategy.value} R={cfg.mix.ratio} tau={cfg.train.temperature}"
     plot_curves(meta["steps"], meta["epochs"], train_dir / CURVES, title)

@@ -41,8 +41,9 @@ def _cfg(tiny_cfg, model: str, **train):
 
 
 def _attempts(cfg) -> list[dict]:
-    path = Path(cfg.run.run_dir) / "train" / "attempts.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines()]
+    from syneg_ray.train.loop import ATTEMPTS_DIR, worker_records
+
+    return worker_records(Path(cfg.run.run_dir) / "train", ATTEMPTS_DIR)
 
 
 def test_two_workers_train_evaluate_and_save(tiny_cfg, ray_local, tiny_model) -> None:

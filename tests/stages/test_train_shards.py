@@ -16,7 +16,7 @@ from syneg_ray.config import MixConfig, MixStrategy
 from syneg_ray.model import build_tiny
 from syneg_ray.registry import resolve_model
 from syneg_ray.stages.mix import run_mix
-from syneg_ray.train.loop import SHARDS_FILE
+from syneg_ray.train.loop import SHARDS_DIR, worker_records
 from syneg_ray.train.trainer import run_train
 from tests.stages.test_train_mix import write_inputs
 
@@ -39,7 +39,7 @@ def test_two_workers_read_only_their_shard_take_equal_steps_and_gather(tiny_cfg,
     summary = run_train(cfg)
 
     steps = n // (2 * batch)
-    records = [json.loads(line) for line in (Path(cfg.run.run_dir) / "train" / SHARDS_FILE).read_text().splitlines()]
+    records = worker_records(Path(cfg.run.run_dir) / "train", SHARDS_DIR)
     assert sorted((r["epoch"], r["rank"]) for r in records) == [(0, 0), (0, 1), (1, 0), (1, 1)]
     for epoch in (0, 1):
         ranks = {r["rank"]: r for r in records if r["epoch"] == epoch}
