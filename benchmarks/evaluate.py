@@ -89,7 +89,7 @@ def run_side(side: str, args: argparse.Namespace, out: Path) -> None:
         ready = started
     else:
         from syneg_ray.runtime import init_ray
-        from syneg_ray.stages.embed import encode_with_ray
+        from syneg_ray.services.embed import encode_with_ray
 
         init_ray(cfg)
         ready = time.perf_counter()
@@ -120,7 +120,7 @@ def ndcg(args: argparse.Namespace, embeddings: np.ndarray, side: str) -> float:
     qrels, _ = beir.read_qrels(prepared.folder, "test")
     queries = beir.read_queries(prepared.folder, keep=set(qrels))
     if side == "ours-int8":
-        from syneg_ray.stages.embed import embed_queries
+        from syneg_ray.services.embed import embed_queries
 
         # the default cache: its int8 graph is reused from run to run, and query embeddings are never cached
         int8 = load_config(None, [f"data.dataset={args.dataset}", f"data.data_dir={args.data_dir}", "encoder.dtype=int8"])

@@ -90,7 +90,7 @@ def selection_only(folder: Path, work: Path, cache: Path) -> dict:
     import numpy as np
 
     from syneg_ray.dataset import prepare
-    from syneg_ray.stages.embed import embed_corpus, embed_queries
+    from syneg_ray.services.embed import embed_corpus, embed_queries
 
     cfg = _our_config(folder, work / "run", cache, "fp32")
     summary = run_mine_quiet(cfg)

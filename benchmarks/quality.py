@@ -184,7 +184,7 @@ def run_row(args: argparse.Namespace, row: Row, seed: int) -> dict:
     """Mix, train and evaluate one row at one seed; returns its result (read back when done before)."""
     from syneg_ray.stages.evaluate import run_evaluate
     from syneg_ray.stages.mix import run_mix
-    from syneg_ray.train.trainer import require_one_batch, run_train
+    from syneg_ray.stages.train.trainer import require_one_batch, run_train
 
     run_dir = args.out / "rows" / row.name / f"seed{seed}"
     cfg = config_for(args, run_dir, row.overrides, seed)
@@ -257,7 +257,7 @@ def tune_ratio(args: argparse.Namespace, row: Row) -> float:
     A grid (`--tune-points` values of R from 0 to 1) with every trial trained to the end, so the
     curve over R is whole; trials are ranked by dev nDCG@10 (queries carved from train, never test).
     """
-    from syneg_ray.tune import run_tune
+    from syneg_ray.stages.tune import run_tune
 
     run_dir = tune_dir(args.out, row.name)
     tau = config_for(args, run_dir).train.temperature
@@ -283,7 +283,7 @@ def base_dev_score(args: argparse.Namespace) -> float:
     """The base model's dev nDCG@10, scored as Tune's trials are: Tune's zero line (`syneg tune` also
     writes it per run; this one is the rows' shared reference)."""
     from syneg_ray.registry import resolve_model
-    from syneg_ray.tune import base_dev_score as score
+    from syneg_ray.stages.tune import base_dev_score as score
 
     cfg = config_for(args, args.out / "tune", ("train.dev_eval=true",))
     key = fingerprint(cfg, ("data", "encoder", "train"))
@@ -303,7 +303,7 @@ def run_probes(args: argparse.Namespace) -> dict:
     from syneg_ray.encoder import encode
     from syneg_ray.probes import guard_flags, source_auc
     from syneg_ray.registry import resolve_model
-    from syneg_ray.stages.embed import encode_options, local_encoder
+    from syneg_ray.services.embed import encode_options, local_encoder
     from syneg_ray.stages.mix import read_mined, read_synthetic
 
     cfg = config_for(args, args.out / "shared")

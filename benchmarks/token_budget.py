@@ -30,7 +30,7 @@ def child(dataset: Path, docs: int, backend: str, budget: int) -> None:
     from syneg_ray.config import Backend, PipelineConfig
     from syneg_ray.encoder import EncodeOptions, encode
     from syneg_ray.registry import resolve_model
-    from syneg_ray.stages.embed import onnx_file, open_encoder
+    from syneg_ray.services.embed import onnx_file, open_encoder
 
     texts = list(beir.load_split(dataset, "test").corpus.values())[:docs]
     model_path = resolve_model("minilm")

@@ -88,7 +88,7 @@ def mine(cfg, model, corpus: dict[str, str], doc_emb: np.ndarray, n: int = 3, ma
 
 def scifact(args) -> dict:
     from syneg_ray.stages.mix import run_mix
-    from syneg_ray.train.trainer import run_train
+    from syneg_ray.stages.train.trainer import run_train
 
     cfg = base_config(args.run_dir, [f"train.epochs={args.epochs}", *args.overrides])
     prepared, _ = ensure_pairs(cfg)
@@ -112,8 +112,8 @@ def scifact(args) -> dict:
 def throughput(args) -> dict:
     import ray
 
-    from syneg_ray.train.local import train_local
-    from syneg_ray.train.trainer import run_train
+    from syneg_ray.stages.train.local import train_local
+    from syneg_ray.stages.train.trainer import run_train
 
     src = Path(args.run_dir) / schema.INSTANCES
     rows = pq.read_table(src).to_pylist()[: args.instances]

@@ -2,7 +2,7 @@
 
 Search always runs a block of queries at a time into preallocated (n_queries, k) outputs, so
 memory is the index plus O(block x k), never a queries x corpus matrix. `merge_topk` merges the
-per-shard results of `stages/sharded_search.py`.
+per-shard results of `services/sharded_search.py`.
 """
 
 from __future__ import annotations

@@ -41,9 +41,9 @@ COMMANDS = {
     "synthesize": ("syneg_ray.stages.synthesize:run_synthesize", "LLM-written hard negatives for every train pair"),
     "mine": ("syneg_ray.stages.mine:run_mine", "retrieved hard negatives (dense ANN and BM25)"),
     "mix": ("syneg_ray.stages.mix:run_mix", "training instances from synthetic and retrieved negatives at ratio R"),
-    "train": ("syneg_ray.train.trainer:run_train", "InfoNCE fine-tuning with Ray Train"),
+    "train": ("syneg_ray.stages.train.trainer:run_train", "InfoNCE fine-tuning with Ray Train"),
     "evaluate": ("syneg_ray.stages.evaluate:run_evaluate", "BEIR metrics of a model (or bm25) on a split"),
-    "tune": ("syneg_ray.tune:run_tune", "Ray Tune over temperature and R, scored on the dev split"),
+    "tune": ("syneg_ray.stages.tune:run_tune", "Ray Tune over temperature and R, scored on the dev split"),
 }
 
 # optional modules a command needs at its end, checked before it starts (a missing one would

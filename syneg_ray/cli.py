@@ -25,7 +25,7 @@ from collections.abc import Sequence
 
 from syneg_ray import signals
 from syneg_ray.api import COMMANDS, call
-from syneg_ray.config import PipelineConfig, load_config, to_yaml
+from syneg_ray.config import Engine, PipelineConfig, load_config, to_yaml
 from syneg_ray.errors import SynegError
 
 logger = logging.getLogger("syneg_ray")
@@ -74,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
         else:
             p.add_argument("--split", help="qrels split the (query, positive) pairs come from (data.train_split)")
         if name == "synthesize":
-            p.add_argument("--engine", choices=["hf", "vllm", "openai"], help="synthesize.engine")
+            p.add_argument("--engine", choices=[e.value for e in Engine], help="synthesize.engine")
         p.add_argument("--smoke-test", action="store_true", help="tiny sizes: a quick end-to-end check")
         p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
         if name == "run":

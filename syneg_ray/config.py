@@ -313,6 +313,11 @@ class SynthesizeConfig:
             raise ConfigError("synthesize.engine = openai needs synthesize.base_url (e.g. http://127.0.0.1:8000/v1)")
 
 
+# mine.sources: dense (the encoder and faiss), bm25 (bm25s), pyserini (Lucene), given (the user's own
+# pairs' negatives); each is a function in stages/mine.py's SOURCES, under the same name
+MINE_SOURCES = ("dense", "bm25", "pyserini", "given")
+
+
 @dataclass(frozen=True, kw_only=True)
 class MineConfig:
     sources: tuple[str, ...] = ("dense", "bm25")  # combined round-robin in this order: dense, bm25, pyserini, given (the user's own pairs' negatives)
@@ -354,9 +359,9 @@ class MineConfig:
         _check_range("mine.relative_margin", self.relative_margin, 0.0, 1.0)
         _check_min("mine.absolute_margin", self.absolute_margin, 0.0)
         _check_min("mine.num_negatives", self.num_negatives, 1)
-        unknown = set(self.sources) - {"dense", "bm25", "pyserini", "given"}
+        unknown = set(self.sources) - set(MINE_SOURCES)
         if unknown or not self.sources:
-            raise ConfigError(f"mine.sources = {list(self.sources)}; choose from dense, bm25, pyserini, given")
+            raise ConfigError(f"mine.sources = {list(self.sources)}; choose from {', '.join(MINE_SOURCES)}")
         if self.index not in ("flat", "ivf", "hnsw"):
             raise ConfigError(f"mine.index = {self.index!r}; choose flat, ivf or hnsw")
         if self.guard_scorer not in ("auto", "dense", "source"):

@@ -3,7 +3,7 @@
 Why not `SentenceTransformer.encode`: it sorts by character length and uses a fixed batch size, so
 batches of short texts waste the budget and long ones pad to the longest. Here texts are sorted
 by *token* length and packed until `max_tokens_per_batch` padded tokens, which keeps every forward
-pass about the same cost. The same function runs inside a Ray Data actor (stages/embed.py), a
+pass about the same cost. The same function runs inside a Ray Data actor (services/embed.py), a
 training job, or bare on a GPU machine for benchmarks.
 
 The encoder is a SentenceTransformer, run here with torch, or an `onnx_backend.OnnxEncoder`, which

@@ -43,7 +43,7 @@ def _stages() -> list[Stage]:
     from syneg_ray.stages.mine import run_mine
     from syneg_ray.stages.mix import run_mix
     from syneg_ray.stages.synthesize import run_synthesize
-    from syneg_ray.train.trainer import run_train
+    from syneg_ray.stages.train.trainer import run_train
 
     def train(cfg: PipelineConfig) -> Any:
         # the pipeline reran mix or changed train: the model it holds is of another config

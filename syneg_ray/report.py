@@ -17,6 +17,7 @@ import pyarrow.parquet as pq
 from syneg_ray import schema
 from syneg_ray.config import PipelineConfig, to_yaml
 from syneg_ray.metrics import METRICS
+from syneg_ray.plots import plot_similarity
 
 logger = logging.getLogger(__name__)
 
@@ -44,28 +45,6 @@ def similarity_by_source(query: np.ndarray, positive: np.ndarray, negatives: np.
     return out
 
 
-def plot_similarity(sims: dict[str, np.ndarray], path: Path) -> Path:
-    from syneg_ray.extras import require
-
-    matplotlib = require("matplotlib")
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4))
-    bins = np.linspace(-0.2, 1.0, 49)
-    for name, values in sims.items():
-        if len(values):
-            ax.hist(values, bins=bins, alpha=0.5, density=True, label=f"{name} (n={len(values)}, mean {values.mean():.2f})")
-    ax.set_xlabel("cosine similarity to the query (base encoder)")
-    ax.set_ylabel("density")
-    ax.set_title("How close negatives sit to their query")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
-
-
 def similarity_plot(cfg: PipelineConfig, run_dir: Path) -> Path | None:
     """Encodes a sample of the mixed instances with the base encoder and plots similarity by source."""
     instances_path = run_dir / schema.INSTANCES
@@ -73,7 +52,7 @@ def similarity_plot(cfg: PipelineConfig, run_dir: Path) -> Path | None:
         return None
     from syneg_ray.encoder import encode
     from syneg_ray.registry import resolve_model
-    from syneg_ray.stages.embed import encode_options, local_encoder
+    from syneg_ray.services.embed import encode_options, local_encoder
 
     rows = pq.read_table(instances_path).slice(0, MAX_INSTANCES).to_pylist()
     encoder = local_encoder(cfg, resolve_model(cfg.encoder.model, cfg.run.cache_dir or None))

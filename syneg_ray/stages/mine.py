@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from itertools import chain
@@ -35,7 +35,7 @@ from syneg_ray import beir, mining, schema
 from syneg_ray.config import PipelineConfig
 from syneg_ray.dataset import Prepared, ensure_pairs, rows_of, scan_corpus
 from syneg_ray.errors import DataError
-from syneg_ray.stages.sharded_search import bm25_search, index_spec
+from syneg_ray.services.sharded_search import bm25_search, index_spec
 
 logger = logging.getLogger(__name__)
 
@@ -134,7 +134,7 @@ class Embedded:
 
 def embed_inputs(cfg: PipelineConfig, prepared: Prepared, inputs: MineInputs) -> Embedded:
     """Encodes the corpus (cached, on Ray actors) and the queries, and scores every positive."""
-    from syneg_ray.stages.embed import embed_corpus_and_queries
+    from syneg_ray.services.embed import embed_corpus_and_queries
 
     corpus, queries = embed_corpus_and_queries(cfg, prepared, inputs.query_texts)
     pos_scores = [
@@ -181,7 +181,7 @@ def dense_search(cfg: PipelineConfig, corpus: np.ndarray, queries: np.ndarray, k
     """Top-k by inner product with the configured index; memory bounded by mine.search_block."""
     m = cfg.mine
     if m.shards > 1:
-        from syneg_ray.stages.sharded_search import search_sharded
+        from syneg_ray.services.sharded_search import search_sharded
 
         return search_sharded(cfg, corpus, queries, k)
     from syneg_ray import ann
@@ -264,7 +264,36 @@ def _reference(pos_scores: list[np.ndarray]) -> np.ndarray:
     return np.array([float(s.min()) if len(s) else np.nan for s in pos_scores], dtype=np.float32)
 
 
-LEXICAL = {"bm25": bm25_candidates, "pyserini": pyserini_candidates}  # source name -> searcher
+SourceFn = Callable[[PipelineConfig, MineInputs, Prepared, "Embedded | None"], tuple[Source, list[np.ndarray]]]
+
+
+def _dense(cfg: PipelineConfig, inputs: MineInputs, prepared: Prepared, embedded: Embedded | None) -> tuple[Source, list[np.ndarray]]:
+    return dense_candidates(cfg, embedded, inputs), embedded.positive_scores
+
+
+def _given(cfg: PipelineConfig, inputs: MineInputs, prepared: Prepared, embedded: Embedded | None) -> tuple[Source, list[np.ndarray]]:
+    source, pos_scores = given_candidates(cfg, inputs, prepared)
+    return (source if embedded is None else judged_by_encoder(source, embedded)), pos_scores  # the encoder orders them when it ran
+
+
+def _lexical(search: Callable[[PipelineConfig, MineInputs], tuple[Source, list[np.ndarray]]]) -> SourceFn:
+    """A lexical searcher as a source: its hits judged on the encoder's scale when `mine.dense_guard`."""
+
+    def run(cfg: PipelineConfig, inputs: MineInputs, prepared: Prepared, embedded: Embedded | None) -> tuple[Source, list[np.ndarray]]:
+        source, pos_scores = search(cfg, inputs)
+        return (judged_by_encoder(source, embedded) if cfg.mine.dense_guard else source), pos_scores
+
+    return run
+
+
+# mine.sources name -> the source; config.MINE_SOURCES names the same set (tests/unit/test_mine_sources.py).
+# Each returns its hits and the positives' scores on the scale of its guard.
+SOURCES: dict[str, SourceFn] = {
+    "dense": _dense,
+    "bm25": _lexical(bm25_candidates),
+    "pyserini": _lexical(pyserini_candidates),
+    "given": _given,
+}
 
 
 def select_blocks(
@@ -389,16 +418,7 @@ def run_mine(cfg: PipelineConfig) -> dict:
         timings["encode"] = round(time.perf_counter() - t0, 2)
     for name in cfg.mine.sources:
         t0 = time.perf_counter()
-        if name == "dense":
-            source, pos_scores = dense_candidates(cfg, embedded, inputs), embedded.positive_scores
-        elif name == "given":
-            source, pos_scores = given_candidates(cfg, inputs, prepared)
-            if embedded is not None:
-                source = judged_by_encoder(source, embedded)
-        else:
-            source, pos_scores = LEXICAL[name](cfg, inputs)
-            if cfg.mine.dense_guard:
-                source = judged_by_encoder(source, embedded)
+        source, pos_scores = SOURCES[name](cfg, inputs, prepared, embedded)
         timings[name] = round(time.perf_counter() - t0, 2)
         sources.append(source)
         first_pos = pos_scores if first_pos is None else first_pos

@@ -434,7 +434,7 @@ def guard_synthetic(cfg: PipelineConfig, pairs_path: Path, synthetic: SyntheticB
 
 def _guard_cache_path(cfg: PipelineConfig, model_path: str, guarded: list[dict], negatives: list[tuple[str, ...]]) -> Path:
     from syneg_ray.config import default_cache_dir
-    from syneg_ray.stages.embed import backend_of, model_fingerprint
+    from syneg_ray.services.embed import backend_of, model_fingerprint
 
     e = cfg.encoder
     key = json.dumps([model_fingerprint(model_path), e.dtype.value, e.max_seq_length, e.query_prompt, e.document_prompt,
@@ -446,7 +446,7 @@ def _guard_cache_path(cfg: PipelineConfig, model_path: str, guarded: list[dict],
 def _guard_flags(cfg: PipelineConfig, model_path: str, guarded: list[dict], negatives: list[tuple[str, ...]],
                  folder: Path) -> np.ndarray:  # fmt: skip
     """(pairs, k) True where a negative scores above its positive less the margin; texts encoded on the encoder actors."""
-    from syneg_ray.stages.embed import encode_on_pool
+    from syneg_ray.services.embed import encode_on_pool
 
     k = max(len(n) for n in negatives)
     documents = [p["positive"] for p in guarded] + [t for n in negatives for t in n]

@@ -1,6 +1,6 @@
 """Synthesize stage: pairs -> prompts -> LLM engine -> judge (Ray Data) -> the k hardest negatives that pass.
 
-Glue only: prompts.py builds the messages, engines/ generate, stages/judge.py parses and scores
+Glue only: prompts.py builds the messages, engines/ generate, services/judge.py parses and scores
 each answer on its own encoder actors (judging.py gives the verdicts), rounds.py decides what
 follows (a reflection turn for the flagged negatives, or the kept ones), and synthetic_store.py
 commits each batch exactly once: judged rounds first, then what follows from them. A pair left with
@@ -27,7 +27,7 @@ from syneg_ray import synthetic_store as store
 from syneg_ray.config import Engine, PipelineConfig, SynthesizeConfig
 from syneg_ray.engines.base import WORK_COLUMNS, WORK_SCHEMA, limits_of
 from syneg_ray.errors import DataError, EngineError, SynegError
-from syneg_ray.stages.judge import examine
+from syneg_ray.services.judge import examine
 
 logger = logging.getLogger(__name__)
 
@@ -269,7 +269,7 @@ def run_synthesize(cfg: PipelineConfig) -> dict:
     from syneg_ray.dataset import ensure_pairs
     from syneg_ray.registry import resolve_model
     from syneg_ray.runtime import init_ray, stage_dir
-    from syneg_ray.stages import judge
+    from syneg_ray.services import judge
 
     s = cfg.synthesize
     _, pairs_path = ensure_pairs(cfg)  # a bad dataset or split fails here, before Ray starts

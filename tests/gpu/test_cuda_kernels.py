@@ -21,7 +21,7 @@ from syneg_ray.encoder import EncodeOptions, encode, load_encoder
 from syneg_ray.index import _search_torch, search_exact
 from syneg_ray.model import build_tiny, load_model
 from syneg_ray.registry import resolve_model
-from syneg_ray.train.step import build_session, plain_step
+from syneg_ray.stages.train.step import build_session, plain_step
 
 DEVICE = os.environ.get("SYNEG_TEST_DEVICE", "cuda")
 

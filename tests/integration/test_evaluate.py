@@ -14,7 +14,7 @@ from syneg_ray import beir, metrics
 from syneg_ray.dataset import prepare
 from syneg_ray.encoder import load_encoder
 from syneg_ray.registry import resolve_model
-from syneg_ray.stages import embed
+from syneg_ray.services import embed
 from syneg_ray.stages.evaluate import run_evaluate
 
 

@@ -13,7 +13,7 @@ import pytest
 from syneg_ray import schema
 from syneg_ray.config import MixConfig, MixStrategy
 from syneg_ray.dataset import ensure_pairs
-from syneg_ray.stages import embed
+from syneg_ray.services import embed
 from syneg_ray.stages.mix import run_mix
 from tests.stages.test_train_mix import write_inputs
 
@@ -55,7 +55,7 @@ def test_encoder_actors_finish_when_they_fill_every_free_cpu(ray_local, tiny_cfg
     from ray.util.placement_group import placement_group, remove_placement_group
 
     from syneg_ray.registry import resolve_model
-    from syneg_ray.stages.embed import encode_with_ray
+    from syneg_ray.services.embed import encode_with_ray
 
     cfg = dataclasses.replace(tiny_cfg, encoder=dataclasses.replace(tiny_cfg.encoder, actors=1, cpus_per_actor=1.0))
     free = ray_local.available_resources()["CPU"]

@@ -88,8 +88,13 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _serve(cmd: list[str], env: dict[str, str] | None = None, wait_s: float = 300):
-    """Starts an OpenAI-compatible server on a free loopback port; yields its /v1 URL once it answers."""
+def _serve(cmd: list[str], env: dict[str, str] | None = None, wait_s: float = 300, optional: bool = False):
+    """Starts an OpenAI-compatible server on a free loopback port; yields its /v1 URL once it answers.
+
+    A server that does not come up fails the test, unless it is `optional` (an environment this
+    machine may lack), which skips it.
+    """
+    give_up = pytest.skip if optional else pytest.fail
     port = _free_port()
     proc = subprocess.Popen([*cmd, "--port", str(port)], cwd=REPO, env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
@@ -97,7 +102,7 @@ def _serve(cmd: list[str], env: dict[str, str] | None = None, wait_s: float = 30
     deadline = time.time() + wait_s
     while time.time() < deadline:
         if proc.poll() is not None:
-            pytest.skip(f"the server exited before serving: {proc.stderr.read()[-500:]}")
+            give_up(f"the server exited before serving: {proc.stderr.read()[-500:]}")
         try:
             urllib.request.urlopen(url + "/models", timeout=2).close()
             break
@@ -105,7 +110,7 @@ def _serve(cmd: list[str], env: dict[str, str] | None = None, wait_s: float = 30
             time.sleep(1)
     else:
         proc.kill()
-        pytest.skip(f"the server did not answer within {wait_s:.0f} s")
+        give_up(f"the server did not answer within {wait_s:.0f} s")
     yield url
     proc.terminate()
     proc.wait(timeout=60)
@@ -114,7 +119,7 @@ def _serve(cmd: list[str], env: dict[str, str] | None = None, wait_s: float = 30
 @pytest.fixture
 def openai_server():
     """A real OpenAI-compatible server on loopback with the bundled SmolLM2 behind it."""
-    yield from _serve([sys.executable, "-m", "syneg_ray.engines.serve", "--model", "smollm2-135m"])
+    yield from _serve([sys.executable, "-m", "tests.openai_server", "--model", "smollm2-135m"])
 
 
 def _vllm_python() -> Path:

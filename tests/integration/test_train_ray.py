@@ -16,7 +16,7 @@ from syneg_ray.config import MixConfig, MixStrategy
 from syneg_ray.model import build_tiny
 from syneg_ray.registry import resolve_model
 from syneg_ray.stages.mix import run_mix
-from syneg_ray.train.trainer import run_train
+from syneg_ray.stages.train.trainer import run_train
 from tests.stages.test_train_mix import write_inputs
 
 pytestmark = pytest.mark.slow
@@ -41,7 +41,7 @@ def _cfg(tiny_cfg, model: str, **train):
 
 
 def _attempts(cfg) -> list[dict]:
-    from syneg_ray.train.loop import ATTEMPTS_DIR, worker_records
+    from syneg_ray.stages.train.loop import ATTEMPTS_DIR, worker_records
 
     return worker_records(Path(cfg.run.run_dir) / "train", ATTEMPTS_DIR)
 

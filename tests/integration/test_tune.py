@@ -14,7 +14,7 @@ import pytest
 from syneg_ray import schema
 from syneg_ray.config import load_config
 from syneg_ray.dataset import ensure_pairs, read_corpus
-from syneg_ray.tune import run_tune
+from syneg_ray.stages.tune import run_tune
 
 pytestmark = pytest.mark.slow
 

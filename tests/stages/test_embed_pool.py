@@ -13,7 +13,7 @@ from syneg_ray.config import Backend, default_cache_dir
 from syneg_ray.dataset import prepare
 from syneg_ray.encoder import encode
 from syneg_ray.registry import resolve_model
-from syneg_ray.stages import embed
+from syneg_ray.services import embed
 
 
 @pytest.fixture

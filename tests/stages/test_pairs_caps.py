@@ -154,7 +154,7 @@ def test_the_defaults_leave_scifacts_822_train_pairs_unchanged(tmp_path: Path, s
 
 
 def test_tune_accepts_no_carve_when_the_dataset_has_a_dev_split(tmp_path: Path, many: Path) -> None:
-    from syneg_ray.tune import require_dev_scores
+    from syneg_ray.stages.tune import require_dev_scores
 
     require_dev_scores(_cfg(tmp_path, many, "data.dev_fraction=0"))  # dev.tsv: nothing to carve
     with pytest.raises(ConfigError, match="data.dev_fraction = 0 leaves no dev queries"):

@@ -12,8 +12,8 @@ import pytest
 
 from syneg_ray.config import load_config
 from syneg_ray.index import search_exact
-from syneg_ray.stages import sharded_search
-from syneg_ray.stages.sharded_search import index_spec, search_sharded, shard_bounds, start_shards
+from syneg_ray.services import sharded_search
+from syneg_ray.services.sharded_search import index_spec, search_sharded, shard_bounds, start_shards
 
 
 def test_shard_bounds_cover_rows_once():

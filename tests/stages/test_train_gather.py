@@ -13,7 +13,7 @@ import torch.multiprocessing as mp
 
 from syneg_ray import losses
 from syneg_ray.config import TrainConfig
-from syneg_ray.train.step import _loss_scale
+from syneg_ray.stages.train.step import _loss_scale
 
 B, K, H, TAU = 3, 3, 8, 0.05  # per-worker batch, 1 + n documents, input dim
 

@@ -16,7 +16,7 @@ from syneg_ray.config import MixConfig, MixStrategy, PipelineConfig
 from syneg_ray.dataset import ensure_pairs, read_corpus
 from syneg_ray.errors import DataError, ResumeError
 from syneg_ray.stages.mix import run_mix
-from syneg_ray.train.trainer import check_resume, run_train, training_fingerprint
+from syneg_ray.stages.train.trainer import check_resume, run_train, training_fingerprint
 
 
 def write_inputs(cfg, n_syn: int = 3, n_ret: int = 4, synthetic: bool = True) -> None:
@@ -113,7 +113,7 @@ def test_train_workers_get_absolute_paths(tiny_cfg, tmp_path, monkeypatch) -> No
     """Ray Train workers run in a directory of their own. With a relative run directory they
     silently found no dev split, and with a relative dataset they failed to find the corpus."""
     from syneg_ray.config import from_dict, load_config
-    from syneg_ray.train.trainer import build_trainer
+    from syneg_ray.stages.train.trainer import build_trainer
 
     monkeypatch.chdir(tmp_path)
     dataset = Path(tiny_cfg.data.dataset)
@@ -192,7 +192,7 @@ def test_hybrid_at_r_1_tops_up_from_mining_and_at_r_0_needs_no_synthesis(tiny_cf
 def test_train_in_the_pipeline_replaces_a_model_of_another_config(mixed, monkeypatch) -> None:
     """`syneg train` refuses a run directory trained under another config; `syneg run`, which reruns
     train because mix or train changed, replaces it."""
-    from syneg_ray.train import trainer
+    from syneg_ray.stages.train import trainer
 
     cfg, instances = mixed
     train_dir = Path(cfg.run.run_dir) / "train"

@@ -18,10 +18,10 @@ from syneg_ray.config import load_config
 from syneg_ray.encoder import encode
 from syneg_ray.model import build_tiny, load_model
 from syneg_ray.registry import resolve_model
-from syneg_ray.stages.embed import encode_options
-from syneg_ray.train.devset import DevSet
-from syneg_ray.train.local import dev_scores, fit_epochs, session_prompts, train_local
-from syneg_ray.train.step import Data, build_session, cached_step, plain_step
+from syneg_ray.services.embed import encode_options
+from syneg_ray.stages.train.devset import DevSet
+from syneg_ray.stages.train.local import dev_scores, fit_epochs, session_prompts, train_local
+from syneg_ray.stages.train.step import Data, build_session, cached_step, plain_step
 from tests.stages.test_train_step import _rows
 
 Q, P = "query: ", "passage: "
@@ -66,7 +66,7 @@ def _devset() -> DevSet:
 
 
 def _mined(cfg, st, queries: list[str], documents: list[str], seen: list[str]) -> list[str]:
-    """What the tokenizer gets when mining and evaluation encode `queries` and `documents` (stages/embed.py's options)."""
+    """What the tokenizer gets when mining and evaluation encode `queries` and `documents` (services/embed.py's options)."""
     seen.clear()
     encode(st, queries, encode_options(cfg.encoder, cfg.encoder.query_prompt))
     encode(st, documents, encode_options(cfg.encoder, cfg.encoder.document_prompt))

@@ -16,8 +16,8 @@ from syneg_ray.config import MixConfig, MixStrategy
 from syneg_ray.model import build_tiny
 from syneg_ray.registry import resolve_model
 from syneg_ray.stages.mix import run_mix
-from syneg_ray.train.loop import SHARDS_DIR, worker_records
-from syneg_ray.train.trainer import run_train
+from syneg_ray.stages.train.loop import SHARDS_DIR, worker_records
+from syneg_ray.stages.train.trainer import run_train
 from tests.stages.test_train_mix import write_inputs
 
 
@@ -55,7 +55,7 @@ def test_two_workers_read_only_their_shard_take_equal_steps_and_gather(tiny_cfg,
 
 def test_a_step_budget_stops_training_and_sizes_the_schedule(tmp_path, tiny_model) -> None:
     from syneg_ray.config import load_config
-    from syneg_ray.train.local import train_local
+    from syneg_ray.stages.train.local import train_local
 
     cfg = load_config(None, ["train.batch_size=2", "train.epochs=2", "train.max_steps=3", "train.max_seq_length=16",
                              "train.grad_var_window=0", "train.warmup_ratio=0"])  # fmt: skip

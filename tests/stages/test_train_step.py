@@ -8,9 +8,9 @@ import torch
 from syneg_ray.config import Dtype, TrainConfig, load_config
 from syneg_ray.model import build_tiny, load_model
 from syneg_ray.registry import resolve_model
-from syneg_ray.train.gradvar import GradVariance
-from syneg_ray.train.local import train_local
-from syneg_ray.train.step import build_session, cached_step, epoch_batches, plain_step
+from syneg_ray.stages.train.gradvar import GradVariance
+from syneg_ray.stages.train.local import train_local
+from syneg_ray.stages.train.step import build_session, cached_step, epoch_batches, plain_step
 
 
 @pytest.fixture(scope="session")
@@ -149,7 +149,7 @@ def test_an_instance_with_fewer_negatives_trains_on_what_it_has(tiny_model_dir: 
     """Empty slots are not encoded, and the loss is the one over the present documents: padding a
     short instance with None gives the loss of the batch without those slots at all."""
     from syneg_ray import losses
-    from syneg_ray.train.step import Data
+    from syneg_ray.stages.train.step import Data
 
     rows = _rows(6, 3)
     rows[2]["negatives"] = rows[2]["negatives"][:1]

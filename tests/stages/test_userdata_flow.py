@@ -48,7 +48,7 @@ def test_the_readme_example_mines_and_evaluates(tmp_path: Path, monkeypatch) -> 
     monkeypatch.setenv("SYNEG_CACHE", str(tmp_path / "cache"))
 
     # the README's commands, as written there, run from the folder that holds my-data/
-    assert cli.main("mine --config configs/own-data.yaml --smoke-test mine.sources=[bm25]".split()) == 0
+    assert cli.main(["mine", "--config", "configs/own-data.yaml", "--smoke-test", "mine.sources=[bm25]"]) == 0
     cfg = load_config("configs/own-data.yaml", ["data.limit=16"])
     prepared = prepare(cfg)
     assert prepared.given_negatives is not None and pq.read_table(prepared.given_negatives).num_rows > 0
@@ -62,7 +62,7 @@ def test_the_readme_example_mines_and_evaluates(tmp_path: Path, monkeypatch) -> 
         assert row["negative_ids"] and set(row["negative_ids"]) <= set(docs)
         assert not set(row["negative_ids"]) & set(train[row["query_id"]])
 
-    assert cli.main("evaluate --config configs/own-data.yaml --model bm25".split()) == 0
+    assert cli.main(["evaluate", "--config", "configs/own-data.yaml", "--model", "bm25"]) == 0
     (scores,) = [json.loads(p.read_text()) for p in (Path(cfg.run.run_dir) / "evaluate").glob("*/metrics.json")]
     assert scores["split"] == "test" and scores["dataset"] == "my-data" and scores["queries"] == 6
     assert scores["ndcg@10"] > 0.3  # the generated queries share their positives' topic words

@@ -75,14 +75,12 @@ def test_every_command_has_its_api_function_and_an_existing_target() -> None:
         assert defs[function].args.args[0].arg == "cfg", target
 
 
-def test_train_and_tune_stay_the_api_functions_after_their_submodules_are_imported() -> None:
-    import syneg_ray.train.state  # binds syneg_ray.train to the subpackage, unless the package keeps the function
-    import syneg_ray.tune
+def test_train_and_tune_are_the_api_functions_and_their_stages_live_under_stages() -> None:
+    import syneg_ray.stages.train.state
+    import syneg_ray.stages.tune
 
-    assert syneg_ray.train is api.train and syneg_ray.tune is api.tune
-    from syneg_ray.train import state  # the submodules stay importable
-
-    assert state.__name__ == "syneg_ray.train.state"
+    assert syneg_ray.train is api.train and syneg_ray.tune is api.tune  # no submodule of the package shadows them
+    assert syneg_ray.stages.train.state.__name__ == "syneg_ray.stages.train.state"
 
 
 CALLS: list[tuple[PipelineConfig, dict]] = []

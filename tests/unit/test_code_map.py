@@ -9,7 +9,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def _mapped() -> set[str]:
-    """Module paths named in the README's Code map table; `pkg/` (`a`, `b`) names pkg/a.py and pkg/b.py."""
+    """Module paths named in the README's Code map table; `pkg/sub/` (`a`, `b`) names pkg/sub/a.py and pkg/sub/b.py."""
     text = (ROOT / "README.md").read_text(encoding="utf-8")
     section = text.split("## Code map", 1)[1].split("\n## ", 1)[0]
     names: set[str] = set()
@@ -17,9 +17,9 @@ def _mapped() -> set[str]:
         if not row.startswith("| `"):
             continue
         cell = row.split("|")[1]
-        for package, members in re.findall(r"`(\w+)/` \(([^)]*)\)", cell):
+        for package, members in re.findall(r"`([\w/]+)/` \(([^)]*)\)", cell):
             names |= {f"{package}/{m}.py" for m in re.findall(r"`(\w+)`", members)}
-        cell = re.sub(r"`\w+/` \([^)]*\)", "", cell)
+        cell = re.sub(r"`[\w/]+/` \([^)]*\)", "", cell)
         names |= set(re.findall(r"`([\w/]+\.py)`", cell))
     return names
 

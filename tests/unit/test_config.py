@@ -77,7 +77,7 @@ def test_diff_lists_changed_keys() -> None:
 
 
 def test_train_workers_share_the_machine_unless_told(monkeypatch) -> None:
-    from syneg_ray.train.trainer import worker_cpus
+    from syneg_ray.stages.train.trainer import worker_cpus
 
     monkeypatch.setattr("syneg_ray.runtime.smallest_node_cpus", lambda: 0.0)  # no Ray running
     monkeypatch.setattr("syneg_ray.runtime.usable_cores", lambda cpu_max=None: 8)  # this machine's cores

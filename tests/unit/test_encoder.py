@@ -127,7 +127,7 @@ def test_diagnostics_encode_with_the_configured_backend_and_precision(minilm_onn
 
     from syneg_ray.config import load_config
     from syneg_ray.onnx_backend import OnnxEncoder
-    from syneg_ray.stages.embed import local_encoder, onnx_file
+    from syneg_ray.services.embed import local_encoder, onnx_file
 
     def opened(dtype: str):
         cfg = load_config(None, [f"run.cache_dir={tmp_path}", f"encoder.dtype={dtype}"])
@@ -161,7 +161,7 @@ def test_an_onnx_encoder_process_never_imports_torch(minilm_onnx, dtype) -> None
         "import sys\n"
         "from syneg_ray.config import Backend, Dtype\n"
         "from syneg_ray.encoder import encode\n"
-        "from syneg_ray.stages.embed import EncodeUDF, open_encoder\n"
+        "from syneg_ray.services.embed import EncodeUDF, open_encoder\n"
         f"model = open_encoder({resolve_model('minilm')!r}, Backend.ONNX, {str(minilm_onnx)!r}, threads=1, "
         f"dtype=Dtype({dtype.value!r}))\n"
         "assert encode(model, ['aspirin and fever']).shape == (1, 384)\n"
@@ -204,7 +204,7 @@ def test_models_the_onnx_backend_cannot_run_fall_back_to_torch_or_fail_clearly(t
     from syneg_ray.config import Backend, EncoderConfig
     from syneg_ray.errors import ConfigError
     from syneg_ray.onnx_backend import unsupported
-    from syneg_ray.stages.embed import backend_of, open_encoder
+    from syneg_ray.services.embed import backend_of, open_encoder
 
     assert unsupported(resolve_model("minilm")) == ""
     dense = _model_variant(tmp_path / "a", modules=["Transformer", "Pooling", "Dense", "Normalize"])
@@ -235,7 +235,7 @@ def test_onnx_export_failure_is_one_clear_line(tmp_path) -> None:
 def test_backend_choice() -> None:
     from syneg_ray.config import Backend, EncoderConfig
     from syneg_ray.errors import ConfigError
-    from syneg_ray.stages.embed import backend_of
+    from syneg_ray.services.embed import backend_of
 
     minilm = resolve_model("minilm")
     assert backend_of(EncoderConfig(), minilm) is Backend.ONNX  # fp32 on CPU actors
@@ -249,7 +249,7 @@ def test_backend_choice() -> None:
 def test_int8_runs_only_on_onnx_runtime_on_cpus(tmp_path) -> None:
     from syneg_ray.config import Backend, EncoderConfig, SynthesizeConfig, TrainConfig
     from syneg_ray.errors import ConfigError
-    from syneg_ray.stages.embed import backend_of
+    from syneg_ray.services.embed import backend_of
 
     assert backend_of(EncoderConfig(dtype=Dtype.INT8), resolve_model("minilm")) is Backend.ONNX
     assert backend_of(EncoderConfig(dtype=Dtype.INT8, backend=Backend.ONNX), resolve_model("minilm")) is Backend.ONNX
@@ -269,7 +269,7 @@ def test_cpus_per_actor_fits_the_smallest_node() -> None:
     import os
 
     from syneg_ray.config import EncoderConfig
-    from syneg_ray.stages.embed import cpus_per_actor
+    from syneg_ray.services.embed import cpus_per_actor
 
     cores = os.cpu_count() or 1
     assert cpus_per_actor(EncoderConfig(cpus_per_actor=0.5)) == 0.5  # as configured
@@ -279,7 +279,7 @@ def test_cpus_per_actor_fits_the_smallest_node() -> None:
 
 
 def test_row_writer_puts_rows_arriving_in_any_order_in_place(tmp_path):
-    from syneg_ray.stages.embed import _RowWriter
+    from syneg_ray.services.embed import _RowWriter
 
     expected = np.arange(10 * 3, dtype=np.float32).reshape(10, 3)
     writer = _RowWriter(tmp_path / "x.npy", 10, 3)

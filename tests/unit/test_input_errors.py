@@ -155,7 +155,7 @@ def write_parquet(path: Path) -> Path:
 
 
 def test_train_names_a_corrupt_instances_file(tmp_path: Path) -> None:
-    from syneg_ray.train.trainer import read_instances
+    from syneg_ray.stages.train.trainer import read_instances
 
     path = tmp_path / "instances.parquet"
     path.write_bytes(b"PAR1 truncated")

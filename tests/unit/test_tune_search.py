@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from syneg_ray.config import load_config
-from syneg_ray.tune import METRIC, param_space, search_alg
+from syneg_ray.stages.tune import METRIC, param_space, search_alg
 
 
 def _noop(config: dict) -> None:
@@ -48,7 +48,7 @@ def test_optuna_searcher_is_seeded_and_limited(tmp_path: Path) -> None:
 
 
 def test_a_range_of_one_value_holds_that_axis() -> None:
-    from syneg_ray.tune import grid
+    from syneg_ray.stages.tune import grid
 
     held_tau = load_config(None, ["tune.searcher=grid", "tune.grid_points=5", "tune.temperature_min=0.05", "tune.temperature_max=0.05"])
     assert grid(held_tau) == ([0.05], [0.0, 0.25, 0.5, 0.75, 1.0])
@@ -78,7 +78,7 @@ def test_optuna_searcher_takes_a_held_axis(tmp_path: Path) -> None:
 
 def test_tune_without_dev_scores_is_refused_before_any_trial(tmp_path: Path) -> None:
     from syneg_ray.errors import ConfigError
-    from syneg_ray.tune import run_tune
+    from syneg_ray.stages.tune import run_tune
 
     for overrides, named in ((["train.dev_eval=false"], "train.dev_eval"), (["data.dev_fraction=0"], "data.dev_fraction")):
         cfg = load_config(None, [f"run.run_dir={tmp_path / 'run'}", *overrides])
@@ -88,7 +88,7 @@ def test_tune_without_dev_scores_is_refused_before_any_trial(tmp_path: Path) -> 
 
 
 def test_hybrid_grid_runs_one_trial_per_synthetic_count() -> None:
-    from syneg_ray.tune import grid
+    from syneg_ray.stages.tune import grid
 
     def ratios(*overrides: str) -> list[float]:
         return grid(load_config(None, ["tune.searcher=grid", "tune.grid_points=5", *overrides]))[1]

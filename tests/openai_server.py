@@ -1,11 +1,11 @@
 """A minimal OpenAI-compatible server around `HFGenerator`, for offline tests of the `openai` engine.
 
-    python -m syneg_ray.engines.serve --model smollm2-135m --port 8000
+    python -m tests.openai_server --model smollm2-135m --port 8000     # from the repository root
 
 Serves `GET /v1/models` and `POST /v1/chat/completions` on loopback. A request whose
 `response_format` is our hard-negative JSON schema is answered with schema-scaffolded decoding
 (always valid JSON); any other request gets a plain greedy continuation. One request at a time:
-this is a test fixture and a laptop fallback, not a production server (use `vllm serve` for that).
+this is a test fixture, not a production server (use `vllm serve` for that).
 """
 
 from __future__ import annotations

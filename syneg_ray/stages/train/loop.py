@@ -23,12 +23,12 @@ import torch
 from syneg_ray import storage
 from syneg_ray.config import from_dict
 from syneg_ray.model import load_model
-from syneg_ray.train.devset import load_devset
-from syneg_ray.train.local import fit_epochs, session_prompts
-from syneg_ray.train.state import MODEL_DIR, load_state, save_state
-from syneg_ray.train.step import Batch, Session, build_session, padded, planned_steps, steps_per_epoch
+from syneg_ray.stages.train.devset import load_devset
+from syneg_ray.stages.train.local import fit_epochs, session_prompts
+from syneg_ray.stages.train.state import MODEL_DIR, load_state, save_state
+from syneg_ray.stages.train.step import Batch, Session, build_session, padded, planned_steps, steps_per_epoch
 
-logger = logging.getLogger("syneg_ray.train")
+logger = logging.getLogger(__name__)
 PLACEMENT_GROUP = "placement_group.txt"  # the worker group's placement group id, written by rank 0
 
 PROGRESS_FILE = "progress.json"  # rank 0's latest step, with its pid (monitoring, and the kill test)

@@ -29,6 +29,7 @@ from syneg_ray import schema
 from syneg_ray.config import MixStrategy, PipelineConfig, from_dict, to_dict, to_yaml, with_absolute_paths
 from syneg_ray.errors import ConfigError, TuneError
 from syneg_ray.mixing import hybrid_target
+from syneg_ray.plots import plot_heatmap
 
 logger = logging.getLogger(__name__)
 
@@ -96,7 +97,7 @@ def _trial(params: dict[str, float], base: dict, model_path: str) -> None:
     from ray.tune.integration.ray_train import TuneReportCallback
 
     from syneg_ray.stages.mix import run_mix
-    from syneg_ray.train.trainer import build_trainer, require_one_batch
+    from syneg_ray.stages.train.trainer import build_trainer, require_one_batch
 
     base_cfg = from_dict(base)
     trial_run = Path(base_cfg.run.run_dir) / "tune" / "trials" / tune.get_context().get_trial_id()
@@ -117,7 +118,7 @@ def _release_worker_groups(trials_dir: Path):  # -> ray.tune.Callback
     """
     from ray.tune import Callback
 
-    from syneg_ray.train.loop import PLACEMENT_GROUP
+    from syneg_ray.stages.train.loop import PLACEMENT_GROUP
 
     class ReleaseWorkerGroups(Callback):
         def on_trial_complete(self, iteration, trials, trial, **info) -> None:
@@ -213,7 +214,7 @@ def run_tune(cfg: PipelineConfig) -> dict[str, Any]:
     (out / "best.yaml").write_text(to_yaml(best_config), encoding="utf-8")
     base = base_dev_score(cfg, model_path)
     (out / "base.json").write_text(json.dumps({METRIC: base}) + "\n", encoding="utf-8")
-    plot_heatmap(rows, out / "heatmap.png", base)
+    plot_heatmap(rows, out / "heatmap.png", base, METRIC)
     logger.info("tune: %d trials; best tau %.4f, R %.2f: dev nDCG@10 %.4f (untrained model %.4f) -> %s", len(rows),
                 best["temperature"], best["ratio"], best[METRIC], base, out)  # fmt: skip
     return {"best": best, "trials": len(rows), "base": base}
@@ -222,8 +223,8 @@ def run_tune(cfg: PipelineConfig) -> dict[str, Any]:
 def base_dev_score(cfg: PipelineConfig, model_path: str) -> float:
     """The untrained model's dev nDCG@10, scored as the trials score theirs: the line a trial has to clear."""
     from syneg_ray.model import load_model
-    from syneg_ray.train.devset import load_devset
-    from syneg_ray.train.local import dev_scores
+    from syneg_ray.stages.train.devset import load_devset
+    from syneg_ray.stages.train.local import dev_scores
 
     dev = load_devset(cfg)
     if dev is None:  # require_dev_scores saw a dev split; a run whose dev queries all lost their documents has none
@@ -274,64 +275,3 @@ def write_trials(rows: list[dict[str, Any]], path: Path) -> None:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-
-
-def plot_heatmap(rows: list[dict[str, Any]], path: Path, base: float = float("nan")) -> Path:
-    """dev nDCG@10 over (tau, R): a curve when one axis was held, else cells or points coloured by
-    score; `base` (the untrained model's score) is drawn or named."""
-    from syneg_ray.extras import require
-
-    matplotlib = require("matplotlib")
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    taus = sorted({r["temperature"] for r in rows})
-    ratios = sorted({r["ratio"] for r in rows})
-    fig, ax = plt.subplots(figsize=(6, 4.5))
-    if len(taus) == 1 or len(ratios) == 1:  # one axis held: a curve over the other reads better than one row of cells
-        _draw_curve(ax, rows, "ratio" if len(taus) == 1 else "temperature", base)
-    else:
-        _draw_cells(fig, ax, rows, taus, ratios, base)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
-
-
-def _draw_curve(ax, rows: list[dict[str, Any]], axis: str, base: float) -> None:
-    """dev nDCG@10 over `axis` ("ratio" or "temperature"), the other axis held, with the untrained model's line."""
-    held_axis, held_name = ("temperature", "tau") if axis == "ratio" else ("ratio", "R")
-    scored = sorted((r[axis], r[METRIC]) for r in rows if not math.isnan(r[METRIC]))
-    ax.plot([x for x, _ in scored], [y for _, y in scored], marker="o", label="trials")
-    if not math.isnan(base):
-        ax.axhline(base, color="#999999", linestyle="--", label=f"untrained model ({base:.3f})")
-    ax.legend(fontsize=8)
-    ax.margins(y=0.15)  # room for the labels above the points
-    for x, y in scored:
-        ax.annotate(f"{y:.3f}", (x, y), textcoords="offset points", xytext=(0, 6), ha="center", fontsize=8)
-    ax.set_xlabel("synthetic ratio R" if axis == "ratio" else "temperature tau")
-    ax.set_xscale("linear" if axis == "ratio" else "log")
-    ax.set_ylabel("dev nDCG@10")
-    ax.set_title(f"Ray Tune: dev nDCG@10 over {'R' if axis == 'ratio' else 'tau'} ({held_name} {rows[0][held_axis]:g})")
-
-
-def _draw_cells(fig, ax, rows: list[dict[str, Any]], taus: list[float], ratios: list[float], base: float) -> None:
-    """A cell grid over (tau, R) when the trials form one, else points coloured by score; the untrained model in the title."""
-    if len(taus) * len(ratios) == len(rows):
-        cells = np.full((len(ratios), len(taus)), np.nan)
-        for r in rows:
-            cells[ratios.index(r["ratio"]), taus.index(r["temperature"])] = r[METRIC]
-        image = ax.imshow(cells, origin="lower", cmap="viridis", aspect="auto")
-        ax.set_xticks(range(len(taus)), [f"{t:g}" for t in taus])
-        ax.set_yticks(range(len(ratios)), [f"{x:g}" for x in ratios])
-        for (i, j), value in np.ndenumerate(cells):
-            if not np.isnan(value):
-                ax.text(j, i, f"{value:.3f}", ha="center", va="center", color="white", fontsize=8)
-    else:
-        image = ax.scatter([r["temperature"] for r in rows], [r["ratio"] for r in rows], c=[r[METRIC] for r in rows],
-                           cmap="viridis", s=120, edgecolors="black")  # fmt: skip
-        ax.set_xscale("log")
-    fig.colorbar(image, ax=ax, label="dev nDCG@10")
-    ax.set_xlabel("temperature tau")
-    ax.set_ylabel("synthetic ratio R")
-    ax.set_title("Ray Tune: dev nDCG@10 over (tau, R)" + ("" if math.isnan(base) else f"\nuntrained model: {base:.3f}"))

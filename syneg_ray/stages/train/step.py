@@ -23,7 +23,7 @@ from torch import nn
 from syneg_ray import losses
 from syneg_ray.config import Dtype, TrainConfig
 from syneg_ray.model import DualEncoder
-from syneg_ray.train.gradvar import GradVariance
+from syneg_ray.stages.train.gradvar import GradVariance
 
 logger = logging.getLogger(__name__)
 

@@ -96,7 +96,7 @@ class JudgeUDF:
 
     def __init__(self, model_path: str, encoder: EncoderConfig, backend: str, onnx_path: str, threads: int,
                  limits: parsing.Limits, rule: judging.Rule) -> None:  # fmt: skip
-        from syneg_ray.stages.embed import encode_options, open_encoder
+        from syneg_ray.services.embed import encode_options, open_encoder
 
         if Backend(backend) is Backend.TORCH:  # ONNX Runtime sets its own threads and never imports torch
             import torch
@@ -123,7 +123,7 @@ def build(cfg: PipelineConfig, limits: parsing.Limits) -> Callable[[Any], Any]:
     """
     from syneg_ray.config import default_cache_dir
     from syneg_ray.registry import resolve_model
-    from syneg_ray.stages.embed import backend_of, onnx_file, prepare_onnx
+    from syneg_ray.services.embed import backend_of, onnx_file, prepare_onnx
 
     s, e = cfg.synthesize, cfg.encoder
     model_path = resolve_model(e.model, default_cache_dir(cfg))

@@ -85,7 +85,7 @@ def build_trainer(cfg: PipelineConfig, instances: str | Path, model_path: str, t
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    from syneg_ray.train.loop import train_loop_per_worker
+    from syneg_ray.stages.train.loop import train_loop_per_worker
 
     train_dir = Path(train_dir).resolve()
     # Ray keeps checkpoints where every worker can write them: the URI of a run directory in object storage
@@ -222,7 +222,7 @@ def run_train(cfg: PipelineConfig, replace_other_config: bool = False) -> dict:
 def export(checkpoint, run_dir: Path, cfg: PipelineConfig, seconds: float) -> dict:
     """Copies the final checkpoint's model to run_dir/train/model and writes the summary and the curves."""
     from syneg_ray.plots import plot_curves
-    from syneg_ray.train.state import MODEL_DIR, read_meta
+    from syneg_ray.stages.train.state import MODEL_DIR, read_meta
 
     target = run_dir / schema.MODEL
     with checkpoint.as_directory() as folder:

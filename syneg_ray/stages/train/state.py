@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from syneg_ray.train.step import Session
+from syneg_ray.stages.train.step import Session
 
 MODEL_DIR = "model"  # a checkpoint's sentence-transformers folder
 STATE_FILE = "state.pt"
