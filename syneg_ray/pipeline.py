@@ -161,6 +161,9 @@ def run_pipeline(cfg: PipelineConfig, yes: bool = False) -> dict[str, Any]:
         summaries[stage.name] = summary
         record = {"fingerprint": fingerprints[stage.name], "seconds": timings[stage.name], "summary": summary}
         write_text_atomic(run_dir / stage.name / MARKER, json.dumps(record, indent=2, default=str))  # "done" only when whole
+        if rates := plan.save_rates(cfg.run.cache_dir, measured := plan.measured_rates(cfg, stage.name, summary)):
+            logger.info("%s: measured %s; the next plan on this host uses it (%s)", stage.name,
+                        ", ".join(f"{k} = {v:.3g}" for k, v in measured.items()), rates)  # fmt: skip
         remote.push(cfg)  # a run directory in object storage gets each stage as it finishes, its marker last
     from syneg_ray.report import write_report
 

@@ -258,8 +258,8 @@ def run_synthesize(cfg: PipelineConfig) -> dict:
 
     Returns:
         Summary: pairs, ok, failed, valid_rate, valid_json_rate, negatives, generations, reflections,
-        judged, flagged (per verdict), rewritten, unchanged (rewrites that repeat their original), kept, output_tokens, seconds, tokens_per_s,
-        output_tokens_per_kept, seconds_per_kept, rejects.
+        judged, flagged (per verdict), rewritten, unchanged (rewrites that repeat their original), kept, output_tokens, seconds,
+        generated_pairs (sent to the LLM by this invocation), tokens_per_s, output_tokens_per_kept, seconds_per_kept, rejects.
 
     Raises:
         EngineError: the engine failed as a whole (model cannot load, server unreachable).
@@ -288,7 +288,7 @@ def run_synthesize(cfg: PipelineConfig) -> dict:
     logger.info("synthesize: %d pairs, %d already done, %d to generate with %s %s (prompt %s; judge %s, %d reflection rounds)",
                 len(pairs), finished, len(work), s.engine.value, s.model, prompts.PROMPT_VERSION,
                 cfg.encoder.model if s.judge else "off", s.reflect_rounds if s.judge else 0)
-    totals: Counter = Counter()
+    totals: Counter = Counter({"generated_pairs": len(work)})
     start = time.perf_counter()
     if work:
         step = engines.build(s, model)
@@ -322,7 +322,7 @@ def summarize(cfg: PipelineConfig, pairs: list[dict], parts: Path, totals: Count
         "judged": totals["judged"],
         "flagged": {k.split(":", 1)[1]: v for k, v in sorted(totals.items()) if k.startswith("flagged:")},
         "rewritten": totals["rewritten"], "unchanged": totals["unchanged"], "kept": totals["kept"],
-        "output_tokens": totals["output_tokens"], "seconds": round(seconds, 1),
+        "output_tokens": totals["output_tokens"], "seconds": round(seconds, 1), "generated_pairs": totals["generated_pairs"],
         "tokens_per_s": totals["output_tokens"] / seconds if seconds > 0 and gens else None,
         "output_tokens_per_kept": sum(r["output_tokens"] for r in rows) / negatives if negatives else None,
         "seconds_per_kept": seconds / totals["kept"] if totals["kept"] else None,

@@ -43,6 +43,9 @@ def test_run_writes_every_stage_then_skips_and_reruns_only_what_changed(ray_loca
     assert (run_dir / "config.yaml").is_file()
     for stage in ("synthesize", "mine", "mix", "train", "evaluate"):
         assert json.loads((run_dir / stage / pipeline.MARKER).read_text())["fingerprint"]
+    # what the LLM and training measured here is kept for the next plan on this host
+    (rates_file,) = Path("cache").glob("rates-*.json")
+    assert set(json.loads(rates_file.read_text())) == {"llm_s_per_pair:smollm2-135m", "train_s_per_text:minilm"}
 
     # a rerun with the same config runs nothing, and neither does a change of how the data is found
     ran: list[str] = []

@@ -92,6 +92,38 @@ def test_a_per_host_rates_file_overrides_the_table(tmp_path: Path) -> None:
     assert faster.seconds < plan.estimate(load_config(), SCIFACT_LIKE).seconds
 
 
+def test_a_run_measures_its_rates_and_the_next_plan_uses_them(tmp_path: Path) -> None:
+    cfg = load_config(None, ["synthesize.max_pairs=0", "train.batch_size=16", "train.workers=2", "mix.n_negatives=3"])
+    judged = plan.judge_factor(cfg.synthesize)  # k' = 5 of k = 3, one round: 5/3 x 1.25
+    synth = plan.measured_rates(cfg, "synthesize", {"generated_pairs": 10, "seconds": 500.0})
+    assert synth == {"llm_s_per_pair:smollm2-135m": pytest.approx(50.0 / judged)}
+    # two epochs' loop seconds over their steps, per text: (2 + 3) texts x 16 x 2 workers a step, at 128 tokens
+    epochs = [{"steps": 4, "seconds": 64.0}, {"steps": 4, "seconds": 64.0}]
+    train = plan.measured_rates(cfg, "train", {"epochs": epochs, "seconds": 400.0})
+    assert train == {"train_s_per_text:minilm": pytest.approx(16.0 / 160)}
+    path = plan.save_rates(tmp_path, {**synth, **train}, host="box")
+    assert path == tmp_path / "rates-box.json"
+    rates = plan.load_rates(tmp_path, host="box")
+    assert rates["llm_s_per_pair:smollm2-135m"] == pytest.approx(50.0 / judged, rel=1e-3)
+    planned = plan.estimate(cfg, SCIFACT_LIKE, rates=rates)
+    synth_plan = next(s for s in planned.stages if s.name == "synthesize")
+    assert synth_plan.seconds == pytest.approx(rates["stage_overhead_s"] + 822 * 50.0, rel=1e-3)  # 50 s a judged pair, as measured
+
+
+def test_rates_not_this_hosts_or_not_measured_are_not_kept(tmp_path: Path) -> None:
+    served = load_config(None, ["synthesize.engine=openai", "synthesize.base_url=http://127.0.0.1:1/v1"])
+    assert plan.measured_rates(served, "synthesize", {"generated_pairs": 10, "seconds": 50.0}) == {}  # the server's speed
+    assert plan.measured_rates(load_config(), "synthesize", {"generated_pairs": 0, "seconds": 2.0}) == {}  # all resumed
+    assert plan.measured_rates(load_config(None, ["train.use_gpu=true"]), "train", {"epochs": [{"steps": 4, "seconds": 8.0}]}) == {}
+    assert plan.measured_rates(load_config(), "mine", {"seconds": {"encode": 10.0}}) == {}  # may be a cache hit
+    assert plan.save_rates(tmp_path, {}) is None and not list(tmp_path.iterdir())
+    # a model outside the table is kept under its own key and read back
+    plan.save_rates(tmp_path, {"train_s_per_text:/models/e5": 0.2}, host="box")
+    plan.save_rates(tmp_path, {"train_s_per_text:minilm": 0.1}, host="box")  # merged, not replaced
+    rates = plan.load_rates(tmp_path, host="box")
+    assert rates["train_s_per_text:/models/e5"] == 0.2 and rates["train_s_per_text:minilm"] == 0.1
+
+
 @pytest.fixture
 def tiny(tmp_path: Path) -> Path:
     return make_dataset(tmp_path / "data", docs=80, queries=12, positives=(30, 35), dev_queries=3, test_queries=3)
