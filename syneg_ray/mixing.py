@@ -30,6 +30,7 @@ order, hardest first, already past the false-negative guard), so the choice is d
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -53,6 +54,15 @@ class SyntheticNegs:
 
     key: str  # SyntheticRow.key; negative ids are f"{key}#{i}"
     texts: tuple[str, ...]
+    # The judge's cos(query, negative) per text and cos(query, positive), when this run's settings
+    # (its encoder and margins, part of the key) judged them during synthesis; else empty / nan.
+    scores: tuple[float, ...] = ()
+    positive_score: float = math.nan
+
+    @property
+    def judged(self) -> bool:
+        return (len(self.scores) == len(self.texts) and math.isfinite(self.positive_score)
+                and all(math.isfinite(s) for s in self.scores))  # fmt: skip
 
 
 @dataclass
@@ -233,6 +243,13 @@ def with_texts(kept: Iterable[tuple[Pair, list[Negative]]], corpus: Mapping[str,
     """The instances of the kept pairs, each corpus negative's text taken from `corpus`."""
     return [_instance(pair, [(doc, source, corpus[doc] if text is None else text) for doc, source, text in chosen])
             for pair, chosen in kept]  # fmt: skip
+
+
+def flags_from_scores(negs: SyntheticNegs, relative_margin: float) -> tuple[bool, ...]:
+    """The false-negative guard's flags (`probes.guard_flags`' rule: above the positive's score less
+    |that| x margin) from the scores the judge recorded: no encoding. `negs` must be `judged`."""
+    bound = negs.positive_score - abs(negs.positive_score) * relative_margin
+    return tuple(score > bound for score in negs.scores)
 
 
 def drop_flagged(synthetic: Mapping[PairKey, SyntheticNegs],

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -45,7 +46,8 @@ INSTANCE_ROW_GROUP = 4096  # instances per Parquet row group
 # in pair order) once for its rows, so a smaller block trades time for memory: on 120k generated
 # pairs, blocks of 1,000 lowered the peak by 50 MB of 346 and took 2.8 times as long.
 MIX_BLOCK = 8192
-OPTIONAL_COLUMNS = ("status", "positive_ids", "model", "prompt_version")
+JUDGE_COLUMNS = ("negative_scores", "positive_score")  # written by synthesis with the judge on
+OPTIONAL_COLUMNS = ("status", "positive_ids", "model", "prompt_version", *JUDGE_COLUMNS)
 SYNTHETIC_HINT = "run `syneg synthesize` first, or use mix.strategy=retrieved"
 MINED_HINT = "run `syneg mine` first, or use mix.strategy=synthetic"
 
@@ -126,11 +128,27 @@ def select_synthetic(rows: Iterable[dict], llm: tuple[str, str] | None,
         pair = (row["query_id"], row["positive_id"])
         if row["key"] in current_keys:
             judged.add(pair)
-        texts = tuple(t for t in (row["negatives"] or ()) if t and t.strip())
-        if row.get("status", "ok") == "ok" and texts:
-            into = current if row["key"] in current_keys else other
-            into[pair] = mixing.SyntheticNegs(row["key"], texts)
+        if row.get("status", "ok") != "ok":
+            continue
+        into = current if row["key"] in current_keys else other
+        if negs := _negatives_of(row, judged_here=into is current):
+            into[pair] = negs
     return {**{pair: negs for pair, negs in other.items() if pair not in judged}, **current}, stale
+
+
+def _negatives_of(row: dict, judged_here: bool) -> mixing.SyntheticNegs | None:
+    """A row's non-blank negatives, with the judge's scores when the row is this run's (its key
+    names this run's encoder and margins) and has them; None when no negative is left."""
+    texts = list(row["negatives"] or ())
+    scores = list(row.get("negative_scores") or ()) if judged_here else []
+    if len(scores) != len(texts):  # a row without scores (judge off, older files) or hand-written
+        scores = []
+    kept = [j for j, t in enumerate(texts) if t and t.strip()]
+    if not kept:
+        return None
+    positive = row.get("positive_score")
+    return mixing.SyntheticNegs(row["key"], tuple(texts[j] for j in kept), tuple(float(scores[j]) for j in kept) if scores else (),
+                                math.nan if positive is None or not scores else float(positive))  # fmt: skip
 
 
 def read_mined(path: Path, corpus: dict[str, str]) -> tuple[dict[mixing.PairKey, list[tuple[str, str]]], dict[str, set[str]]]:
@@ -171,7 +189,7 @@ class SyntheticBlocks:
 
     def __init__(self, cfg: PipelineConfig, path: Path) -> None:
         self.cfg, self.path = cfg, path
-        optional = ("status", "model", "prompt_version")
+        optional = ("status", "model", "prompt_version", *JUDGE_COLUMNS)
         self.dataset, self.columns = _dataset(path, SYNTHETIC_COLUMNS, optional, SYNTHETIC_HINT)
         self.llm = (cfg.synthesize.model, prompts.PROMPT_VERSION)
 
@@ -396,40 +414,54 @@ def guard_synthetic(cfg: PipelineConfig, pairs_path: Path, synthetic: SyntheticB
 
     The base encoder (`encoder.model`) scores each negative against its query, as the miner scores a
     retrieved candidate; a negative above the positive's score less `mine.relative_margin` is dropped.
-    Documents and queries are encoded on the encoder actors, in one pass. The flags
-    are cached (`<cache>/guard/`) by the texts, the encoder and the margin.
+    Negatives the judge kept in synthesis carry those scores already (their key names this run's
+    encoder and margins) and are guarded from them. Any others are encoded on the encoder actors, in
+    one pass, their flags cached (`<cache>/guard/`) by the texts, the encoder and the margin.
     """
     from syneg_ray.config import default_cache_dir
     from syneg_ray.registry import resolve_model
 
-    # Needed whole: the actors encode every synthesized pair's texts in one pass, and the cache is
-    # named by all of them. The driver holds those texts (the synthesized pairs' only, which
-    # synthesize.max_pairs bounds unless 0), gathered a block of pairs at a time.
+    # Negatives the judge scored in synthesis are guarded from those scores, a block at a time. The
+    # rest (synthesis with the judge off, hand-written files) are encoded on the actors in one pass
+    # and cached by all their texts, so the driver holds those texts, gathered a block of pairs at a time.
+    flagged: dict[mixing.PairKey, tuple[bool, ...]] = {}
+    from_scores = n_flagged = 0
     guarded: list[dict] = []
     negatives: list[tuple[str, ...]] = []
     for pairs in pair_blocks(pairs_path):
         block, _ = synthetic.of(pairs)
         for p in pairs:
-            if (p["query_id"], p["positive_id"]) in block:
+            pair = (p["query_id"], p["positive_id"])
+            if (negs := block.get(pair)) is None:
+                continue
+            if negs.judged:
+                flags = mixing.flags_from_scores(negs, cfg.mine.relative_margin)
+                from_scores += len(flags)
+                n_flagged += sum(flags)
+                if any(flags):
+                    flagged[pair] = flags
+            else:
                 guarded.append(p)
-                negatives.append(block[(p["query_id"], p["positive_id"])].texts)
-    if not guarded:
-        return {}, 0
-    model_path = resolve_model(cfg.encoder.model, default_cache_dir(cfg))
-    # The flags depend on the texts, the encoder and the margin only, not on R, tau or the seed:
-    # cached, so Tune's trials and reruns with another R score the negatives once.
-    cached = _guard_cache_path(cfg, model_path, guarded, negatives)
-    if cached.is_file():
-        flags = np.array(json.loads(cached.read_text(encoding="utf-8")), dtype=bool)
-    else:
-        flags = _guard_flags(cfg, model_path, guarded, negatives, folder)
-        write_text_atomic(cached, json.dumps(flags.tolist()))  # makes the folder
-    flagged = {(p["query_id"], p["positive_id"]): tuple(bool(f) for f in row[: len(texts)])
-               for p, texts, row in zip(guarded, negatives, flags, strict=True) if row.any()}  # fmt: skip
-    before = sum(len(texts) for texts in negatives)
-    logger.info("false-negative guard dropped %d of %d synthetic negatives (%.1f%%)", int(flags.sum()), before,
-                100 * int(flags.sum()) / max(before, 1))
-    return flagged, int(flags.sum())
+                negatives.append(negs.texts)
+    encoded = sum(len(texts) for texts in negatives)
+    if guarded:
+        model_path = resolve_model(cfg.encoder.model, default_cache_dir(cfg))
+        # The flags depend on the texts, the encoder and the margin only, not on R, tau or the seed:
+        # cached, so Tune's trials and reruns with another R score the negatives once.
+        cached = _guard_cache_path(cfg, model_path, guarded, negatives)
+        if cached.is_file():
+            flags = np.array(json.loads(cached.read_text(encoding="utf-8")), dtype=bool)
+        else:
+            flags = _guard_flags(cfg, model_path, guarded, negatives, folder)
+            write_text_atomic(cached, json.dumps(flags.tolist()))  # makes the folder
+        flagged |= {(p["query_id"], p["positive_id"]): tuple(bool(f) for f in row[: len(texts)])
+                    for p, texts, row in zip(guarded, negatives, flags, strict=True) if row.any()}  # fmt: skip
+        n_flagged += int(flags.sum())
+    total = from_scores + encoded
+    if total:
+        logger.info("false-negative guard dropped %d of %d synthetic negatives (%.1f%%; %d scored by the judge in "
+                    "synthesis, %d encoded here)", n_flagged, total, 100 * n_flagged / total, from_scores, encoded)  # fmt: skip
+    return flagged, n_flagged
 
 
 def _guard_cache_path(cfg: PipelineConfig, model_path: str, guarded: list[dict], negatives: list[tuple[str, ...]]) -> Path:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -165,7 +166,7 @@ def test_the_guard_flags_whole_and_cached_apply_per_block(tiny_cfg, monkeypatch)
     """The guard scores every synthetic negative in one pass and caches the flags by the texts: a mix
     at another block size reads them from the cache and drops the same negatives."""
     from syneg_ray import registry
-    from syneg_ray.stages import embed
+    from syneg_ray.services import embed
 
     write_inputs(tiny_cfg, n_syn=3)
     cfg = dataclasses.replace(_with(tiny_cfg, STRATEGIES["hybrid"]), mix=dataclasses.replace(STRATEGIES["hybrid"], guard_synthetic=True))
@@ -188,3 +189,55 @@ def test_the_guard_flags_whole_and_cached_apply_per_block(tiny_cfg, monkeypatch)
     assert small_stats["synthetic_guarded_out"] == (synthesized + 1) // 2
     # write_inputs' second negative of pair i is "synthetic passage i.1 about ...": left in the unflagged pairs only
     assert sum(any(".1 about" in t for t in r["negatives"]) for r in small.to_pylist()) == synthesized // 2
+
+
+def test_negatives_the_judge_scored_are_guarded_from_their_scores_without_encoding(tiny_cfg, monkeypatch) -> None:
+    """Synthesis with the judge records each kept negative's score and its positive's under this
+    run's encoder (the key says so): the guard flags from them, a block at a time, and encodes
+    only rows without them (here: a pair written under another seed's key)."""
+    from syneg_ray import registry
+    from syneg_ray.services import embed
+
+    cfg = dataclasses.replace(_with(tiny_cfg, STRATEGIES["synthetic"]), mix=dataclasses.replace(STRATEGIES["synthetic"], min_negatives=1,
+                              guard_synthetic=True))  # fmt: skip
+    write_inputs(cfg, synthetic=False)
+    _, pairs_path = ensure_pairs(cfg)
+    pairs = pq.read_table(pairs_path).to_pylist()
+    run_dir = Path(cfg.run.run_dir)
+    rows = []
+    for i, p in enumerate(pairs):
+        judged = i > 0  # pair 0: a row of another seed, with no scores this run may trust
+        key = store.pair_key(cfg, p["query_id"], p["positive_id"]) if judged else "another-seed"
+        # positive 0.8, margin 0.05: the bound is 0.76, so 0.77 is flagged and 0.75 kept
+        rows.append({"key": key, "query_id": p["query_id"], "positive_id": p["positive_id"], "status": "ok",
+                     "negatives": [f"judged {i}.{j}" for j in range(3)],
+                     "negative_scores": [0.5, 0.77, 0.75] if judged else [math.nan] * 3, "positive_score": 0.8})  # fmt: skip
+    (run_dir / schema.SYNTHETIC).parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.Table.from_pylist(rows), run_dir / schema.SYNTHETIC)
+    monkeypatch.setattr(registry, "resolve_model", lambda name, cache: "a-hub-model")
+    monkeypatch.setattr(embed, "backend_of", lambda e, path: embed.Backend.TORCH)
+    encoded: list[list[tuple[str, ...]]] = []
+
+    def encode(cfg, model_path, guarded, negatives, folder):
+        encoded.append(negatives)
+        return np.zeros((len(guarded), 3), dtype=bool)
+
+    monkeypatch.setattr(mix, "_guard_flags", encode)
+    table, stats = _mixed(cfg, monkeypatch, block=2)
+    assert encoded == [[("judged 0.0", "judged 0.1", "judged 0.2")]]  # only the row without trusted scores
+    assert stats["synthetic_guarded_out"] == len(pairs) - 1  # each judged pair's 0.77
+    kept = {(r["query_id"], r["positive_id"]): sorted(r["negatives"]) for r in table.to_pylist()}
+    assert kept == {(p["query_id"], p["positive_id"]): [f"judged {i}.{j}" for j in ((0, 1, 2) if i == 0 else (0, 2))]
+                    for i, p in enumerate(pairs)}  # fmt: skip
+
+
+def test_scores_count_only_when_whole_and_the_rows_are_this_runs() -> None:
+    row = {"key": "k", "negatives": ["a", " ", "c"], "negative_scores": [0.1, 0.2, 0.3], "positive_score": 0.9}
+    negs = mix._negatives_of(row, judged_here=True)
+    assert negs.texts == ("a", "c") and negs.scores == (0.1, 0.3) and negs.judged  # a blank text takes its score along
+    assert not mix._negatives_of(row, judged_here=False).judged  # another run's key: its encoder may not be ours
+    assert not mix._negatives_of({**row, "negative_scores": [0.1]}, judged_here=True).judged  # misaligned: ignored
+    assert not mix._negatives_of({**row, "positive_score": None}, judged_here=True).judged
+    assert mix._negatives_of({**row, "negatives": ["", None]}, judged_here=True) is None
+    assert mixing.flags_from_scores(negs, 0.05) == (False, False)
+    assert mixing.flags_from_scores(mixing.SyntheticNegs("k", ("x",), (0.86,), 0.9), 0.05) == (True,)
