@@ -12,7 +12,7 @@ with a free CPU; `--entrypoint-memory` (bytes; RayJob `entrypointMemory`) reserv
 driver's own work needs (BM25, single-shard search, writing embeddings, evaluation). Inside a job
 RAY_ADDRESS is set, so every stage joins the job's cluster. SIGTERM from `ray job stop` unwinds the
 stage (exit code 143): a mirrored s3:// or gs:// run directory is copied back before the exit, in
-the RAY_JOB_STOP_WAIT_TIME_S grace period (3 s by default: raise it on the cluster for large runs).
+the RAY_JOB_STOP_WAIT_TIME_S grace period (Ray's default is 3 s; jobs/runtime_env.yaml sets 120).
 """
 
 from __future__ import annotations

@@ -207,17 +207,36 @@ def publish(path: str | Path) -> None:
     fs, key = remote
     logger.debug("publishing %s", uri_of(path))
     local = pafs.LocalFileSystem()
+    sent: list[tuple[Path, str]] = []
     if path.is_dir():
         with contextlib.suppress(FileNotFoundError, OSError):
             fs.delete_file(f"{key}/{PUBLISHED}")  # a reader must not take the old marker for the new content
         for file in sorted(p for p in path.rglob("*") if p.is_file() and p.name not in (FETCHED, PUBLISHED)):
-            pafs.copy_files(str(file), f"{key}/{file.relative_to(path).as_posix()}", source_filesystem=local,
-                            destination_filesystem=fs)  # fmt: skip
+            target = f"{key}/{file.relative_to(path).as_posix()}"
+            pafs.copy_files(str(file), target, source_filesystem=local, destination_filesystem=fs)
+            sent.append((file, target))
         with fs.open_output_stream(f"{key}/{PUBLISHED}") as out:
             out.write(uuid.uuid4().hex.encode())
     else:
         fs.create_dir(key.rpartition("/")[0], recursive=True)
         pafs.copy_files(str(path), key, source_filesystem=local, destination_filesystem=fs)
+        sent.append((path, key))
+    _note_pushed(path, fs, sent)
+
+
+def _note_pushed(path: Path, fs, sent: list[tuple[Path, str]]) -> None:
+    """Records files published inside a mirrored run directory in its sync state, so the driver's
+    next `push_tree` does not upload them again (a trained model is published for evaluate's actors,
+    then the run directory is pushed). A lost update, from two processes writing the state at once,
+    costs only that second upload."""
+    root = next((p for p in path.parents if (p / SYNCED).is_file()), None)
+    if root is None:
+        return
+    state = _synced(root)
+    for file, key in sent:
+        stat, info = file.stat(), fs.get_file_info(key)
+        state[file.relative_to(root).as_posix()] = {"remote": [info.size, info.mtime_ns], "local": [stat.st_size, stat.st_mtime_ns]}
+    _write_synced(root, state)
 
 
 def ensure(path: str | Path, build: Callable[[Path], object]) -> Path:

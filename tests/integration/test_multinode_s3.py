@@ -102,7 +102,8 @@ def _read(fs: pafs.S3FileSystem, key: str) -> bytes:
 
 def _submit(address: str, env: dict, server: str, overrides: list[str], wait: bool = True) -> subprocess.CompletedProcess:
     runtime_env = {
-        "env_vars": {**S3_ENV, "AWS_ENDPOINT_URL": server, "RAY_AUTH_MODE": "disabled", "TOKENIZERS_PARALLELISM": "false"},
+        "env_vars": {**S3_ENV, "AWS_ENDPOINT_URL": server, "RAY_AUTH_MODE": "disabled", "TOKENIZERS_PARALLELISM": "false",
+                     "RAY_JOB_STOP_WAIT_TIME_S": "120"},  # as jobs/runtime_env.yaml: time for the push after SIGTERM
         "excludes": ["runs/", ".venv*/", ".cache/", "*.npy", ".git/", "datasets/"],
     }
     command = [BIN / "ray", "job", "submit", "--address", address, "--working-dir", str(ROOT),

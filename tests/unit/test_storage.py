@@ -141,3 +141,21 @@ def test_push_sends_what_changed_with_markers_last_and_pull_mirrors_the_remote(s
     assert (there / "mix" / "instances.parquet").read_bytes() == b"rows"
     assert not (there / "stale" / "old.txt").exists()  # the remote is the truth
     assert (there / "train" / "ray" / "state").exists()  # skipped prefixes are left alone
+
+
+def test_a_folder_published_inside_a_synced_run_directory_is_not_pushed_again(s3: str, monkeypatch) -> None:
+    run = f"{s3}/runs/m"
+    local = storage.local_path(run)
+    storage.pull_tree(local)  # a run directory under sync, as remote.py keeps it
+    model = local / "train" / "model"
+    model.mkdir(parents=True)
+    (model / "weights.bin").write_bytes(b"w" * 100)
+    (model / "config.json").write_text("{}")
+    storage.publish(model)  # for evaluate's actors, before the stage's push
+    (local / "train" / "_COMPLETE.json").write_text("{}")
+    sent: list[str] = []
+    real_copy = pafs.copy_files
+    monkeypatch.setattr(pafs, "copy_files", lambda src, dst, **kw: (sent.append(dst.rpartition("/")[2]), real_copy(src, dst, **kw)))
+    assert storage.push_tree(local) == 1 and sent == ["_COMPLETE.json"]  # the model went up once
+    (model / "config.json").write_text('{"changed": true}')
+    assert storage.push_tree(local) == 1 and sent[-1] == "config.json"  # a later change still goes up
