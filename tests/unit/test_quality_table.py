@@ -61,3 +61,28 @@ def test_a_row_left_with_less_than_a_batch_is_reported_not_scored(tmp_path, qual
     assert "not trained" in line and "| 11 | 1.000 |" in line
     assert reason in table
     assert (tmp_path / "quality.png").stat().st_size > 0  # plotted without the unscored row
+
+
+def test_each_synthesis_has_its_own_folder_and_settings(tmp_path, quality) -> None:
+    import argparse
+
+    args = argparse.Namespace(out=tmp_path, config=str(quality.CONFIG), data_dir=None, overrides=[])
+    folders = {name: quality.synthesis_dir(tmp_path, name) for name in quality.SYNTHESES}
+    assert len(set(folders.values())) == len(folders)  # no two syntheses resume each other's attempts
+    settings = {name: quality.config_for(args, folders[name], overrides).synthesize
+                for name, overrides in quality.SYNTHESES.items()}  # fmt: skip
+    assert [settings[n].judge for n in ("plain", "judge", "judge-reflect", "syneg")] == [False, True, True, True]
+    assert [settings[n].reflect_rounds for n in ("judge", "judge-reflect", "syneg")] == [0, 1, 1]
+    assert [settings[n].style_reference for n in ("judge-reflect", "syneg")] == [False, True]
+    rows = {row.name: row for row in quality.ROWS}
+    assert rows["syneg"].synthesis == "syneg" and rows["hybrid-guard"].synthesis == "plain"
+
+
+def test_probe_lines_name_their_synthesis(tmp_path, quality) -> None:
+    _result(tmp_path, "base", 0, 0.60)
+    probe = {"guard_share_strict": 0.05, "guard_share_margin": 0.08, "relative_margin": 0.05, "source_auc": 0.8,
+             "source_auc_std": 0.01, "synthetic_negatives": 300, "retrieved_negatives": 290}  # fmt: skip
+    quality.write_record(quality.probes_path(tmp_path, "syneg"), probe)
+    table = quality.write_table(tmp_path, ["base"])
+    assert "LLM negatives `syneg`: the false-negative guard flags 5.0%" in table
+    assert "`plain`" not in table  # no probe was written for it
