@@ -61,11 +61,16 @@ def _stages() -> list[Stage]:
 
 
 def needed(cfg: PipelineConfig, stage: Stage) -> bool:
-    """False for synthesis or mining when the mix strategy reads nothing of theirs."""
+    """False for synthesis or mining when nothing downstream reads their output.
+
+    Mining also runs for a mix without retrieved negatives when synthesis reads it: the judge's
+    off-topic floor is the pair's k-th mined score, and the style reference a mined document.
+    """
     from syneg_ray.stages.mix import sources_needed
 
     synthetic, retrieved = sources_needed(cfg)
-    return {"synthesize": synthetic, "mine": retrieved}.get(stage.name, True)
+    s = cfg.synthesize
+    return {"synthesize": synthetic, "mine": retrieved or (synthetic and (s.judge or s.style_reference))}.get(stage.name, True)
 
 
 def fingerprint(cfg: PipelineConfig, stage: Stage, upstream: dict[str, str]) -> str:

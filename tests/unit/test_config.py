@@ -109,12 +109,15 @@ def test_pipeline_skips_what_the_mix_does_not_read_and_ignores_where_data_lives(
 
     stages = {s.name: s for s in pipeline._stages()}
 
-    def needed(strategy: str, ratio: float = 0.7) -> set[str]:
-        cfg = load_config(None, [f"mix.strategy={strategy}", f"mix.ratio={ratio}"])
+    def needed(strategy: str, ratio: float = 0.7, *more: str) -> set[str]:
+        cfg = load_config(None, [f"mix.strategy={strategy}", f"mix.ratio={ratio}", *more])
         return {n for n in ("synthesize", "mine") if pipeline.needed(cfg, stages[n])}
 
     assert needed("hybrid") == needed("hybrid", 0.0) == needed("hybrid", 1.0) == {"synthesize", "mine"}
-    assert needed("retrieved") == {"mine"} and needed("synthetic") == {"synthesize"} and needed("random") == set()
+    assert needed("retrieved") == {"mine"} and needed("random") == set()
+    # synthetic-only still mines when the judge (its off-topic floor) or the style reference reads the mined negatives
+    assert needed("synthetic") == needed("synthetic", 1.0, "synthesize.judge=false", "synthesize.style_reference=true") == {"synthesize", "mine"}
+    assert needed("synthetic", 1.0, "synthesize.judge=false") == {"synthesize"}
 
     def prints(overrides: list[str]) -> dict[str, str]:
         cfg, done = load_config(None, overrides), {}
