@@ -1,16 +1,17 @@
 """What the judge inside synthesis does to an LLM's negatives, and what it costs.
 
-    .venv/bin/python benchmarks/judge.py --data-dir ../shared/datasets [--pairs 16] [--work /tmp/syneg-judge]
-        [--variants plain judge judge-style]
+    VLLM_CPU_KVCACHE_SPACE=4 .venv-vllm/bin/python benchmarks/judge.py --data-dir ../shared/datasets \
+        [--pairs 24] [--work /tmp/syneg-judge] [--variants plain judge judge-reflect syneg] [--engine vllm|hf]
 
 Runs `syneg synthesize` on the first `--pairs` pairs of the SciFact ablation (`benchmarks/quality.yaml`:
-Qwen2.5-Coder-1.5B, k = 3; here on the `hf` engine in bf16, batches of 8) in three variants, each
-after `syneg mine` in its own run directory (the judge's off-topic floor and the style reference
-read the mined negatives):
+Qwen2.5-Coder-1.5B, k = 3; its `vllm` engine, or `hf` in bf16 with batches of 8), one variant per run
+directory, each after `syneg mine` there (the judge's off-topic floor and the style reference read
+the mined negatives). The variants are the ablation's syntheses (`benchmarks/quality.py`, SYNTHESES):
 
 - plain: the judge off (`synthesize.judge=false`): one answer of k negatives, validated, as before;
-- judge: the judge on: k' = k + 2 candidates, one reflection round, the k hardest that pass kept;
-- judge-style: the same, with a mined negative shown as a style reference.
+- judge: k' = k + 2 candidates judged by the encoder, the k hardest that pass kept, no reflection;
+- judge-reflect: the same, and one reflection round rewriting the flagged ones with the reasons;
+- syneg: the same, with a mined negative shown as a style reference (the full method).
 
 For the negatives each variant keeps it prints: pairs with a negative, negatives, the share the
 miner's false-negative guard flags (scoring above the positive less 5%, base encoder), the share
@@ -29,20 +30,22 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-VARIANTS = {
+VARIANTS = {  # = benchmarks/quality.py's SYNTHESES
     "plain": ["synthesize.judge=false"],
-    "judge": ["synthesize.judge=true"],
-    "judge-style": ["synthesize.judge=true", "synthesize.style_reference=true"],
+    "judge": ["synthesize.judge=true", "synthesize.reflect_rounds=0"],
+    "judge-reflect": ["synthesize.judge=true", "synthesize.reflect_rounds=1"],
+    "syneg": ["synthesize.judge=true", "synthesize.reflect_rounds=1", "synthesize.style_reference=true"],
 }
+ENGINES = {"vllm": [], "hf": ["synthesize.engine=hf", "synthesize.batch_size=8"]}  # vllm: quality.yaml's settings
 
 
-def measure(work: Path, data_dir: str, pairs: int, variant: str) -> dict:
+def measure(work: Path, data_dir: str, pairs: int, variant: str, engine: str) -> dict:
     from syneg_ray.config import load_config
     from syneg_ray.stages.mine import run_mine
     from syneg_ray.stages.synthesize import run_synthesize
 
-    overrides = [f"run.run_dir={work / variant}", f"run.cache_dir={work / 'cache'}", f"data.data_dir={data_dir}",
-                 f"data.limit={pairs}", "synthesize.engine=hf", "synthesize.batch_size=8", *VARIANTS[variant]]  # fmt: skip
+    overrides = [f"run.run_dir={work / variant}", f"data.data_dir={data_dir}",
+                 f"data.limit={pairs}", *ENGINES[engine], *VARIANTS[variant]]  # fmt: skip
     cfg = load_config(str(ROOT / "benchmarks" / "quality.yaml"), overrides)
     run_mine(cfg)
     started = time.perf_counter()
@@ -98,11 +101,12 @@ def quality(cfg) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-dir", default="../shared/datasets")
-    parser.add_argument("--pairs", type=int, default=16)
+    parser.add_argument("--pairs", type=int, default=24)
     parser.add_argument("--work", type=Path, default=Path("/tmp/syneg-judge"))
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--engine", default="vllm", choices=list(ENGINES))
     args = parser.parse_args()
-    results = [measure(args.work, args.data_dir, args.pairs, v) for v in args.variants]
+    results = [measure(args.work, args.data_dir, args.pairs, v, args.engine) for v in args.variants]
     (args.work / "judge.json").write_text(json.dumps(results, indent=2, default=str))
     print("\n| variant | pairs with a negative | negatives kept | flagged by the guard | near copies | identifiability AUC "
           "| generations (reflection turns) | output tokens per kept | seconds per kept |")
