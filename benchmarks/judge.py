@@ -28,14 +28,10 @@ import time
 from pathlib import Path
 
 import numpy as np
+from quality import SYNTHESES  # benchmarks/quality.py: this script's folder is on sys.path when run as a script
 
 ROOT = Path(__file__).resolve().parents[1]
-VARIANTS = {  # = benchmarks/quality.py's SYNTHESES
-    "plain": ["synthesize.judge=false"],
-    "judge": ["synthesize.judge=true", "synthesize.reflect_rounds=0"],
-    "judge-reflect": ["synthesize.judge=true", "synthesize.reflect_rounds=1"],
-    "syneg": ["synthesize.judge=true", "synthesize.reflect_rounds=1", "synthesize.style_reference=true"],
-}
+VARIANTS = SYNTHESES  # the ablation's syntheses, by name
 ENGINES = {"vllm": [], "hf": ["synthesize.engine=hf", "synthesize.batch_size=8"]}  # vllm: quality.yaml's settings
 
 

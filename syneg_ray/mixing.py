@@ -245,13 +245,6 @@ def with_texts(kept: Iterable[tuple[Pair, list[Negative]]], corpus: Mapping[str,
             for pair, chosen in kept]  # fmt: skip
 
 
-def flags_from_scores(negs: SyntheticNegs, relative_margin: float) -> tuple[bool, ...]:
-    """The false-negative guard's flags (`probes.guard_flags`' rule: above the positive's score less
-    |that| x margin) from the scores the judge recorded: no encoding. `negs` must be `judged`."""
-    bound = negs.positive_score - abs(negs.positive_score) * relative_margin
-    return tuple(score > bound for score in negs.scores)
-
-
 def drop_flagged(synthetic: Mapping[PairKey, SyntheticNegs],
                  flags: Mapping[PairKey, Sequence[bool]]) -> dict[PairKey, SyntheticNegs]:  # fmt: skip
     """`synthetic` less the negatives flagged True (by the false-negative guard); a pair left with none is left out."""

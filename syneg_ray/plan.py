@@ -182,15 +182,12 @@ def measured_rates(cfg: PipelineConfig, stage: str, summary: dict) -> dict[str, 
 
 def save_rates(cache_dir: str | Path, measured: dict[str, float], host: str | None = None) -> Path | None:
     """Merges `measured` into `<cache>/rates-<host>.json` (the latest measurement of a key wins); returns its path."""
-    from syneg_ray.runtime import write_text_atomic
+    from syneg_ray.runtime import read_json, write_text_atomic
 
     if not measured:
         return None
     path = rates_path(cache_dir, host)
-    try:
-        kept = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        kept = {}
+    kept = read_json(path)
     kept = {**(kept if isinstance(kept, dict) else {}), **{k: round(v, 4) for k, v in measured.items()}}
     path.parent.mkdir(parents=True, exist_ok=True)
     write_text_atomic(path, json.dumps(kept, indent=2, sort_keys=True))

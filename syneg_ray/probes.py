@@ -29,11 +29,21 @@ def guard_flags(query: np.ndarray, positive: np.ndarray, negatives: np.ndarray, 
     Returns:
         [n, k] bool: True where a negative scores above that bound (nan rows are False).
     """
-    pos_score = np.einsum("nd,nd->n", query, positive)
-    neg_score = np.einsum("nd,nkd->nk", query, negatives)
-    bound = pos_score - np.abs(pos_score) * relative_margin
+    return flags_from_scores(np.einsum("nd,nd->n", query, positive), np.einsum("nd,nkd->nk", query, negatives), relative_margin)
+
+
+def flags_from_scores(positive_score: np.ndarray | float, negative_scores: np.ndarray | tuple[float, ...],
+                      relative_margin: float = 0.0) -> np.ndarray:  # fmt: skip
+    """`guard_flags` from scores already computed (e.g. the judge's, recorded in synthesis): [..., k]
+    True where a negative scores above its positive's score less |that| x margin (nan scores are False).
+
+    Args:
+        positive_score: [n] (or one pair's scalar) cos(query, positive).
+        negative_scores: [n, k] (or one pair's [k]) cos(query, negative).
+    """
+    bound = np.asarray(positive_score) - np.abs(positive_score) * relative_margin
     with np.errstate(invalid="ignore"):
-        return neg_score > bound[:, None]
+        return np.asarray(negative_scores) > np.expand_dims(bound, -1)
 
 
 def source_auc(features: np.ndarray, labels: np.ndarray, groups: np.ndarray, folds: int = 5, seed: int = 0) -> tuple[float, float]:

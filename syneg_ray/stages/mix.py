@@ -435,7 +435,7 @@ def guard_synthetic(cfg: PipelineConfig, pairs_path: Path, synthetic: SyntheticB
             if (negs := block.get(pair)) is None:
                 continue
             if negs.judged:
-                flags = mixing.flags_from_scores(negs, cfg.mine.relative_margin)
+                flags = tuple(bool(f) for f in probes.flags_from_scores(negs.positive_score, negs.scores, cfg.mine.relative_margin))
                 from_scores += len(flags)
                 n_flagged += sum(flags)
                 if any(flags):

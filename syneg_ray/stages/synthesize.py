@@ -288,7 +288,8 @@ def run_synthesize(cfg: PipelineConfig) -> dict:
     logger.info("synthesize: %d pairs, %d already done, %d to generate with %s %s (prompt %s; judge %s, %d reflection rounds)",
                 len(pairs), finished, len(work), s.engine.value, s.model, prompts.PROMPT_VERSION,
                 cfg.encoder.model if s.judge else "off", s.reflect_rounds if s.judge else 0)
-    totals: Counter = Counter({"generated_pairs": len(work)})
+    totals: Counter = Counter()
+    generated = len(work)
     start = time.perf_counter()
     if work:
         step = engines.build(s, model)
@@ -300,10 +301,10 @@ def run_synthesize(cfg: PipelineConfig) -> dict:
                     raise
                 except Exception as exc:  # Ray wraps engine crashes; say which engine and what to do
                     raise EngineError(engines.describe_failure(s, exc)) from exc
-    return summarize(cfg, pairs, parts, totals, time.perf_counter() - start)
+    return summarize(cfg, pairs, parts, totals, time.perf_counter() - start, generated)
 
 
-def summarize(cfg: PipelineConfig, pairs: list[dict], parts: Path, totals: Counter, seconds: float) -> dict:
+def summarize(cfg: PipelineConfig, pairs: list[dict], parts: Path, totals: Counter, seconds: float, generated: int) -> dict:
     """Counts over the whole output (not just this invocation) and the one summary line.
 
     The cost per kept negative: output tokens over the whole output (every attempt and round of
@@ -322,7 +323,7 @@ def summarize(cfg: PipelineConfig, pairs: list[dict], parts: Path, totals: Count
         "judged": totals["judged"],
         "flagged": {k.split(":", 1)[1]: v for k, v in sorted(totals.items()) if k.startswith("flagged:")},
         "rewritten": totals["rewritten"], "unchanged": totals["unchanged"], "kept": totals["kept"],
-        "output_tokens": totals["output_tokens"], "seconds": round(seconds, 1), "generated_pairs": totals["generated_pairs"],
+        "output_tokens": totals["output_tokens"], "seconds": round(seconds, 1), "generated_pairs": generated,
         "tokens_per_s": totals["output_tokens"] / seconds if seconds > 0 and gens else None,
         "output_tokens_per_kept": sum(r["output_tokens"] for r in rows) / negatives if negatives else None,
         "seconds_per_kept": seconds / totals["kept"] if totals["kept"] else None,

@@ -13,7 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from syneg_ray import mixing, prompts, schema
+from syneg_ray import mixing, probes, prompts, schema
 from syneg_ray import synthetic_store as store
 from syneg_ray.config import MixConfig, MixStrategy, PipelineConfig
 from syneg_ray.dataset import ensure_pairs, read_corpus
@@ -239,5 +239,5 @@ def test_scores_count_only_when_whole_and_the_rows_are_this_runs() -> None:
     assert not mix._negatives_of({**row, "negative_scores": [0.1]}, judged_here=True).judged  # misaligned: ignored
     assert not mix._negatives_of({**row, "positive_score": None}, judged_here=True).judged
     assert mix._negatives_of({**row, "negatives": ["", None]}, judged_here=True) is None
-    assert mixing.flags_from_scores(negs, 0.05) == (False, False)
-    assert mixing.flags_from_scores(mixing.SyntheticNegs("k", ("x",), (0.86,), 0.9), 0.05) == (True,)
+    assert probes.flags_from_scores(negs.positive_score, negs.scores, 0.05).tolist() == [False, False]
+    assert probes.flags_from_scores(0.9, (0.86,), 0.05).tolist() == [True]
