@@ -178,6 +178,12 @@ def cache_path(cfg: PipelineConfig, model_path: str, corpus_fingerprint: str) ->
     return default_cache_dir(cfg) / "embeddings" / f"{hashlib.sha256(key.encode()).hexdigest()[:24]}.npy"
 
 
+def corpus_embeddings_file(cfg: PipelineConfig, prepared: Prepared, model: str | None = None) -> Path:
+    """Where `embed_corpus` keeps the corpus embeddings of `model` (default `cfg.encoder.model`): a
+    float32 .npy whose rows follow the corpus Parquet."""
+    return cache_path(cfg, resolve_model(model or cfg.encoder.model, default_cache_dir(cfg)), prepared.fingerprint)
+
+
 def embed_corpus(cfg: PipelineConfig, prepared: Prepared, model: str | None = None) -> np.ndarray:
     """Corpus embeddings (n_docs, dim), rows in corpus Parquet order; computed once per (model, corpus).
 

@@ -1,9 +1,11 @@
 """Search on Ray actors over corpus shards, per-shard top-k lists merged in the driver.
 
-Dense: each actor holds one shard of the embeddings and its faiss index. For corpora larger than
-one node's memory: the driver streams the (memory-mapped) corpus into the object store one shard at
-a time, so it never holds more than one shard; every actor asks Ray for its shard's memory, so Ray
-spreads the shards over the nodes that have room (`mine.shards`; 1 searches in the driver).
+Dense (`DenseShards`): each actor reads its own row range of the cached corpus embeddings (the
+.npy the encoder actors' output was written to; fetched from object storage on a node that lacks
+it), searches it (exact, or its own IVF / HNSW index built on the first search) and scores given
+corpus rows for the false-negative guard. The driver sends query vectors and receives (block, k)
+results: it never reads a corpus vector. Every actor asks Ray for its shard's memory, so Ray
+spreads the shards over the nodes that have room (`mine.shards`; one shard is the laptop's case).
 
 BM25: always on actors (`mine.bm25_shards`, 1 on a laptop). Each actor reads its own row range of
 the corpus Parquet and indexes it (bm25.BM25Shard); the driver sends only the tokenized queries,
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+from pathlib import Path
 
 import numpy as np
 
@@ -30,24 +33,63 @@ logger = logging.getLogger(__name__)
 INDEX_OVERHEAD = 1.5  # memory asked per shard, as a multiple of its raw float32 size (HNSW graph, copies)
 
 
-class ShardSearcher:
-    """One corpus shard, its index and the global row offset of its first vector."""
+def score_rows(vectors: np.ndarray, offset: int, queries: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """Inner products of each query with its corpus rows that fall in `vectors` (rows offset..offset+len).
 
-    def __init__(self, shard: np.ndarray, offset: int, spec: ann.IndexSpec, threads: int):
+    Args:
+        vectors: (n, dim) one shard of the corpus embeddings (a memory map is read row by row).
+        offset: the corpus row of vectors[0].
+        queries: (b, dim).
+        rows: (b, k) corpus rows per query; -1 pads.
+
+    Returns:
+        (b, k) float32: the score where the row is in this shard, nan elsewhere (other shards, pads),
+        so the shards' answers combine by taking the one that is not nan.
+    """
+    local = rows - offset
+    inside = (rows >= 0) & (local >= 0) & (local < len(vectors))
+    out = np.full(rows.shape, np.nan, dtype=np.float32)
+    q, j = np.nonzero(inside)
+    if len(q):
+        wanted = local[q, j]
+        order = np.argsort(wanted, kind="stable")  # read the map in row order
+        docs = np.asarray(vectors[wanted[order]], dtype=np.float32)
+        out[q[order], j[order]] = np.einsum("nd,nd->n", docs, np.asarray(queries, dtype=np.float32)[q[order]])
+    return out
+
+
+class ShardSearcher:
+    """One row range of the corpus embeddings, read from the cache file by this actor itself."""
+
+    def __init__(self, embeddings: str, start: int, stop: int, spec: ann.IndexSpec, threads: int):
+        from syneg_ray import storage
+
         faiss = require("faiss")
         faiss.omp_set_num_threads(threads)  # stay inside the CPUs Ray gave this actor
-        self.offset = offset
-        self.size = len(shard)
-        self.index = ann.build_index(shard, spec)
+        self.vectors = np.load(storage.fetch(embeddings), mmap_mode="r")[start:stop]  # pages read as searched
+        self.offset, self.spec = start, spec
+        self.index = None  # an IVF / HNSW index is built on the first search: scoring alone needs none
 
     def ready(self) -> int:
-        """Vectors held; returns once the index is built."""
-        return self.size
+        """Vectors held; returns once the shard is open."""
+        return len(self.vectors)
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Top-k of this shard with global row indices (-1 pads stay -1)."""
-        scores, indices = ann.search(self.index, queries, k, block=len(queries) or 1)
+        k = min(k, len(self.vectors))
+        if self.spec.kind == "flat" and not self.spec.use_gpu:
+            from syneg_ray.index import search_exact
+
+            scores, indices = search_exact(queries, self.vectors, k, device="cpu")  # a block of the map at a time
+        else:
+            if self.index is None:
+                self.index = ann.build_index(self.vectors, self.spec)
+            scores, indices = ann.search(self.index, queries, k, block=len(queries) or 1)
         return scores, np.where(indices >= 0, indices + self.offset, -1)
+
+    def score(self, queries: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """`score_rows` on this shard."""
+        return score_rows(self.vectors, self.offset, queries, rows)
 
 
 def index_spec(cfg: PipelineConfig) -> ann.IndexSpec:
@@ -65,70 +107,84 @@ def shard_bounds(n: int, shards: int) -> list[tuple[int, int]]:
     return [(int(a), int(b)) for a, b in itertools.pairwise(edges)]
 
 
-def start_shards(cfg: PipelineConfig, corpus: np.ndarray, spec: ann.IndexSpec) -> list:
-    """Starts one actor per shard and waits until every index is built; kills them all if one fails."""
-    import ray
+class DenseShards:
+    """The corpus embeddings split across `mine.shards` Ray actors: top-k search and row scoring.
 
-    m = cfg.mine
-    remote = ray.remote(ShardSearcher)
-    actors = []
-    try:
-        for start, stop in shard_bounds(len(corpus), m.shards):
-            shard_ref = ray.put(
-                np.ascontiguousarray(corpus[start:stop], dtype=np.float32)
-            )  # one shard in the driver at a time
-            memory = int(INDEX_OVERHEAD * (stop - start) * corpus.shape[1] * 4)
-            actors.append(
-                remote.options(num_cpus=m.shard_cpus, memory=memory, scheduling_strategy="SPREAD").remote(
-                    shard_ref, start, spec, max(1, int(m.shard_cpus))
-                )
-            )
-            del shard_ref  # the actor holds it now; the object store can evict it once the index is built
-        sizes = ray.get([a.ready.remote() for a in actors])
-    except BaseException:
-        # the caller only gets the actors once all are ready, so it cannot kill them: without this a
-        # shard that fails to build would leave the others holding their memory until the driver exits
-        for actor in actors:
-            ray.kill(actor)
-        raise
-    logger.info("sharded search: %d shards of %s vectors", len(actors), "/".join(f"{s:,}" for s in sizes))
-    return actors
+    Example:
+        >>> with contextlib.closing(DenseShards(cfg, embeddings_file)) as shards:  # doctest: +SKIP
+        ...     scores, rows = shards.search(query_vectors, k=50)
+        ...     guard = shards.score(query_vectors, rows)  # (n_queries, 50)
 
-
-def search_sharded(
-    cfg: PipelineConfig, corpus: np.ndarray, queries: np.ndarray, k: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Top-k over a corpus split across `mine.shards` Ray actors.
-
-    Args:
-        cfg: the mine section gives shards, index kind and parameters, search_block.
-        corpus: (n_docs, dim) float32, typically a memory map of the embedding cache.
-        queries: (n_queries, dim) float32.
-        k: results per query.
-
-    Returns:
-        scores (n_queries, k) descending, global indices (n_queries, k); -inf / -1 pads.
+    The actors start when the object is made and are killed by `close`.
     """
-    import ray
 
-    from syneg_ray.runtime import init_ray
+    def __init__(self, cfg: PipelineConfig, embeddings: str | Path):
+        import ray
 
-    init_ray(cfg)
-    actors = start_shards(cfg, corpus, index_spec(cfg))
-    try:
-        k = min(k, len(corpus))
+        from syneg_ray.runtime import init_ray
+
+        init_ray(cfg)
+        m = cfg.mine
+        self.block = m.search_block
+        n, dim = np.load(embeddings, mmap_mode="r").shape  # the header only
+        use_gpu = m.faiss_gpu and ray.cluster_resources().get("GPU", 0) > 0
+        spec = index_spec(cfg)
+        remote = ray.remote(ShardSearcher)
+        self.actors = []
+        try:
+            for start, stop in shard_bounds(n, m.shards):
+                memory = int(INDEX_OVERHEAD * (stop - start) * dim * 4)
+                self.actors.append(
+                    remote.options(num_cpus=m.shard_cpus, num_gpus=1 if use_gpu else 0, memory=memory,
+                                   scheduling_strategy="SPREAD")
+                    .remote(str(embeddings), start, stop, spec, max(1, int(m.shard_cpus)))
+                )  # fmt: skip
+            sizes = ray.get([a.ready.remote() for a in self.actors])
+        except BaseException:
+            # the caller gets no object when start-up fails, so it could not close the shards that
+            # did start: they would hold their memory until the driver exits
+            self.close()
+            raise
+        self.n_docs = n
+        logger.info("dense search: %d shard(s) of %s vectors", len(self.actors), "/".join(f"{s:,}" for s in sizes))
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k corpus rows by inner product for every query, a block of queries at a time.
+
+        Returns:
+            scores (n_queries, k) descending, corpus rows (n_queries, k); -inf / -1 pads.
+        """
+        import ray
+
+        k = min(k, self.n_docs)
         scores = np.empty((len(queries), k), dtype=np.float32)
         indices = np.empty((len(queries), k), dtype=np.int64)
-        block = cfg.mine.search_block
-        for start in range(0, len(queries), block):
-            q_ref = ray.put(np.ascontiguousarray(queries[start : start + block]))
-            parts = ray.get([a.search.remote(q_ref, k) for a in actors])  # each (b, <=k): small
+        for start in range(0, len(queries), self.block):
+            q_ref = ray.put(np.ascontiguousarray(queries[start : start + self.block], dtype=np.float32))
+            parts = ray.get([a.search.remote(q_ref, k) for a in self.actors])  # each (b, <=k): small
             rows = slice(start, start + len(parts[0][0]))
             scores[rows], indices[rows] = ann.merge_topk(parts, k)
         return scores, indices
-    finally:
-        for actor in actors:
+
+    def score(self, queries: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """Each query's score for each of its corpus rows: (n_queries, k) float32, nan on -1 pads."""
+        import ray
+
+        out = np.full(rows.shape, np.nan, dtype=np.float32)
+        for start in range(0, len(queries), self.block):
+            block = slice(start, start + self.block)
+            q_ref = ray.put(np.ascontiguousarray(queries[block], dtype=np.float32))
+            r_ref = ray.put(np.ascontiguousarray(rows[block], dtype=np.int64))
+            for part in ray.get([a.score.remote(q_ref, r_ref) for a in self.actors]):
+                out[block] = np.where(np.isnan(part), out[block], part)  # each row lives in one shard
+        return out
+
+    def close(self) -> None:
+        import ray
+
+        for actor in self.actors:
             ray.kill(actor)
+        self.actors = []
 
 
 # --------------------------------------------------------------------------- BM25

@@ -2,7 +2,8 @@
 
     pairs.parquet {query_id, positive_id, query} + corpus Parquet {doc_id, text}
       -> embed: corpus (cached; Ray actors read its rows) and queries, when dense is a source or guards BM25
-      -> dense: exact / IVF / HNSW / sharded search
+      -> dense: exact / IVF / HNSW search on shard actors that read their rows of the cached
+                embeddings (DenseShards; the driver holds query vectors, never a corpus vector)
       -> bm25:  corpus-sharded BM25 on Ray actors, top-k merged (or pyserini in the driver), each
                 hit scored by the encoder too for the guard (mine.guard_scorer; by default when
                 dense is a source)
@@ -23,6 +24,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import cached_property
 from itertools import chain
 from pathlib import Path
 
@@ -35,12 +37,12 @@ from syneg_ray import beir, mining, schema
 from syneg_ray.config import PipelineConfig
 from syneg_ray.dataset import Prepared, ensure_pairs, rows_of, scan_corpus
 from syneg_ray.errors import DataError
-from syneg_ray.services.sharded_search import bm25_search, index_spec
+from syneg_ray.services.sharded_search import DenseShards, bm25_search
 
 logger = logging.getLogger(__name__)
 
 SELECT_BLOCK = 8192  # pairs per selection block: bounds the (block, k) boolean masks and the rows held before writing
-GUARD_BLOCK = 256  # queries per block when lexical hits are scored by the encoder: (block, k, dim) floats
+POSITIVE_BLOCK = 4096  # queries per block when positives are scored by the encoder: (block, widest query) rows
 
 
 @dataclass(frozen=True)
@@ -123,25 +125,54 @@ def _expanded(rows: np.ndarray, groups: np.ndarray | None, group_sizes: np.ndarr
     return int(group_sizes[np.unique(groups[rows])].sum())
 
 
-@dataclass(frozen=True)
 class Embedded:
-    """The encoder's view of the inputs, for dense search and for the guard of lexical hits."""
+    """The encoder's view of the inputs: query vectors in the driver, the corpus's on the dense
+    shard actors (`DenseShards`), which start on first use and stop with `close`.
 
-    corpus: np.ndarray  # (n_docs, dim) memmap from the shared cache
-    queries: np.ndarray  # (n_queries, dim)
-    positive_scores: list[np.ndarray]  # per query, the score of each positive (sorted corpus rows)
+    `open_shards` makes the object that answers `search(queries, k)` and `score(queries, rows)`;
+    the stage passes DenseShards over the embedding cache, a test may pass one over an array.
+    """
+
+    def __init__(self, queries: np.ndarray, positives: list[np.ndarray], open_shards: Callable[[], DenseShards]):
+        self.queries = queries  # (n_queries, dim): bounded by the training set
+        self._positives = positives
+        self._open_shards = open_shards
+        self._shards: DenseShards | None = None
+
+    @property
+    def shards(self) -> DenseShards:
+        if self._shards is None:
+            self._shards = self._open_shards()
+        return self._shards
+
+    @cached_property
+    def positive_scores(self) -> list[np.ndarray]:
+        """Per query, the score of each positive (sorted corpus rows), scored on the shard actors a
+        block of queries at a time (a block is as wide as its widest query)."""
+        out: list[np.ndarray] = []
+        for start in range(0, len(self._positives), POSITIVE_BLOCK):
+            block = self._positives[start : start + POSITIVE_BLOCK]
+            rows = np.full((len(block), max(map(len, block), default=0)), -1, dtype=np.int64)
+            for i, p in enumerate(block):
+                rows[i, : len(p)] = p
+            scored = self.shards.score(self.queries[start : start + len(block)], rows)
+            out += [scored[i, : len(p)] for i, p in enumerate(block)]
+        return out
+
+    def close(self) -> None:
+        if self._shards is not None:
+            self._shards.close()
+            self._shards = None
 
 
 def embed_inputs(cfg: PipelineConfig, prepared: Prepared, inputs: MineInputs) -> Embedded:
-    """Encodes the corpus (cached, on Ray actors) and the queries, and scores every positive."""
-    from syneg_ray.services.embed import embed_corpus_and_queries
+    """Encodes the corpus (cached, on Ray actors) and the queries; the corpus vectors stay in the
+    cache file, which the dense shard actors read their rows of."""
+    from syneg_ray.services.embed import corpus_embeddings_file, embed_corpus_and_queries
 
-    corpus, queries = embed_corpus_and_queries(cfg, prepared, inputs.query_texts)
-    pos_scores = [
-        corpus[np.sort(p)] @ q if len(p) else np.zeros(0, np.float32)
-        for q, p in zip(queries, inputs.positives, strict=True)
-    ]
-    return Embedded(corpus, queries, pos_scores)
+    _, queries = embed_corpus_and_queries(cfg, prepared, inputs.query_texts)  # the corpus's file, written once
+    embeddings = corpus_embeddings_file(cfg, prepared)
+    return Embedded(queries, inputs.positives, lambda: DenseShards(cfg, embeddings))
 
 
 @dataclass(frozen=True)
@@ -155,8 +186,8 @@ class Source:
 
 
 def dense_candidates(cfg: PipelineConfig, embedded: Embedded, inputs: MineInputs) -> Source:
-    """Searches the corpus embeddings with the configured index."""
-    scores, indices = dense_search(cfg, embedded.corpus, embedded.queries, inputs.depth)
+    """Searches the corpus embeddings on the dense shard actors with the configured index."""
+    scores, indices = embedded.shards.search(embedded.queries, inputs.depth)
     cand = mining.Candidates("dense", scores, indices, _reference(embedded.positive_scores))
     return Source(cand, embedded.positive_scores)
 
@@ -164,35 +195,12 @@ def dense_candidates(cfg: PipelineConfig, embedded: Embedded, inputs: MineInputs
 def judged_by_encoder(source: Source, embedded: Embedded) -> Source:
     """A lexical source's hits with their dense scores, and the guard's reference on that scale.
 
-    Queries are scored in blocks, so the (block, k, dim) gather stays small; pads (-1) score nan.
+    The shard actors score the hits (pads score nan); the driver sends query vectors and hit rows.
     """
     cand = source.candidates
-    dense = np.full(cand.indices.shape, np.nan, dtype=np.float32)
-    for start in range(0, len(dense), GUARD_BLOCK):
-        rows = slice(start, start + GUARD_BLOCK)
-        hits = cand.indices[rows]
-        docs = np.asarray(embedded.corpus[np.maximum(hits, 0).ravel()]).reshape(*hits.shape, -1)
-        dense[rows] = np.where(hits >= 0, np.einsum("qkd,qd->qk", docs, embedded.queries[rows]), np.nan)
+    dense = embedded.shards.score(embedded.queries, cand.indices)
     judged = mining.Candidates(cand.source, cand.scores, cand.indices, _reference(embedded.positive_scores), dense)
     return Source(judged, embedded.positive_scores)
-
-
-def dense_search(cfg: PipelineConfig, corpus: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Top-k by inner product with the configured index; memory bounded by mine.search_block."""
-    m = cfg.mine
-    if m.shards > 1:
-        from syneg_ray.services.sharded_search import search_sharded
-
-        return search_sharded(cfg, corpus, queries, k)
-    from syneg_ray import ann
-
-    if m.index == "flat" and not (m.faiss_gpu and ann.gpu_count()):
-        from syneg_ray.index import search_exact
-
-        scores, indices = search_exact(queries, corpus, k, block=m.search_block)
-        return scores, indices
-    index = ann.build_index(corpus, index_spec(cfg))
-    return ann.search(index, queries, k, block=m.search_block)
 
 
 def bm25_candidates(cfg: PipelineConfig, inputs: MineInputs) -> tuple[Source, list[np.ndarray]]:
@@ -411,17 +419,23 @@ def run_mine(cfg: PipelineConfig) -> dict:
     started = time.perf_counter()
     prepared, pairs_path = ensure_pairs(cfg)
     inputs, pairs = load_inputs(cfg, prepared, pairs_path)
-    sources, first_pos, timings, embedded = [], None, {}, None
-    if "dense" in cfg.mine.sources or cfg.mine.dense_guard:
-        t0 = time.perf_counter()
-        embedded = embed_inputs(cfg, prepared, inputs)
-        timings["encode"] = round(time.perf_counter() - t0, 2)
-    for name in cfg.mine.sources:
-        t0 = time.perf_counter()
-        source, pos_scores = SOURCES[name](cfg, inputs, prepared, embedded)
-        timings[name] = round(time.perf_counter() - t0, 2)
-        sources.append(source)
-        first_pos = pos_scores if first_pos is None else first_pos
+    found: dict[str, tuple[Source, list[np.ndarray]]] = {}
+    timings, embedded = {}, None
+    try:
+        if "dense" in cfg.mine.sources or cfg.mine.dense_guard:
+            t0 = time.perf_counter()
+            embedded = embed_inputs(cfg, prepared, inputs)
+            timings["encode"] = round(time.perf_counter() - t0, 2)
+        # BM25's actors run and stop before the dense shards start: on a laptop's two CPUs both would not fit
+        for name in sorted(cfg.mine.sources, key=lambda name: name != "bm25"):
+            t0 = time.perf_counter()
+            found[name] = SOURCES[name](cfg, inputs, prepared, embedded)
+            timings[name] = round(time.perf_counter() - t0, 2)
+    finally:
+        if embedded is not None:
+            embedded.close()
+    sources = [found[name][0] for name in cfg.mine.sources]
+    first_pos = found[cfg.mine.sources[0]][1]  # positive_score of a mined row: on the first source's scale
     path = stage_dir(cfg, "mine") / Path(schema.MINED).name
     stats = write_mined(path, cfg, sources, inputs, pairs, first_pos)
     summary = {

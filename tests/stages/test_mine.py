@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
@@ -75,23 +76,52 @@ def test_lexical_hits_are_scored_by_the_encoder_for_the_guard() -> None:
     import numpy as np
 
     from syneg_ray import mining
+    from syneg_ray.services.sharded_search import score_rows
     from syneg_ray.stages import mine
 
     rng = np.random.default_rng(0)
     corpus, queries = rng.normal(size=(700, 8)).astype(np.float32), rng.normal(size=(300, 8)).astype(np.float32)
-    hits = rng.integers(-1, 700, size=(300, 5))  # more queries than one block, and some pads
+    hits = rng.integers(-1, 700, size=(300, 5))  # some pads
     positives = [np.sort(rng.choice(700, size=1 + i % 3, replace=False)) for i in range(300)]
-    pos_scores = [corpus[p] @ q for q, p in zip(queries, positives, strict=True)]
+
+    class OneShard:  # DenseShards' scoring over an array, without Ray
+        def score(self, q, rows):
+            return score_rows(corpus, 0, q, rows)
+
+    embedded = mine.Embedded(queries, positives, OneShard)
     bm25 = mining.Candidates("bm25", rng.random((300, 5)).astype(np.float32), hits, np.zeros(300, np.float32))
-    source = mine.judged_by_encoder(mine.Source(bm25, [np.zeros(len(p), np.float32) for p in positives]),
-                                    mine.Embedded(corpus, queries, pos_scores))
+    source = mine.judged_by_encoder(mine.Source(bm25, [np.zeros(len(p), np.float32) for p in positives]), embedded)
     judged = source.candidates
     expected = np.where(hits >= 0, np.einsum("qkd,qd->qk", corpus[np.maximum(hits, 0)], queries), np.nan)
-    assert mine.GUARD_BLOCK < 300
-    np.testing.assert_allclose(judged.dense_scores, expected, rtol=1e-5)
-    np.testing.assert_allclose(judged.positive_scores, [s.min() for s in pos_scores], rtol=1e-6)
-    assert source.guard_positive_scores is pos_scores  # each pair's reference is then taken on the dense scale
+    np.testing.assert_allclose(judged.dense_scores, expected, rtol=1e-5, atol=1e-5)
+    pos_scores = [corpus[p] @ q for q, p in zip(queries, positives, strict=True)]
+    for got, want in zip(embedded.positive_scores, pos_scores, strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(judged.positive_scores, [s.min() for s in pos_scores], rtol=1e-5, atol=1e-5)
+    assert source.guard_positive_scores is embedded.positive_scores  # each pair's reference is then taken on the dense scale
     assert judged.scores is bm25.scores and judged.judged_dense
+
+
+def test_positives_are_scored_a_block_of_queries_at_a_time(monkeypatch) -> None:
+    """Positives go to the shards in blocks as wide as the block's widest query, not the widest of all."""
+    from syneg_ray.services.sharded_search import score_rows
+    from syneg_ray.stages import mine
+
+    monkeypatch.setattr(mine, "POSITIVE_BLOCK", 4)
+    rng = np.random.default_rng(1)
+    corpus, queries = rng.normal(size=(100, 4)).astype(np.float32), rng.normal(size=(10, 4)).astype(np.float32)
+    positives = [np.arange(40) if i == 9 else np.array([i]) for i in range(10)]  # one wide query, last
+    shapes = []
+
+    class OneShard:
+        def score(self, q, rows):
+            shapes.append(rows.shape)
+            return score_rows(corpus, 0, q, rows)
+
+    scored = mine.Embedded(queries, positives, OneShard).positive_scores
+    assert shapes == [(4, 1), (4, 1), (2, 40)]
+    assert [len(s) for s in scored] == [len(p) for p in positives]
+    np.testing.assert_allclose(scored[9], corpus[:40] @ queries[9], rtol=1e-5)
 
 
 def test_guard_scorer_resolves_and_rejects_unknown_values() -> None:

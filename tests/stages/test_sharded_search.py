@@ -1,10 +1,11 @@
-"""Sharded search on a real local Ray: per-shard top-k merged equals exact search."""
+"""Sharded search on a real local Ray: per-shard top-k merged equals exact search; rows scored by their shard."""
 
 from __future__ import annotations
 
 import json
 import os
 import time
+from contextlib import closing
 
 import numpy as np
 import psutil
@@ -13,7 +14,7 @@ import pytest
 from syneg_ray.config import load_config
 from syneg_ray.index import search_exact
 from syneg_ray.services import sharded_search
-from syneg_ray.services.sharded_search import index_spec, search_sharded, shard_bounds, start_shards
+from syneg_ray.services.sharded_search import DenseShards, shard_bounds
 
 
 def test_shard_bounds_cover_rows_once():
@@ -21,41 +22,86 @@ def test_shard_bounds_cover_rows_once():
     assert shard_bounds(2, 5) == [(0, 1), (1, 2)]
 
 
-def test_sharded_equals_exact(ray_local):
-    rng = np.random.default_rng(0)
-    corpus = rng.normal(size=(3000, 16)).astype(np.float32)
-    queries = rng.normal(size=(50, 16)).astype(np.float32)
-    cfg = load_config(None, ["mine.shards=3", "mine.shard_cpus=0.5", "mine.search_block=16"])
-    scores, indices = search_sharded(cfg, corpus, queries, k=20)
+def _embeddings(tmp_path, n: int, dim: int, seed: int = 0):
+    """A float32 .npy of random vectors, as the embedding cache holds them."""
+    corpus = np.random.default_rng(seed).normal(size=(n, dim)).astype(np.float32)
+    path = tmp_path / "embeddings.npy"
+    np.save(path, corpus)
+    return corpus, path
+
+
+@pytest.mark.parametrize("index", ["flat", "hnsw"])
+def test_sharded_search_equals_exact(ray_local, tmp_path, index):
+    corpus, path = _embeddings(tmp_path, 3000, 16)
+    queries = np.random.default_rng(1).normal(size=(50, 16)).astype(np.float32)
+    cfg = load_config(None, ["mine.shards=3", "mine.shard_cpus=0.5", "mine.search_block=16", f"mine.index={index}"])
+    with closing(DenseShards(cfg, path)) as shards:
+        assert len(shards.actors) == 3
+        scores, indices = shards.search(queries, k=20)
     ref_scores, ref_indices = search_exact(queries, corpus, 20)
-    assert (indices == ref_indices).mean() > 0.99 and np.allclose(scores, ref_scores, atol=1e-4)
+    assert (indices == ref_indices).mean() > (0.999 if index == "flat" else 0.95)
+    np.testing.assert_allclose(np.sort(scores, axis=1), np.sort(ref_scores, axis=1), atol=1e-3 if index == "hnsw" else 1e-4)
+
+
+def test_one_shard_is_the_small_case_of_the_same_search(ray_local, tmp_path):
+    corpus = np.random.default_rng(0).normal(size=(500, 8)).astype(np.float32)
+    corpus /= np.linalg.norm(corpus, axis=1, keepdims=True)  # unit vectors: each is its own nearest by inner product
+    np.save(path := tmp_path / "embeddings.npy", corpus)
+    queries = corpus[:20].copy()
+    with closing(DenseShards(load_config(None, ["mine.shard_cpus=0.5"]), path)) as shards:
+        scores, indices = shards.search(queries, k=5)
+    assert len(indices) == 20 and (indices[:, 0] == np.arange(20)).all()  # each query finds the vector it was made from
+    np.testing.assert_allclose(scores, search_exact(queries, corpus, 5)[0], atol=1e-5)
+
+
+def test_shards_score_the_rows_asked_for_and_nan_on_pads(ray_local, tmp_path):
+    """Every row is scored by the one shard that holds it, whichever shard that is; -1 pads stay nan."""
+    corpus, path = _embeddings(tmp_path, 900, 8)
+    rng = np.random.default_rng(2)
+    queries = rng.normal(size=(70, 8)).astype(np.float32)
+    rows = rng.integers(-1, 900, size=(70, 6))
+    rows[0] = [0, 299, 300, 599, 600, 899]  # the edges of the three shards
+    rows[1, 2:] = -1  # a query with fewer hits than k
+    cfg = load_config(None, ["mine.shards=3", "mine.shard_cpus=0.5", "mine.search_block=32"])
+    with closing(DenseShards(cfg, path)) as shards:
+        scored = shards.score(queries, rows)
+    expected = np.where(rows >= 0, np.einsum("qkd,qd->qk", corpus[np.maximum(rows, 0)], queries), np.nan)
+    assert (rows == -1).any() and np.isnan(scored[rows == -1]).all()
+    np.testing.assert_allclose(scored, expected, rtol=1e-5)
+
+
+def test_score_rows_of_one_shard_leave_the_others_rows_nan():
+    vectors = np.eye(4, dtype=np.float32)
+    queries = np.array([[1, 2, 3, 4]], dtype=np.float32)
+    scored = sharded_search.score_rows(vectors, 10, queries, np.array([[12, 9, 13, 14, -1, 10]]))
+    np.testing.assert_array_equal(scored, [[3, np.nan, 4, np.nan, np.nan, 1]])
 
 
 def test_a_shard_failing_to_start_takes_the_others_down(ray_local, monkeypatch, tmp_path):
-    """The caller gets no actor handles when start-up fails, so start_shards must kill the shards it
-    did start; a caller still holding the error (a notebook's last traceback) would keep them alive."""
+    """The caller gets no object when start-up fails, so DenseShards must kill the shards it did
+    start; a caller still holding the error (a notebook's last traceback) would keep them alive."""
     pids_dir = tmp_path / "pids"
     pids_dir.mkdir()
 
     class FailingMiddleShard(sharded_search.ShardSearcher):
         folder = str(pids_dir)  # travels with the class to the actors
 
-        def __init__(self, shard, offset, spec, threads):
-            if offset != 100:  # rows [0, 100) and [200, 300) start normally, [100, 200) fails
-                with open(os.path.join(self.folder, f"{offset}.pid"), "w") as f:
+        def __init__(self, embeddings, start, stop, spec, threads):
+            if start != 100:  # rows [0, 100) and [200, 300) start normally, [100, 200) fails
+                with open(os.path.join(self.folder, f"{start}.pid"), "w") as f:
                     f.write(str(os.getpid()))
-                super().__init__(shard, offset, spec, threads)
+                super().__init__(embeddings, start, stop, spec, threads)
                 return
             deadline = time.monotonic() + 60  # fail only once both others are up, so they exist to leak
             while len(os.listdir(self.folder)) < 2 and time.monotonic() < deadline:
                 time.sleep(0.1)
-            raise RuntimeError("index build failed")
+            raise RuntimeError("shard failed to open")
 
     monkeypatch.setattr(sharded_search, "ShardSearcher", FailingMiddleShard)
     cfg = load_config(None, ["mine.shards=3", "mine.shard_cpus=0.5", "mine.index=flat"])
-    corpus = np.random.default_rng(0).normal(size=(300, 8)).astype(np.float32)
+    _, path = _embeddings(tmp_path, 300, 8)
     with pytest.raises(ray_local.exceptions.RayActorError) as excinfo:
-        start_shards(cfg, corpus, index_spec(cfg))
+        DenseShards(cfg, path)
     pids = [int(p.read_text()) for p in pids_dir.iterdir()]
     assert len(pids) == 2
     deadline = time.monotonic() + 30
