@@ -41,7 +41,7 @@ def work_rows(args: argparse.Namespace, run_dir: Path) -> tuple[list[dict], obje
                  f"synthesize.engine={args.engine}", f"synthesize.negatives_per_pair={args.k}",
                  f"synthesize.max_new_tokens={args.max_new_tokens}", f"synthesize.batch_size={args.batch_size}",
                  f"synthesize.dtype={args.dtype}", f"synthesize.cpus_per_replica={args.cpus}",
-                 f"synthesize.threads_per_replica={args.threads}"]
+                 f"synthesize.hf.threads_per_replica={args.threads}"]
     # Ray keeps its own default size (cores + 1 logical CPUs): the vllm processor's tokenizer and
     # template actors need a share beside the engine's bundle, and a 2-CPU Ray left them none (a hang).
     if args.data_dir:

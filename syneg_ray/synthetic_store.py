@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import operator
 import os
 import uuid
 from pathlib import Path
@@ -63,17 +64,19 @@ REFLECTION_FIELDS = ("originals", "reasons", "rewrites", "rewrite_query_scores",
 
 # Settings that change what the LLM writes for a pair or what validation and the judge keep of it.
 # The others (batch size, replicas, CPUs, retries, server address, rate limits) change how, not what.
+# Each is digested under its last name, so a setting that moved into an engine's section keeps the
+# fingerprint (and the pairs written under it) it had before the move.
 GENERATION_SETTINGS = (
     "engine", "negatives_per_pair", "max_new_tokens", "temperature", "top_p", "presence_penalty", "dtype",
-    "max_model_len", "schema_min_length", "attribute_pools", "min_length_ratio", "max_length_ratio", "near_duplicate",
-    "candidates", "judge", "judge_max_positive_similarity", "reflect_rounds", "style_reference",
+    "vllm.max_model_len", "openai.schema_min_length", "attribute_pools", "min_length_ratio", "max_length_ratio",
+    "near_duplicate", "candidates", "judge", "judge_max_positive_similarity", "reflect_rounds", "style_reference",
 )  # fmt: skip
 
 
 @functools.lru_cache(maxsize=8)
 def generation_fingerprint(s: SynthesizeConfig) -> str:
     """A digest of `GENERATION_SETTINGS` (and of the attribute pools file's content, when one is named)."""
-    values = {name: str(getattr(s, name)) for name in GENERATION_SETTINGS}
+    values = {path.rpartition(".")[2]: str(operator.attrgetter(path)(s)) for path in GENERATION_SETTINGS}
     if s.attribute_pools and Path(s.attribute_pools).is_file():
         values["attribute_pools_content"] = hashlib.sha256(Path(s.attribute_pools).read_bytes()).hexdigest()
     return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:16]

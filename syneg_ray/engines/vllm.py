@@ -33,9 +33,9 @@ _VLLM_DEFAULT_BATCHED_TOKENS = 2048  # vLLM's default max_num_batched_tokens for
 def engine_kwargs(cfg: SynthesizeConfig) -> dict[str, Any]:
     """vLLM engine arguments from the config."""
     kwargs: dict[str, Any] = {
-        "tensor_parallel_size": cfg.tensor_parallel_size,
-        "pipeline_parallel_size": cfg.pipeline_parallel_size,
-        "max_model_len": cfg.max_model_len,
+        "tensor_parallel_size": cfg.vllm.tensor_parallel_size,
+        "pipeline_parallel_size": cfg.vllm.pipeline_parallel_size,
+        "max_model_len": cfg.vllm.max_model_len,
         "dtype": "bfloat16" if cfg.dtype is Dtype.BF16 else "float32",
         "max_num_seqs": cfg.batch_size,
     }
@@ -46,7 +46,7 @@ def engine_kwargs(cfg: SynthesizeConfig) -> dict[str, Any]:
         # torch.Generator cannot do ("CPU Generator does not use offset"): so on CPU every prompt
         # is prefilled in one step, and a step must then hold the longest possible prompt.
         kwargs["enable_chunked_prefill"] = False
-        kwargs["max_num_batched_tokens"] = max(cfg.max_model_len, _VLLM_DEFAULT_BATCHED_TOKENS)
+        kwargs["max_num_batched_tokens"] = max(cfg.vllm.max_model_len, _VLLM_DEFAULT_BATCHED_TOKENS)
     return kwargs
 
 
@@ -104,7 +104,7 @@ def build(cfg: SynthesizeConfig, model: str) -> Any:
         raise EngineError(f"vllm engine: the vllm package is not installed; {INSTALL_HINT}")
     from ray.data.llm import build_processor, vLLMEngineProcessorConfig
 
-    bundles = cfg.tensor_parallel_size * cfg.pipeline_parallel_size
+    bundles = cfg.vllm.tensor_parallel_size * cfg.vllm.pipeline_parallel_size
     extra: dict[str, Any] = {}
     if cfg.gpus_per_replica <= 0:  # CPU: reserve CPUs instead of the default one-GPU bundle per worker
         extra["placement_group_config"] = {"bundles": [{"CPU": cfg.cpus_per_replica}] * bundles}

@@ -154,8 +154,8 @@ def vllm_server():
 def test_openai_engine_against_a_real_server(tmp_path, scifact_small, ray_local, openai_server) -> None:
     from syneg_ray.stages.synthesize import run_synthesize
 
-    cfg = config(tmp_path, scifact_small, 2, "synthesize.engine=openai", f"synthesize.base_url={openai_server}",
-                 "synthesize.requests_per_minute=600")
+    cfg = config(tmp_path, scifact_small, 2, "synthesize.engine=openai", f"synthesize.openai.base_url={openai_server}",
+                 "synthesize.openai.requests_per_minute=600")
     summary = run_synthesize(cfg)
     rows = rows_of(tmp_path / "run")
     assert summary["pairs"] == 2 and len(rows) == 2 and {r["engine"] for r in rows} == {"openai"}
@@ -165,13 +165,13 @@ def test_openai_engine_against_a_real_server(tmp_path, scifact_small, ray_local,
 
 @pytest.mark.slow
 def test_openai_engine_against_vllm_serve_keeps_the_length_floor(tmp_path, scifact_small, ray_local, vllm_server) -> None:
-    """The openai engine against vLLM's own server: with `synthesize.schema_min_length` the length
+    """The openai engine against vLLM's own server: with `synthesize.openai.schema_min_length` the length
     floor travels in the request's JSON schema, vLLM's grammar holds each negative to it, and no
     parsed negative is rejected as too short."""
     from syneg_ray.stages.synthesize import run_synthesize
 
     cfg = load_config(None, [f"run.run_dir={tmp_path / 'run'}", f"data.dataset={scifact_small}", "data.limit=6",
-                             "synthesize.engine=openai", f"synthesize.base_url={vllm_server}", "synthesize.schema_min_length=true",
+                             "synthesize.engine=openai", f"synthesize.openai.base_url={vllm_server}", "synthesize.openai.schema_min_length=true",
                              "synthesize.negatives_per_pair=1", "synthesize.max_new_tokens=512", "synthesize.min_length_ratio=0.1",
                              "synthesize.presence_penalty=1.0", "synthesize.max_retries=0", "synthesize.batch_size=6"])
     summary = run_synthesize(cfg)
@@ -191,7 +191,7 @@ def test_vllm_engine_writes_a_pair_the_same_in_any_batch(tmp_path, scifact_small
     python = _vllm_python()
     settings = ["synthesize.engine=vllm", "synthesize.negatives_per_pair=1", "synthesize.max_new_tokens=384",
                 "synthesize.min_length_ratio=0.05", "synthesize.max_retries=0", "synthesize.cpus_per_replica=1",
-                "synthesize.max_model_len=2048", "ray.num_cpus=2"]
+                "synthesize.vllm.max_model_len=2048", "ray.num_cpus=2"]
 
     def answers(name: str, limit: int, batch_size: int) -> dict[str, tuple]:
         run_dir = tmp_path / name

@@ -137,7 +137,7 @@ def test_bad_engine_inputs(tmp_path) -> None:
         load_config(None, ["synthesize.engine=openai"])
     with pytest.raises(ConfigError, match="min_length_ratio"):
         load_config(None, ["synthesize.min_length_ratio=4"])
-    cfg = load_config(None, ["synthesize.engine=openai", "synthesize.base_url=http://127.0.0.1:9/v1"]).synthesize
+    cfg = load_config(None, ["synthesize.engine=openai", "synthesize.openai.base_url=http://127.0.0.1:9/v1"]).synthesize
     with pytest.raises(EngineError, match=r"cannot reach http://127.0.0.1:9/v1 .*start the server"):
         engines.build(cfg, "m")
     try:
@@ -241,20 +241,20 @@ def test_openai_request_carries_the_length_floor_only_when_asked(tmp_path) -> No
     from syneg_ray.engines.openai import request_of
 
     def negative_schema(*overrides: str) -> dict:
-        cfg = load_config(None, [f"run.run_dir={tmp_path}", "synthesize.engine=openai", "synthesize.base_url=http://127.0.0.1:9/v1", *overrides])
+        cfg = load_config(None, [f"run.run_dir={tmp_path}", "synthesize.engine=openai", "synthesize.openai.base_url=http://127.0.0.1:9/v1", *overrides])
         body = request_of(work_row(cfg), cfg.synthesize, "m")
         return body["response_format"]["json_schema"]["schema"]["properties"]["negatives"]["items"]
 
     assert negative_schema() == {"type": "string"}  # what every OpenAI-compatible server accepts
     # the positive has 52 words: the floor is 0.2 x 52 words at 9 characters a word
-    assert negative_schema("synthesize.schema_min_length=true") == {"type": "string", "minLength": 94}
-    assert negative_schema("synthesize.schema_min_length=true", "synthesize.min_length_ratio=0.4")["minLength"] == 188
+    assert negative_schema("synthesize.openai.schema_min_length=true") == {"type": "string", "minLength": 94}
+    assert negative_schema("synthesize.openai.schema_min_length=true", "synthesize.min_length_ratio=0.4")["minLength"] == 188
 
 
 def test_presence_penalty_reaches_the_openai_request_only_when_set() -> None:
     from syneg_ray.engines.openai import payload
 
-    server = ["synthesize.engine=openai", "synthesize.base_url=http://127.0.0.1:9/v1"]
+    server = ["synthesize.engine=openai", "synthesize.openai.base_url=http://127.0.0.1:9/v1"]
     plain = load_config(None, server).synthesize
     assert "presence_penalty" not in payload(plain, "m", [], 3, 0, 100)  # hosted APIs get exactly what they did before
     assert payload(load_config(None, [*server, "synthesize.presence_penalty=0.7"]).synthesize, "m", [], 3, 0, 100)["presence_penalty"] == 0.7

@@ -17,7 +17,7 @@ def test_defaults_round_trip_through_yaml(tmp_path: Path) -> None:
 
 
 def test_overrides_parse_yaml_scalars() -> None:
-    cfg = load_config(None, ["train.temperature=0.02", "synthesize.engine=openai", "synthesize.base_url=http://127.0.0.1:8000/v1",
+    cfg = load_config(None, ["train.temperature=0.02", "synthesize.engine=openai", "synthesize.openai.base_url=http://127.0.0.1:8000/v1",
                              "mine.sources=[bm25]", "data.limit=5"])
     assert cfg.train.temperature == 0.02
     assert cfg.synthesize.engine is Engine.OPENAI
@@ -130,3 +130,36 @@ def test_pipeline_skips_what_the_mix_does_not_read_and_ignores_where_data_lives(
     moved = prints(["data.eval_split=dev"])
     assert [n for n in base if moved[n] != base[n]] == ["evaluate"]
     assert [n for n in base if prints(["mix.ratio=0.5"])[n] != base[n]] == ["mix", "train", "evaluate"]
+
+
+def test_engine_settings_live_in_their_engine_section() -> None:
+    cfg = load_config(None, ["synthesize.engine=vllm", "synthesize.vllm.max_model_len=2048", "synthesize.hf.threads_per_replica=2"])
+    assert cfg.synthesize.vllm.max_model_len == 2048 and cfg.synthesize.hf.threads_per_replica == 2
+    with pytest.raises(ConfigError, match="unknown key synthesize.vllm.base_url"):
+        load_config(None, ["synthesize.vllm.base_url=http://x/v1"])
+    with pytest.raises(ConfigError, match="synthesize.openai.request_retries = -1"):
+        load_config(None, ["synthesize.openai.request_retries=-1"])
+
+
+def test_an_old_flat_engine_key_still_loads_under_its_new_name(tmp_path, caplog) -> None:
+    """A YAML (or a run directory's config.yaml) written before the engine sections keeps working."""
+    path = tmp_path / "old.yaml"
+    path.write_text("synthesize:\n  engine: openai\n  base_url: http://127.0.0.1:8000/v1\n  max_model_len: 2048\n")
+    with caplog.at_level("WARNING", logger="syneg_ray.config"):
+        cfg = load_config(path)
+    assert cfg.synthesize.openai.base_url == "http://127.0.0.1:8000/v1" and cfg.synthesize.vllm.max_model_len == 2048
+    assert "synthesize.base_url is now synthesize.openai.base_url" in caplog.text
+    assert load_config(None, ["synthesize.requests_per_minute=120"]).synthesize.openai.requests_per_minute == 120
+    with pytest.raises(ConfigError, match="synthesize.base_url and synthesize.openai.base_url are both set"):
+        load_config(path, ["synthesize.openai.base_url=http://other/v1"])
+
+
+def test_moving_keys_into_engine_sections_keeps_every_pair_key() -> None:
+    """The pairs a run wrote before the move are found again: the generation fingerprint of the
+    defaults is the one the flat config gave (digested before the move)."""
+    from syneg_ray.synthetic_store import generation_fingerprint
+
+    # digests of the flat config at a954c6e; a change of a generation default changes them too
+    assert generation_fingerprint(PipelineConfig().synthesize) == "0a20195d65c4a087"
+    vllm = load_config(None, ["synthesize.engine=vllm", "synthesize.vllm.max_model_len=2048"]).synthesize
+    assert generation_fingerprint(vllm) == "d6ea7eb5e8d80754"

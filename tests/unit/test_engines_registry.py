@@ -15,7 +15,7 @@ def test_every_engine_is_registered_with_a_module_that_builds_it() -> None:
 
 
 def test_a_failed_engine_is_named_with_what_to_check() -> None:
-    cfg = load_config(None, ["synthesize.engine=openai", "synthesize.base_url=http://127.0.0.1:9/v1"]).synthesize
+    cfg = load_config(None, ["synthesize.engine=openai", "synthesize.openai.base_url=http://127.0.0.1:9/v1"]).synthesize
     try:
         raise RuntimeError("wrapped") from ConnectionError("connection refused\nmore detail")
     except RuntimeError as exc:

@@ -9,14 +9,15 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from syneg_ray.config import Engine, SynthesizeConfig
+from syneg_ray.config import Engine, OpenAIEngineConfig, SynthesizeConfig
 from syneg_ray.engines import openai
 from syneg_ray.errors import ConfigError, EngineError
 
 
 def limited(rpm: int, replicas: int = 1) -> SynthesizeConfig:
     # port 9 answers nothing: a test that reached the server would fail with EngineError
-    return SynthesizeConfig(engine=Engine.OPENAI, base_url="http://127.0.0.1:9/v1", requests_per_minute=rpm, replicas=replicas)
+    return SynthesizeConfig(engine=Engine.OPENAI, replicas=replicas,
+                            openai=OpenAIEngineConfig(base_url="http://127.0.0.1:9/v1", requests_per_minute=rpm))
 
 
 def test_requests_per_minute_split_across_replicas() -> None:
@@ -27,9 +28,9 @@ def test_requests_per_minute_split_across_replicas() -> None:
 
 def test_a_limit_below_one_request_per_second_per_replica_is_refused() -> None:
     # Ray's qps is a whole number per actor: 30/min used to become 60/min, twice the limit asked for
-    with pytest.raises(ConfigError, match=r"synthesize.requests_per_minute = 30 .*= 60"):
+    with pytest.raises(ConfigError, match=r"synthesize.openai.requests_per_minute = 30 .*= 60"):
         openai.qps_per_replica(limited(30))
-    with pytest.raises(ConfigError, match=r"synthesize.requests_per_minute = 100 .*= 120"):
+    with pytest.raises(ConfigError, match=r"synthesize.openai.requests_per_minute = 100 .*= 120"):
         openai.qps_per_replica(limited(100, replicas=2))
     with pytest.raises(ConfigError, match="requests_per_minute"):  # before the server is asked anything
         openai.build(limited(30), "m")
@@ -69,7 +70,7 @@ def server() -> Iterator[tuple[str, dict]]:
 
 def test_chat_once_returns_the_answer_or_raises(server) -> None:
     url, reply = server
-    cfg = SynthesizeConfig(engine=Engine.OPENAI, base_url=url)
+    cfg = SynthesizeConfig(engine=Engine.OPENAI, openai=OpenAIEngineConfig(base_url=url))
     messages = [{"role": "user", "content": "domains?"}]
     reply["body"] = {"choices": [{"message": {"content": '{"domains": ["A", "B"]}'}}]}
     assert openai.chat_once(cfg, "m", messages, 16) == '{"domains": ["A", "B"]}'

@@ -111,7 +111,7 @@ def test_a_run_measures_its_rates_and_the_next_plan_uses_them(tmp_path: Path) ->
 
 
 def test_rates_not_this_hosts_or_not_measured_are_not_kept(tmp_path: Path) -> None:
-    served = load_config(None, ["synthesize.engine=openai", "synthesize.base_url=http://127.0.0.1:1/v1"])
+    served = load_config(None, ["synthesize.engine=openai", "synthesize.openai.base_url=http://127.0.0.1:1/v1"])
     assert plan.measured_rates(served, "synthesize", {"generated_pairs": 10, "seconds": 50.0}) == {}  # the server's speed
     assert plan.measured_rates(load_config(), "synthesize", {"generated_pairs": 0, "seconds": 2.0}) == {}  # all resumed
     assert plan.measured_rates(load_config(None, ["train.use_gpu=true"]), "train", {"epochs": [{"steps": 4, "seconds": 8.0}]}) == {}

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from syneg_ray.config import Dtype, SynthesizeConfig
+from syneg_ray.config import Dtype, SynthesizeConfig, VLLMEngineConfig
 from syneg_ray.engines.base import SamplingSpec
 from syneg_ray.engines.vllm import engine_kwargs, row_sampling_params, runtime_env, sampling_params
 
@@ -16,13 +16,13 @@ def test_cpu_replicas_keep_no_core_for_the_scheduler(monkeypatch) -> None:
 
 
 def test_engine_kwargs_follow_the_config() -> None:
-    cpu = engine_kwargs(SynthesizeConfig(engine="vllm", dtype=Dtype.BF16, batch_size=24, max_model_len=2048))
+    cpu = engine_kwargs(SynthesizeConfig(engine="vllm", dtype=Dtype.BF16, batch_size=24, vllm=VLLMEngineConfig(max_model_len=2048)))
     assert cpu["dtype"] == "bfloat16" and cpu["max_num_seqs"] == 24 and cpu["max_model_len"] == 2048
     assert cpu["enforce_eager"] is True  # no CUDA graphs on CPU
     # seeded requests on CPU: whole prompts in one step, and a step fits the longest prompt
     assert cpu["enable_chunked_prefill"] is False and cpu["max_num_batched_tokens"] == 2048
-    assert engine_kwargs(SynthesizeConfig(engine="vllm", max_model_len=8192))["max_num_batched_tokens"] == 8192
-    gpu = engine_kwargs(SynthesizeConfig(engine="vllm", gpus_per_replica=1.0, tensor_parallel_size=2))
+    assert engine_kwargs(SynthesizeConfig(engine="vllm", vllm=VLLMEngineConfig(max_model_len=8192)))["max_num_batched_tokens"] == 8192
+    gpu = engine_kwargs(SynthesizeConfig(engine="vllm", gpus_per_replica=1.0, vllm=VLLMEngineConfig(tensor_parallel_size=2)))
     assert "enforce_eager" not in gpu and gpu["tensor_parallel_size"] == 2
     assert "enable_chunked_prefill" not in gpu and "max_num_batched_tokens" not in gpu
 
