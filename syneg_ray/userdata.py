@@ -25,6 +25,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from syneg_ray import storage
 from syneg_ray.config import DataConfig
 from syneg_ray.errors import DataError
 from syneg_ray.userfiles import Source, column_error, open_source, strings
@@ -75,7 +76,7 @@ def convert(data: DataConfig, cache_dir: Path) -> Converted:
             negatives cell that is not a list).
         MissingExtraError: a `datasets` folder is given and the package is not installed.
     """
-    sources = {key: open_source(Path(path)) for key, path in data.files().items()}
+    sources = {key: open_source(_readable(key, path)) for key, path in data.files().items()}
     folder = cache_dir / "userdata" / _key(data, sources)
     if not (folder / "corpus.jsonl").is_file():
         tmp = folder.with_name(f".{folder.name}.{os.getpid()}.tmp")
@@ -91,6 +92,23 @@ def convert(data: DataConfig, cache_dir: Path) -> Converted:
             shutil.rmtree(tmp, ignore_errors=True)
     negatives = folder / GIVEN_NEGATIVES
     return Converted(folder=folder, given_negatives=negatives if negatives.is_file() else None)
+
+
+def _readable(key: str, location: str) -> Path:
+    """The local path of a data file: itself, or for a URI (`s3://`, `gs://`) this node's copy,
+    downloaded once and again when the object changes (a folder is taken whole by its listing:
+    files that other tools uploaded have no publication marker).
+
+    Raises:
+        DataError: the URI names nothing.
+    """
+    if not storage.is_uri(location):
+        return Path(location)
+    try:
+        return storage.fetch(storage.local_path(location), marked=False)
+    except FileNotFoundError:
+        raise DataError(f"{location}: not found in object storage; check data.{key} (and AWS_ENDPOINT_URL / "
+                        "credentials for a bucket outside AWS)") from None
 
 
 def _key(data: DataConfig, sources: dict[str, Source]) -> str:

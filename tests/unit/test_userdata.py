@@ -313,3 +313,22 @@ def test_workers_get_absolute_data_files_and_the_label_as_it_is(tmp_path: Path, 
     assert data.dataset == "my-data"
     assert data.pairs == str(tmp_path / "my-data" / "train.jsonl") and data.corpus == str(tmp_path / "my-data" / "c.parquet")
     assert data.eval_pairs == ""
+
+
+def test_files_in_object_storage_convert_like_local_ones(s3: str, tmp_path: Path, generated: Path) -> None:
+    """data.pairs / data.corpus as s3:// URIs (uploaded by another tool, so without our markers) are
+    fetched to this node's mirror and give the same BEIR folder; a missing object is one line."""
+    import pyarrow.fs as pafs
+
+    local = {"corpus": write(tmp_path / "corpus.parquet", corpus_rows(generated)),
+             "pairs": write(tmp_path / "train.jsonl", pair_rows(generated, "train"))}  # fmt: skip
+    fs, bucket = pafs.FileSystem.from_uri(s3)
+    for path in local.values():
+        pafs.copy_files(str(path), f"{bucket}/upload/{path.name}", destination_filesystem=fs)
+    remote = prepare(config(tmp_path / "remote", corpus=f"{s3}/upload/corpus.parquet", pairs=f"{s3}/upload/train.jsonl"))
+    here = prepare(config(tmp_path / "here", **{k: str(v) for k, v in local.items()}))
+    assert beir.read_corpus(remote.folder) == beir.read_corpus(here.folder)
+    assert qrels_of(remote.folder, "train") == qrels_of(here.folder, "train")
+    with pytest.raises(DataError) as info:
+        prepare(config(tmp_path / "missing", pairs=f"{s3}/upload/nothing.jsonl"))
+    assert one_line(info).startswith(f"{s3}/upload/nothing.jsonl: not found in object storage; check data.pairs")
