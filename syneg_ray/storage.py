@@ -31,6 +31,7 @@ import shutil
 import tempfile
 import uuid
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 logger = logging.getLogger(__name__)
@@ -211,17 +212,34 @@ def publish(path: str | Path) -> None:
     if path.is_dir():
         with contextlib.suppress(FileNotFoundError, OSError):
             fs.delete_file(f"{key}/{PUBLISHED}")  # a reader must not take the old marker for the new content
-        for file in sorted(p for p in path.rglob("*") if p.is_file() and p.name not in (FETCHED, PUBLISHED)):
-            target = f"{key}/{file.relative_to(path).as_posix()}"
-            pafs.copy_files(str(file), target, source_filesystem=local, destination_filesystem=fs)
-            sent.append((file, target))
-        with fs.open_output_stream(f"{key}/{PUBLISHED}") as out:
+        files = sorted(p for p in path.rglob("*") if p.is_file() and p.name not in (FETCHED, PUBLISHED))
+        sent = [(file, f"{key}/{file.relative_to(path).as_posix()}") for file in files]
+        _upload(fs, sent)
+        with fs.open_output_stream(f"{key}/{PUBLISHED}") as out:  # after every object is in
             out.write(uuid.uuid4().hex.encode())
     else:
         fs.create_dir(key.rpartition("/")[0], recursive=True)
         pafs.copy_files(str(path), key, source_filesystem=local, destination_filesystem=fs)
         sent.append((path, key))
     _note_pushed(path, fs, sent)
+
+
+UPLOADS = 8  # files sent at once: object stores serve parallel puts, and a folder is mostly latency per object
+
+
+def _upload(fs, files: list[tuple[Path, str]]) -> None:
+    """Puts each (local file, key) on `fs`, UPLOADS at a time; returns when all are in (the first
+    failure is raised once the others have finished)."""
+    import pyarrow.fs as pafs
+
+    local = pafs.LocalFileSystem()
+
+    def put(item: tuple[Path, str]) -> None:
+        pafs.copy_files(str(item[0]), item[1], source_filesystem=local, destination_filesystem=fs)
+
+    with ThreadPoolExecutor(max_workers=UPLOADS) as pool:
+        for done in [pool.submit(put, item) for item in files]:
+            done.result()
 
 
 def _note_pushed(path: Path, fs, sent: list[tuple[Path, str]]) -> None:
@@ -336,25 +354,25 @@ def push_tree(local: Path, last: Callable[[str], bool] = lambda rel: False) -> i
     Files for which `last(relative path)` holds (completion markers) go after all others, so a
     marker never names outputs that are not there yet.
     """
-    import pyarrow.fs as pafs
 
     fs, root = _remote(local)
     state = _synced(local)
-    files = sorted((p for p in local.rglob("*") if p.is_file()), key=lambda p: last(p.relative_to(local).as_posix()))
-    sent = 0
-    for file in files:
+    changed: list[tuple[Path, str, os.stat_result]] = []
+    for file in (p for p in local.rglob("*") if p.is_file()):
         rel = file.relative_to(local).as_posix()
         if _skip(rel, ()) or file.name.endswith(".partial"):
             continue
         stat = file.stat()
-        if state.get(rel, {}).get("local") == [stat.st_size, stat.st_mtime_ns]:
-            continue
-        pafs.copy_files(str(file), f"{root}/{rel}", source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
-        info = fs.get_file_info(f"{root}/{rel}")
-        state[rel] = {"remote": [info.size, info.mtime_ns], "local": [stat.st_size, stat.st_mtime_ns]}
-        sent += 1
+        if state.get(rel, {}).get("local") != [stat.st_size, stat.st_mtime_ns]:
+            changed.append((file, rel, stat))
+    for final in (False, True):  # the others, then the markers
+        batch = sorted((c for c in changed if last(c[1]) == final), key=lambda c: c[1])
+        _upload(fs, [(file, f"{root}/{rel}") for file, rel, _ in batch])
+        for _, rel, stat in batch:
+            info = fs.get_file_info(f"{root}/{rel}")
+            state[rel] = {"remote": [info.size, info.mtime_ns], "local": [stat.st_size, stat.st_mtime_ns]}
     _write_synced(local, state)
-    return sent
+    return len(changed)
 
 
 def storage_location(path: str | Path):  # -> (str, pyarrow FileSystem | None)

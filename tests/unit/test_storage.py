@@ -159,3 +159,32 @@ def test_a_folder_published_inside_a_synced_run_directory_is_not_pushed_again(s3
     assert storage.push_tree(local) == 1 and sent == ["_COMPLETE.json"]  # the model went up once
     (model / "config.json").write_text('{"changed": true}')
     assert storage.push_tree(local) == 1 and sent[-1] == "config.json"  # a later change still goes up
+
+
+def test_a_folder_goes_up_several_objects_at_a_time_and_its_marker_after_all(s3: str, tmp_path: Path, monkeypatch) -> None:
+    """Uploads overlap (a folder of many small files is latency per object), bounded by UPLOADS, and
+    the folder arrives whole with its marker."""
+    import threading
+    import time
+
+    folder = storage.local_path(f"{s3}/cache/embeddings/many")
+    folder.mkdir(parents=True)
+    for i in range(12):
+        (folder / f"part-{i:02d}.bin").write_bytes(bytes([i]) * 100)
+    running, most, lock = 0, 0, threading.Lock()
+    real_copy = pafs.copy_files
+
+    def slow_copy(src, dst, **kw):
+        nonlocal running, most
+        with lock:
+            running += 1
+            most = max(most, running)
+        time.sleep(0.2)
+        real_copy(src, dst, **kw)
+        with lock:
+            running -= 1
+
+    monkeypatch.setattr(pafs, "copy_files", slow_copy)
+    storage.publish(folder)
+    assert 1 < most <= storage.UPLOADS
+    assert set(_objects(f"{s3}/cache/embeddings/many")) == {f"part-{i:02d}.bin" for i in range(12)} | {storage.PUBLISHED}
