@@ -40,6 +40,9 @@ class Dtype(str, enum.Enum):
     FP32 = "fp32"
     BF16 = "bf16"
     INT8 = "int8"  # encoders on CPU only: ONNX Runtime with dynamically quantized weights and activations
+    # encoder.dtype only: bf16 for GPU actors and on CPUs with AVX512_BF16 or AMX (nDCG@10 within 0.002
+    # of fp32 on SciFact, benchmarks/RESULTS.md), fp32 elsewhere; resolved when the config is built
+    AUTO = "auto"
 
 
 class Engine(str, enum.Enum):
@@ -193,7 +196,10 @@ class EncoderConfig:
     batch_size: int = 64  # texts per forward pass (upper bound; see max_tokens_per_batch)
     max_tokens_per_batch: int = 0  # padded tokens per forward pass, filled by length-sorted batches; 0 = 1024 on CPU, 8192 on GPU
     max_seq_length: int = 0  # truncate inputs to this many tokens; 0 = the model's own limit
-    dtype: Dtype = Dtype.FP32  # bf16: faster on GPUs and CPUs with AVX512_BF16; int8: CPUs, about 2x with VNNI or AMX
+    # bf16: faster on GPUs and CPUs with AVX512_BF16; int8: CPUs, about 2x with VNNI or AMX; auto: bf16
+    # where it is fast, else fp32, decided on the machine that loads the config (the driver: on a
+    # cluster whose nodes' CPUs differ, name the precision)
+    dtype: Dtype = Dtype.FP32
     backend: Backend = Backend.AUTO  # auto: ONNX Runtime for fp32 and int8 on CPUs, torch on GPUs and for bf16
     actors: int = 1  # encoder actors (Ray Data actor pool size): one per GPU, or per CPU node on a cluster
     cpus_per_actor: float = 0.0  # logical CPUs each actor reserves, also its thread count; 0 = this node's cores / actors
@@ -202,6 +208,8 @@ class EncoderConfig:
     document_prompt: str = ""  # prefix for documents (e.g. "passage: " for E5)
 
     def __post_init__(self) -> None:
+        if self.dtype is Dtype.AUTO:  # the saved config names the precision the run used
+            object.__setattr__(self, "dtype", encoder_auto_dtype(self.backend, self.gpus_per_actor))
         _check_min("encoder.batch_size", self.batch_size, 1)
         if self.max_tokens_per_batch:  # 0 = the kernel's per-device default
             _check_min("encoder.max_tokens_per_batch", self.max_tokens_per_batch, 16)
@@ -696,8 +704,28 @@ def _check_range(name: str, value: float, low: float, high: float) -> None:
 
 
 def _check_float_dtype(name: str, dtype: Dtype) -> None:
-    if dtype is Dtype.INT8:
-        raise ConfigError(f"{name} = int8 is for encoder.dtype only (inference on CPUs); use fp32 or bf16")
+    if dtype in (Dtype.INT8, Dtype.AUTO):
+        raise ConfigError(f"{name} = {dtype.value} is for encoder.dtype only; use fp32 or bf16")
+
+
+def cpu_has_fast_bf16() -> bool:
+    """True when this machine's CPU multiplies bf16 in hardware (AVX512_BF16 or AMX). Elsewhere torch
+    emulates it: 5x slower than fp32 on an AVX2-only EPYC (benchmarks/RESULTS.md)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace").split()
+    except OSError:  # not Linux: take no chance
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def encoder_auto_dtype(backend: Backend, gpus_per_actor: float) -> Dtype:
+    """encoder.dtype=auto: bf16 on GPU actors and on CPUs with fast bf16, unless the backend is ONNX
+    Runtime (fp32 and int8 only); fp32 otherwise."""
+    if backend is Backend.ONNX:
+        return Dtype.FP32
+    if gpus_per_actor > 0 or cpu_has_fast_bf16():
+        return Dtype.BF16
+    return Dtype.FP32
 
 
 def _build(cls: type, raw: Any, prefix: str) -> Any:

@@ -163,3 +163,21 @@ def test_moving_keys_into_engine_sections_keeps_every_pair_key() -> None:
     assert generation_fingerprint(PipelineConfig().synthesize) == "0a20195d65c4a087"
     vllm = load_config(None, ["synthesize.engine=vllm", "synthesize.vllm.max_model_len=2048"]).synthesize
     assert generation_fingerprint(vllm) == "d6ea7eb5e8d80754"
+
+
+def test_encoder_dtype_auto_follows_the_cpu_and_the_saved_config_names_the_result(monkeypatch, tmp_path) -> None:
+    from syneg_ray import config
+
+    monkeypatch.setattr(config, "cpu_has_fast_bf16", lambda: True)
+    assert load_config(None, ["encoder.dtype=auto"]).encoder.dtype.value == "bf16"
+    assert load_config(None, ["encoder.dtype=auto", "encoder.backend=onnx"]).encoder.dtype.value == "fp32"  # ONNX has no bf16
+    monkeypatch.setattr(config, "cpu_has_fast_bf16", lambda: False)
+    assert load_config(None, ["encoder.dtype=auto"]).encoder.dtype.value == "fp32"
+    assert load_config(None, ["encoder.dtype=auto", "encoder.gpus_per_actor=1"]).encoder.dtype.value == "bf16"
+    saved = tmp_path / "config.yaml"
+    saved.write_text(to_yaml(load_config(None, ["encoder.dtype=auto"])))
+    assert load_config(saved).encoder.dtype.value == "fp32"  # the file names the precision, not auto
+    assert "dtype: auto" not in saved.read_text()
+    for section in ("synthesize", "train"):
+        with pytest.raises(ConfigError, match=f"{section}.dtype = auto is for encoder.dtype only"):
+            load_config(None, [f"{section}.dtype=auto"])
