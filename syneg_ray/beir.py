@@ -14,7 +14,7 @@ import logging
 import urllib.error
 import urllib.request
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,7 +37,7 @@ Qrels = dict[str, dict[str, int]]  # qrels[query_id][doc_id] = graded relevance 
 class BeirSplit:
     """One split of a BEIR dataset as plain dicts: what evaluation and mining need."""
 
-    corpus: dict[str, str]  # doc_id -> document text (title + " " + text)
+    corpus: dict[str, str]  # doc_id -> document text (title + " " + text); evaluation of a dense model passes only the ids
     queries: dict[str, str]  # query_id -> query text, only the split's queries
     qrels: Qrels  # only the split's judgements
 
@@ -235,13 +235,13 @@ def _is_judgement(fields: list[str]) -> bool:
     return True
 
 
-def load_split(folder: Path, split: str, corpus: dict[str, str] | None = None, keep_unknown_docs: bool = False) -> BeirSplit:
+def load_split(folder: Path, split: str, corpus: Collection[str] | None = None, keep_unknown_docs: bool = False) -> BeirSplit:
     """Reads and cross-checks one split: every qrels row must name a known query and document.
 
     Args:
         folder: the BEIR folder.
         split: qrels file name without `.tsv`.
-        corpus: an already-read corpus to reuse (it is the expensive part).
+        corpus: an already-read corpus to reuse (it is the expensive part), or only its ids.
         keep_unknown_docs: for evaluation: keep judgements of documents missing from the corpus,
             with a warning, unless no judged document at all is in the corpus. BEIR's own test
             qrels hold a few (ArguAna), and BEIR scores them as relevant documents never retrieved.

@@ -6,7 +6,7 @@ literature. MRR@10 is trec_eval's `recip_rank` on each query's top 10.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -70,8 +70,11 @@ def evaluate_run(qrels: Mapping[str, Mapping[str, int]], run: Mapping[str, Mappi
     }
 
 
-def to_run(query_ids: list[str], doc_ids: list[str], scores: np.ndarray, indices: np.ndarray) -> Run:
-    """Turns top-k (scores, indices) arrays of shape (queries, k) into a run dict; index -1 means empty."""
+def to_run(query_ids: list[str], doc_ids: Sequence[str] | Mapping[int, str], scores: np.ndarray, indices: np.ndarray) -> Run:
+    """Turns top-k (scores, indices) arrays of shape (queries, k) into a run dict; index -1 means empty.
+
+    `doc_ids` names each index: every document's id, or (a large corpus) only the retrieved ones'.
+    """
     run: Run = {}
     for row, query_id in enumerate(query_ids):
         run[query_id] = {doc_ids[j]: float(s) for s, j in zip(scores[row], indices[row], strict=True) if j >= 0}

@@ -1,12 +1,17 @@
-"""`syneg evaluate`: BEIR metrics of a dense model (Ray Data encoder actors + exact search) or BM25."""
+"""`syneg evaluate`: BEIR metrics of a dense model (Ray Data encoder actors + exact search on shard actors) or BM25."""
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import json
 import logging
 import re
 import time
 from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
 
 from syneg_ray import beir, metrics, schema
 from syneg_ray.config import PipelineConfig
@@ -46,24 +51,33 @@ def check_not_scoring_on_training_queries(cfg: PipelineConfig, model: str) -> No
 
 def retrieve(cfg: PipelineConfig, model: str, queries: dict[str, str], top_k: int,
              corpus: dict[str, str] | None = None) -> metrics.Run:
-    """Top-k documents for every query with `model` ("bm25" or a dense encoder); `corpus` reuses one already read."""
+    """Top-k documents for every query with `model` ("bm25" or a dense encoder).
+
+    Dense: the corpus embeddings (cached, encoded by Ray actors) are searched exactly on the dense
+    shard actors (`mine.shards`, `mine.shard_cpus`); the driver reads no text and no corpus vector,
+    and names only the documents retrieved. BM25 indexes the texts in this process (`corpus`
+    reuses them when read already).
+    """
     prepared = prepare(cfg)
-    if corpus is None:
-        corpus = read_corpus(prepared)
-    doc_ids = list(corpus)
     query_ids = list(queries)
     query_texts = [queries[q] for q in query_ids]
     if model == "bm25":
         from syneg_ray.bm25 import BM25Index
 
+        corpus = read_corpus(prepared) if corpus is None else corpus
+        doc_ids = list(corpus)
         scores, indices = BM25Index(doc_ids, [corpus[d] for d in doc_ids]).search(query_texts, top_k)
-    else:
-        from syneg_ray.index import search_exact
-        from syneg_ray.services.embed import embed_corpus_and_queries
+        return metrics.to_run(query_ids, doc_ids, scores, indices)
+    from syneg_ray.services.embed import corpus_embeddings_file, embed_corpus_and_queries
+    from syneg_ray.services.sharded_search import DenseShards
 
-        doc_embeddings, query_embeddings = embed_corpus_and_queries(cfg, prepared, query_texts, model)
-        scores, indices = search_exact(query_embeddings, doc_embeddings, top_k)
-    return metrics.to_run(query_ids, doc_ids, scores, indices)
+    _, query_embeddings = embed_corpus_and_queries(cfg, prepared, query_texts, model)
+    exact = dataclasses.replace(cfg, mine=dataclasses.replace(cfg.mine, index="flat"))  # evaluation ranks exactly
+    with contextlib.closing(DenseShards(exact, corpus_embeddings_file(cfg, prepared, model))) as shards:
+        scores, indices = shards.search(query_embeddings, top_k)
+    hit = np.unique(indices[indices >= 0])
+    names = dict(zip(hit.tolist(), prepared.doc_ids().take(pa.array(hit)).to_pylist(), strict=True))
+    return metrics.to_run(query_ids, names, scores, indices)
 
 
 def run_evaluate(cfg: PipelineConfig) -> dict[str, float]:
@@ -77,13 +91,15 @@ def run_evaluate(cfg: PipelineConfig) -> dict[str, float]:
     model = model_to_evaluate(cfg)
     check_not_scoring_on_training_queries(cfg, model)
     prepared = prepare(cfg)
-    corpus = read_corpus(prepared)
+    # BM25 needs the texts; a dense model only the ids, to check the judged documents exist
+    corpus = read_corpus(prepared) if model == "bm25" else frozenset(prepared.doc_ids().to_pylist())
     judged = beir.load_split(prepared.folder, split, corpus=corpus, keep_unknown_docs=True)
     qrels, queries = judged.qrels, judged.queries
     if not qrels:  # a header-only file: every metric would be a mean over no queries
         raise DataError.at(prepared.folder / "qrels" / f"{split}.tsv", None,
                            "no judged query; add query-id, corpus-id, score rows below the header, or choose another evaluate.split")
-    run = metrics.without_self_hits(retrieve(cfg, model, queries, cfg.evaluate.top_k + 1, corpus=corpus), cfg.evaluate.top_k)
+    texts = corpus if model == "bm25" else None
+    run = metrics.without_self_hits(retrieve(cfg, model, queries, cfg.evaluate.top_k + 1, corpus=texts), cfg.evaluate.top_k)
     scores = metrics.evaluate_run(qrels, run)
 
     out = Path(cfg.run.run_dir) / "evaluate" / f"{_label(model)}-{split}"
