@@ -229,7 +229,7 @@ def bm25_search(cfg: PipelineConfig, corpus_parquet: str, n_docs: int, queries: 
         cfg: the mine section gives bm25_shards, shard_cpus, bm25_k1, bm25_b and search_block.
         corpus_parquet: the corpus (doc_id, text), which each actor reads its rows of.
         n_docs: rows in that file.
-        queries: query texts; tokenized here once (their terms are what the shards exchange).
+        queries: query texts; tokenized here (their terms are what the shards exchange).
         k: hits per query.
         positives: per query, corpus rows to score exactly.
 
@@ -246,11 +246,14 @@ def bm25_search(cfg: PipelineConfig, corpus_parquet: str, n_docs: int, queries: 
 
     init_ray(cfg)
     m = cfg.mine
-    tokens = bm25.tokenize(queries)  # the queries' terms: bounded by the training set, not the corpus
+    blocks = [slice(start, start + m.search_block) for start in range(0, len(queries), m.search_block)]
+    # The queries are tokenized a block at a time, twice: all their token lists at once would cost
+    # about 0.4 KB a query (40 MB at 100k) for the whole search; their vocabulary is small.
+    terms = {t for block in blocks for q in bm25.tokenize(queries[block]) for t in q}
     remote = ray.remote(BM25Searcher).options(num_cpus=m.shard_cpus, scheduling_strategy="SPREAD")
     actors = [remote.remote(str(corpus_parquet), a, b, m.bm25_k1, m.bm25_b) for a, b in shard_bounds(n_docs, m.bm25_shards)]
     try:
-        stats = bm25.CorpusStats.combine(ray.get([a.stats.remote({t for q in tokens for t in q}) for a in actors]))
+        stats = bm25.CorpusStats.combine(ray.get([a.stats.remote(terms) for a in actors]))
         if stats.total_length == 0:
             raise DataError.at(corpus_parquet, None, "no document has a BM25 term (every text is empty or stopwords); "
                                "fix the corpus or drop bm25 from mine.sources")  # fmt: skip
@@ -259,9 +262,8 @@ def bm25_search(cfg: PipelineConfig, corpus_parquet: str, n_docs: int, queries: 
         scores = np.full((len(queries), k), -np.inf, dtype=np.float32)
         rows = np.full((len(queries), k), -1, dtype=np.int64)
         positive_scores: list[np.ndarray] = []
-        for start in range(0, len(queries), m.search_block):
-            block = slice(start, start + m.search_block)
-            tokens_ref = ray.put(tokens[block])
+        for block in blocks:
+            tokens_ref = ray.put(bm25.tokenize(queries[block]))
             hits = [a.search.remote(tokens_ref, stats_ref, k) for a in actors]
             exact = [a.score_rows.remote(tokens_ref, stats_ref, positives[block]) for a in actors]
             scores[block], rows[block] = ann.merge_topk(ray.get(hits), k)
