@@ -17,6 +17,7 @@ Queries go out a block at a time and only (block, k) results come back per shard
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 from pathlib import Path
@@ -128,7 +129,8 @@ class DenseShards:
         self.block = m.search_block
         n, dim = np.load(embeddings, mmap_mode="r").shape  # the header only
         use_gpu = m.faiss_gpu and ray.cluster_resources().get("GPU", 0) > 0
-        spec = index_spec(cfg)
+        # without a GPU a flat shard is searched in place (search_exact over the map), not copied into an index
+        spec = dataclasses.replace(index_spec(cfg), use_gpu=use_gpu)
         remote = ray.remote(ShardSearcher)
         self.actors = []
         try:
