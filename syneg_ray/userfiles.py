@@ -70,7 +70,8 @@ class Source:
 
     def _batches(self, columns: list[str]) -> Iterator[pa.RecordBatch]:
         if self.kind == "parquet":
-            yield from pq.ParquetFile(self.path).iter_batches(batch_size=BATCH_ROWS, columns=columns)
+            # no pre-buffering: it reads ahead whole column chunks (dataset.scan_corpus has the figures)
+            yield from pq.ParquetFile(self.path, pre_buffer=False).iter_batches(batch_size=BATCH_ROWS, columns=columns)
         elif self.kind == "datasets":
             yield from _load_dataset(self.path).data.table.select(columns).to_batches(max_chunksize=BATCH_ROWS)
         else:
