@@ -228,3 +228,25 @@ def test_edited_split_rebuilds_the_pairs(tmp_path: Path) -> None:
     queries = (folder / "queries.jsonl").read_text(encoding="utf-8")
     (folder / "queries.jsonl").write_text(queries.replace("Does aspirin reduce fever?", "Aspirin and fever?"), encoding="utf-8")
     assert pairs() == [("q1", "d1", "Aspirin and fever?")]
+
+
+def test_train_names_the_row_of_an_instance_whose_id_is_not_in_the_corpus(tmp_path: Path, monkeypatch) -> None:
+    """Ids are checked a block of rows at a time against the corpus's Arrow column; a row past the
+    first block names its own line."""
+    import pyarrow as pa
+
+    from syneg_ray.stages.mix import INSTANCE_SCHEMA
+    from syneg_ray.stages.train import trainer
+
+    monkeypatch.setattr(trainer, "VALIDATE_ROWS", 2)
+    corpus = pa.chunked_array([["d1", "d2"], ["d3"]])
+    row = {"query_id": "q", "positive_id": "d1", "query": "q", "positive": "p", "negatives": ["a", "b"],
+           "negative_sources": ["dense", "bm25"], "negative_ids": ["d2", "d3"]}  # fmt: skip
+    rows = [row, row, row, {**row, "negative_ids": ["d3", "d9"]}, row]
+    path = tmp_path / "instances.parquet"
+    pq.write_table(pa.Table.from_pylist(rows, schema=INSTANCE_SCHEMA), path)
+    with pytest.raises(DataError, match=r"instances\.parquet:4: unknown negative id 'd9' \(bm25\): not in the corpus") as info:
+        trainer.read_instances(path, corpus)
+    one_line(info)
+    pq.write_table(pa.Table.from_pylist(rows[:3], schema=INSTANCE_SCHEMA), path)
+    assert trainer.read_instances(path, corpus) == (3, 2)

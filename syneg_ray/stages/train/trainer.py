@@ -159,14 +159,16 @@ def read_instances(path: Path, doc_ids) -> tuple[int, int]:
 
     if not path.exists():
         raise DataError.at(path, None, "no instances file; run `syneg mix` first")
-    known_set = doc_ids.combine_chunks() if isinstance(doc_ids, pa.ChunkedArray) else pa.array(list(doc_ids), pa.string())
+    corpus_ids = doc_ids if isinstance(doc_ids, pa.ChunkedArray) else pa.chunked_array([pa.array(list(doc_ids), pa.string())])
     count, n = 0, 0
     try:
         for batch in pq.ParquetFile(path).iter_batches(batch_size=VALIDATE_ROWS):
             rows = batch.to_pylist()
             ids = [r.get("positive_id") for r in rows] + [d for r in rows for d in (r.get("negative_ids") or ())]
-            candidates = pa.array([i for i in ids if isinstance(i, str)], pa.string())
-            known = set(candidates.filter(pc.is_in(candidates, value_set=known_set)).to_pylist())
+            candidates = pa.array(sorted({i for i in ids if isinstance(i, str)}), pa.string())
+            # the block's ids are the hash table and the corpus's ids are scanned against it: a table
+            # of every corpus id would cost tens of MB a block at a million documents
+            known = set(corpus_ids.filter(pc.is_in(corpus_ids, value_set=candidates)).to_pylist())
             n = check_instances(rows, path, known, first_row=count + 1, n=n)
             count += len(rows)
     except (pa.ArrowInvalid, OSError) as exc:  # an interrupted write, or not Parquet at all
