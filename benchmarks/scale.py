@@ -7,8 +7,9 @@ Each point is a BEIR folder generated here: N documents of 50-300 words drawn fr
 vocabulary with its word frequencies, and P training queries, each 6-14 words taken from one
 document (its positive) with a few other words mixed in. The encoder is a randomly initialised
 2-layer, 128-wide BERT with MiniLM's tokenizer, created once (`syneg_ray.model.build_tiny`): it
-costs what such a model costs, and retrieval quality is not the question here. Beyond 200k
-documents dense search uses IVF (`mine.index=ivf`).
+costs what such a model costs, and retrieval quality is not the question here. It encodes the first
+128 tokens of a document in int8 (ONNX Runtime), about 4x the fp32 speed at full length, so the 1M
+point fits an afternoon on 2 cores. Beyond 200k documents dense search uses IVF (`mine.index=ivf`).
 
 Every stage runs as its own `python -m syneg_ray` process on a fresh local Ray, while this
 process samples the PSS of every process of that tree every 0.5 s and files it under a kind:
@@ -161,7 +162,7 @@ def run_point(n_docs: int, n_pairs: int, work: Path, model: Path, vocabulary, st
     env = {**os.environ, "SYNEG_CACHE": str(work / "cache"), "RAY_AUTH_MODE": "disabled"}
     overrides = [
         f"run.run_dir={run_dir}", f"data.dataset={folder}", "data.dev_fraction=0", "data.max_pairs=0",
-        f"encoder.model={model}", "mine.sources=[dense,bm25]", f"mine.index={'ivf' if n_docs > 200_000 else 'flat'}",
+        f"encoder.model={model}", "encoder.max_seq_length=128", "encoder.dtype=int8", "mine.sources=[dense,bm25]", f"mine.index={'ivf' if n_docs > 200_000 else 'flat'}",
         "mine.shard_cpus=1",
         "mix.strategy=retrieved", "mix.n_negatives=3", "train.dev_eval=false", "train.batch_size=16",
         f"train.max_steps={steps}", "train.max_seq_length=64", "train.workers=2", "train.cpus_per_worker=1",
