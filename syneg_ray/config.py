@@ -555,13 +555,22 @@ def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] 
         if not sep or "." not in key:
             raise ConfigError(f"override {item!r} must look like section.key=value (e.g. train.epochs=2)")
         *sections, name = key.split(".")  # synthesize.openai.base_url: two sections deep
-        node = raw
-        for depth, section in enumerate(sections):
-            node = node.setdefault(section, {})
-            if not isinstance(node, dict):
-                raise ConfigError(f"section {'.'.join(sections[: depth + 1])!r} must be a mapping")
-        node[name] = yaml.safe_load(value) if value != "" else ""
+        _section(raw, sections)[name] = yaml.safe_load(value) if value != "" else ""
     return from_dict(raw)
+
+
+def _section(raw: dict[str, Any], path: list[str]) -> dict[str, Any]:
+    """The mapping at `path` inside `raw`, made where missing.
+
+    Raises:
+        ConfigError: something on the path is not a mapping.
+    """
+    node = raw
+    for depth, section in enumerate(path):
+        node = node.setdefault(section, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"section {'.'.join(path[: depth + 1])!r} must be a mapping")
+    return node
 
 
 # Keys that moved, old name -> new name. The old name is still read (with a warning), so a YAML
@@ -598,11 +607,7 @@ def _moved(raw: dict[str, Any]) -> dict[str, Any]:
             continue
         value = given.pop(name)
         *path, leaf = new.split(".")
-        node = raw
-        for part in path:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise ConfigError(f"{'.'.join(path)} must be a mapping")
+        node = _section(raw, path)
         if leaf in node:
             raise ConfigError(f"{old} and {new} are both set; {old} is the old name of {new}: keep only {new}")
         node[leaf] = value

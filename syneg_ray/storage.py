@@ -203,12 +203,8 @@ def publish(path: str | Path) -> None:
     remote = _remote(path)
     if remote is None:
         return
-    import pyarrow.fs as pafs
-
     fs, key = remote
     logger.debug("publishing %s", uri_of(path))
-    local = pafs.LocalFileSystem()
-    sent: list[tuple[Path, str]] = []
     if path.is_dir():
         with contextlib.suppress(FileNotFoundError, OSError):
             fs.delete_file(f"{key}/{PUBLISHED}")  # a reader must not take the old marker for the new content
@@ -219,8 +215,8 @@ def publish(path: str | Path) -> None:
             out.write(uuid.uuid4().hex.encode())
     else:
         fs.create_dir(key.rpartition("/")[0], recursive=True)
-        pafs.copy_files(str(path), key, source_filesystem=local, destination_filesystem=fs)
-        sent.append((path, key))
+        sent = [(path, key)]
+        _upload(fs, sent)
     _note_pushed(path, fs, sent)
 
 

@@ -15,7 +15,7 @@ import pyarrow as pa
 
 from syneg_ray import beir, metrics, schema
 from syneg_ray.config import PipelineConfig
-from syneg_ray.dataset import prepare, read_corpus
+from syneg_ray.dataset import Prepared, prepare, read_corpus, rows_of
 from syneg_ray.errors import ConfigError, DataError
 
 logger = logging.getLogger(__name__)
@@ -80,6 +80,14 @@ def retrieve(cfg: PipelineConfig, model: str, queries: dict[str, str], top_k: in
     return metrics.to_run(query_ids, names, scores, indices)
 
 
+def judged_in_corpus(prepared: Prepared, split: str) -> set[str]:
+    """The split's judged documents that the corpus holds, looked up in its id column: all that
+    `beir.load_split` checks the qrels against, without a set of every corpus id."""
+    qrels, _ = beir.read_qrels(prepared.folder, split)
+    judged = sorted({d for docs in qrels.values() for d in docs})
+    return {d for d, row in zip(judged, rows_of(prepared.doc_ids(), judged), strict=True) if row >= 0}
+
+
 def run_evaluate(cfg: PipelineConfig) -> dict[str, float]:
     """Scores a model on `evaluate.split` and writes metrics.json and run.trec into the run directory.
 
@@ -91,8 +99,8 @@ def run_evaluate(cfg: PipelineConfig) -> dict[str, float]:
     model = model_to_evaluate(cfg)
     check_not_scoring_on_training_queries(cfg, model)
     prepared = prepare(cfg)
-    # BM25 needs the texts; a dense model only the ids, to check the judged documents exist
-    corpus = read_corpus(prepared) if model == "bm25" else frozenset(prepared.doc_ids().to_pylist())
+    # BM25 needs the texts; a dense model only which judged documents the corpus holds
+    corpus = read_corpus(prepared) if model == "bm25" else judged_in_corpus(prepared, split)
     judged = beir.load_split(prepared.folder, split, corpus=corpus, keep_unknown_docs=True)
     qrels, queries = judged.qrels, judged.queries
     if not qrels:  # a header-only file: every metric would be a mean over no queries

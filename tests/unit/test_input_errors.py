@@ -250,3 +250,17 @@ def test_train_names_the_row_of_an_instance_whose_id_is_not_in_the_corpus(tmp_pa
     one_line(info)
     pq.write_table(pa.Table.from_pylist(rows[:3], schema=INSTANCE_SCHEMA), path)
     assert trainer.read_instances(path, corpus) == (3, 2)
+
+
+def test_a_dense_evaluation_checks_the_judged_documents_against_the_corpus_ids(tmp_path: Path) -> None:
+    """A dense model's evaluation looks up only the judged ids in the corpus's id column; a missing
+    one is left out, so beir.load_split warns about it as it does with the texts."""
+    from syneg_ray.dataset import prepare
+    from syneg_ray.stages.evaluate import judged_in_corpus
+
+    cfg = evaluate_cfg(tmp_path, TEST_QRELS + "q2\tgone\t1\n")
+    prepared = prepare(cfg)
+    present = judged_in_corpus(prepared, "test")
+    qrels, _ = beir.read_qrels(prepared.folder, "test")
+    judged = {d for docs in qrels.values() for d in docs}
+    assert "gone" in judged and present == judged - {"gone"} and present
