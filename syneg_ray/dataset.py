@@ -2,8 +2,9 @@
 
 The corpus is read and validated once, streamed into Parquet in the cache keyed by the corpus
 file's content hash, in row groups of `CORPUS_ROW_GROUP` documents. Ray actors then read their own
-row ranges of it (`read_corpus_rows`): the driver learns the corpus's size from the Parquet
-footer and never holds its texts.
+row ranges of it (`read_corpus_rows`), and a stage that needs scattered texts reads them by row
+(`open_docstore`): the driver learns the corpus's size from the Parquet footer and never holds its
+texts.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from syneg_ray import beir, schema, storage
+from syneg_ray import beir, docstore, schema, storage
 from syneg_ray.config import PipelineConfig, default_cache_dir
 from syneg_ray.errors import DataError
 from syneg_ray.runtime import _replace_atomically, read_json, write_parquet_atomic, write_text_atomic
@@ -144,10 +145,37 @@ def read_corpus_rows(path: str | Path, start: int, stop: int, columns: list[str]
     return table.slice(start - int(firsts[groups[0]]), stop - start)
 
 
-def rows_of(doc_ids: pa.ChunkedArray, wanted: list[str]) -> np.ndarray:
-    """Corpus rows of `wanted` ids (an Arrow hash lookup: no id -> row dict of the whole corpus); -1 for unknown ids."""
-    found = pc.index_in(pa.array(wanted, type=pa.string()), value_set=doc_ids.combine_chunks())
-    return found.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
+def rows_of(doc_ids: pa.ChunkedArray | pa.Array, wanted: list[str]) -> np.ndarray:
+    """Corpus rows of `wanted` ids; -1 for unknown ids.
+
+    The corpus's ids are probed against a hash of the wanted ones (Arrow), not the other way round:
+    no id -> row map of the whole corpus is built, so a call costs one pass over the id column and
+    memory for the wanted ids (a stage calls this once per block).
+    """
+    wanted = pa.array(wanted, type=pa.string())
+    unique = pc.unique(wanted)
+    position = pc.index_in(doc_ids, value_set=unique)  # per corpus row: its place in `unique`, null if not wanted
+    hits = pc.is_valid(position)
+    row_of_unique = np.full(len(unique), -1, dtype=np.int64)
+    found = pc.filter(position, hits)
+    row_of_unique[np.asarray(found.to_numpy(zero_copy_only=False), dtype=np.int64)] = np.flatnonzero(
+        hits.to_numpy(zero_copy_only=False))  # fmt: skip
+    return row_of_unique[pc.index_in(wanted, value_set=unique).to_numpy(zero_copy_only=False).astype(np.int64)]
+
+
+def open_docstore(prepared: Prepared) -> docstore.DocStore:
+    """The corpus's texts by row (`docstore`), written once beside the cached corpus Parquet."""
+    target = prepared.corpus_parquet.with_suffix(".texts")
+
+    def build(path: Path) -> None:
+        def write(tmp: Path) -> None:
+            batches = (b.column("text").to_pylist() for b in scan_corpus(prepared.corpus_parquet, ["text"]))
+            docstore.write(batches, tmp)
+
+        _replace_atomically(path, write)
+
+    storage.ensure(target, build)
+    return docstore.DocStore(target)
 
 
 def texts_of(prepared: Prepared, wanted) -> dict[str, str]:

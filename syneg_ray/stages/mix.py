@@ -20,6 +20,7 @@ import logging
 import math
 import time
 from collections.abc import Iterable, Iterator, Sequence
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,7 +32,8 @@ import pyarrow.parquet as pq
 
 from syneg_ray import mixing, probes, prompts, schema, synthetic_store
 from syneg_ray.config import MixStrategy, PipelineConfig
-from syneg_ray.dataset import Prepared, ensure_pairs, scan_corpus
+from syneg_ray.dataset import ensure_pairs, open_docstore, rows_of
+from syneg_ray.docstore import DocStore
 from syneg_ray.errors import DataError
 from syneg_ray.runtime import _replace_atomically, write_text_atomic
 
@@ -42,9 +44,10 @@ MINED_COLUMNS = ("query_id", "positive_id", "negative_ids", "source")
 INSTANCE_SCHEMA = schema.arrow_schema(schema.Instance)
 INSTANCE_ROW_GROUP = 4096  # instances per Parquet row group
 # Pairs mixed at once. The driver holds one block's pairs, negatives and instances (with their
-# texts); each block scans the corpus once for its texts, and a synthesis folder (or a mine file not
-# in pair order) once for its rows, so a smaller block trades time for memory: on 120k generated
-# pairs, blocks of 1,000 lowered the peak by 50 MB of 346 and took 2.8 times as long.
+# texts); each block reads its texts by row (`docstore`) after one pass over the corpus's ids, and
+# scans a synthesis folder (or a mine file not in pair order) once for its rows, so a smaller block
+# trades time for memory: on 120k generated pairs, blocks of 1,000 lowered the peak by 50 MB of 346
+# and took 2.8 times as long (measured when each block also scanned the corpus's texts).
 MIX_BLOCK = 8192
 JUDGE_COLUMNS = ("negative_scores", "positive_score")  # written by synthesis with the judge on
 OPTIONAL_COLUMNS = ("status", "positive_ids", "model", "prompt_version", *JUDGE_COLUMNS)
@@ -269,29 +272,23 @@ class _Rows:
         return table.slice(0, n)
 
 
-def _corpus_lookup(prepared: Prepared, named: set[str], wanted: set[str]) -> tuple[set[str], dict[str, str]]:
-    """Which of the ids `named` are corpus documents, and the texts of those of them `wanted`, in one
-    scan of the corpus (`texts_of` would scan it again to check the ids whose text is not needed)."""
-    found: set[str] = set()
-    texts: dict[str, str] = {}
-    if not named:
-        return found, texts
-    value_set = pa.array(sorted(named), pa.string())
-    for batch in scan_corpus(prepared.corpus_parquet, ["doc_id", "text"]):
-        hits = batch.filter(pc.is_in(batch.column("doc_id"), value_set=value_set))
-        for doc, text in zip(hits.column("doc_id").to_pylist(), hits.column("text").to_pylist(), strict=True):
-            found.add(doc)
-            if doc in wanted:
-                texts[doc] = text
-    return found, texts
+def _corpus_lookup(doc_ids: pa.Array, store: DocStore, named: set[str], wanted: set[str]) -> tuple[set[str], dict[str, str]]:
+    """Which of the ids `named` are corpus documents, and the texts of those of them `wanted`:
+    one pass over the id column and one read per wanted text, so a block costs its own size plus
+    a pass over the ids, not a scan of the corpus's texts."""
+    names = sorted(named)
+    found = {doc for doc, row in zip(names, rows_of(doc_ids, names).tolist(), strict=True) if row >= 0}
+    wanted = sorted(wanted & found)
+    rows = rows_of(doc_ids, wanted)
+    return found, dict(zip(wanted, store.texts(rows), strict=True))
 
 
 class _CorpusIds(Sequence[str]):
     """Every corpus document id, in corpus order, as a sequence of str over one Arrow column: a few
     times smaller than a list of str."""
 
-    def __init__(self, ids: pa.ChunkedArray) -> None:
-        self.ids = ids.combine_chunks()
+    def __init__(self, ids: pa.Array) -> None:
+        self.ids = ids
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -310,7 +307,8 @@ def pair_blocks(pairs_path: Path) -> Iterator[list[schema.Pair]]:
 class _BlockMix:
     """Mixes the pairs a block at a time: looks up the block's negatives and texts, and mixes them."""
 
-    prepared: Prepared
+    doc_ids: pa.Array  # the corpus's ids, in corpus order: the one corpus-sized structure held (10-20 bytes an id)
+    store: DocStore  # the corpus's texts by row
     mixer: mixing.Mixer
     synthetic: SyntheticBlocks | None
     mined: MinedBlocks | None
@@ -332,7 +330,7 @@ class _BlockMix:
         # every mined id of the block is checked, the texts are read of the chosen documents only
         chosen = mixing.corpus_ids(kept)
         named = {doc for _, negatives in mined.values() for doc, _ in negatives}
-        found, texts = _corpus_lookup(self.prepared, named | chosen, chosen)
+        found, texts = _corpus_lookup(self.doc_ids, self.store, named | chosen, chosen)
         for number, negatives in sorted(mined.values(), key=lambda numbered: numbered[0]):
             unknown = [doc for doc, _ in negatives if doc not in found]
             if unknown:
@@ -514,16 +512,18 @@ def run_mix(cfg: PipelineConfig) -> dict:
     flagged, guarded_out = {}, 0
     if cfg.mix.guard_synthetic and synthetic is not None:
         flagged, guarded_out = guard_synthetic(cfg, pairs_path, synthetic, out.parent)
+    doc_ids = prepared.doc_ids().combine_chunks()
     if cfg.mix.strategy is MixStrategy.RANDOM:
         # Needed whole: a draw indexes every corpus id, and excludes every positive of the pair's
         # query, whose pairs may sit in other blocks. Ids only: an Arrow column of the corpus ids,
         # and a set entry a pair.
         mixer = mixing.Mixer(cfg.mix, cfg.run.seed, n_pairs, mixing.query_positives(_pair_keys(pairs_path)),
-                             _CorpusIds(prepared.doc_ids()))  # fmt: skip
+                             _CorpusIds(doc_ids))  # fmt: skip
     else:
         mixer = mixing.Mixer(cfg.mix, cfg.run.seed, n_pairs)  # direct holds its choice: a byte a pair
-    blocks = _BlockMix(prepared, mixer, synthetic, mined, flagged)
-    write_instances(out, (blocks.instances(pairs) for pairs in pair_blocks(pairs_path)))
+    with closing(open_docstore(prepared)) as store:
+        blocks = _BlockMix(doc_ids, store, mixer, synthetic, mined, flagged)
+        write_instances(out, (blocks.instances(pairs) for pairs in pair_blocks(pairs_path)))
     if blocks.stale:
         logger.info("%s: %d rows of another LLM or prompt version ignored", synthetic.path, blocks.stale)
     stats = mixer.stats
