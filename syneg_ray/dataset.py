@@ -13,6 +13,7 @@ import hashlib
 import json
 import logging
 import random
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,7 +25,7 @@ import pyarrow.parquet as pq
 from syneg_ray import beir, docstore, schema, storage
 from syneg_ray.config import PipelineConfig, default_cache_dir
 from syneg_ray.errors import DataError
-from syneg_ray.runtime import _replace_atomically, read_json, write_parquet_atomic, write_text_atomic
+from syneg_ray.runtime import _replace_atomically, read_json, write_text_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -179,19 +180,16 @@ def open_docstore(prepared: Prepared) -> docstore.DocStore:
 
 
 def texts_of(prepared: Prepared, wanted) -> dict[str, str]:
-    """doc_id -> text for the `wanted` ids found in the corpus (unknown ids are left out).
-
-    Scans the Parquet a row group at a time, so memory grows with what is wanted (the positives of
-    the pairs, the negatives of the instances), not with the corpus.
-    """
-    value_set = pa.array(sorted(set(wanted)), pa.string())
-    found: dict[str, str] = {}
-    if not len(value_set):
-        return found
-    for batch in scan_corpus(prepared.corpus_parquet, ["doc_id", "text"]):
-        hits = batch.filter(pc.is_in(batch.column("doc_id"), value_set=value_set))
-        found.update(zip(hits.column("doc_id").to_pylist(), hits.column("text").to_pylist(), strict=True))
-    return found
+    """doc_id -> text for the `wanted` ids found in the corpus (unknown ids are left out): one pass
+    over the id column and one read a text (`open_docstore`), so memory grows with what is wanted,
+    not with the corpus."""
+    ids = sorted(set(wanted))
+    rows = rows_of(prepared.doc_ids(), ids)
+    found = [(doc, row) for doc, row in zip(ids, rows.tolist(), strict=True) if row >= 0]
+    if not found:
+        return {}
+    with closing(open_docstore(prepared)) as store:
+        return dict(zip((doc for doc, _ in found), store.texts([row for _, row in found]), strict=True))
 
 
 def scan_corpus(path: str | Path, columns: list[str]):  # -> Iterator[pa.RecordBatch]
@@ -292,25 +290,24 @@ def sample_pairs(pairs: list[tuple[str, str]], max_pairs: int, seed: int) -> lis
     return [pairs[i] for i in sorted(kept)]
 
 
-def build_pairs(cfg: PipelineConfig, prepared: Prepared, corpus: dict[str, str] | None = None) -> tuple[list[schema.Pair], beir.Qrels]:
-    """Pairs of the train split and the dev qrels.
+def build_pairs(cfg: PipelineConfig, prepared: Prepared) -> tuple[list[tuple[str, str]], dict[str, str], beir.Qrels]:
+    """The train split's pairs, as (query_id, positive_id) in pair order, their queries' texts, and the dev qrels.
 
     Dev queries come from the dataset's own dev split, or are carved from the train queries
     (`data.dev_split`); either way they give no pairs. Then, in this order: positives by
     `data.min_relevance`, at most `data.max_positives_per_query` of them per query,
     `data.max_pairs` pairs sampled, and the first `data.limit` kept.
 
-    `corpus` defaults to the texts of the split's judged documents only (`texts_of`): the one
-    lookup the pairs need, and what decides whether a judged document is in the corpus.
+    Which judged documents are in the corpus is one pass over the corpus's id column; no text of a
+    document is read here (`write_pairs` reads the positives' a block at a time).
     """
     d = cfg.data
     dev_name = dev_split_name(cfg, prepared.folder)
-    if corpus is None:  # one scan of the corpus for the judged documents of both splits
-        judged = [beir.read_qrels(prepared.folder, name)[0] for name in (d.train_split, dev_name) if name]
-        corpus = texts_of(prepared, (doc for qrels in judged for docs in qrels.values() for doc in docs))
-    split = beir.load_split(prepared.folder, d.train_split, corpus=corpus)
+    judged = [beir.read_qrels(prepared.folder, name)[0] for name in (d.train_split, dev_name) if name]
+    known = in_corpus(prepared, {doc for qrels in judged for docs in qrels.values() for doc in docs})
+    split = beir.load_split(prepared.folder, d.train_split, corpus=known)
     if dev_name:
-        dev_qrels = read_dev_split(prepared, dev_name, corpus)
+        dev_qrels = read_dev_split(prepared, dev_name, known)
         overlap = set(split.qrels) & set(dev_qrels)
         if overlap:
             logger.info("pairs: %d train queries are also %s queries and give no pairs", len(overlap), dev_name)
@@ -321,31 +318,50 @@ def build_pairs(cfg: PipelineConfig, prepared: Prepared, corpus: dict[str, str] 
     train_qrels = {q: split.qrels[q] for q in train_ids}
     chosen = select_positives(train_qrels, d.min_relevance, d.max_positives_per_query, d.split_seed)
     chosen = sample_pairs(chosen, d.max_pairs, d.split_seed)
-    pairs: list[schema.Pair] = [
-        {"query_id": q, "positive_id": doc, "query": split.queries[q], "positive": corpus[doc]} for q, doc in chosen
-    ]
     if d.limit:
-        pairs = pairs[: d.limit]
-    return pairs, dev_qrels
+        chosen = chosen[: d.limit]
+    return chosen, {q: split.queries[q] for q in dict.fromkeys(q for q, _ in chosen)}, dev_qrels
 
 
-def read_dev_split(prepared: Prepared, split: str, corpus: dict[str, str] | None = None) -> beir.Qrels:
+def in_corpus(prepared: Prepared, ids) -> set[str]:
+    """Those of `ids` that are corpus documents (one pass over the corpus's id column)."""
+    ids = sorted(set(ids))
+    return {doc for doc, row in zip(ids, rows_of(prepared.doc_ids(), ids).tolist(), strict=True) if row >= 0}
+
+
+def read_dev_split(prepared: Prepared, split: str, known: set[str] | None = None) -> beir.Qrels:
     """The qrels of the dataset's dev split, validated as evaluation validates its split (judged documents
     missing from the corpus are kept, with a warning, unless none is there).
 
-    `corpus` must hold the texts of the split's judged documents that are in the corpus (build_pairs
-    looks them up with the train split's in one scan); by default they are looked up here.
+    `known` must hold the split's judged documents that are in the corpus (build_pairs looks them
+    up with the train split's in one pass); by default they are looked up here.
     """
-    if corpus is None:
+    if known is None:
         qrels, _ = beir.read_qrels(prepared.folder, split)
-        corpus = texts_of(prepared, (doc for docs in qrels.values() for doc in docs))
-    return beir.load_split(prepared.folder, split, corpus=corpus, keep_unknown_docs=True).qrels
+        known = in_corpus(prepared, (doc for docs in qrels.values() for doc in docs))
+    return beir.load_split(prepared.folder, split, corpus=known, keep_unknown_docs=True).qrels
 
 
-def write_pairs(run_dir: Path, pairs: list[schema.Pair], dev_qrels: beir.Qrels) -> Path:
-    """Writes pairs.parquet and dev_qrels.json into the run directory."""
+PAIR_BLOCK = 8192  # pairs written at once: the driver holds one block's positive texts
+
+
+def write_pairs(run_dir: Path, prepared: Prepared, pairs: list[tuple[str, str]], queries: dict[str, str],
+                dev_qrels: beir.Qrels) -> Path:  # fmt: skip
+    """Writes pairs.parquet (texts joined a block at a time, the positives' read by corpus row) and
+    dev_qrels.json into the run directory, each through a temporary file."""
     path = run_dir / schema.PAIRS
-    write_parquet_atomic(path, pa.Table.from_pylist(pairs, schema=PAIR_SCHEMA))
+    doc_ids = prepared.doc_ids()
+
+    def write(tmp: Path) -> None:
+        with closing(open_docstore(prepared)) as store, pq.ParquetWriter(tmp, PAIR_SCHEMA) as writer:
+            for start in range(0, len(pairs), PAIR_BLOCK):
+                block = pairs[start : start + PAIR_BLOCK]
+                positives = store.texts(rows_of(doc_ids, [doc for _, doc in block]))
+                rows = [{"query_id": q, "positive_id": doc, "query": queries[q], "positive": text}
+                        for (q, doc), text in zip(block, positives, strict=True)]  # fmt: skip
+                writer.write_table(pa.Table.from_pylist(rows, schema=PAIR_SCHEMA))
+
+    _replace_atomically(path, write)
     write_text_atomic(run_dir / schema.DEV_QRELS, json.dumps(dev_qrels, sort_keys=True))
     return path
 
@@ -361,10 +377,10 @@ def ensure_pairs(cfg: PipelineConfig) -> tuple[Prepared, Path]:
     path = run_dir / schema.PAIRS
     source = pairs_source(cfg, prepared)
     if not path.is_file() or read_json(run_dir / schema.PAIRS_SOURCE) != source:
-        pairs, dev = build_pairs(cfg, prepared)
+        pairs, queries, dev = build_pairs(cfg, prepared)
         # the old record goes first: a run killed before the new one is written rebuilds, whatever it resumes with
         storage.remove(run_dir / schema.PAIRS_SOURCE)
-        write_pairs(run_dir, pairs, dev)
+        write_pairs(run_dir, prepared, pairs, queries, dev)
         write_text_atomic(run_dir / schema.PAIRS_SOURCE, json.dumps(source, sort_keys=True))
         logger.info("pairs: %s train pairs, %s dev queries (%s)", f"{len(pairs):,}", f"{len(dev):,}",
                     source["dev_split"] if source["dev_split"] != "carve" else f"carved from {cfg.data.train_split}")

@@ -100,12 +100,25 @@ def load_inputs(cfg: PipelineConfig, prepared: Prepared, pairs_path: Path) -> tu
 
 
 def text_groups(corpus_parquet: Path) -> np.ndarray:
-    """mining.text_groups over the corpus, read one row group at a time: each text becomes a 64-bit
-    digest of its folded form, so memory is 8 bytes a document, not the texts."""
-    digests = []
-    for batch in scan_corpus(corpus_parquet, ["text"]):
-        digests.append(mining.text_digests(batch.column("text").to_pylist()))
-    return mining.groups_of(np.concatenate(digests) if digests else np.zeros(0, np.int64))
+    """mining.text_groups over the corpus: each text becomes a 64-bit digest of its folded form, so
+    memory is 8 bytes a document, not the texts. The digests are computed once per corpus (a scan of
+    every text: about 40 s at 1M documents on 2 cores) and cached beside its Parquet."""
+    from syneg_ray import storage
+    from syneg_ray.runtime import _replace_atomically
+
+    target = corpus_parquet.with_name(corpus_parquet.stem + ".digests-v1.npy")  # v1: mining.text_digests as it is
+
+    def build(path: Path) -> None:
+        digests = [mining.text_digests(batch.column("text").to_pylist()) for batch in scan_corpus(corpus_parquet, ["text"])]
+        every = np.concatenate(digests) if digests else np.zeros(0, np.int64)
+
+        def write(tmp: Path) -> None:
+            with tmp.open("wb") as out:
+                np.save(out, every)
+
+        _replace_atomically(path, write)
+
+    return mining.groups_of(np.load(storage.ensure(target, build)))
 
 
 def _pair_positives(pairs: pa.Table) -> dict[str, set[str]]:

@@ -40,8 +40,8 @@ def test_a_rebuild_killed_midway_is_not_trusted_by_the_next_run(tiny_cfg, monkey
     limited_cfg = dataclasses.replace(tiny_cfg, data=dataclasses.replace(tiny_cfg.data, limit=5))
     real_write = dataset.write_pairs
 
-    def dies_after_the_pairs(run_dir, pairs, dev):
-        real_write(run_dir, pairs, dev)
+    def dies_after_the_pairs(*args):
+        real_write(*args)
         raise KeyboardInterrupt  # killed before the new record is written
 
     monkeypatch.setattr(dataset, "write_pairs", dies_after_the_pairs)

@@ -154,6 +154,10 @@ def test_text_groups_streamed_from_parquet_match_the_in_memory_ones(tmp_path):
     path = tmp_path / "corpus.parquet"
     pq.write_table(pa.table({"doc_id": [str(i) for i in range(7)], "text": texts}), path, row_group_size=3)
     assert text_groups(path).tolist() == mining.text_groups(texts).tolist() == [0, 1, 0, 2, 1, 2, 3]
+    cached = path.with_name("corpus.digests-v1.npy")
+    assert cached.is_file()  # the digests are cached beside the corpus, and read back the next time
+    np.save(cached, np.array([5, 5, 6, 6, 7, 7, 8], dtype=np.int64))
+    assert text_groups(path).tolist() == [0, 0, 1, 1, 2, 2, 3]
 
 
 def test_pair_reference_is_the_pairs_own_positive_and_query_min_the_lowest():
