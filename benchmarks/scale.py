@@ -9,7 +9,11 @@ document (its positive) with a few other words mixed in. The encoder is a random
 2-layer, 128-wide BERT with MiniLM's tokenizer, created once (`syneg_ray.model.build_tiny`): it
 costs what such a model costs, and retrieval quality is not the question here. It encodes the first
 128 tokens of a document in int8 (ONNX Runtime), about 4x the fp32 speed at full length, so the 1M
-point fits an afternoon on 2 cores. Beyond 200k documents dense search uses IVF (`mine.index=ivf`).
+point fits an afternoon on 2 cores. Beyond 200k documents dense search uses IVF (`mine.index=ivf`),
+and mining drops BM25 (`--bm25-max-docs`): a BM25 search costs queries x documents, which at 100k
+queries over 1M documents is hours on 2 cores however the index is sharded. Each point's run folder
+is made afresh; the caches (corpus Parquet, embeddings) stay, and the output says whether the
+corpus was encoded in this run.
 
 Every stage runs as its own `python -m syneg_ray` process on a fresh local Ray, while this
 process samples the PSS of every process of that tree every 0.5 s and files it under a kind:
@@ -22,9 +26,12 @@ stage's wall time (Ray's start included).
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import os
 import platform
+import re
+import shutil
 import subprocess
 import sys
 import threading
@@ -155,22 +162,31 @@ def run_stage(stage: str, overrides: list[str], env: dict, log: Path) -> dict:
     return {"seconds": round(time.perf_counter() - started, 1), "peak_mb": {k: round(v, 1) for k, v in peaks.items()}}
 
 
-def run_point(n_docs: int, n_pairs: int, work: Path, model: Path, vocabulary, steps: int) -> dict:
+def run_point(n_docs: int, n_pairs: int, work: Path, model: Path, vocabulary, steps: int, bm25_max_docs: int) -> dict:
     folder = generate(work / "data" / f"scale-{n_docs}-{n_pairs}", n_docs, n_pairs, vocabulary)
     run_dir = work / "runs" / folder.name
+    shutil.rmtree(run_dir, ignore_errors=True)  # every stage runs afresh (the caches stay)
     run_dir.parent.mkdir(parents=True, exist_ok=True)
+    log = run_dir.parent / f"{folder.name}.log"
+    log.unlink(missing_ok=True)
     env = {**os.environ, "SYNEG_CACHE": str(work / "cache"), "RAY_AUTH_MODE": "disabled"}
+    sources = "dense,bm25" if n_docs <= bm25_max_docs else "dense"
     overrides = [
         f"run.run_dir={run_dir}", f"data.dataset={folder}", "data.dev_fraction=0", "data.max_pairs=0",
-        f"encoder.model={model}", "encoder.max_seq_length=128", "encoder.dtype=int8", "mine.sources=[dense,bm25]", f"mine.index={'ivf' if n_docs > 200_000 else 'flat'}",
-        "mine.shard_cpus=1",
+        f"encoder.model={model}", "encoder.max_seq_length=128", "encoder.dtype=int8", f"mine.sources=[{sources}]",
+        f"mine.index={'ivf' if n_docs > 200_000 else 'flat'}", "mine.shard_cpus=1",
         "mix.strategy=retrieved", "mix.n_negatives=3", "train.dev_eval=false", "train.batch_size=16",
         f"train.max_steps={steps}", "train.max_seq_length=64", "train.workers=2", "train.cpus_per_worker=1",
     ]  # fmt: skip
-    point = {"docs": n_docs, "pairs": n_pairs, "stages": {}}
+    point = {"docs": n_docs, "pairs": n_pairs, "sources": sources, "stages": {}}
     for stage in STAGES:
-        point["stages"][stage] = run_stage(stage, overrides, env, run_dir.parent / f"{folder.name}.log")
+        point["stages"][stage] = run_stage(stage, overrides, env, log)
         print(f"{n_docs:>9,} docs {n_pairs:>7,} pairs  {stage:<5} {point['stages'][stage]}", flush=True)
+    text = log.read_text(encoding="utf-8")
+    point["corpus_encoded"] = "corpus embeddings: cache hit" not in text  # else the corpus's vectors came from the cache
+    mined = re.findall(r"mined .* seconds (\{.*\})", text)
+    point["mine_seconds"] = ast.literal_eval(mined[-1]) if mined else {}  # per source, from the stage's own log
+    print(f"{n_docs:>9,} docs  mine by part: {point['mine_seconds']}, corpus encoded: {point['corpus_encoded']}", flush=True)
     return point
 
 
@@ -206,6 +222,8 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("/tmp/syneg-scale"), help="generated data, caches and runs")
     parser.add_argument("--vocabulary", type=Path, default=ROOT.parent / "shared" / "datasets" / "scifact" / "corpus.jsonl")
     parser.add_argument("--steps", type=int, default=8, help="training steps per point")
+    parser.add_argument("--bm25-max-docs", type=int, default=200_000,
+                        help="mine with BM25 too up to this many documents (its search costs queries x documents)")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "figures" / "scale.png")
     parser.add_argument("--json", type=Path, default=None, help="also write the points here")
     args = parser.parse_args()
@@ -224,7 +242,7 @@ def main() -> None:
     points = []
     for spec in args.points.split(","):
         n_docs, n_pairs = (int(x) for x in spec.split(":"))
-        points.append(run_point(n_docs, n_pairs, args.work, model, vocabulary, args.steps))
+        points.append(run_point(n_docs, n_pairs, args.work, model, vocabulary, args.steps, args.bm25_max_docs))
         if args.json:
             args.json.write_text(json.dumps(points, indent=2))
     print(f"\n{'documents':>10} {'pairs':>7} | " + " | ".join(f"{k:>15}" for k in KINDS) + " | " + " | ".join(f"{s:>6} s" for s in STAGES))

@@ -198,9 +198,10 @@ def embed_corpus(cfg: PipelineConfig, prepared: Prepared, model: str | None = No
     return embed_corpus_and_queries(cfg, prepared, [], model)[0]
 
 
-def embed_corpus_and_queries(cfg: PipelineConfig, prepared: Prepared, queries: list[str],
-                             model: str | None = None) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
-    """The corpus embeddings (as `embed_corpus`) and those of `queries` (n_queries, dim), in memory.
+def embed_corpus_and_queries(cfg: PipelineConfig, prepared: Prepared, queries: list[str], model: str | None = None,
+                             query_target: Path | None = None) -> tuple[np.ndarray, np.ndarray | RowFile]:  # fmt: skip
+    """The corpus embeddings (as `embed_corpus`) and those of `queries` (n_queries, dim): in memory,
+    or, when they go to the actor pool and `query_target` is given, written there and read by row.
 
     When the actor pool runs anyway (the corpus is not cached) or the queries are many, the queries
     ride on it: the driver then never opens a model, and a large training set's queries (MS MARCO
@@ -217,14 +218,14 @@ def embed_corpus_and_queries(cfg: PipelineConfig, prepared: Prepared, queries: l
             return corpus, np.zeros((0, corpus.shape[1]), np.float32)
         if len(queries) <= POOL_QUERIES:
             return corpus, encode_queries_here(cfg, model_path, queries)
-        return corpus, encode_on_pool(cfg, model_path, [], None, queries).queries
+        return corpus, encode_on_pool(cfg, model_path, [], None, queries, query_target=query_target).queries
     documents = CorpusFile(str(prepared.corpus_parquet), prepared.n_docs)
-    return encode_on_pool(cfg, model_path, documents, target, queries)
+    return encode_on_pool(cfg, model_path, documents, target, queries, query_target=query_target)
 
 
 class PoolOutput(NamedTuple):
     documents: np.ndarray  # (n_documents, dim): a read-only memory map of the target file
-    queries: np.ndarray  # (n_queries, dim), in memory
+    queries: np.ndarray | RowFile  # (n_queries, dim), in memory, or in the query_target file
 
 
 def encode_with_ray(cfg: PipelineConfig, model_path: str, texts: list[str], prompt: str, target: Path) -> np.ndarray:
@@ -233,9 +234,10 @@ def encode_with_ray(cfg: PipelineConfig, model_path: str, texts: list[str], prom
 
 
 def encode_on_pool(cfg: PipelineConfig, model_path: str, documents: list[str] | CorpusFile, target: Path | None,
-                   queries: list[str], document_prompt: str | None = None) -> PoolOutput:  # fmt: skip
-    """Encodes documents into the .npy file `target` (written atomically) and queries into memory, in one
-    pass of a Ray Data actor pool.
+                   queries: list[str], document_prompt: str | None = None,
+                   query_target: Path | None = None) -> PoolOutput:  # fmt: skip
+    """Encodes documents into the .npy file `target` (written atomically) and queries into memory (or
+    into the .npy file `query_target`, read back as a `RowFile`), in one pass of a Ray Data actor pool.
 
     `documents` is a list of texts, or a `CorpusFile` whose rows the actors read themselves (the
     driver then never holds them). Each side gets its prompt from `cfg.encoder` (`document_prompt`
@@ -297,17 +299,24 @@ def encode_on_pool(cfg: PipelineConfig, model_path: str, documents: list[str] | 
         bar.update(len(batch["row"]))
         vectors = np.stack(batch["embedding"]) if batch["embedding"].dtype == object else batch["embedding"]
         if query_out is None:
-            query_out = np.empty((len(queries), vectors.shape[1]), dtype=np.float32)
+            width = vectors.shape[1]
+            query_out = _RowWriter(query_target, len(queries), width) if query_target else np.empty((len(queries), width), np.float32)
             if partial:
-                out = _RowWriter(partial, n_docs, vectors.shape[1])
+                out = _RowWriter(partial, n_docs, width)
         is_doc = batch["row"] < n_docs
         if out is not None:
             out.write(batch["row"][is_doc], vectors[is_doc])
-        query_out[batch["row"][~is_doc] - n_docs] = vectors[~is_doc]
+        if isinstance(query_out, _RowWriter):
+            query_out.write(batch["row"][~is_doc] - n_docs, vectors[~is_doc])
+        else:
+            query_out[batch["row"][~is_doc] - n_docs] = vectors[~is_doc]
     bar.close()
     assert query_out is not None  # texts is not empty, so a batch arrived
     logger.info("encoded %s documents and %s queries with %s %s actors", f"{n_docs:,}", f"{len(queries):,}", e.actors,
                 backend.value)  # fmt: skip
+    if isinstance(query_out, _RowWriter):
+        query_out.close()
+        query_out = RowFile(query_target)
     if out is None:  # queries only
         return PoolOutput(np.zeros((0, query_out.shape[1]), np.float32), query_out)
     out.close()
@@ -334,14 +343,56 @@ class _RowWriter:
     def write(self, rows: np.ndarray, vectors: np.ndarray) -> None:
         order = np.argsort(rows, kind="stable")
         rows, vectors = rows[order], np.ascontiguousarray(vectors[order], dtype=np.float32)
-        breaks = np.flatnonzero(np.diff(rows) != 1) + 1  # runs of consecutive rows: one write each
-        for run_rows, run in zip(np.split(rows, breaks), np.split(vectors, breaks), strict=True):
-            if len(run_rows):
-                os.pwrite(self.fd, run.tobytes(), self.offset + int(run_rows[0]) * self.row_bytes)
+        at = 0
+        for run in _runs(rows):  # one write each
+            os.pwrite(self.fd, vectors[at : at + len(run)].tobytes(), self.offset + int(run[0]) * self.row_bytes)
+            at += len(run)
 
     def close(self) -> None:
         os.fsync(self.fd)
         os.close(self.fd)
+
+
+def _runs(rows: np.ndarray) -> list[np.ndarray]:
+    """Sorted `rows` cut into runs of consecutive rows (each read or written at once)."""
+    return [run for run in np.split(rows, np.flatnonzero(np.diff(rows) != 1) + 1) if len(run)]
+
+
+class RowFile:
+    """Rows of a float32 (n, dim) .npy read on demand with plain reads, so the file's pages stay in
+    the page cache and out of the reader's memory (a memory map would count each page it touched).
+
+    Example:
+        >>> vectors = RowFile(path)  # doctest: +SKIP
+        >>> vectors.rows(np.array([4, 5, 6, 90]))  # (4, dim): one read for 4-6, one for 90
+    """
+
+    def __init__(self, path: Path):
+        header = np.load(path, mmap_mode="r")  # the header only
+        self.path, self.shape, self.offset = Path(path), header.shape, header.offset
+        if header.dtype != np.float32 or len(self.shape) != 2:
+            raise ValueError(f"{path}: not a float32 (n, dim) array")
+        del header
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def rows(self, rows: np.ndarray) -> np.ndarray:
+        """(len(rows), dim) float32 in the order given; runs of consecutive rows are read at once."""
+        rows = np.asarray(rows, dtype=np.int64)
+        dim = self.shape[1]
+        out = np.empty((len(rows), dim), dtype=np.float32)
+        order = np.argsort(rows, kind="stable")
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
+            at = 0
+            for run in _runs(rows[order]):
+                data = os.pread(fd, len(run) * dim * 4, self.offset + int(run[0]) * dim * 4)
+                out[order[at : at + len(run)]] = np.frombuffer(data, dtype=np.float32).reshape(len(run), dim)
+                at += len(run)
+        finally:
+            os.close(fd)
+        return out
 
 
 def _pieces(documents: list[str] | CorpusFile, document_prompt: str, query_prompt: str, queries: list[str]):  # -> pa.Table

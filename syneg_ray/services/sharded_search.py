@@ -222,55 +222,82 @@ class BM25Searcher:
         return [np.where(m, s, 0.0).astype(np.float32) for s, m in zip(scored, inside, strict=True)]
 
 
-def bm25_search(cfg: PipelineConfig, corpus_parquet: str, n_docs: int, queries: list[str], k: int,
-                positives: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:  # fmt: skip
-    """BM25 top-k over a corpus sharded across `mine.bm25_shards` Ray actors, and the exact score of each
-    query's positives (the guard's reference on BM25's scale).
+class BM25Shards:
+    """BM25 over a corpus sharded across `mine.bm25_shards` Ray actors, kept up between searches.
 
-    Args:
-        cfg: the mine section gives bm25_shards, shard_cpus, bm25_k1, bm25_b and search_block.
-        corpus_parquet: the corpus (doc_id, text), which each actor reads its rows of.
-        n_docs: rows in that file.
-        queries: query texts; tokenized here (their terms are what the shards exchange).
-        k: hits per query.
-        positives: per query, corpus rows to score exactly.
+    Example:
+        >>> with contextlib.closing(BM25Shards(cfg, corpus_parquet, n_docs)) as shards:  # doctest: +SKIP
+        ...     scores, rows, positive_scores = shards.search(query_texts, k=50, positives=positive_rows)
 
-    Returns:
-        scores (n_queries, k) descending, corpus rows (n_queries, k), -inf / -1 pads; per query the
-        scores of its `positives`.
+    Each search sums the shards' statistics for its queries' terms into the corpus-wide ones (so
+    every shard scores as one global index would, whichever queries a search holds) and merges the
+    shards' top-k lists. The actors start when the object is made and are killed by `close`.
 
     Raises:
         DataError: no document of the corpus has a BM25 term (all empty, or stopwords only).
     """
-    import ray
 
-    from syneg_ray.runtime import init_ray
+    def __init__(self, cfg: PipelineConfig, corpus_parquet: str | Path, n_docs: int):
+        import ray
 
-    init_ray(cfg)
-    m = cfg.mine
-    blocks = [slice(start, start + m.search_block) for start in range(0, len(queries), m.search_block)]
-    # The queries are tokenized a block at a time, twice: all their token lists at once would cost
-    # about 0.4 KB a query (40 MB at 100k) for the whole search; their vocabulary is small.
-    terms = {t for block in blocks for q in bm25.tokenize(queries[block]) for t in q}
-    remote = ray.remote(BM25Searcher).options(num_cpus=m.shard_cpus, scheduling_strategy="SPREAD")
-    actors = [remote.remote(str(corpus_parquet), a, b, m.bm25_k1, m.bm25_b) for a, b in shard_bounds(n_docs, m.bm25_shards)]
-    try:
-        stats = bm25.CorpusStats.combine(ray.get([a.stats.remote(terms) for a in actors]))
-        if stats.total_length == 0:
-            raise DataError.at(corpus_parquet, None, "no document has a BM25 term (every text is empty or stopwords); "
-                               "fix the corpus or drop bm25 from mine.sources")  # fmt: skip
-        stats_ref = ray.put(stats)
-        k = min(k, n_docs)
+        from syneg_ray.runtime import init_ray
+
+        init_ray(cfg)
+        m = cfg.mine
+        self.block, self.n_docs = m.search_block, n_docs
+        remote = ray.remote(BM25Searcher).options(num_cpus=m.shard_cpus, scheduling_strategy="SPREAD")
+        self.actors = [remote.remote(str(corpus_parquet), a, b, m.bm25_k1, m.bm25_b) for a, b in shard_bounds(n_docs, m.bm25_shards)]
+        try:
+            if bm25.CorpusStats.combine(ray.get([a.stats.remote(set()) for a in self.actors])).total_length == 0:
+                raise DataError.at(corpus_parquet, None, "no document has a BM25 term (every text is empty or stopwords); "
+                                   "fix the corpus or drop bm25 from mine.sources")  # fmt: skip
+        except BaseException:
+            self.close()  # the caller gets no object to close
+            raise
+
+    def search(self, queries: list[str], k: int, positives: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
+        """BM25 top-k of each query, and the exact score of each query's `positives` (the guard's
+        reference on BM25's scale), `mine.search_block` queries at a time.
+
+        Args:
+            queries: query texts; tokenized here (their terms are what the shards exchange).
+            k: hits per query.
+            positives: per query, corpus rows to score exactly.
+
+        Returns:
+            scores (n_queries, k) descending, corpus rows (n_queries, k), -inf / -1 pads; per query the
+            scores of its `positives`.
+        """
+        import ray
+
+        k = min(k, self.n_docs)
         scores = np.full((len(queries), k), -np.inf, dtype=np.float32)
         rows = np.full((len(queries), k), -1, dtype=np.int64)
         positive_scores: list[np.ndarray] = []
-        for block in blocks:
-            tokens_ref = ray.put(bm25.tokenize(queries[block]))
-            hits = [a.search.remote(tokens_ref, stats_ref, k) for a in actors]
-            exact = [a.score_rows.remote(tokens_ref, stats_ref, positives[block]) for a in actors]
+        for start in range(0, len(queries), self.block):
+            block = slice(start, start + self.block)
+            tokens = bm25.tokenize(queries[block])
+            stats = bm25.CorpusStats.combine(ray.get([a.stats.remote({t for q in tokens for t in q}) for a in self.actors]))
+            tokens_ref, stats_ref = ray.put(tokens), ray.put(stats)
+            hits = [a.search.remote(tokens_ref, stats_ref, k) for a in self.actors]
+            exact = [a.score_rows.remote(tokens_ref, stats_ref, positives[block]) for a in self.actors]
             scores[block], rows[block] = ann.merge_topk(ray.get(hits), k)
             positive_scores += [np.sum(per_shard, axis=0) for per_shard in zip(*ray.get(exact), strict=True)]
         return scores, rows, positive_scores
-    finally:
-        for actor in actors:
+
+    def close(self) -> None:
+        import ray
+
+        for actor in self.actors:
             ray.kill(actor)
+        self.actors = []
+
+
+def bm25_search(cfg: PipelineConfig, corpus_parquet: str, n_docs: int, queries: list[str], k: int,
+                positives: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:  # fmt: skip
+    """`BM25Shards.search` on shards started for this one search."""
+    shards = BM25Shards(cfg, corpus_parquet, n_docs)
+    try:
+        return shards.search(queries, k, positives)
+    finally:
+        shards.close()

@@ -88,17 +88,17 @@ def test_lexical_hits_are_scored_by_the_encoder_for_the_guard() -> None:
         def score(self, q, rows):
             return score_rows(corpus, 0, q, rows)
 
-    embedded = mine.Embedded(queries, positives, OneShard)
+    block = mine.QueryBlock(np.arange(300), ["text"] * 300, positives, mine.Embedded(queries, OneShard))
     bm25 = mining.Candidates("bm25", rng.random((300, 5)).astype(np.float32), hits, np.zeros(300, np.float32))
-    source = mine.judged_by_encoder(mine.Source(bm25, [np.zeros(len(p), np.float32) for p in positives]), embedded)
+    source = mine.judged_by_encoder(mine.Source(bm25, [np.zeros(len(p), np.float32) for p in positives]), block)
     judged = source.candidates
     expected = np.where(hits >= 0, np.einsum("qkd,qd->qk", corpus[np.maximum(hits, 0)], queries), np.nan)
     np.testing.assert_allclose(judged.dense_scores, expected, rtol=1e-5, atol=1e-5)
     pos_scores = [corpus[p] @ q for q, p in zip(queries, positives, strict=True)]
-    for got, want in zip(embedded.positive_scores, pos_scores, strict=True):
+    for got, want in zip(block.dense_positive_scores, pos_scores, strict=True):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(judged.positive_scores, [s.min() for s in pos_scores], rtol=1e-5, atol=1e-5)
-    assert source.guard_positive_scores is embedded.positive_scores  # each pair's reference is then taken on the dense scale
+    assert source.guard_positive_scores is block.dense_positive_scores  # each pair's reference is then taken on the dense scale
     assert judged.scores is bm25.scores and judged.judged_dense
 
 
@@ -118,7 +118,7 @@ def test_positives_are_scored_a_block_of_queries_at_a_time(monkeypatch) -> None:
             shapes.append(rows.shape)
             return score_rows(corpus, 0, q, rows)
 
-    scored = mine.Embedded(queries, positives, OneShard).positive_scores
+    scored = mine.Embedded(queries, OneShard).positive_scores(queries, positives)
     assert shapes == [(4, 1), (4, 1), (2, 40)]
     assert [len(s) for s in scored] == [len(p) for p in positives]
     np.testing.assert_allclose(scored[9], corpus[:40] @ queries[9], rtol=1e-5)

@@ -28,13 +28,16 @@ def comparable(table: pa.Table) -> list[dict]:
     return [{name: plain(value) for name, value in row.items()} for row in table.to_pylist()]
 
 
-@pytest.mark.parametrize("settings", [[], ["mine.sampling=random", "mine.dedup_text=true"]], ids=["top", "random"])
+@pytest.mark.parametrize("settings", [["mine.sources=[bm25]"], ["mine.sources=[bm25]", "mine.sampling=random", "mine.dedup_text=true"],
+                                      ["mine.sources=[dense,bm25]"]], ids=["top", "random", "dense+bm25"])  # fmt: skip
 def test_the_mined_file_and_summary_do_not_depend_on_the_block_size(tmp_path, monkeypatch, settings) -> None:
-    """Blocks of 3 pairs (a block boundary inside most queries' pairs) and one block of every pair
-    write the same rows in pair order, and the same counters."""
+    """Blocks of 3 pairs (a block boundary inside most queries' pairs, each block searched for its
+    own queries) and one block of every pair write the same rows in pair order, and the same
+    counters. With dense: the first run encodes the queries on the actors into a file read a block
+    at a time, the second (corpus cached) in memory; both give the same rows."""
     folder = make_dataset(tmp_path / "generated", docs=300, queries=25, positives=(1, 4), dev_queries=2, test_queries=2)
     cfg = load_config(None, [f"run.run_dir={tmp_path / 'run'}", f"data.dataset={folder}", f"run.cache_dir={tmp_path / 'cache'}",
-                             "mine.sources=[bm25]", "mine.num_negatives=5", *settings])  # fmt: skip
+                             "mine.num_negatives=5", *settings])  # fmt: skip
     path = Path(cfg.run.run_dir) / schema.MINED
     outputs = {}
     for block in (3, 1 << 20):
@@ -48,6 +51,7 @@ def test_the_mined_file_and_summary_do_not_depend_on_the_block_size(tmp_path, mo
     assert small.num_rows == pairs.num_rows > 3 * 5 and small_summary["pairs"] == pairs.num_rows
     assert comparable(small) == comparable(large)
     assert small_summary == large_summary and small_summary["per_source"]["bm25"] > 0
+    assert [p.name for p in path.parent.iterdir()] == [path.name]  # the query vectors' file is gone
     # one row per pair, in pair order: the mix stage reads the file alongside the pairs
     assert small.column("query_id").to_pylist() == pairs.column("query_id").to_pylist()
     assert small.column("positive_id").to_pylist() == pairs.column("positive_id").to_pylist()
