@@ -131,3 +131,18 @@ def test_guard_scorer_resolves_and_rejects_unknown_values() -> None:
     assert not load_config(None, ["mine.guard_scorer=source"]).mine.dense_guard
     with pytest.raises(ConfigError, match="mine.guard_scorer = 'bm25'; choose auto, dense or source"):
         load_config(None, ["mine.guard_scorer=bm25"])
+
+
+def test_shard_actors_that_cannot_all_start_on_one_node_are_refused_in_one_line(ray_local) -> None:
+    """Dense and BM25 shard actors run side by side: asking for more CPUs than the node has would
+    wait forever, so it is a one-line error naming the settings; what fits passes."""
+    from syneg_ray.stages import mine
+
+    cpus = ray_local.cluster_resources()["CPU"]
+    too_many = load_config(None, ["mine.sources=[dense,bm25]", f"mine.shards={int(cpus)}", "mine.bm25_shards=1", "mine.shard_cpus=1"])
+    with pytest.raises(ConfigError) as excinfo:
+        mine.check_actor_room(too_many)
+    message = str(excinfo.value)
+    assert "\n" not in message and "mine.shard_cpus" in message and f"{int(cpus) + 1} shard actors" in message
+    mine.check_actor_room(load_config(None, ["mine.sources=[dense,bm25]", "mine.shard_cpus=1"]))  # 2 actors fit
+    mine.check_actor_room(load_config(None, ["mine.sources=[bm25]", "mine.guard_scorer=source", f"mine.shards={int(cpus) + 5}"]))  # no dense shards
