@@ -382,7 +382,7 @@ class MineConfig:
     ef_search: int = 128  # hnsw: search-time beam width (recall vs speed)
     faiss_gpu: bool = True  # put the faiss index on the GPUs when faiss has GPU support and a GPU is visible
     shards: int = 1  # dense search runs on this many Ray actors, each reading and searching its shard of the embeddings (top-k merged)
-    shard_cpus: float = 1.0  # logical CPUs (and faiss threads, rounded down, at least 1) per shard actor (dense and BM25)
+    shard_cpus: float = 1.0  # logical CPUs (and faiss threads, rounded down, at least 1) per shard actor (dense and BM25, up side by side)
     bm25_shards: int = 1  # BM25 runs on this many Ray actors, each indexing a slice of the corpus (scores as one index)
     search_block: int = 4096  # queries scored at once: memory is search_block x corpus size floats at most
     bm25_k1: float = 0.9  # BM25 term-frequency saturation (BEIR's Anserini setting)
