@@ -162,13 +162,15 @@ def run_stage(stage: str, overrides: list[str], env: dict, log: Path) -> dict:
     return {"seconds": round(time.perf_counter() - started, 1), "peak_mb": {k: round(v, 1) for k, v in peaks.items()}}
 
 
-def run_point(n_docs: int, n_pairs: int, work: Path, model: Path, vocabulary, steps: int, bm25_max_docs: int) -> dict:
+def run_point(n_docs: int, n_pairs: int, work: Path, model: Path, vocabulary, steps: int, bm25_max_docs: int,
+              stages: tuple[str, ...] = STAGES) -> dict:  # fmt: skip
     folder = generate(work / "data" / f"scale-{n_docs}-{n_pairs}", n_docs, n_pairs, vocabulary)
     run_dir = work / "runs" / folder.name
-    shutil.rmtree(run_dir, ignore_errors=True)  # every stage runs afresh (the caches stay)
-    run_dir.parent.mkdir(parents=True, exist_ok=True)
     log = run_dir.parent / f"{folder.name}.log"
-    log.unlink(missing_ok=True)
+    if stages == STAGES:  # every stage runs afresh (the caches stay); a later stage alone reruns on the last run's outputs
+        shutil.rmtree(run_dir, ignore_errors=True)
+        log.unlink(missing_ok=True)
+    run_dir.parent.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "SYNEG_CACHE": str(work / "cache"), "RAY_AUTH_MODE": "disabled"}
     sources = "dense,bm25" if n_docs <= bm25_max_docs else "dense"
     overrides = [
@@ -179,7 +181,9 @@ def run_point(n_docs: int, n_pairs: int, work: Path, model: Path, vocabulary, st
         f"train.max_steps={steps}", "train.max_seq_length=64", "train.workers=2", "train.cpus_per_worker=1",
     ]  # fmt: skip
     point = {"docs": n_docs, "pairs": n_pairs, "sources": sources, "stages": {}}
-    for stage in STAGES:
+    for stage in stages:
+        if stage != "mine":
+            shutil.rmtree(run_dir / stage, ignore_errors=True)  # so it runs, not resumes
         point["stages"][stage] = run_stage(stage, overrides, env, log)
         print(f"{n_docs:>9,} docs {n_pairs:>7,} pairs  {stage:<5} {point['stages'][stage]}", flush=True)
     text = log.read_text(encoding="utf-8")
@@ -222,6 +226,8 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("/tmp/syneg-scale"), help="generated data, caches and runs")
     parser.add_argument("--vocabulary", type=Path, default=ROOT.parent / "shared" / "datasets" / "scifact" / "corpus.jsonl")
     parser.add_argument("--steps", type=int, default=8, help="training steps per point")
+    parser.add_argument("--stages", default=",".join(STAGES),
+                        help="rerun only these stages on the last run's outputs (with --json: that run's points file, updated)")
     parser.add_argument("--bm25-max-docs", type=int, default=200_000,
                         help="mine with BM25 too up to this many documents (its search costs queries x documents)")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "figures" / "scale.png")
@@ -239,10 +245,16 @@ def main() -> None:
     flags = [f for f in Path("/proc/cpuinfo").read_text().split() if f.startswith(("avx", "amx"))] if Path("/proc/cpuinfo").is_file() else []
     print(f"host: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
           f"{psutil.virtual_memory().total >> 30} GiB; flags {' '.join(sorted(set(flags)))}")  # fmt: skip
+    stages = tuple(args.stages.split(","))
+    # a partial rerun updates those stages' figures in the --json file of a full run, and redraws
+    earlier = {(p["docs"], p["pairs"]): p for p in json.loads(args.json.read_text())} if stages != STAGES else {}
     points = []
     for spec in args.points.split(","):
         n_docs, n_pairs = (int(x) for x in spec.split(":"))
-        points.append(run_point(n_docs, n_pairs, args.work, model, vocabulary, args.steps, args.bm25_max_docs))
+        point = run_point(n_docs, n_pairs, args.work, model, vocabulary, args.steps, args.bm25_max_docs, stages)
+        if (n_docs, n_pairs) in earlier:
+            point = {**earlier[(n_docs, n_pairs)], "stages": {**earlier[(n_docs, n_pairs)]["stages"], **point["stages"]}}
+        points.append(point)
         if args.json:
             args.json.write_text(json.dumps(points, indent=2))
     print(f"\n{'documents':>10} {'pairs':>7} | " + " | ".join(f"{k:>15}" for k in KINDS) + " | " + " | ".join(f"{s:>6} s" for s in STAGES))

@@ -49,7 +49,9 @@ class Prepared:
         """Every document id, in corpus order, as one Arrow column: about 10-20 bytes a document,
         a few times less than a Python list of str, and the one corpus-sized structure the driver
         keeps (the id -> row map of the stages)."""
-        return pq.read_table(self.corpus_parquet, columns=["doc_id"]).column("doc_id")
+        ids = pq.ParquetFile(self.corpus_parquet, pre_buffer=False).read(columns=["doc_id"]).column("doc_id")
+        pa.default_memory_pool().release_unused()  # the read's buffers, which the allocator would keep
+        return ids
 
 
 def file_digest(path: Path, chunk: int = 1 << 22) -> str:

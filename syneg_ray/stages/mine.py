@@ -519,7 +519,8 @@ def run_mine(cfg: PipelineConfig) -> dict:
     prepared, pairs_path = ensure_pairs(cfg)
     inputs, pairs = load_inputs(cfg, prepared, pairs_path)
     path = stage_dir(cfg, "mine") / Path(schema.MINED).name
-    query_file = path.with_name(f".query-vectors.{os.getpid()}.npy")  # the queries' vectors, read a block at a time
+    # the queries' vectors, read a block at a time; ".partial": never pushed with the run directory
+    query_file = path.with_name(f".query-vectors.{os.getpid()}.npy.partial")
     seconds: dict[str, float] = {}
     embedded, searchers = None, {}
     try:

@@ -42,12 +42,17 @@ logger = logging.getLogger(__name__)
 SYNTHETIC_COLUMNS = ("key", "query_id", "positive_id", "negatives")
 MINED_COLUMNS = ("query_id", "positive_id", "negative_ids", "source")
 INSTANCE_SCHEMA = schema.arrow_schema(schema.Instance)
-INSTANCE_ROW_GROUP = 4096  # instances per Parquet row group
-# Pairs mixed at once. The driver holds one block's pairs, negatives and instances with their texts
-# (about 27 KB a pair at 3 negatives of 50-300 words: 220 MB for 8,192 pairs). A block costs its own
-# size plus one pass over the corpus's ids (about 40 ms at 1M documents) and one scan of a synthesis
-# folder (or a mine file not in pair order) for its rows, so blocks can be small.
-MIX_BLOCK = 2048
+INSTANCE_ROW_GROUP = 1024  # instances per Parquet row group
+# Pairs mixed at once. The driver holds one block's pairs, negatives and instances with their texts,
+# and the Arrow and Parquet copies of a row group while it is written (at 3 negatives of 50-300
+# words, measured on 10k pairs: the mix's peak was 335 MB with blocks of 2,048 and row groups of
+# 4,096, 242 MB with both 1,024 and Arrow's unused memory given back a block at a time). A block
+# costs its own size plus one pass over the corpus's ids (about 40 ms at 1M documents) and one scan
+# of a synthesis folder (or a mine file not in pair order) for its rows, so blocks can be small.
+MIX_BLOCK = 1024
+# Parquet's pre-buffering reads ahead whole column chunks and Arrow's allocator keeps them: a read
+# of the pairs alongside the blocks grew the mix's memory by 70 MB over 100k pairs with it, 6 without.
+NO_PRE_BUFFER = ds.ParquetFragmentScanOptions(pre_buffer=False)
 JUDGE_COLUMNS = ("negative_scores", "positive_score")  # written by synthesis with the judge on
 OPTIONAL_COLUMNS = ("status", "positive_ids", "model", "prompt_version", *JUDGE_COLUMNS)
 SYNTHETIC_HINT = "run `syneg synthesize` first, or use mix.strategy=retrieved"
@@ -94,7 +99,7 @@ def _scan(dataset: ds.Dataset, path: Path, columns: list[str],
           where: ds.Expression | None = None) -> Iterator[pa.RecordBatch]:  # fmt: skip
     """The rows of `dataset` in file order, MIX_BLOCK at most a batch; a damaged part is a DataError naming it."""
     try:
-        yield from dataset.to_batches(columns=columns, filter=where, batch_size=MIX_BLOCK)
+        yield from dataset.to_batches(columns=columns, filter=where, batch_size=MIX_BLOCK, fragment_scan_options=NO_PRE_BUFFER)
     except (pa.ArrowInvalid, OSError) as exc:
         raise _unreadable(path, exc) from None
 
@@ -227,10 +232,11 @@ class MinedBlocks:
         if self.dataset.count_rows() != pq.ParquetFile(pairs_path).metadata.num_rows:
             return False
         mined = _Rows(_scan(self.dataset, self.path, keys))
-        for batch in pq.ParquetFile(pairs_path).iter_batches(batch_size=MIX_BLOCK, columns=keys):
+        for batch in pq.ParquetFile(pairs_path, pre_buffer=False).iter_batches(batch_size=MIX_BLOCK, columns=keys):
             rows = mined.take(batch.num_rows)
             if not all(rows.column(k).equals(pa.chunked_array([batch.column(k)])) for k in keys):
                 return False
+        pa.default_memory_pool().release_unused()
         return True
 
     def of(self, pairs: Sequence[schema.Pair]) -> dict[mixing.PairKey, tuple[int, list[tuple[str, str]]]]:
@@ -298,7 +304,7 @@ class _CorpusIds(Sequence[str]):
 
 def pair_blocks(pairs_path: Path) -> Iterator[list[schema.Pair]]:
     """The run's pairs, MIX_BLOCK at most at a time, in pair order."""
-    for batch in pq.ParquetFile(pairs_path).iter_batches(batch_size=MIX_BLOCK):
+    for batch in pq.ParquetFile(pairs_path, pre_buffer=False).iter_batches(batch_size=MIX_BLOCK):
         yield batch.to_pylist()
 
 
@@ -366,11 +372,12 @@ def write_instances(out: Path, blocks: Iterable[list[schema.Instance]]) -> None:
 
 def _append(writer: pq.ParquetWriter, instances: list[schema.Instance]) -> None:
     writer.write_table(pa.Table.from_pylist(instances, schema=INSTANCE_SCHEMA), row_group_size=INSTANCE_ROW_GROUP)
+    pa.default_memory_pool().release_unused()  # else the allocator keeps every block's peak for reuse
 
 
 def _pair_keys(pairs_path: Path) -> Iterator[mixing.PairKey]:
     """(query_id, positive_id) of every pair, in pair order, read without the texts."""
-    for batch in pq.ParquetFile(pairs_path).iter_batches(batch_size=MIX_BLOCK, columns=["query_id", "positive_id"]):
+    for batch in pq.ParquetFile(pairs_path, pre_buffer=False).iter_batches(batch_size=MIX_BLOCK, columns=["query_id", "positive_id"]):
         yield from zip(batch.column("query_id").to_pylist(), batch.column("positive_id").to_pylist(), strict=True)
 
 

@@ -67,7 +67,7 @@ def instance_width(instances: str | Path) -> int:
     import pyarrow.compute as pc
 
     width = 0
-    for batch in pq.ParquetFile(instances).iter_batches(batch_size=VALIDATE_ROWS, columns=["negative_sources"]):
+    for batch in pq.ParquetFile(instances, pre_buffer=False).iter_batches(batch_size=VALIDATE_ROWS, columns=["negative_sources"]):
         width = max(width, pc.max(pc.list_value_length(batch.column(0))).as_py() or 0)
     return width
 
@@ -162,7 +162,7 @@ def read_instances(path: Path, doc_ids) -> tuple[int, int]:
     corpus_ids = doc_ids if isinstance(doc_ids, pa.ChunkedArray) else pa.chunked_array([pa.array(list(doc_ids), pa.string())])
     count, n = 0, 0
     try:
-        for batch in pq.ParquetFile(path).iter_batches(batch_size=VALIDATE_ROWS):
+        for batch in pq.ParquetFile(path, pre_buffer=False).iter_batches(batch_size=VALIDATE_ROWS):
             rows = batch.to_pylist()
             ids = [r.get("positive_id") for r in rows] + [d for r in rows for d in (r.get("negative_ids") or ())]
             candidates = pa.array(sorted({i for i in ids if isinstance(i, str)}), pa.string())
