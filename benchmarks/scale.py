@@ -214,7 +214,9 @@ def plot(points: list[dict], out: Path) -> None:
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    fig.suptitle("syneg-ray: cost against corpus size (mine dense+BM25 -> mix -> train, 2-layer encoder)")
+    dense_only = [f"{p['docs']:,}" for p in points if "bm25" not in p.get("sources", "dense,bm25")]
+    fig.suptitle("syneg-ray: cost against corpus size (mine dense+BM25 -> mix -> train, 2-layer encoder"
+                 + (f"; {', '.join(dense_only)} documents: dense only)" if dense_only else ")"))  # fmt: skip
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=110)
