@@ -1,4 +1,4 @@
-"""`syneg evaluate`: BEIR metrics of a dense model (Ray Data encoder actors + exact search on shard actors) or BM25."""
+"""`syneg evaluate`: BEIR metrics of a dense model (Ray Data encoder actors + exact search on shard actors) or BM25 (on its shard actors)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import pyarrow as pa
 
 from syneg_ray import beir, metrics, schema
 from syneg_ray.config import PipelineConfig
-from syneg_ray.dataset import Prepared, prepare, read_corpus, rows_of
+from syneg_ray.dataset import Prepared, prepare, rows_of
 from syneg_ray.errors import ConfigError, DataError
 
 logger = logging.getLogger(__name__)
@@ -49,32 +49,29 @@ def check_not_scoring_on_training_queries(cfg: PipelineConfig, model: str) -> No
         )
 
 
-def retrieve(cfg: PipelineConfig, model: str, queries: dict[str, str], top_k: int,
-             corpus: dict[str, str] | None = None) -> metrics.Run:
+def retrieve(cfg: PipelineConfig, model: str, queries: dict[str, str], top_k: int) -> metrics.Run:
     """Top-k documents for every query with `model` ("bm25" or a dense encoder).
 
-    Dense: the corpus embeddings (cached, encoded by Ray actors) are searched exactly on the dense
-    shard actors (`mine.shards`, `mine.shard_cpus`); the driver reads no text and no corpus vector,
-    and names only the documents retrieved. BM25 indexes the texts in this process (`corpus`
-    reuses them when read already).
+    Both search on shard actors over the corpus: BM25 on `mine.bm25_shards` actors that read their
+    rows of the corpus Parquet; a dense model's corpus embeddings (cached, encoded by Ray actors)
+    exactly on `mine.shards` actors. The driver reads no text and no corpus vector, and names only
+    the documents retrieved.
     """
+    from syneg_ray.services.sharded_search import BM25Shards, DenseShards
+
     prepared = prepare(cfg)
     query_ids = list(queries)
     query_texts = [queries[q] for q in query_ids]
     if model == "bm25":
-        from syneg_ray.bm25 import BM25Index
+        with contextlib.closing(BM25Shards(cfg, prepared.corpus_parquet, prepared.n_docs)) as bm25:
+            scores, indices, _ = bm25.search(query_texts, top_k, [np.zeros(0, np.int64)] * len(query_texts))
+    else:
+        from syneg_ray.services.embed import corpus_embeddings_file, embed_corpus_and_queries
 
-        corpus = read_corpus(prepared) if corpus is None else corpus
-        doc_ids = list(corpus)
-        scores, indices = BM25Index(doc_ids, [corpus[d] for d in doc_ids]).search(query_texts, top_k)
-        return metrics.to_run(query_ids, doc_ids, scores, indices)
-    from syneg_ray.services.embed import corpus_embeddings_file, embed_corpus_and_queries
-    from syneg_ray.services.sharded_search import DenseShards
-
-    _, query_embeddings = embed_corpus_and_queries(cfg, prepared, query_texts, model)
-    exact = dataclasses.replace(cfg, mine=dataclasses.replace(cfg.mine, index="flat"))  # evaluation ranks exactly
-    with contextlib.closing(DenseShards(exact, corpus_embeddings_file(cfg, prepared, model))) as shards:
-        scores, indices = shards.search(query_embeddings, top_k)
+        _, query_embeddings = embed_corpus_and_queries(cfg, prepared, query_texts, model)
+        exact = dataclasses.replace(cfg, mine=dataclasses.replace(cfg.mine, index="flat"))  # evaluation ranks exactly
+        with contextlib.closing(DenseShards(exact, corpus_embeddings_file(cfg, prepared, model))) as shards:
+            scores, indices = shards.search(query_embeddings, top_k)
     hit = np.unique(indices[indices >= 0])
     names = dict(zip(hit.tolist(), prepared.doc_ids().take(pa.array(hit)).to_pylist(), strict=True))
     return metrics.to_run(query_ids, names, scores, indices)
@@ -99,15 +96,12 @@ def run_evaluate(cfg: PipelineConfig) -> dict[str, float]:
     model = model_to_evaluate(cfg)
     check_not_scoring_on_training_queries(cfg, model)
     prepared = prepare(cfg)
-    # BM25 needs the texts; a dense model only which judged documents the corpus holds
-    corpus = read_corpus(prepared) if model == "bm25" else judged_in_corpus(prepared, split)
-    judged = beir.load_split(prepared.folder, split, corpus=corpus, keep_unknown_docs=True)
+    judged = beir.load_split(prepared.folder, split, corpus=judged_in_corpus(prepared, split), keep_unknown_docs=True)
     qrels, queries = judged.qrels, judged.queries
     if not qrels:  # a header-only file: every metric would be a mean over no queries
         raise DataError.at(prepared.folder / "qrels" / f"{split}.tsv", None,
                            "no judged query; add query-id, corpus-id, score rows below the header, or choose another evaluate.split")
-    texts = corpus if model == "bm25" else None
-    run = metrics.without_self_hits(retrieve(cfg, model, queries, cfg.evaluate.top_k + 1, corpus=texts), cfg.evaluate.top_k)
+    run = metrics.without_self_hits(retrieve(cfg, model, queries, cfg.evaluate.top_k + 1), cfg.evaluate.top_k)
     scores = metrics.evaluate_run(qrels, run)
 
     out = Path(cfg.run.run_dir) / "evaluate" / f"{_label(model)}-{split}"
