@@ -181,17 +181,26 @@ def open_docstore(prepared: Prepared) -> docstore.DocStore:
     return docstore.DocStore(target)
 
 
+def corpus_rows(doc_ids: pa.ChunkedArray | pa.Array, ids) -> dict[str, int]:
+    """doc_id -> corpus row for those of `ids` that are corpus documents (one `rows_of` pass)."""
+    ids = sorted(set(ids))
+    return {doc: row for doc, row in zip(ids, rows_of(doc_ids, ids).tolist(), strict=True) if row >= 0}
+
+
+def in_corpus(prepared: Prepared, ids) -> set[str]:
+    """Those of `ids` that are corpus documents (one pass over the corpus's id column)."""
+    return set(corpus_rows(prepared.doc_ids(), ids))
+
+
 def texts_of(prepared: Prepared, wanted) -> dict[str, str]:
     """doc_id -> text for the `wanted` ids found in the corpus (unknown ids are left out): one pass
     over the id column and one read a text (`open_docstore`), so memory grows with what is wanted,
     not with the corpus."""
-    ids = sorted(set(wanted))
-    rows = rows_of(prepared.doc_ids(), ids)
-    found = [(doc, row) for doc, row in zip(ids, rows.tolist(), strict=True) if row >= 0]
+    found = corpus_rows(prepared.doc_ids(), wanted)
     if not found:
         return {}
     with closing(open_docstore(prepared)) as store:
-        return dict(zip((doc for doc, _ in found), store.texts([row for _, row in found]), strict=True))
+        return dict(zip(found, store.texts(list(found.values())), strict=True))
 
 
 def scan_corpus(path: str | Path, columns: list[str]):  # -> Iterator[pa.RecordBatch]
@@ -323,12 +332,6 @@ def build_pairs(cfg: PipelineConfig, prepared: Prepared) -> tuple[list[tuple[str
     if d.limit:
         chosen = chosen[: d.limit]
     return chosen, {q: split.queries[q] for q in dict.fromkeys(q for q, _ in chosen)}, dev_qrels
-
-
-def in_corpus(prepared: Prepared, ids) -> set[str]:
-    """Those of `ids` that are corpus documents (one pass over the corpus's id column)."""
-    ids = sorted(set(ids))
-    return {doc for doc, row in zip(ids, rows_of(prepared.doc_ids(), ids).tolist(), strict=True) if row >= 0}
 
 
 def read_dev_split(prepared: Prepared, split: str, known: set[str] | None = None) -> beir.Qrels:

@@ -26,13 +26,14 @@ def write(batches: Iterable[list[str]], target: Path) -> int:
 
     Holds one batch's texts and the offsets (8 bytes a document) while writing.
     """
-    offsets = [0]
+    lengths = [np.zeros(1, dtype=np.int64)]  # a leading 0, then each batch's byte lengths
     with open(target, "wb") as out:
         for texts in batches:
             encoded = [t.encode("utf-8") for t in texts]
             out.write(b"".join(encoded))
-            offsets.extend((offsets[-1] + np.cumsum([len(e) for e in encoded], dtype=np.int64)).tolist())
-        out.write(np.asarray(offsets, dtype="<i8").tobytes())
+            lengths.append(np.fromiter(map(len, encoded), dtype=np.int64, count=len(encoded)))
+        offsets = np.cumsum(np.concatenate(lengths), dtype=np.int64)
+        out.write(offsets.astype("<i8").tobytes())
         out.write(np.int64(len(offsets) - 1).astype("<i8").tobytes() + MAGIC)
     return len(offsets) - 1
 

@@ -15,7 +15,7 @@ import pyarrow as pa
 
 from syneg_ray import beir, metrics, schema
 from syneg_ray.config import PipelineConfig
-from syneg_ray.dataset import Prepared, prepare, rows_of
+from syneg_ray.dataset import Prepared, in_corpus, prepare
 from syneg_ray.errors import ConfigError, DataError
 
 logger = logging.getLogger(__name__)
@@ -81,8 +81,7 @@ def judged_in_corpus(prepared: Prepared, split: str) -> set[str]:
     """The split's judged documents that the corpus holds, looked up in its id column: all that
     `beir.load_split` checks the qrels against, without a set of every corpus id."""
     qrels, _ = beir.read_qrels(prepared.folder, split)
-    judged = sorted({d for docs in qrels.values() for d in docs})
-    return {d for d, row in zip(judged, rows_of(prepared.doc_ids(), judged), strict=True) if row >= 0}
+    return in_corpus(prepared, (d for docs in qrels.values() for d in docs))
 
 
 def run_evaluate(cfg: PipelineConfig) -> dict[str, float]:

@@ -101,7 +101,7 @@ def load_inputs(cfg: PipelineConfig, prepared: Prepared, pairs_path: Path) -> tu
         prepared.corpus_parquet,
         prepared.fingerprint,
     )
-    return inputs, pairs
+    return inputs, pairs.select(["query_id", "positive_id"])  # the query texts are in `inputs`, once a query
 
 
 def text_groups(corpus_parquet: Path) -> np.ndarray:

@@ -32,7 +32,7 @@ import pyarrow.parquet as pq
 
 from syneg_ray import mixing, probes, prompts, schema, synthetic_store
 from syneg_ray.config import MixStrategy, PipelineConfig
-from syneg_ray.dataset import ensure_pairs, open_docstore, rows_of
+from syneg_ray.dataset import corpus_rows, ensure_pairs, open_docstore
 from syneg_ray.docstore import DocStore
 from syneg_ray.errors import DataError
 from syneg_ray.runtime import _replace_atomically, write_text_atomic
@@ -281,11 +281,9 @@ def _corpus_lookup(doc_ids: pa.Array, store: DocStore, named: set[str], wanted: 
     """Which of the ids `named` are corpus documents, and the texts of those of them `wanted`:
     one pass over the id column and one read per wanted text, so a block costs its own size plus
     a pass over the ids, not a scan of the corpus's texts."""
-    names = sorted(named)
-    found = {doc for doc, row in zip(names, rows_of(doc_ids, names).tolist(), strict=True) if row >= 0}
-    wanted = sorted(wanted & found)
-    rows = rows_of(doc_ids, wanted)
-    return found, dict(zip(wanted, store.texts(rows), strict=True))
+    rows = corpus_rows(doc_ids, named)
+    wanted = [doc for doc in rows if doc in wanted]
+    return set(rows), dict(zip(wanted, store.texts([rows[doc] for doc in wanted]), strict=True))
 
 
 class _CorpusIds(Sequence[str]):
