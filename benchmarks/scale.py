@@ -16,7 +16,7 @@ is made afresh; the caches (corpus Parquet, embeddings) stay, and the output say
 corpus was encoded in this run.
 
 Every stage runs as its own `python -m syneg_ray` process on a fresh local Ray, while this
-process samples the PSS of every process of that tree every 0.5 s and files it under a kind:
+process samples the PSS of every process of that tree every 0.5 s (`--interval`) and files it under a kind:
 driver (the stage's own process), encoder actor, search actor (BM25 and dense shards), train
 worker, and Ray's own processes (GCS, raylet, dashboard, Ray Data's and Train's helper actors,
 idle workers), the last summed. The table and the figure give each kind's peak per point and each
@@ -121,7 +121,7 @@ def kind_of(proc: psutil.Process, driver: int) -> str:
     return "Ray's own (sum)"
 
 
-def run_stage(stage: str, overrides: list[str], env: dict, log: Path) -> dict:
+def run_stage(stage: str, overrides: list[str], env: dict, log: Path, interval: float = 0.5) -> dict:
     """Runs one stage in its own process tree; returns wall seconds and the peak PSS (MB) per kind."""
     command = [sys.executable, "-m", "syneg_ray", stage, *overrides]
     started = time.perf_counter()
@@ -150,7 +150,7 @@ def run_stage(stage: str, overrides: list[str], env: dict, log: Path) -> dict:
                     else:
                         peaks[kind] = max(peaks[kind], mb)
                 peaks["Ray's own (sum)"] = max(peaks["Ray's own (sum)"], ray_own)
-                stop.wait(0.5)
+                stop.wait(interval)
 
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
@@ -163,7 +163,7 @@ def run_stage(stage: str, overrides: list[str], env: dict, log: Path) -> dict:
 
 
 def run_point(n_docs: int, n_pairs: int, work: Path, model: Path, vocabulary, steps: int, bm25_max_docs: int,
-              stages: tuple[str, ...] = STAGES) -> dict:  # fmt: skip
+              stages: tuple[str, ...] = STAGES, interval: float = 0.5) -> dict:  # fmt: skip
     folder = generate(work / "data" / f"scale-{n_docs}-{n_pairs}", n_docs, n_pairs, vocabulary)
     run_dir = work / "runs" / folder.name
     log = run_dir.parent / f"{folder.name}.log"
@@ -184,7 +184,7 @@ def run_point(n_docs: int, n_pairs: int, work: Path, model: Path, vocabulary, st
     for stage in stages:
         if stage != "mine":
             shutil.rmtree(run_dir / stage, ignore_errors=True)  # so it runs, not resumes
-        point["stages"][stage] = run_stage(stage, overrides, env, log)
+        point["stages"][stage] = run_stage(stage, overrides, env, log, interval)
         print(f"{n_docs:>9,} docs {n_pairs:>7,} pairs  {stage:<5} {point['stages'][stage]}", flush=True)
     text = log.read_text(encoding="utf-8")
     point["corpus_encoded"] = "corpus embeddings: cache hit" not in text  # else the corpus's vectors came from the cache
@@ -230,6 +230,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=8, help="training steps per point")
     parser.add_argument("--stages", default=",".join(STAGES),
                         help="rerun only these stages on the last run's outputs (with --json: that run's points file, updated)")
+    parser.add_argument("--interval", type=float, default=0.5,
+                        help="seconds between memory samples (a stage shorter than a few samples may peak between them)")
     parser.add_argument("--bm25-max-docs", type=int, default=200_000,
                         help="mine with BM25 too up to this many documents (its search costs queries x documents)")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "figures" / "scale.png")
@@ -253,7 +255,7 @@ def main() -> None:
     points = []
     for spec in args.points.split(","):
         n_docs, n_pairs = (int(x) for x in spec.split(":"))
-        point = run_point(n_docs, n_pairs, args.work, model, vocabulary, args.steps, args.bm25_max_docs, stages)
+        point = run_point(n_docs, n_pairs, args.work, model, vocabulary, args.steps, args.bm25_max_docs, stages, args.interval)
         if (n_docs, n_pairs) in earlier:
             point = {**earlier[(n_docs, n_pairs)], "stages": {**earlier[(n_docs, n_pairs)]["stages"], **point["stages"]}}
         points.append(point)
