@@ -23,8 +23,10 @@ from syneg_ray.config import PipelineConfig
 
 logger = logging.getLogger(__name__)
 
-# Ray Train and Tune keep their state at the URI itself and read it from there; the driver never mirrors it
-RAY_STORAGE = ("train/ray", "tune/ray")
+# Ray Train and Tune keep their state at the URI itself and read it from there; the driver never
+# mirrors it. Tune's trial folders (each trial's instances and checkpoints) are its scratch: a later
+# command needs none of them, and pulling them would copy every trial's model.
+RAY_STORAGE = ("train/ray", "tune/ray", "tune/trials/")
 COMPLETION_MARKERS = ("_COMPLETE.json", "summary.json")
 
 

@@ -5,6 +5,10 @@ builds a TorchTrainer and calls fit(); a TuneReportCallback forwards each epoch'
 Tune so ASHA can stop weak trials early. Trials link the run's synthesis and mining outputs
 instead of recomputing them. The dev split is carved from train queries; test is never read.
 
+With the run directory in object storage, a trial may run on a node that never saw it: it fetches
+the shared outputs there and publishes what its train workers read (the instances, the dev qrels)
+under its own URI; Tune's and Ray Train's state live at the URI (see storage.py).
+
     run_dir/tune/trials/<trial_id>/   one run directory per trial (its mix, train, curves)
     run_dir/tune/trials.csv           every trial: tau, R, epochs run, dev nDCG@10
     run_dir/tune/best.yaml            the full pipeline config with the best tau and R
@@ -14,6 +18,7 @@ instead of recomputing them. The dev split is carved from train queries; test is
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import logging
@@ -25,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from syneg_ray import schema
+from syneg_ray import schema, storage
 from syneg_ray.config import MixStrategy, PipelineConfig, from_dict, to_dict, to_yaml, with_absolute_paths
 from syneg_ray.errors import ConfigError, TuneError
 from syneg_ray.mixing import hybrid_target
@@ -48,12 +53,29 @@ def trial_config(base: PipelineConfig, temperature: float, ratio: float, run_dir
 
 
 def link_shared(base_run: Path, trial_run: Path) -> None:
-    """Points the trial's pairs/synthesize/mine folders at the base run's (read-only sharing)."""
+    """Points the trial's pairs/synthesize/mine folders at the base run's (read-only sharing).
+
+    In a mirrored run directory the folders are fetched to this node first (the driver pushed them
+    before the first trial); one the run does not have (no synthesis at R = 0) is left out.
+    """
     trial_run.mkdir(parents=True, exist_ok=True)
     for name in SHARED:
         source, link = base_run / name, trial_run / name
+        with contextlib.suppress(FileNotFoundError):
+            storage.fetch(source, marked=False)  # pushed file by file, so no folder marker: complete once pushed
         if source.exists() and not link.exists():
             link.symlink_to(source.resolve(), target_is_directory=True)
+
+
+def publish_for_workers(trial_run: Path) -> None:
+    """What a trial's train workers read, under the trial's own URI (nothing for a local run directory).
+
+    Workers on other nodes look for the instances and the dev qrels under the trial's path, whose
+    URI the shared folders (links to the base run's) do not have.
+    """
+    storage.publish(trial_run / schema.INSTANCES)
+    if (trial_run / schema.DEV_QRELS).is_file():
+        storage.publish(trial_run / schema.DEV_QRELS)
 
 
 def grid(cfg: PipelineConfig) -> tuple[list[float], list[float]]:
@@ -105,6 +127,7 @@ def _trial(params: dict[str, float], base: dict, model_path: str) -> None:
     cfg = trial_config(base_cfg, params["temperature"], params["ratio"], trial_run)
     # e.g. R = 1 with fewer synthetic negatives than n per pair: fail the trial, not report the untrained model
     require_one_batch(cfg, run_mix(cfg)["instances"], trial_run / schema.INSTANCES)
+    publish_for_workers(trial_run)
     build_trainer(cfg, trial_run / schema.INSTANCES, model_path, trial_run / "train", callbacks=[TuneReportCallback()]).fit()
 
 
@@ -133,10 +156,11 @@ def _release_worker_groups(trials_dir: Path):  # -> ray.tune.Callback
             from ray.util.placement_group import PlacementGroup, remove_placement_group
 
             path = trials_dir / trial_id / "train" / PLACEMENT_GROUP
-            if not path.is_file():
+            if not storage.published(path):  # written by the trial's rank 0, on any node
                 return
             try:
-                remove_placement_group(PlacementGroup(PlacementGroupID.from_hex(path.read_text(encoding="utf-8").strip())))
+                group = storage.fetch(path).read_text(encoding="utf-8").strip()
+                remove_placement_group(PlacementGroup(PlacementGroupID.from_hex(group)))
             except Exception as exc:  # noqa: BLE001 - already gone with its controller
                 logger.debug("placement group of trial %s: %s", trial_id, exc)
 
@@ -165,6 +189,8 @@ def build_tuner(cfg: PipelineConfig, model_path: str):  # -> ray.tune.Tuner
     from ray.tune.schedulers import ASHAScheduler
 
     scheduler = ASHAScheduler(max_t=cfg.train.epochs, grace_period=1, reduction_factor=2) if cfg.tune.asha else None
+    # Tune's state where every trial's node can write it: the URI of a run directory in object storage
+    storage_path, storage_filesystem = storage.storage_location((Path(cfg.run.run_dir) / "tune" / "ray").resolve())
     trainable = tune.with_parameters(_trial, base=to_dict(cfg), model_path=model_path)
     # The trial function only waits on its TorchTrainer, whose workers reserve the real CPUs; Tune
     # refuses an empty request, so the trial holds a token share.
@@ -176,7 +202,7 @@ def build_tuner(cfg: PipelineConfig, model_path: str):  # -> ray.tune.Tuner
             metric=METRIC, mode="max", num_samples=1 if cfg.tune.searcher == "grid" else cfg.tune.num_samples,
             search_alg=search_alg(cfg), scheduler=scheduler,  # the search algorithm limits concurrency
         ),
-        run_config=tune.RunConfig(name="tune", storage_path=str((Path(cfg.run.run_dir) / "tune" / "ray").resolve()),
+        run_config=tune.RunConfig(name="tune", storage_path=storage_path, storage_filesystem=storage_filesystem,
                                   callbacks=[_release_worker_groups(Path(cfg.run.run_dir).resolve() / "tune" / "trials")]),
     )
 
@@ -192,6 +218,7 @@ def run_tune(cfg: PipelineConfig) -> dict[str, Any]:
     """
     from syneg_ray.dataset import ensure_pairs
     from syneg_ray.registry import resolve_model
+    from syneg_ray.remote import push
     from syneg_ray.runtime import init_ray, stage_dir
 
     require_dev_scores(cfg)
@@ -202,6 +229,7 @@ def run_tune(cfg: PipelineConfig) -> dict[str, Any]:
     ensure_pairs(cfg)
     init_ray(cfg)
     _ensure_inputs(cfg, run_dir)
+    push(cfg)  # in object storage, the shared outputs must be there before a trial on another node fetches them
     model_path = resolve_model(cfg.train.model or cfg.encoder.model, cfg.run.cache_dir or None)
     results = build_tuner(cfg, model_path).fit()
     rows = trial_rows(results)

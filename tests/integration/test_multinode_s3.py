@@ -12,6 +12,8 @@ worker node look for its sockets under the path the head registered.
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 import re
@@ -100,7 +102,8 @@ def _read(fs: pafs.S3FileSystem, key: str) -> bytes:
         return stream.read()
 
 
-def _submit(address: str, env: dict, server: str, overrides: list[str], wait: bool = True) -> subprocess.CompletedProcess:
+def _submit(address: str, env: dict, server: str, overrides: list[str], wait: bool = True,
+            command: str = "run") -> subprocess.CompletedProcess:  # fmt: skip
     runtime_env = {
         "env_vars": {**S3_ENV, "AWS_ENDPOINT_URL": server, "RAY_AUTH_MODE": "disabled", "TOKENIZERS_PARALLELISM": "false",
                      "RAY_JOB_STOP_WAIT_TIME_S": "120"},  # as jobs/runtime_env.yaml: time for the push after SIGTERM
@@ -108,7 +111,8 @@ def _submit(address: str, env: dict, server: str, overrides: list[str], wait: bo
     }
     command = [BIN / "ray", "job", "submit", "--address", address, "--working-dir", str(ROOT),
                "--runtime-env-json", json.dumps(runtime_env), "--entrypoint-num-cpus=1",
-               *([] if wait else ["--no-wait"]), "--", sys.executable, "-m", "syneg_ray", "run", "--yes", *overrides]  # fmt: skip
+               *([] if wait else ["--no-wait"]), "--", sys.executable, "-m", "syneg_ray", command,
+               *(["--yes"] if command == "run" else []), *overrides]  # fmt: skip
     for _ in range(30):  # the head accepts requests a few seconds before its job agent can take one
         result = subprocess.run(command, env=env, check=False, capture_output=True, text=True, timeout=1800)
         if "No available agent" not in result.stderr:
@@ -194,3 +198,18 @@ def test_a_job_runs_and_resumes_across_nodes_that_share_only_s3(cluster, s3_serv
     assert _keys(fs, f"{run}/synthesize") == synthesis_files  # no pair synthesized twice
     keys = pq.read_table(f"{run}/{schema.SYNTHETIC}", filesystem=fs, columns=["key"]).column("key").to_pylist()
     assert len(set(keys)) == 2
+
+    # Tune on the same run directory. Its trials (0.1 CPU each) start beside the driver, where 2-CPU
+    # train workers find no room, so the workers run on the other node: they read the instances and
+    # dev qrels their trial published under its own URI, never the trial's local folder.
+    tuning = [*overrides, "train.epochs=1", "train.workers=1", "tune.searcher=grid", "tune.grid_points=2",
+              "tune.temperature_min=0.02", "tune.temperature_max=0.1", "tune.ratio_min=0", "tune.ratio_max=0",
+              "tune.max_concurrent=2"]  # fmt: skip
+    tuned = _submit(address, env, s3_server, tuning, command="tune")
+    assert tuned.returncode == 0, _job_logs(address, env, tuned)
+    trials = list(csv.DictReader(io.StringIO(_read(fs, f"{run}/tune/trials.csv").decode())))
+    assert len(trials) == 2 and all(t["error"] == "" and 0.0 <= float(t["dev_ndcg@10"]) <= 1.0 for t in trials), trials
+    keys = set(_keys(fs, f"{run}/tune"))
+    instances = [k for k in keys if k.startswith(f"{run}/tune/trials/") and k.endswith(f"/{schema.INSTANCES}")]
+    assert len(instances) == 2  # each trial's, published for its workers
+    assert any(k.startswith(f"{run}/tune/ray/") for k in keys)  # Tune's own state at the URI

@@ -34,3 +34,21 @@ def test_what_a_failed_stage_wrote_is_copied_back_too(tmp_path: Path, s3: str) -
             f"run.cache_dir={tmp_path / 'cache'}"]  # fmt: skip
     assert main(argv) == 2
     assert "pairs/pairs.parquet" in _objects(f"{s3}/runs/y")
+
+
+def test_the_mirror_leaves_ray_state_and_tune_trials_in_the_bucket(s3: str) -> None:
+    """Ray's state and Tune's trial folders (every trial's checkpoints) are read at the URI, never pulled."""
+    from syneg_ray.config import load_config
+    from syneg_ray.remote import local_run_dir
+
+    fs, root = pafs.FileSystem.from_uri(f"{s3}/runs/z")
+    kept = ("pairs/pairs.parquet", "tune/trials.csv", "tune/best.yaml")
+    left = ("train/ray/train/checkpoint_000000/model.safetensors", "tune/ray/tune/experiment_state.json",
+            "tune/trials/a1b2_00000/train/ray/train/checkpoint_000000/model.safetensors")  # fmt: skip
+    for relative in kept + left:
+        with fs.open_output_stream(f"{root}/{relative}") as out:
+            out.write(b"x")
+    with local_run_dir(load_config(None, [f"run.run_dir={s3}/runs/z"])) as cfg:
+        local = Path(cfg.run.run_dir)
+        pulled = {p.relative_to(local).as_posix() for p in local.rglob("*") if p.is_file() and not p.name.startswith(".")}
+    assert pulled == set(kept)
