@@ -26,9 +26,11 @@ from train) and adds that row at its best R:
 
     .venv/bin/python benchmarks/quality.py --data-dir ../shared/datasets --out runs/quality --tune hybrid hybrid-guard --seeds 0 1 2 --no-probes
 
-Everything is resumable: a row and seed is done when its `result.json` exists with the same
-config fingerprint, the LLM negatives are written pair by pair, and mining is marked complete.
-So the table can be built over several runs, and a rerun of a finished table only prints it.
+Everything is resumable: a row and seed is done when its `result.json` holds the pipeline's
+fingerprint of its config (`syneg_ray.pipeline.fingerprints`, the key `syneg run` skips a stage
+by), the LLM negatives are written pair by pair, and the shared synthesis and mining folders carry
+the pipeline's own completion markers. So the table can be built over several runs, and a rerun
+of a finished table only prints it. Run directories share those folders by links, as Tune's trials do.
 
     <out>/shared/            the train pairs and the LLM's plain negatives (always at seed 0)
     <out>/synthesis-<name>/  the LLM's negatives with the judge on (`SYNTHESES`), after dense mining
@@ -45,29 +47,23 @@ So the table can be built over several runs, and a rerun of a finished table onl
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
 import math
 import os
-import sys
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from syneg_ray import schema
-from syneg_ray.config import PipelineConfig, load_config, to_dict
+from syneg_ray import pipeline, schema  # after the environment Ray reads at import
+from syneg_ray.config import PipelineConfig, load_config
 from syneg_ray.errors import DataError
-from syneg_ray.pipeline import MARKER
-from syneg_ray.runtime import read_json, setup_logging, write_text_atomic
+from syneg_ray.runtime import link_folder, read_json, setup_logging, write_text_atomic
 
 logger = logging.getLogger("bench.quality")
 CONFIG = Path(__file__).with_name("quality.yaml")
@@ -123,6 +119,7 @@ MINED = {
     "bm25": ("mine.sources=[bm25]",),  # guarded on BM25's own scale, the default when dense is not a source
     "bm25-guard": ("mine.sources=[bm25]", "mine.guard_scorer=dense"),  # BM25 hits judged by the base encoder
 }
+SYNTHESIS_MINED = "dense"  # the mining the judged syntheses read, and the probes' retrieved negatives
 TUNABLE = {r.name: r for r in ROWS if r.name.startswith("hybrid") or r.name == "syneg"}  # rows whose R Tune can choose (--tune)
 
 
@@ -143,28 +140,14 @@ def config_for(args: argparse.Namespace, run_dir: Path, extra: tuple[str, ...] =
     return load_config(args.config, overrides)
 
 
-def fingerprint(cfg: PipelineConfig, sections: tuple[str, ...]) -> str:
-    tree = to_dict(cfg)
-    payload = {"seed": tree["run"]["seed"], **{s: tree[s] for s in sections}}
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
-
-
 def done(path: Path, key: str) -> dict | None:
-    """The record at `path` if it was written for this fingerprint."""
+    """The record at `path` (a row's result, Tune's best R, a probe) if it was written for this fingerprint."""
     record = read_json(path)
     return record if record and record.get("fingerprint") == key else None
 
 
 def write_record(path: Path, record: dict) -> None:
     write_text_atomic(path, json.dumps(record, indent=2, default=str))  # a kill never leaves half a record that reads as done
-
-
-def link(source: Path, link_path: Path) -> None:
-    link_path.parent.mkdir(parents=True, exist_ok=True)
-    if link_path.is_symlink() and link_path.resolve() != source.resolve():
-        link_path.unlink()
-    if not link_path.exists():
-        link_path.symlink_to(source.resolve(), target_is_directory=True)
 
 
 # --------------------------------------------------------------------------- shared inputs
@@ -175,31 +158,33 @@ def synthesis_dir(out: Path, name: str) -> Path:
     return out / "shared" if name == "plain" else out / f"synthesis-{name}"
 
 
-def ensure_synthetic(args: argparse.Namespace, name: str) -> dict:
-    """The LLM's negatives `SYNTHESES[name]` for every train pair (resumes pair by pair).
+def synthesis_config(args: argparse.Namespace, name: str) -> PipelineConfig:
+    """The config `SYNTHESES[name]` was written under: with the judge on, its mine section is the
+    dense mining it read (the judge's off-topic floor is the pair's k-th mined score, the style
+    reference a mined document)."""
+    return config_for(args, synthesis_dir(args.out, name), MINED[SYNTHESIS_MINED] + SYNTHESES[name])
 
-    With the judge on, dense mining runs first: the judge's off-topic floor is the pair's k-th mined
-    score and the style reference a mined document.
-    """
+
+def ensure_synthetic(args: argparse.Namespace, name: str) -> dict:
+    """The LLM's negatives `SYNTHESES[name]` for every train pair (resumes pair by pair); returns its summary."""
     from syneg_ray.dataset import ensure_pairs
     from syneg_ray.stages.synthesize import run_synthesize
 
     run_dir = synthesis_dir(args.out, name)
-    cfg = config_for(args, run_dir, SYNTHESES[name])
+    cfg = synthesis_config(args, name)
     ensure_pairs(config_for(args, args.out / "shared"))
-    sections = ("data", "synthesize") + ("encoder", "mine") * cfg.synthesize.judge
-    key = fingerprint(cfg, sections)
-    record = done(run_dir / "synthesize" / MARKER, key)
+    key = pipeline.fingerprints(cfg)["synthesize"]
+    record = pipeline.complete(run_dir / "synthesize", key)
     if record is None:
         if run_dir != args.out / "shared":
-            link(args.out / "shared" / "pairs", run_dir / "pairs")
+            link_folder(args.out / "shared" / "pairs", run_dir / "pairs")
         if cfg.synthesize.judge or cfg.synthesize.style_reference:
-            link(ensure_mined(args, "dense"), run_dir / "mine")
+            link_folder(ensure_mined(args, SYNTHESIS_MINED), run_dir / "mine")
+        started = time.perf_counter()
         summary = run_synthesize(cfg)
         if summary["ok"] + summary["failed"] < summary["pairs"]:
             raise SystemExit(f"synthesis stopped with {summary['ok'] + summary['failed']} of {summary['pairs']} pairs; rerun to resume")
-        record = {"fingerprint": key, "summary": summary}
-        write_record(run_dir / "synthesize" / MARKER, record)
+        record = pipeline.mark_complete(run_dir / "synthesize", key, time.perf_counter() - started, summary)
     return record["summary"]
 
 
@@ -211,11 +196,12 @@ def ensure_mined(args: argparse.Namespace, name: str) -> Path:
     run_dir = args.out / f"mine-{name}"
     cfg = config_for(args, run_dir, MINED[name])
     ensure_pairs(config_for(args, args.out / "shared"))
-    link(args.out / "shared" / "pairs", run_dir / "pairs")
-    key = fingerprint(cfg, ("data", "encoder", "mine"))
-    if done(run_dir / "mine" / MARKER, key) is None:
+    link_folder(args.out / "shared" / "pairs", run_dir / "pairs")
+    key = pipeline.fingerprints(cfg)["mine"]
+    if pipeline.complete(run_dir / "mine", key) is None:
+        started = time.perf_counter()
         summary = run_mine(cfg)
-        write_record(run_dir / "mine" / MARKER, {"fingerprint": key, "summary": summary})
+        pipeline.mark_complete(run_dir / "mine", key, time.perf_counter() - started, summary)
     return run_dir / "mine"
 
 
@@ -229,21 +215,21 @@ def run_row(args: argparse.Namespace, row: Row, seed: int) -> dict:
     from syneg_ray.stages.train.trainer import require_one_batch, run_train
 
     run_dir = args.out / "rows" / row.name / f"seed{seed}"
-    cfg = config_for(args, run_dir, SYNTHESES.get(row.synthesis, ()) + row.overrides, seed)
-    # a row is redone only when a section it reads changes (e.g. not the LLM's engine for the bm25 row)
-    sections = ("data", "encoder", "evaluate") + ("mix", "train") * row.trains + ("synthesize",) * row.synthetic + ("mine",) * bool(row.mined)
-    key = fingerprint(cfg, sections)
+    # the row's config names the folders it links (their mining and synthesis settings), so its
+    # evaluation's fingerprint, which chains every stage before it, changes when any of them does
+    cfg = config_for(args, run_dir, MINED[row.mined or SYNTHESIS_MINED] + SYNTHESES.get(row.synthesis, ()) + row.overrides, seed)
+    key = pipeline.fingerprints(cfg)["evaluate"]
     result_path = run_dir / "result.json"
     if (record := done(result_path, key)) is not None:
         return record
     logger.info("row %s, seed %d: %s", row.name, seed, command(args, row, seed))
     started = time.perf_counter()
-    link(args.out / "shared" / "pairs", run_dir / "pairs")
+    link_folder(args.out / "shared" / "pairs", run_dir / "pairs")
     if row.synthetic:
         ensure_synthetic(args, row.synthesis)
-        link(synthesis_dir(args.out, row.synthesis) / "synthesize", run_dir / "synthesize")
+        link_folder(synthesis_dir(args.out, row.synthesis) / "synthesize", run_dir / "synthesize")
     if row.mined:
-        link(ensure_mined(args, row.mined), run_dir / "mine")
+        link_folder(ensure_mined(args, row.mined), run_dir / "mine")
     record: dict = {"row": row.name, "label": row.label, "seed": seed, "fingerprint": key, "command": command(args, row, seed)}
     model = cfg.encoder.model
     if row.trains:
@@ -303,16 +289,17 @@ def tune_ratio(args: argparse.Namespace, row: Row) -> float:
 
     run_dir = tune_dir(args.out, row.name)
     tau = config_for(args, run_dir).train.temperature
-    cfg = config_for(args, run_dir, (*SYNTHESES[row.synthesis], *row.overrides, f"tune.temperature_min={tau}", f"tune.temperature_max={tau}",
-                                     "tune.searcher=grid", f"tune.grid_points={args.tune_points}", "tune.asha=false",
-                                     "train.dev_eval=true"))  # fmt: skip
-    key = fingerprint(cfg, ("data", "encoder", "synthesize", "mine", "mix", "train", "tune"))
-    marker = run_dir / "tune" / MARKER
+    cfg = config_for(args, run_dir, (*MINED[row.mined], *SYNTHESES[row.synthesis], *row.overrides, f"tune.temperature_min={tau}",
+                                     f"tune.temperature_max={tau}", "tune.searcher=grid", f"tune.grid_points={args.tune_points}",
+                                     "tune.asha=false", "train.dev_eval=true"))  # fmt: skip
+    # Tune as a stage after training: the trials mix and train, so its key chains theirs
+    key = pipeline.fingerprint(cfg, pipeline.Stage("tune", run_tune, ("tune",), ("train",)), pipeline.fingerprints(cfg))
+    marker = run_dir / "tune" / pipeline.MARKER
     if (record := done(marker, key)) is None:
         ensure_synthetic(args, row.synthesis)
-        link(args.out / "shared" / "pairs", run_dir / "pairs")
-        link(synthesis_dir(args.out, row.synthesis) / "synthesize", run_dir / "synthesize")
-        link(ensure_mined(args, "dense"), run_dir / "mine")
+        link_folder(args.out / "shared" / "pairs", run_dir / "pairs")
+        link_folder(synthesis_dir(args.out, row.synthesis) / "synthesize", run_dir / "synthesize")
+        link_folder(ensure_mined(args, row.mined), run_dir / "mine")
         summary = run_tune(cfg)
         record = {"fingerprint": key, "best": summary["best"], "trials": summary["trials"]}
         write_record(marker, record)
@@ -328,10 +315,10 @@ def base_dev_score(args: argparse.Namespace) -> float:
     from syneg_ray.stages.tune import base_dev_score as score
 
     cfg = config_for(args, args.out / "tune", ("train.dev_eval=true",))
-    key = fingerprint(cfg, ("data", "encoder", "train"))
+    key = pipeline.fingerprint(cfg, pipeline.Stage("base-dev", score, ("data", "encoder", "train"), ()), {})  # the model and the dev split
     path = args.out / "tune" / "base-dev.json"
     if (record := done(path, key)) is None:
-        link(args.out / "shared" / "pairs", args.out / "tune" / "pairs")
+        link_folder(args.out / "shared" / "pairs", args.out / "tune" / "pairs")
         record = {"fingerprint": key, "ndcg@10": score(cfg, resolve_model(cfg.train.model or cfg.encoder.model, cfg.run.cache_dir or None))}
         write_record(path, record)
     return float(record["ndcg@10"])
@@ -345,59 +332,19 @@ def probes_path(out: Path, name: str) -> Path:
 
 
 def run_probes(args: argparse.Namespace, name: str) -> dict:
-    """False-negative-guard share of the LLM's negatives `SYNTHESES[name]` and the synthetic-vs-retrieved
-    AUC, on the base model."""
-    from syneg_ray.encoder import encode
-    from syneg_ray.probes import guard_flags, source_auc
-    from syneg_ray.registry import resolve_model
-    from syneg_ray.services.embed import encode_options, local_encoder
-    from syneg_ray.stages.mix import read_mined, read_synthetic
+    """False-negative-guard share of the LLM's negatives `SYNTHESES[name]`, their near copies and the
+    synthetic-vs-retrieved AUC, on the base model (`probing.measure`)."""
+    from probing import measure  # benchmarks/probing.py, beside this script
 
-    cfg = config_for(args, synthesis_dir(args.out, name), SYNTHESES[name])
-    key = fingerprint(cfg, ("data", "encoder", "synthesize", "mine"))
+    cfg = synthesis_config(args, name)
+    key = pipeline.fingerprints(cfg)["synthesize"]  # the negatives probed, and the encoder (a section it reads)
     path = probes_path(args.out, name)
     if (record := done(path, key)) is not None:
         return record
-    from syneg_ray.dataset import prepare, read_corpus
-
     ensure_synthetic(args, name)
-    mine_dir = ensure_mined(args, "dense")
-    corpus = read_corpus(prepare(cfg))
-    pairs = pq.read_table(args.out / "shared" / schema.PAIRS).to_pylist()
-    synthetic = read_synthetic(synthesis_dir(args.out, name) / schema.SYNTHETIC)
-    mined, _ = read_mined(mine_dir / Path(schema.MINED).name, corpus)
-    k = cfg.synthesize.negatives_per_pair
-    with_syn = [p for p in pairs if synthetic.get((p["query_id"], p["positive_id"])) and synthetic[(p["query_id"], p["positive_id"])].texts]
-
-    encoder = local_encoder(cfg, resolve_model(cfg.encoder.model, cfg.run.cache_dir or None))  # the miner's backend and precision
-    as_query, options = encode_options(cfg.encoder, cfg.encoder.query_prompt), encode_options(cfg.encoder, cfg.encoder.document_prompt)
-    query = encode(encoder, [p["query"] for p in with_syn], as_query)
-    positive = encode(encoder, [p["positive"] for p in with_syn], options)
-    syn_texts, syn_slot, ret_texts, groups_syn, groups_ret = [], [], [], [], []
-    for i, p in enumerate(with_syn):
-        texts = synthetic[(p["query_id"], p["positive_id"])].texts[:k]
-        syn_texts += texts
-        syn_slot += [(i, j) for j in range(len(texts))]
-        groups_syn += [p["query_id"]] * len(texts)
-        retrieved = [corpus[doc] for doc, _ in mined.get((p["query_id"], p["positive_id"]), ())][: len(texts)]
-        ret_texts += retrieved  # as many retrieved as synthetic per pair: a balanced probe
-        groups_ret += [p["query_id"]] * len(retrieved)
-    syn_emb = encode(encoder, syn_texts, options)
-    negatives = np.full((len(with_syn), k, syn_emb.shape[1]), np.nan, dtype=np.float32)
-    for (i, j), row in zip(syn_slot, syn_emb, strict=True):
-        negatives[i, j] = row
-    flags_strict = guard_flags(query, positive, negatives)
-    flags_margin = guard_flags(query, positive, negatives, cfg.mine.relative_margin)
-    ret_emb = encode(encoder, ret_texts, options)
-    auc, auc_std = source_auc(np.vstack([syn_emb, ret_emb]), np.r_[np.ones(len(syn_emb)), np.zeros(len(ret_emb))],
-                              np.array(groups_syn + groups_ret), seed=cfg.run.seed)  # fmt: skip
-    record = {
-        "fingerprint": key, "synthesis": name, "model": cfg.encoder.model, "llm": cfg.synthesize.model, "pairs": len(with_syn),
-        "synthetic_negatives": len(syn_texts), "retrieved_negatives": len(ret_texts),
-        "guard_share_strict": float(flags_strict.sum() / len(syn_texts)),
-        "guard_share_margin": float(flags_margin.sum() / len(syn_texts)), "relative_margin": cfg.mine.relative_margin,
-        "source_auc": auc, "source_auc_std": auc_std,
-    }  # fmt: skip
+    mine_dir = ensure_mined(args, SYNTHESIS_MINED)
+    record = {"fingerprint": key, "synthesis": name, **measure(cfg, synthesis_dir(args.out, name) / schema.SYNTHETIC,
+                                                                 mine_dir / Path(schema.MINED).name)}  # fmt: skip
     write_record(path, record)
     return record
 
@@ -448,6 +395,7 @@ def write_table(out: Path, order: list[str]) -> str:
             continue
         lines += ["", (f"LLM negatives `{name}`: the false-negative guard flags {100 * p['guard_share_strict']:.1f}% (above their "
                   f"positive), {100 * p['guard_share_margin']:.1f}% within the miner's {p['relative_margin']:.0%} margin; "
+                  + (f"{100 * p['near_copies']:.1f}% near copies of their positive; " if "near_copies" in p else "") +
                   f"source-identifiability AUC {p['source_auc']:.3f} ± {p['source_auc_std']:.3f} (logistic regression on "
                   f"base-model embeddings, 5 query-grouped folds, {p['synthetic_negatives']} synthetic vs "
                   f"{p['retrieved_negatives']} dense-retrieved negatives).")]  # fmt: skip

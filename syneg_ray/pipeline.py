@@ -83,8 +83,30 @@ def fingerprint(cfg: PipelineConfig, stage: Stage, upstream: dict[str, str]) -> 
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def fingerprints(cfg: PipelineConfig) -> dict[str, str]:
+    """Every stage's fingerprint under `cfg`, upstream first: what a stage's marker must hold for
+    `syneg run` to skip it (and what a benchmark that lays out run directories itself keys them by)."""
+    done: dict[str, str] = {}
+    for stage in _stages():
+        done[stage.name] = fingerprint(cfg, stage, done)
+    return done
+
+
 def read_marker(folder: Path) -> dict | None:
     return read_json(folder / MARKER)
+
+
+def complete(folder: Path, key: str) -> dict | None:
+    """The stage's record in `folder` when it finished under the fingerprint `key`, else None."""
+    marker = read_marker(folder)
+    return marker if marker and marker.get("fingerprint") == key else None
+
+
+def mark_complete(folder: Path, key: str, seconds: float, summary: Any) -> dict:
+    """Writes the stage's marker last, in one atomic write: "done" only when whole."""
+    record = {"fingerprint": key, "seconds": seconds, "summary": summary}
+    write_text_atomic(folder / MARKER, json.dumps(record, indent=2, default=str))
+    return record
 
 
 def run_evaluate_pair(cfg: PipelineConfig) -> dict[str, dict[str, float]]:
@@ -134,14 +156,9 @@ def run_pipeline(cfg: PipelineConfig, yes: bool = False) -> dict[str, Any]:
     stage_dir(cfg, "pairs")  # saves the resolved config
     prepared, pairs_path = ensure_pairs(cfg)
     stages = _stages()
-    fingerprints: dict[str, str] = {}
-    complete: dict[str, dict] = {}
-    for stage in stages:
-        fingerprints[stage.name] = fingerprint(cfg, stage, fingerprints)
-        marker = read_marker(run_dir / stage.name)
-        if marker and marker.get("fingerprint") == fingerprints[stage.name]:
-            complete[stage.name] = marker
-    running = {s.name for s in stages if needed(cfg, s) and s.name not in complete}
+    keys = fingerprints(cfg)
+    finished = {s.name: marker for s in stages if (marker := complete(run_dir / s.name, keys[s.name]))}
+    running = {s.name for s in stages if needed(cfg, s) and s.name not in finished}
     estimate = plan.estimate(cfg, plan.counts_of(cfg, prepared, pairs_path), running, plan.load_rates(cfg.run.cache_dir))
     sys.stdout.write(estimate.render(cfg.run.max_hours))
     sys.stdout.flush()
@@ -153,7 +170,7 @@ def run_pipeline(cfg: PipelineConfig, yes: bool = False) -> dict[str, Any]:
         if not needed(cfg, stage):
             logger.info("%s: skipped, mix.strategy=%s reads nothing of it", stage.name, cfg.mix.strategy.value)
             continue
-        marker = complete.get(stage.name)
+        marker = finished.get(stage.name)
         if marker:
             logger.info("%s: complete for this config, skipped", stage.name)
             summaries[stage.name] = marker.get("summary")
@@ -164,8 +181,7 @@ def run_pipeline(cfg: PipelineConfig, yes: bool = False) -> dict[str, Any]:
         summary = stage.run(cfg)
         timings[stage.name] = time.perf_counter() - started
         summaries[stage.name] = summary
-        record = {"fingerprint": fingerprints[stage.name], "seconds": timings[stage.name], "summary": summary}
-        write_text_atomic(run_dir / stage.name / MARKER, json.dumps(record, indent=2, default=str))  # "done" only when whole
+        mark_complete(run_dir / stage.name, keys[stage.name], timings[stage.name], summary)
         if rates := plan.save_rates(cfg.run.cache_dir, measured := plan.measured_rates(cfg, stage.name, summary)):
             logger.info("%s: measured %s; the next plan on this host uses it (%s)", stage.name,
                         ", ".join(f"{k} = {v:.3g}" for k, v in measured.items()), rates)  # fmt: skip

@@ -254,3 +254,13 @@ def read_json(path: Path) -> dict | None:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError):
         return None
+
+
+def link_folder(source: Path, link: Path) -> None:
+    """Makes `link` a symbolic link to the folder `source` (read-only sharing of a stage's outputs
+    between run directories); a link to another folder is replaced, a real folder is left alone."""
+    link.parent.mkdir(parents=True, exist_ok=True)
+    if link.is_symlink() and link.resolve() != source.resolve():
+        link.unlink()
+    if not link.exists():
+        link.symlink_to(source.resolve(), target_is_directory=True)

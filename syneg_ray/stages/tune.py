@@ -35,6 +35,7 @@ from syneg_ray.config import MixStrategy, PipelineConfig, from_dict, to_dict, to
 from syneg_ray.errors import ConfigError, TuneError
 from syneg_ray.mixing import hybrid_target
 from syneg_ray.plots import plot_heatmap
+from syneg_ray.runtime import link_folder
 
 logger = logging.getLogger(__name__)
 
@@ -63,8 +64,8 @@ def link_shared(base_run: Path, trial_run: Path) -> None:
         source, link = base_run / name, trial_run / name
         with contextlib.suppress(FileNotFoundError):
             storage.fetch(source, marked=False)  # pushed file by file, so no folder marker: complete once pushed
-        if source.exists() and not link.exists():
-            link.symlink_to(source.resolve(), target_is_directory=True)
+        if source.exists():
+            link_folder(source, link)
 
 
 def publish_for_workers(trial_run: Path) -> None:

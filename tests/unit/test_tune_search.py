@@ -99,3 +99,17 @@ def test_hybrid_grid_runs_one_trial_per_synthetic_count() -> None:
     assert ratios("mix.n_negatives=3", "mix.strategy=direct") == [0.0, 0.25, 0.5, 0.75, 1.0]  # R is a share of instances
     # at least one of each kind when 0 < R < 1: R 0.1 at n = 3 asks for 1, as R 0.25 does
     assert ratios("mix.n_negatives=3", "tune.ratio_min=0.1", "tune.ratio_max=0.3") == [0.1]
+
+
+def test_a_trial_links_the_shared_folders_the_run_has(tmp_path: Path) -> None:
+    from syneg_ray.stages.tune import link_shared
+
+    base, trial = tmp_path / "run", tmp_path / "run" / "tune" / "trials" / "t1"
+    for name in ("pairs", "mine"):
+        (base / name).mkdir(parents=True)
+        (base / name / "file").write_text(name)
+    (trial / "pairs").parent.mkdir(parents=True)
+    (trial / "pairs").symlink_to(tmp_path, target_is_directory=True)  # left by an earlier run, pointing elsewhere
+    link_shared(base, trial)
+    assert (trial / "pairs" / "file").read_text() == "pairs" and (trial / "mine" / "file").read_text() == "mine"
+    assert not (trial / "synthesize").exists()  # a run without synthesis (R = 0): nothing to link
