@@ -25,7 +25,7 @@ def test_dense_and_bm25_on_scifact_small(ray_local, scifact_small, tmp_path):
     assert summary["per_source"].get("dense", 0) > 0 and summary["per_source"].get("bm25", 0) > 0
     assert summary["avg_negatives"] > 5
     dense_rows = [r for r in rows if r["source"] and r["source"][0] == "dense"]
-    assert all(-1.0 <= r["positive_score"] <= 1.0 for r in dense_rows)
+    assert dense_rows and all(-1.0 <= r["positive_score"] <= 1.0 for r in dense_rows)
     assert_bm25_hits_guarded_by_encoder(cfg, rows)
     # sharded search over 2 actors and HNSW give (nearly) the same negatives as exact search
     exact = {(r["query_id"], r["positive_id"]): r["negative_ids"] for r in rows}

@@ -250,8 +250,8 @@ def test_flagged_negatives_are_rewritten_and_recorded(tmp_path, scifact_small, r
     assert [m["role"] for m in json.loads(turn["chat"])] == ["system", "user", "assistant", "user"]  # one chat, a follow-up turn
     # nothing passes the judge: with no retry left, the pairs are failed with the verdict as the reason
     out = rows_of(tmp_path / "run")
-    assert all(r["status"] == "failed" and "near_copy" in r["reject_reasons"] and r["judge_rounds"] == 1 for r in out
-               if r["key"] in {x["key"] for x in reflections})
+    reflected = [r for r in out if r["key"] in {x["key"] for x in reflections}]
+    assert reflected and all(r["status"] == "failed" and "near_copy" in r["reject_reasons"] and r["judge_rounds"] == 1 for r in reflected)
     assert summary["output_tokens_per_kept"] is None and summary["kept"] == 0
 
 
