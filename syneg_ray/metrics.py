@@ -37,7 +37,9 @@ def without_self_hits(run: Mapping[str, Mapping[str, float]], k: int) -> Run:
 
 
 def evaluate_run(qrels: Mapping[str, Mapping[str, int]], run: Mapping[str, Mapping[str, float]]) -> dict[str, float]:
-    """Mean nDCG@10, Recall@100, MRR@10 and MAP@100 over the queries of `qrels`.
+    """Mean nDCG@10, Recall@100, MRR@10 and MAP@100 over the queries of `qrels`, and the standard
+    error of the nDCG@10 mean (`ndcg@10_se`: the per-query values' sample deviation over sqrt(n); nan
+    for one query), which says how far apart two models must score on these queries to be told apart.
 
     A query of `qrels` missing from the run counts as zero (trec_eval's -c). BEIR averages over the
     queries it retrieved for, which is every query when each gets a ranking, as here.
@@ -47,7 +49,7 @@ def evaluate_run(qrels: Mapping[str, Mapping[str, int]], run: Mapping[str, Mappi
         run: retrieved documents with scores (any k; higher is better).
 
     Returns:
-        {"ndcg@10": ..., "recall@100": ..., "mrr@10": ..., "map@100": ...}
+        {"ndcg@10": ..., "recall@100": ..., "mrr@10": ..., "map@100": ..., "ndcg@10_se": ...}
 
     Raises:
         ValueError: `qrels` holds no query (a mean over none is undefined); callers that read a
@@ -62,11 +64,13 @@ def evaluate_run(qrels: Mapping[str, Mapping[str, int]], run: Mapping[str, Mappi
     per_query = pytrec_eval.RelevanceEvaluator(qrels, {"ndcg_cut.10", "recall.100", "map_cut.100"}).evaluate(full)
     mrr = pytrec_eval.RelevanceEvaluator(qrels, {"recip_rank"}).evaluate(top_k(full, 10))
     n = len(qrels)
+    ndcg = np.array([m["ndcg_cut_10"] for m in per_query.values()])
     return {
-        "ndcg@10": sum(m["ndcg_cut_10"] for m in per_query.values()) / n,
+        "ndcg@10": float(ndcg.sum()) / n,
         "recall@100": sum(m["recall_100"] for m in per_query.values()) / n,
         "mrr@10": sum(m["recip_rank"] for m in mrr.values()) / n,
         "map@100": sum(m["map_cut_100"] for m in per_query.values()) / n,
+        "ndcg@10_se": float(ndcg.std(ddof=1) / np.sqrt(n)) if n > 1 else float("nan"),
     }
 
 

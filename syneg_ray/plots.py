@@ -73,13 +73,15 @@ def plot_heatmap(rows: list[dict[str, Any]], path: Path, base: float = float("na
 def _draw_curve(ax, rows: list[dict[str, Any]], axis: str, base: float, metric: str) -> None:
     """dev nDCG@10 over `axis` ("ratio" or "temperature"), the other axis held, with the untrained model's line."""
     held_axis, held_name = ("temperature", "tau") if axis == "ratio" else ("ratio", "R")
-    scored = sorted((r[axis], r[metric]) for r in rows if not math.isnan(r[metric]))
-    ax.plot([x for x, _ in scored], [y for _, y in scored], marker="o", label="trials")
+    scored = sorted((r[axis], r[metric], r.get(f"{metric}_se", math.nan)) for r in rows if not math.isnan(r[metric]))
+    errors = [se for *_, se in scored]
+    ax.errorbar([x for x, *_ in scored], [y for _, y, _ in scored], yerr=None if all(map(math.isnan, errors)) else errors,
+                marker="o", capsize=3, label="trials (± standard error over the dev queries)")  # fmt: skip
     if not math.isnan(base):
         ax.axhline(base, color="#999999", linestyle="--", label=f"untrained model ({base:.3f})")
     ax.legend(fontsize=8)
     ax.margins(y=0.15)  # room for the labels above the points
-    for x, y in scored:
+    for x, y, _ in scored:
         ax.annotate(f"{y:.3f}", (x, y), textcoords="offset points", xytext=(0, 6), ha="center", fontsize=8)
     ax.set_xlabel("synthetic ratio R" if axis == "ratio" else "temperature tau")
     ax.set_xscale("linear" if axis == "ratio" else "log")
@@ -106,7 +108,9 @@ def _draw_cells(fig, ax, rows: list[dict[str, Any]], taus: list[float], ratios: 
     fig.colorbar(image, ax=ax, label="dev nDCG@10")
     ax.set_xlabel("temperature tau")
     ax.set_ylabel("synthetic ratio R")
-    ax.set_title("Ray Tune: dev nDCG@10 over (tau, R)" + ("" if math.isnan(base) else f"\nuntrained model: {base:.3f}"))
+    errors = [se for r in rows if not math.isnan(se := r.get(f"{metric}_se", math.nan))]
+    notes = ([] if math.isnan(base) else [f"untrained model: {base:.3f}"]) + ([f"standard error of a cell ≈ {np.median(errors):.3f}"] if errors else [])
+    ax.set_title("Ray Tune: dev nDCG@10 over (tau, R)" + "".join(f"\n{n}" for n in notes))
 
 
 def plot_similarity(sims: dict[str, np.ndarray], path: Path) -> Path:

@@ -10,10 +10,15 @@ the shared outputs there and publishes what its train workers read (the instance
 under its own URI; Tune's and Ray Train's state live at the URI (see storage.py).
 
     run_dir/tune/trials/<trial_id>/   one run directory per trial (its mix, train, curves)
-    run_dir/tune/trials.csv           every trial: tau, R, epochs run, dev nDCG@10
+    run_dir/tune/trials.csv           every trial: tau, R, epochs run, dev nDCG@10 and its standard error
     run_dir/tune/best.yaml            the full pipeline config with the best tau and R
     run_dir/tune/heatmap.png          dev nDCG@10 over (tau, R), against the untrained model's
-    run_dir/tune/base.json            the untrained model's dev nDCG@10, scored as the trials are
+    run_dir/tune/base.json            the untrained model's dev nDCG@10 and standard error, scored as the trials are
+
+The standard error is the spread of the per-query nDCG@10 over sqrt(dev queries): a dev split whose
+error is as large as the gaps between trials cannot rank them (more dev queries, `data.dev_fraction`,
+or the whole corpus as dev corpus, `train.dev_max_docs=0`, sharpen it). Every trial scores the same
+queries, so a difference between two trials is known somewhat better than either score.
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ from syneg_ray.runtime import link_folder
 logger = logging.getLogger(__name__)
 
 METRIC = "dev_ndcg@10"
+METRIC_SE = f"{METRIC}_se"  # the standard error of METRIC over the dev queries (metrics.evaluate_run)
 SHARED = ("pairs", "synthesize", "mine")  # stage folders every trial links instead of recomputing
 
 
@@ -241,24 +247,35 @@ def run_tune(cfg: PipelineConfig) -> dict[str, Any]:
     best = max(scored, key=lambda r: r[METRIC])
     best_config = trial_config(given, best["temperature"], best["ratio"], Path(given.run.run_dir))
     (out / "best.yaml").write_text(to_yaml(best_config), encoding="utf-8")
-    base = base_dev_score(cfg, model_path)
-    (out / "base.json").write_text(json.dumps({METRIC: base}) + "\n", encoding="utf-8")
+    scores = base_dev_metrics(cfg, model_path)
+    base, base_se = scores.get("ndcg@10", math.nan), scores.get("ndcg@10_se", math.nan)
+    (out / "base.json").write_text(json.dumps({METRIC: base, METRIC_SE: _or_none(base_se)}) + "\n", encoding="utf-8")
     plot_heatmap(rows, out / "heatmap.png", base, METRIC)
-    logger.info("tune: %d trials; best tau %.4f, R %.2f: dev nDCG@10 %.4f (untrained model %.4f) -> %s", len(rows),
-                best["temperature"], best["ratio"], best[METRIC], base, out)  # fmt: skip
+    logger.info("tune: %d trials; best tau %.4f, R %.2f: dev nDCG@10 %.4f ± %.4f (untrained model %.4f; ± is the standard "
+                "error over the dev queries) -> %s", len(rows), best["temperature"], best["ratio"], best[METRIC],
+                best[METRIC_SE], base, out)  # fmt: skip
     return {"best": best, "trials": len(rows), "base": base}
+
+
+def _or_none(value: float) -> float | None:
+    return None if math.isnan(value) else value  # JSON has no NaN
 
 
 def base_dev_score(cfg: PipelineConfig, model_path: str) -> float:
     """The untrained model's dev nDCG@10, scored as the trials score theirs: the line a trial has to clear."""
+    return float(base_dev_metrics(cfg, model_path).get("ndcg@10", math.nan))
+
+
+def base_dev_metrics(cfg: PipelineConfig, model_path: str) -> dict[str, float]:
+    """The untrained model's dev metrics (`metrics.evaluate_run`'s), or {} when the run has no dev queries."""
     from syneg_ray.model import load_model
     from syneg_ray.stages.train.devset import load_devset
     from syneg_ray.stages.train.local import dev_scores
 
     dev = load_devset(cfg)
     if dev is None:  # require_dev_scores saw a dev split; a run whose dev queries all lost their documents has none
-        return float("nan")
-    return float(dev_scores(load_model(model_path), dev, cfg)["ndcg@10"])
+        return {}
+    return dev_scores(load_model(model_path), dev, cfg)
 
 
 def require_dev_scores(cfg: PipelineConfig) -> None:
@@ -284,7 +301,7 @@ def _ensure_inputs(cfg: PipelineConfig, run_dir: Path) -> None:
 
 
 def trial_rows(results) -> list[dict[str, Any]]:
-    """One row per trial from a ResultGrid: its parameters, epochs run and last dev nDCG@10."""
+    """One row per trial from a ResultGrid: its parameters, epochs run, last dev nDCG@10 and its standard error."""
     rows = []
     for result in results:
         metrics = result.metrics or {}
@@ -294,6 +311,7 @@ def trial_rows(results) -> list[dict[str, Any]]:
             "ratio": result.config["ratio"],
             "epochs": metrics.get("training_iteration", 0),
             METRIC: float(metrics.get(METRIC, float("nan"))),
+            METRIC_SE: float(metrics.get(METRIC_SE, float("nan"))),
             "error": str(result.error) if result.error else "",
         })  # fmt: skip
     return sorted(rows, key=lambda r: (r["temperature"], r["ratio"]))

@@ -59,7 +59,9 @@ def test_four_trials_write_table_best_config_and_heatmap(ray_local, tmp_path: Pa
     assert (out / "heatmap.png").stat().st_size > 10_000
     # the untrained model, scored on the same dev split as the trials: the line a trial has to clear
     assert 0.0 < summary["base"] <= 1.0
-    assert json.loads((out / "base.json").read_text()) == {"dev_ndcg@10": summary["base"]}
+    base = json.loads((out / "base.json").read_text())
+    assert base["dev_ndcg@10"] == summary["base"] and 0.0 < base["dev_ndcg@10_se"] < 0.5  # scored with its standard error
+    assert all(0.0 < float(r["dev_ndcg@10_se"]) < 0.5 for r in rows)  # and so is every trial
     # every trial linked the shared negatives instead of copying or recomputing them
     trial_dirs = list((out / "trials").iterdir())
     assert len(trial_dirs) == 4 and all((d / "mine").is_symlink() and (d / "synthesize").is_symlink() for d in trial_dirs)

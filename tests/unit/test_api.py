@@ -103,7 +103,7 @@ def test_the_cli_and_the_api_run_one_code_path(tmp_path: Path, monkeypatch: pyte
 def test_evaluate_bm25_through_the_api(tiny_cfg: PipelineConfig) -> None:
     """A real stage end to end through `syneg_ray.evaluate`: BM25 on the SciFact subset (no Ray, no model)."""
     scores = syneg_ray.evaluate(tiny_cfg, model="bm25", split="test")
-    assert set(scores) == {"ndcg@10", "recall@100", "mrr@10", "map@100"}
+    assert set(scores) == {"ndcg@10", "recall@100", "mrr@10", "map@100", "ndcg@10_se"}
     assert 0.3 < scores["ndcg@10"] <= 1.0  # BM25 on SciFact scores about 0.66
     saved = json.loads((Path(tiny_cfg.run.run_dir) / "evaluate" / "bm25-test" / "metrics.json").read_text())
     assert saved["model"] == "bm25" and saved["split"] == "test" and saved["ndcg@10"] == pytest.approx(scores["ndcg@10"])

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -264,3 +265,12 @@ def test_a_dense_evaluation_checks_the_judged_documents_against_the_corpus_ids(t
     qrels, _ = beir.read_qrels(prepared.folder, "test")
     judged = {d for docs in qrels.values() for d in docs}
     assert "gone" in judged and present == judged - {"gone"} and present
+
+
+def test_one_judged_query_writes_its_undefined_standard_error_as_null(tmp_path: Path) -> None:
+    from syneg_ray.stages.evaluate import run_evaluate
+
+    cfg = evaluate_cfg(tmp_path, "query-id\tcorpus-id\tscore\nq1\td1\t1\n")
+    assert math.isnan(run_evaluate(cfg)["ndcg@10_se"])  # one query: no spread to estimate
+    text = (Path(cfg.run.run_dir) / "evaluate" / "bm25-test" / "metrics.json").read_text()
+    assert "NaN" not in text and json.loads(text)["ndcg@10_se"] is None  # JSON has no NaN

@@ -13,9 +13,11 @@ from syneg_ray import metrics
 def test_perfect_and_empty_runs() -> None:
     qrels = {"q1": {"a": 1}, "q2": {"b": 1}}
     perfect = metrics.evaluate_run(qrels, {"q1": {"a": 1.0, "x": 0.5}, "q2": {"b": 2.0}})
-    assert perfect == pytest.approx({"ndcg@10": 1.0, "recall@100": 1.0, "mrr@10": 1.0, "map@100": 1.0})
+    assert perfect == pytest.approx({"ndcg@10": 1.0, "recall@100": 1.0, "mrr@10": 1.0, "map@100": 1.0, "ndcg@10_se": 0.0})
     missing = metrics.evaluate_run(qrels, {"q1": {"a": 1.0}})  # q2 retrieved nothing: counts as 0
     assert missing["ndcg@10"] == pytest.approx(0.5)
+    assert missing["ndcg@10_se"] == pytest.approx(np.std([1.0, 0.0], ddof=1) / np.sqrt(2))  # 0.5: the two queries disagree fully
+    assert math.isnan(metrics.evaluate_run({"q1": {"a": 1}}, {"q1": {"a": 1.0}})["ndcg@10_se"])  # one query: no spread to estimate
 
 
 def test_hand_computed_ndcg_mrr_graded() -> None:

@@ -32,6 +32,30 @@ def test_tune_figure_takes_the_shape_of_its_trials(tmp_path: Path, rows: list[di
     assert path.stat().st_size > 5_000
 
 
+def test_standard_errors_draw_as_error_bars_and_in_the_grid_title(tmp_path: Path, monkeypatch) -> None:
+    drawn = {}
+    axes = plots._pyplot().Axes
+    errorbar, set_title = axes.errorbar, axes.set_title
+
+    def recorded_errorbar(self, *args, **kwargs):
+        drawn["yerr"] = kwargs["yerr"]
+        return errorbar(self, *args, **kwargs)
+
+    def recorded_title(self, text, *args, **kwargs):
+        drawn["title"] = text
+        return set_title(self, text, *args, **kwargs)
+
+    monkeypatch.setattr(axes, "errorbar", recorded_errorbar)
+    monkeypatch.setattr(axes, "set_title", recorded_title)
+    curve = [dict(r, **{"dev_ndcg@10_se": 0.01 * (i + 1)}) for i, r in enumerate(_trials([0.05], [0.0, 0.5, 1.0]))]
+    plots.plot_heatmap(curve, tmp_path / "curve.png")
+    assert drawn.pop("yerr") == [0.01, 0.02, 0.03]
+    drawn.clear()
+    cells = [dict(r, **{"dev_ndcg@10_se": 0.02}) for r in _trials([0.01, 0.05], [0.0, 1.0])]
+    plots.plot_heatmap(cells, tmp_path / "cells.png", base=0.69)
+    assert "standard error of a cell ≈ 0.020" in drawn["title"] and "untrained model: 0.690" in drawn["title"]
+
+
 def test_a_trial_without_a_score_is_left_out_of_the_curve(tmp_path: Path) -> None:
     rows = _trials([0.05], [0.0, 0.5, 1.0])
     rows[1]["dev_ndcg@10"] = math.nan

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
@@ -113,3 +114,16 @@ def test_a_trial_links_the_shared_folders_the_run_has(tmp_path: Path) -> None:
     link_shared(base, trial)
     assert (trial / "pairs" / "file").read_text() == "pairs" and (trial / "mine" / "file").read_text() == "mine"
     assert not (trial / "synthesize").exists()  # a run without synthesis (R = 0): nothing to link
+
+
+def test_trials_carry_their_dev_score_and_its_standard_error() -> None:
+    from types import SimpleNamespace
+
+    from syneg_ray.stages.tune import METRIC_SE, trial_rows
+
+    done = SimpleNamespace(path="/x/trial_b", config={"temperature": 0.05, "ratio": 0.5}, error=None,
+                           metrics={"training_iteration": 2, METRIC: 0.71, METRIC_SE: 0.02})  # fmt: skip
+    failed = SimpleNamespace(path="/x/trial_a", config={"temperature": 0.01, "ratio": 0.5}, error=RuntimeError("boom"), metrics={})
+    first, second = trial_rows([done, failed])
+    assert (first["trial"], first["error"]) == ("trial_a", "boom") and math.isnan(first[METRIC]) and math.isnan(first[METRIC_SE])
+    assert (second[METRIC], second[METRIC_SE], second["epochs"]) == (0.71, 0.02, 2)

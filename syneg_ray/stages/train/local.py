@@ -7,6 +7,7 @@ GPU machine that has no Ray: same step, same schedule, same data order.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -22,8 +23,11 @@ logger = logging.getLogger(__name__)
 
 
 def summary_line(s: dict, epochs: int) -> str:
-    """One line per epoch, e.g. `epoch 1/2: loss 0.4231, grad-norm 1.20, grad-var 12.3, dev nDCG@10 0.6123, ...`."""
+    """One line per epoch, e.g. `epoch 1/2: loss 0.4231, grad-norm 1.20, grad-var 12.3, dev nDCG@10 0.6123 ± 0.0210, ...`
+    (± the standard error over the dev queries)."""
     dev = f", dev nDCG@10 {s['dev_ndcg@10']:.4f}" if "dev_ndcg@10" in s else ""
+    if dev and not math.isnan(se := s.get("dev_ndcg@10_se", math.nan)):
+        dev += f" ± {se:.4f}"
     return (
         f"epoch {s['epoch'] + 1}/{epochs}: loss {s['loss']:.4f}, grad-norm {s['grad_norm']:.3f}, "
         f"grad-var {s['grad_var']:.4g}{dev}, {s['samples_per_s']:.1f} samples/s, {s['seconds']:.0f} s"
