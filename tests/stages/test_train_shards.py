@@ -64,3 +64,30 @@ def test_a_step_budget_stops_training_and_sizes_the_schedule(tmp_path, tiny_mode
     assert [s["step"] for s in out["steps"]] == [1, 2, 3]  # 5 steps an epoch, 10 planned: 3 taken
     assert [e["steps"] for e in out["epochs"]] == [3, 0]
     assert out["steps"][-1]["lr"] == pytest.approx(2e-5 / 3)  # linear decay over the 3 planned steps, not 10
+
+
+def test_the_instances_are_read_while_the_workers_hold_every_cpu(ray_local, tmp_path: Path) -> None:
+    """Train workers (and Tune's trials beside them) may hold every whole CPU of the cluster: reading
+    the instances must not wait for one (Ray Data's newer Parquet reader lists the files in a task
+    of 1 CPU, which then never starts)."""
+    import threading
+
+    import pyarrow as pa
+    from ray.util.placement_group import placement_group, remove_placement_group
+
+    from syneg_ray.stages.train.trainer import instances_dataset
+
+    path = tmp_path / "instances.parquet"
+    pq.write_table(pa.table({"query": [f"q{i}" for i in range(40)]}), path, row_group_size=16)  # 3 row groups
+    held = placement_group([{"CPU": ray_local.cluster_resources()["CPU"]}])  # every CPU, as the workers would
+    ray_local.get(held.ready(), timeout=60)
+    try:
+        rows: list[dict] = []
+        # a daemon thread: a read that waits forever fails the test instead of hanging it
+        reader = threading.Thread(target=lambda: rows.extend(instances_dataset(path).take_all()), daemon=True)
+        reader.start()
+        reader.join(timeout=120)
+        assert not reader.is_alive(), "the read is waiting for a CPU that the workers hold"
+        assert sorted(r["query"] for r in rows) == sorted(f"q{i}" for i in range(40))
+    finally:
+        remove_placement_group(held)

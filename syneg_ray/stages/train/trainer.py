@@ -46,20 +46,34 @@ def require_one_batch(cfg: PipelineConfig, n_instances: int, instances: Path) ->
                            f"train.workers = {global_batch}); lower train.batch_size or mix more pairs")  # fmt: skip
 
 
-def instances_dataset(instances: str | Path, n_rows: int, workers: int):  # -> ray.data.Dataset
+def instances_dataset(instances: str | Path):  # -> ray.data.Dataset
     """The instances file as a Ray dataset that the trainer splits across its workers.
 
-    Its read tasks reserve no CPU: training workers may hold every CPU of a node (and a Tune trial
-    a share beside them), and a read task waiting for a CPU would stall every worker's first batch.
+    No part of the read reserves a CPU: training workers may hold every whole CPU of the cluster (and
+    a Tune trial a share beside them), and a read waiting for a CPU would stall every worker's first
+    batch for ever. So it is not `ray.data.read_parquet`, whose readers run a task of 1 CPU that
+    `ray_remote_args` does not reach (the classic one samples the file, the newer one lists it): the
+    dataset is the file's row-group numbers, made here from the footer, mapped by 0-CPU tasks that
+    each read their row groups, from object storage when the run directory is there.
     """
     import ray.data
 
-    from syneg_ray import storage
+    path, filesystem = storage.storage_location(instances)  # on any node: the file at its URI
+    with _open(path, filesystem) as handle:
+        groups = pq.ParquetFile(handle).metadata.num_row_groups
+    numbers = ray.data.from_items([{"row_group": g} for g in range(groups)], override_num_blocks=max(1, groups))
+    return numbers.map_batches(functools.partial(read_row_groups, path=path, filesystem=filesystem), batch_size=None,
+                               batch_format="pyarrow", num_cpus=0)  # fmt: skip
 
-    blocks = max(4 * workers, n_rows // 4096 + 1)  # enough blocks for the split to balance the workers
-    # a run directory in object storage: the read tasks, on any node, read the file there
-    path, filesystem = storage.storage_location(instances)
-    return ray.data.read_parquet(path, filesystem=filesystem, override_num_blocks=blocks, ray_remote_args={"num_cpus": 0})
+
+def read_row_groups(batch: pa.Table, path: str, filesystem) -> pa.Table:  # filesystem: pyarrow FileSystem | None
+    """The instances in the row groups `batch` numbers: one read task of `instances_dataset`."""
+    with _open(path, filesystem) as handle:
+        return pq.ParquetFile(handle, pre_buffer=False).read_row_groups(batch.column("row_group").to_pylist())
+
+
+def _open(path: str, filesystem):  # -> a file object
+    return filesystem.open_input_file(path) if filesystem is not None else open(path, "rb")
 
 
 def instance_width(instances: str | Path) -> int:
@@ -103,7 +117,7 @@ def build_trainer(cfg: PipelineConfig, instances: str | Path, model_path: str, t
         train_loop_config={"cfg": to_dict(with_absolute_paths(cfg)), "n_instances": n_instances, "width": width, "model": model_path,
                            "train_dir": str(train_dir), "threads": max(1, int(cpus))},
         # a factory: the trainer's controller reads the file when the run starts, not this call
-        datasets={"train": functools.partial(instances_dataset, str(Path(instances).resolve()), n_instances, t.workers)},
+        datasets={"train": functools.partial(instances_dataset, str(Path(instances).resolve()))},
         torch_config=TorchConfig(backend="nccl" if t.use_gpu else "gloo"),
         scaling_config=ScalingConfig(num_workers=t.workers, use_gpu=t.use_gpu, resources_per_worker=resources),
         run_config=RunConfig(
