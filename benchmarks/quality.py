@@ -208,17 +208,32 @@ def ensure_mined(args: argparse.Namespace, name: str) -> Path:
 # --------------------------------------------------------------------------- one row
 
 
+def row_config(args: argparse.Namespace, row: Row, seed: int) -> PipelineConfig:
+    """One row's config at one seed. It names the folders the row links (their mining and synthesis
+    settings), so its evaluation's fingerprint, which chains every stage before it, changes when any
+    of them does."""
+    run_dir = args.out / "rows" / row.name / f"seed{seed}"
+    return config_for(args, run_dir, MINED[row.mined or SYNTHESIS_MINED] + SYNTHESES.get(row.synthesis, ()) + row.overrides, seed)
+
+
+def row_key(cfg: PipelineConfig, row: Row) -> str:
+    """The fingerprint a row's result is kept under: the pipeline's for its evaluation; for the base
+    model's score, only the data, the encoder and evaluation decide it."""
+    from syneg_ray.stages.evaluate import run_evaluate
+
+    if not row.trains:
+        return pipeline.fingerprint(cfg, pipeline.Stage("base", run_evaluate, ("data", "encoder", "evaluate"), ()), {})
+    return pipeline.fingerprints(cfg)["evaluate"]
+
+
 def run_row(args: argparse.Namespace, row: Row, seed: int) -> dict:
     """Mix, train and evaluate one row at one seed; returns its result (read back when done before)."""
     from syneg_ray.stages.evaluate import run_evaluate
     from syneg_ray.stages.mix import run_mix
     from syneg_ray.stages.train.trainer import require_one_batch, run_train
 
-    run_dir = args.out / "rows" / row.name / f"seed{seed}"
-    # the row's config names the folders it links (their mining and synthesis settings), so its
-    # evaluation's fingerprint, which chains every stage before it, changes when any of them does
-    cfg = config_for(args, run_dir, MINED[row.mined or SYNTHESIS_MINED] + SYNTHESES.get(row.synthesis, ()) + row.overrides, seed)
-    key = pipeline.fingerprints(cfg)["evaluate"]
+    cfg = row_config(args, row, seed)
+    run_dir, key = Path(cfg.run.run_dir), row_key(cfg, row)
     result_path = run_dir / "result.json"
     if (record := done(result_path, key)) is not None:
         return record

@@ -85,10 +85,14 @@ def fingerprint(cfg: PipelineConfig, stage: Stage, upstream: dict[str, str]) -> 
 
 def fingerprints(cfg: PipelineConfig) -> dict[str, str]:
     """Every stage's fingerprint under `cfg`, upstream first: what a stage's marker must hold for
-    `syneg run` to skip it (and what a benchmark that lays out run directories itself keys them by)."""
+    `syneg run` to skip it (and what a benchmark that lays out run directories itself keys them by).
+
+    A stage that does not run (`needed`: the mix reads nothing of it) has none, so its settings do
+    not reach the stages after it: a retrieved-only mix is not redone when the LLM's settings change.
+    """
     done: dict[str, str] = {}
     for stage in _stages():
-        done[stage.name] = fingerprint(cfg, stage, done)
+        done[stage.name] = fingerprint(cfg, stage, done) if needed(cfg, stage) else ""
     return done
 
 

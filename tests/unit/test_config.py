@@ -130,6 +130,11 @@ def test_pipeline_skips_what_the_mix_does_not_read_and_ignores_where_data_lives(
     moved = prints(["data.eval_split=dev"])
     assert [n for n in base if moved[n] != base[n]] == ["evaluate"]
     assert [n for n in base if prints(["mix.ratio=0.5"])[n] != base[n]] == ["mix", "train", "evaluate"]
+    # a stage the mix does not read passes nothing on: the LLM's settings do not reach a retrieved-only mix
+    retrieved = pipeline.fingerprints(load_config(None, ["mix.strategy=retrieved"]))
+    assert retrieved["synthesize"] == "" and retrieved == pipeline.fingerprints(load_config(None, ["mix.strategy=retrieved", "synthesize.temperature=0.2"]))
+    hybrid = pipeline.fingerprints(load_config(None, ["synthesize.temperature=0.2"]))
+    assert [n for n in base if hybrid[n] != base[n]] == ["synthesize", "mix", "train", "evaluate"]
 
 
 def test_engine_settings_live_in_their_engine_section() -> None:

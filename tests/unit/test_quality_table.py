@@ -86,3 +86,19 @@ def test_probe_lines_name_their_synthesis(tmp_path, quality) -> None:
     table = quality.write_table(tmp_path, ["base"])
     assert "LLM negatives `syneg`: the false-negative guard flags 5.0%" in table
     assert "`plain`" not in table  # no probe was written for it
+
+
+def test_each_row_keeps_its_result_under_the_pipelines_fingerprint_of_what_it_reads(tmp_path, quality) -> None:
+    import argparse
+
+    def keys(*overrides: str) -> dict[str, str]:
+        args = argparse.Namespace(out=tmp_path, config=str(quality.CONFIG), data_dir=None, overrides=list(overrides))
+        return {row.name: quality.row_key(quality.row_config(args, row, 0), row) for row in quality.ROWS}
+
+    base = keys()
+    assert len(set(base.values())) == len(base)  # no two rows share a key
+    hotter = keys("train.temperature=0.1")
+    assert hotter["base"] == base["base"]  # the untrained model does not depend on training
+    assert all(hotter[name] != base[name] for name in base if name != "base")
+    llm = keys("synthesize.temperature=0.2")  # what the LLM's rows read, not the retrieved rows
+    assert [name for name in base if llm[name] != base[name]] == [r.name for r in quality.ROWS if r.synthetic]
