@@ -63,13 +63,14 @@ def main() -> None:
     args = parser.parse_args()
     results = [run_variant(args.work, args.data_dir, args.pairs, v, args.engine) for v in args.variants]
     (args.work / "judge.json").write_text(json.dumps(results, indent=2, default=str))
-    print("\n| variant | pairs with a negative | negatives kept | flagged by the guard | near copies | identifiability AUC "
-          "| generations (reflection turns) | output tokens per kept | seconds per kept |")
+    print("\n| variant | pairs with a negative (with all k) | negatives kept (a pair) | flagged by the guard | near copies "
+          "| identifiability AUC | generations (reflection turns) | output tokens per kept | seconds per kept |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in results:
         s = r["summary"]
         kept = r["synthetic_negatives"]
-        print(f"| {r['variant']} | {r['pairs']} of {s['pairs']} | {kept} | {r['guard_share_margin']:.1%} | {r['near_copies']:.1%} | "
+        print(f"| {r['variant']} | {r['pairs']} of {s['pairs']} ({r['full_pairs']}) | {kept} ({kept / r['pairs']:.2f}) | "
+              f"{r['guard_share_margin']:.1%} | {r['near_copies']:.1%} | "
               f"{r['source_auc']:.3f} ± {r['source_auc_std']:.3f} | {s['generations']} ({s.get('reflections', 0)}) | "
               f"{s['output_tokens'] / max(kept, 1):.0f} | {r['seconds'] / max(kept, 1):.1f} |")  # fmt: skip
 

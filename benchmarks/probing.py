@@ -71,6 +71,7 @@ def measure(cfg: PipelineConfig, synthetic: Path, mined: Path) -> dict:
                                      np.array(synthetic_groups + real_groups), seed=cfg.run.seed)  # fmt: skip
     return {
         "model": cfg.encoder.model, "llm": cfg.synthesize.model, "pairs": len(rows), "synthetic_negatives": n,
+        "full_pairs": sum(len(texts) == k for _, texts in rows),  # pairs holding all k
         "retrieved_negatives": len(real), "guard_share_strict": float(strict[present].mean()), "guard_share_margin": float(margin[present].mean()),
         "relative_margin": cfg.mine.relative_margin, "near_copies": float(copies[present].mean()), "source_auc": auc, "source_auc_std": auc_std,
     }  # fmt: skip

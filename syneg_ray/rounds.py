@@ -3,8 +3,8 @@
 Pure: no Ray, no model. A *state* (a `synthetic_store.ROUND_SCHEMA` row) is the pair's candidate
 pool after a round was judged. From a state follows, with no generation, either the next work row
 (a reflection turn asking the LLM to rewrite the flagged negatives) or the pair's outcome (the k
-hardest passing negatives, or a retry with a new seed, or a failure). The stage commits each state
-before what follows from it, and a rerun rebuilds what follows from the last committed state with
+hardest passing negatives, or a retry with a new seed that keeps what passed, or a failure). The
+stage commits each state before what follows from it, and a rerun rebuilds what follows from the last committed state with
 these same functions, so a killed run loses no round and asks for none twice.
 """
 
@@ -20,6 +20,7 @@ from syneg_ray.config import SynthesizeConfig
 
 ENGINE_ERROR = "engine_error"  # reject reason of a request the engine answered with an error
 STATE_FIELDS = ("key", "query_id", "positive_id", "domain", "difficulty", "length", "seed")  # copied from the work row
+POOL_LISTS = ("candidates", "query_scores", "positive_similarities", "verdicts")  # one entry per candidate of a pool
 
 
 def _nan(value: Any) -> float:
@@ -37,17 +38,24 @@ def reason_of(state: dict[str, Any], i: int) -> str:
                             _nan(state["positive_similarities"][i]), _nan(state["floor"]))
 
 
+def carried_of(row: dict[str, Any]) -> dict[str, list]:
+    """The candidates a first-answer work row carries from its pair's earlier attempt (`synthesize.retry_short`):
+    its `pool` column, empty lists when there are none."""
+    return json.loads(row["pool"]) if row.get("pool") else {name: [] for name in POOL_LISTS}
+
+
 def first_state(row: dict[str, Any]) -> dict[str, Any]:
-    """The state after a first answer: its valid candidates with their scores and verdicts.
+    """The state after a first answer: the candidates carried from the earlier attempt (if any), then
+    the answer's valid candidates, with their scores and verdicts.
 
     Args:
         row: a work row after the engine and the judge (`examine`) columns.
     """
+    carried = carried_of(row)
     return {
         **{name: row[name] for name in STATE_FIELDS}, "attempt": int(row["attempt"]), "round": 0,
         "chat": row["chat"], "answer": row.get("generated_text") or "", "reasoning": row["reasoning"],
-        "candidates": list(row["candidates"]), "query_scores": list(row["query_scores"]),
-        "positive_similarities": list(row["positive_similarities"]), "verdicts": list(row["verdicts"]),
+        **{name: [*carried[name], *row[name]] for name in POOL_LISTS},
         "positive_score": row["positive_score"], "floor": row["floor"],
         "prompt_tokens": int(row["prior_prompt_tokens"]) + int(row["prompt_tokens"]),
         "output_tokens": int(row["prior_output_tokens"]) + int(row["output_tokens"]),
@@ -113,12 +121,15 @@ class Outcome:
 def outcome(state: dict[str, Any], s: SynthesizeConfig, model: str) -> Outcome:
     """The SyntheticRow of a terminal state: the k hardest candidates the judge lets keep (`judging.select`).
 
-    No keepable candidate is a failed attempt: status retry while `max_retries` allows, else failed.
-    The verdicts of the candidates not kept join the reject reasons.
+    While `max_retries` allows, a pair with no keepable candidate is retried with a new seed, and
+    with `retry_short` so is a pair with fewer than k: the retry row's `carried` holds the kept ones, which
+    the next attempt's pool starts from. Otherwise the pair is ok with what it keeps, or failed with
+    nothing. The verdicts of the candidates not kept join the reject reasons.
     """
     keep = judging.select(state["verdicts"], state["query_scores"], s.negatives_per_pair)
     attempts = int(state["attempt"]) + 1
-    status = "ok" if keep else ("failed" if attempts > s.max_retries else "retry")
+    again = attempts <= s.max_retries and (not keep or (s.retry_short and len(keep) < s.negatives_per_pair))
+    status = "retry" if again else ("ok" if keep else "failed")
     row = {
         **{name: state[name] for name in STATE_FIELDS}, "negatives": [state["candidates"][i] for i in keep],
         "reasoning": state["reasoning"], "model": model, "engine": s.engine.value, "prompt_version": prompts.PROMPT_VERSION,
@@ -126,8 +137,9 @@ def outcome(state: dict[str, Any], s: SynthesizeConfig, model: str) -> Outcome:
         "status": status, "reject_reasons": [*state["reject_reasons"], *(v for i, v in enumerate(state["verdicts"]) if v != judging.OK and i not in keep)],
         "negative_scores": [_nan(state["query_scores"][i]) for i in keep], "positive_score": _nan(state["positive_score"]),
         "judge_rounds": int(state["round"]),
+        "carried": json.dumps({name: [state[name][i] for i in keep] for name in POOL_LISTS}) if again and keep else "",
     }  # fmt: skip
-    return Outcome(row, len(keep))
+    return Outcome(row, 0 if again else len(keep))
 
 
 def first_work(base: dict[str, Any], s: SynthesizeConfig, attempt: int, prior: dict[str, Any]) -> dict[str, Any]:
@@ -137,11 +149,12 @@ def first_work(base: dict[str, Any], s: SynthesizeConfig, attempt: int, prior: d
         base: the pair's work columns; its chat's first two messages are the first request.
         s: the synthesize section.
         attempt: 0-based attempt.
-        prior: prompt_tokens, output_tokens and reject_reasons of the earlier attempts.
+        prior: prompt_tokens, output_tokens and reject_reasons of the earlier attempts, and the
+            candidates they kept (`carried`, JSON; absent or empty: none), which go in the row's `pool`.
     """
     first = json.loads(base["chat"])[:2]  # [system, user]: a reflection chat starts with them too
     return {
-        **base, "attempt": attempt, "round": 0, "pool": "", "gen_seed": prompts.attempt_seed(int(base["seed"]), attempt),
+        **base, "attempt": attempt, "round": 0, "pool": prior.get("carried") or "", "gen_seed": prompts.attempt_seed(int(base["seed"]), attempt),
         "k": s.candidates, "max_tokens": prompts.answer_budget(s.max_new_tokens, s.candidates, len(base["positive"].split()),
                                                                s.min_length_ratio),
         "chat": json.dumps(first), "prior_prompt_tokens": int(prior["prompt_tokens"]),

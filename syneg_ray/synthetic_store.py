@@ -35,6 +35,9 @@ ATTEMPT_SCHEMA = pa.schema(
         ("prompt_tokens", pa.int64()),
         ("output_tokens", pa.int64()),
         ("reject_reasons", pa.list_(pa.string())),
+        # JSON of the candidates the attempt kept ({candidates, query_scores, positive_similarities,
+        # verdicts}), which the next attempt's pool starts from (`synthesize.retry_short`); "" or null: none
+        ("carried", pa.string()),
     ]
 )
 
@@ -70,13 +73,18 @@ GENERATION_SETTINGS = (
     "engine", "negatives_per_pair", "max_new_tokens", "temperature", "top_p", "presence_penalty", "dtype",
     "vllm.max_model_len", "openai.schema_min_length", "attribute_pools", "min_length_ratio", "max_length_ratio",
     "near_duplicate", "candidates", "judge", "judge_max_positive_similarity", "reflect_rounds", "style_reference",
+    "retry_short",
 )  # fmt: skip
+# Settings added after rows were written, with the value that behaves as before they existed: at
+# that value a setting stays out of the digest, so those rows keep their keys.
+ADDED_SETTINGS = {"retry_short": False}
 
 
 @functools.lru_cache(maxsize=8)
 def generation_fingerprint(s: SynthesizeConfig) -> str:
     """A digest of `GENERATION_SETTINGS` (and of the attribute pools file's content, when one is named)."""
-    values = {path.rpartition(".")[2]: str(operator.attrgetter(path)(s)) for path in GENERATION_SETTINGS}
+    values = {path.rpartition(".")[2]: operator.attrgetter(path)(s) for path in GENERATION_SETTINGS}
+    values = {name: str(v) for name, v in values.items() if name not in ADDED_SETTINGS or v != ADDED_SETTINGS[name]}
     if s.attribute_pools and Path(s.attribute_pools).is_file():
         values["attribute_pools_content"] = hashlib.sha256(Path(s.attribute_pools).read_bytes()).hexdigest()
     return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:16]

@@ -28,7 +28,8 @@ WORK_SCHEMA = pa.schema(
      ("chat", pa.string()),
      ("prior_prompt_tokens", pa.int64()), ("prior_output_tokens", pa.int64()), ("prior_reasons", pa.list_(pa.string())),
      # the judge's: 0 = a first answer, r = the r-th reflection turn (`chat` then holds the whole
-     # conversation and `k` the negatives to rewrite); the pool it rewrites (JSON); the off-topic floor
+     # conversation and `k` the negatives to rewrite); the pool it rewrites (JSON; in a first answer,
+     # the candidates carried from the pair's earlier attempt, or ""); the off-topic floor
      ("round", pa.int64()), ("pool", pa.string()), ("floor", pa.float64())]
 )
 WORK_COLUMNS = tuple(WORK_SCHEMA.names)

@@ -44,7 +44,8 @@ def _parsed(row: dict[str, Any], limits: parsing.Limits) -> tuple[list[str], lis
     if int(row["round"]) == 0:
         if row.get("engine_error"):
             return [], [rounds.ENGINE_ERROR], ""
-        parsed = parsing.parse(row["generated_text"], row["query"], row["positive"], limits)
+        carried = tuple(rounds.carried_of(row)["candidates"])  # a new candidate that repeats one is a duplicate
+        parsed = parsing.parse(row["generated_text"], row["query"], row["positive"], limits, carried)
         return parsed.negatives, parsed.reasons, parsed.reasoning
     if row.get("engine_error"):
         return [""] * n, [rounds.ENGINE_ERROR] * n, ""

@@ -4,8 +4,8 @@ Glue only: prompts.py builds the messages, engines/ generate, services/judge.py 
 each answer on its own encoder actors (judging.py gives the verdicts), rounds.py decides what
 follows (a reflection turn for the flagged negatives, or the kept ones), and synthetic_store.py
 commits each batch exactly once: judged rounds first, then what follows from them. A pair left with
-no passing negative is retried with a new seed up to `synthesize.max_retries` times, then recorded
-as failed. Rerunning skips every finished key and goes on from every pair's last committed round.
+no passing negative, or (`synthesize.retry_short`) with fewer than k, is retried with a new seed up to
+`synthesize.max_retries` times, keeping what passed; a pair that never keeps one is recorded as failed. Rerunning skips every finished key and goes on from every pair's last committed round.
 """
 
 from __future__ import annotations

@@ -255,6 +255,32 @@ def test_flagged_negatives_are_rewritten_and_recorded(tmp_path, scifact_small, r
     assert summary["output_tokens_per_kept"] is None and summary["kept"] == 0
 
 
+def test_a_short_pair_is_asked_again_and_keeps_what_it_had(tmp_path, scifact_small, ray_local) -> None:
+    """k = 4 of SmolLM2-135M's short answers: a pair whose first answer leaves fewer than 4 keepable
+    negatives gets a second attempt whose pool starts with the ones it kept."""
+    from syneg_ray import judging
+    from syneg_ray.stages.synthesize import run_synthesize
+
+    cfg = config(tmp_path, scifact_small, 3, "synthesize.negatives_per_pair=4", "synthesize.candidates_per_pair=4",
+                 "synthesize.max_new_tokens=128", "synthesize.reflect_rounds=0", "synthesize.max_retries=1",
+                 "synthesize.judge_cpus=0.5")  # fmt: skip
+    run_synthesize(cfg)
+    states = store.read_parts(tmp_path / "run" / "synthesize" / "rounds", store.ROUND_SCHEMA).to_pylist()
+    by_attempt = {(r["key"], r["attempt"]): r for r in states}
+    final = {r["key"]: r for r in rows_of(tmp_path / "run")}
+    short = 0
+    for (key, attempt), first in by_attempt.items():
+        kept = [first["candidates"][i] for i in judging.select(first["verdicts"], first["query_scores"], 4)]
+        if attempt != 0 or not 0 < len(kept) < 4:
+            continue
+        short += 1
+        second = by_attempt[(key, 1)]  # asked again ...
+        assert second["candidates"][: len(kept)] == kept  # ... starting from what it kept
+        assert final[key]["attempts"] == 2 and len(final[key]["negatives"]) >= len(kept)
+        assert set(final[key]["negatives"]) <= set(second["candidates"])
+    assert short, "no pair kept between 1 and 3 negatives in its first answer; adjust the test sizes"
+
+
 @pytest.mark.slow  # two runs of the stage: 6 min on 2 cores shared with other jobs
 def test_a_rerun_after_a_kill_does_not_regenerate_committed_rounds(tmp_path, scifact_small, ray_local, monkeypatch) -> None:
     """The run stops after the first answers were judged and committed, before their reflection

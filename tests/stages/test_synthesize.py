@@ -62,7 +62,7 @@ def test_changing_what_is_generated_replans_a_pair_and_changing_how_does_not(cfg
     for what in ("synthesize.temperature=0.3", "synthesize.negatives_per_pair=2", "synthesize.max_new_tokens=200",
                  "synthesize.min_length_ratio=0.1", "synthesize.presence_penalty=1.0", "synthesize.engine=vllm",
                  "synthesize.candidates_per_pair=4", "synthesize.reflect_rounds=2", "synthesize.judge=false",
-                 "synthesize.judge_max_positive_similarity=0.8", "synthesize.style_reference=true",
+                 "synthesize.judge_max_positive_similarity=0.8", "synthesize.style_reference=true", "synthesize.retry_short=false",
                  "encoder.model=mpnet", "mine.relative_margin=0.1"):
         assert replanned(what), what
     pools = tmp_path / "pools.yaml"
@@ -82,7 +82,7 @@ def test_finish_ok_retry_failed(cfg) -> None:
                               "prior_reasons": ["invalid_json"], "prior_output_tokens": 20}, cfg.synthesize, limits)
     assert failed["status"] == "failed" and failed["attempts"] == 2 and failed["output_tokens"] == 40
     assert failed["reject_reasons"] == ["invalid_json", stage.ENGINE_ERROR]
-    assert set(ok) == set(store.SYNTHETIC_SCHEMA.names)
+    assert set(ok) == {*store.SYNTHETIC_SCHEMA.names, "carried"}  # carried goes to the attempts log only
 
 
 def test_store_is_idempotent_and_dedupes(tmp_path, cfg) -> None:

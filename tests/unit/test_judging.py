@@ -168,6 +168,44 @@ def test_nothing_passing_is_a_retry_and_no_reflection_when_rounds_are_zero() -> 
     assert again["prior_output_tokens"] == 50 and again["prior_reasons"] == ["near_copy", "false_negative", "near_copy"]
 
 
+def test_a_short_pair_asks_again_and_keeps_what_passed() -> None:
+    cfg = load_config(None, ["synthesize.negatives_per_pair=2", "synthesize.reflect_rounds=0", "synthesize.max_retries=1"])
+    s = cfg.synthesize
+    # one of three passes: the pair is short, so it is retried, carrying the one it keeps
+    short = rounds.outcome(rounds.state_of(_judged_row(cfg)), s, "m")
+    assert short.retry and short.kept == 0 and short.row["reject_reasons"] == ["false_negative", "near_copy"]
+    assert json.loads(short.row["carried"]) == {"candidates": ["n0"], "query_scores": [0.3], "positive_similarities": [0.2],
+                                                "verdicts": ["ok"]}  # fmt: skip
+    again = rounds.first_work(_judged_row(cfg), s, 1, short.row)
+    assert again["attempt"] == 1 and again["pool"] == short.row["carried"] and len(json.loads(again["chat"])) == 2
+    # the new answer's candidates join the carried one; the k hardest of the whole pool are kept
+    answer = {**again, "generated_text": "...", "prompt_tokens": 100, "output_tokens": 30, "engine_error": "",
+              "candidates": ["m0", "m1"], "parse_reasons": [], "reasoning": "r2", "query_scores": [0.2, 0.5],
+              "positive_similarities": [0.1, 0.3], "positive_score": 0.6, "verdicts": ["ok", "ok"]}  # fmt: skip
+    state = rounds.state_of(answer)
+    assert state["candidates"] == ["n0", "m0", "m1"] and state["verdicts"] == ["ok", "ok", "ok"]
+    done = rounds.outcome(state, s, "m")
+    assert done.row["status"] == "ok" and done.row["negatives"] == ["m1", "n0"] and done.kept == 2
+    assert done.row["attempts"] == 2 and done.row["output_tokens"] == 80 and done.row["carried"] == ""
+    # the last attempt keeps what it has, however short
+    last = rounds.outcome(rounds.state_of({**answer, "candidates": [], "query_scores": [], "positive_similarities": [],
+                                           "verdicts": []}), s, "m")  # fmt: skip
+    assert last.row["status"] == "ok" and last.row["negatives"] == ["n0"] and last.kept == 1
+    # without retry_short a short pair is done at once
+    off = load_config(None, ["synthesize.negatives_per_pair=2", "synthesize.reflect_rounds=0", "synthesize.retry_short=false"])
+    plain = rounds.outcome(rounds.state_of(_judged_row(off)), off.synthesize, "m")
+    assert not plain.retry and plain.row["negatives"] == ["n0"] and plain.row["carried"] == ""
+
+
+def test_a_new_candidate_that_repeats_a_carried_one_is_a_duplicate() -> None:
+    positive = "Vitamin D supplementation reduced hip fractures in a randomized trial of older adults. " * 3
+    kept = "Calcium intake in adolescents was measured in a cohort study that reported bone density but no fractures."
+    other = "Zinc levels in elderly patients were unrelated to the rate of falls in a registry analysis of two cities."
+    answer = json.dumps({"reasoning": "r", "negatives": [kept.upper(), other]})
+    got = parsing.parse(answer, "Does vitamin D help?", positive, parsing.Limits(min_ratio=0.2), others=(kept,))
+    assert got.negatives == [other] and got.reasons == [parsing.DUPLICATE]
+
+
 def test_candidates_per_pair_defaults_to_k_plus_two_and_may_not_be_below_k() -> None:
     assert load_config(None, ["synthesize.negatives_per_pair=3"]).synthesize.candidates == 5
     assert load_config(None, ["synthesize.candidates_per_pair=4"]).synthesize.candidates == 4
