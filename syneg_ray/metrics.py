@@ -74,6 +74,12 @@ def evaluate_run(qrels: Mapping[str, Mapping[str, int]], run: Mapping[str, Mappi
     }
 
 
+def json_value(value: float) -> float | None:
+    """`value` as JSON holds it: JSON has no NaN, so an undefined metric (the standard error over one
+    query) is written as null."""
+    return None if np.isnan(value) else value
+
+
 def to_run(query_ids: list[str], doc_ids: Sequence[str] | Mapping[int, str], scores: np.ndarray, indices: np.ndarray) -> Run:
     """Turns top-k (scores, indices) arrays of shape (queries, k) into a run dict; index -1 means empty.
 

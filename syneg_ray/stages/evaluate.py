@@ -6,7 +6,6 @@ import contextlib
 import dataclasses
 import json
 import logging
-import math
 import re
 import time
 from pathlib import Path
@@ -106,9 +105,8 @@ def run_evaluate(cfg: PipelineConfig) -> dict[str, float]:
 
     out = Path(cfg.run.run_dir) / "evaluate" / f"{_label(model)}-{split}"
     out.mkdir(parents=True, exist_ok=True)
-    # JSON has no NaN: a metric left undefined (the standard error of one query) is written as null
     record = {"model": model, "dataset": cfg.data.dataset, "split": split, "queries": len(qrels),
-              **{name: None if math.isnan(value) else value for name, value in scores.items()}}  # fmt: skip
+              **{name: metrics.json_value(value) for name, value in scores.items()}}  # fmt: skip
     (out / "metrics.json").write_text(json.dumps(record, indent=2), encoding="utf-8")
     metrics.write_trec(run, out / "run.trec", tag=_label(model))
     logger.info("evaluated %s on %s/%s (%d queries) in %.0f s -> %s", model, cfg.data.dataset, split, len(qrels),

@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from syneg_ray import schema, storage
+from syneg_ray import metrics, schema, storage
 from syneg_ray.config import MixStrategy, PipelineConfig, from_dict, to_dict, to_yaml, with_absolute_paths
 from syneg_ray.errors import ConfigError, TuneError
 from syneg_ray.mixing import hybrid_target
@@ -249,16 +249,12 @@ def run_tune(cfg: PipelineConfig) -> dict[str, Any]:
     (out / "best.yaml").write_text(to_yaml(best_config), encoding="utf-8")
     scores = base_dev_metrics(cfg, model_path)
     base, base_se = scores.get("ndcg@10", math.nan), scores.get("ndcg@10_se", math.nan)
-    (out / "base.json").write_text(json.dumps({METRIC: base, METRIC_SE: _or_none(base_se)}) + "\n", encoding="utf-8")
+    (out / "base.json").write_text(json.dumps({METRIC: base, METRIC_SE: metrics.json_value(base_se)}) + "\n", encoding="utf-8")
     plot_heatmap(rows, out / "heatmap.png", base, METRIC)
     logger.info("tune: %d trials; best tau %.4f, R %.2f: dev nDCG@10 %.4f ± %.4f (untrained model %.4f; ± is the standard "
                 "error over the dev queries) -> %s", len(rows), best["temperature"], best["ratio"], best[METRIC],
                 best[METRIC_SE], base, out)  # fmt: skip
     return {"best": best, "trials": len(rows), "base": base}
-
-
-def _or_none(value: float) -> float | None:
-    return None if math.isnan(value) else value  # JSON has no NaN
 
 
 def base_dev_score(cfg: PipelineConfig, model_path: str) -> float:
@@ -304,14 +300,14 @@ def trial_rows(results) -> list[dict[str, Any]]:
     """One row per trial from a ResultGrid: its parameters, epochs run, last dev nDCG@10 and its standard error."""
     rows = []
     for result in results:
-        metrics = result.metrics or {}
+        reported = result.metrics or {}
         rows.append({
             "trial": os.path.basename(result.path),
             "temperature": result.config["temperature"],
             "ratio": result.config["ratio"],
-            "epochs": metrics.get("training_iteration", 0),
-            METRIC: float(metrics.get(METRIC, float("nan"))),
-            METRIC_SE: float(metrics.get(METRIC_SE, float("nan"))),
+            "epochs": reported.get("training_iteration", 0),
+            METRIC: float(reported.get(METRIC, float("nan"))),
+            METRIC_SE: float(reported.get(METRIC_SE, float("nan"))),
             "error": str(result.error) if result.error else "",
         })  # fmt: skip
     return sorted(rows, key=lambda r: (r["temperature"], r["ratio"]))

@@ -59,3 +59,12 @@ def test_ties_are_ranked_as_trec_eval_ranks_them() -> None:
 def test_without_self_hits_drops_the_query_document_and_keeps_k() -> None:
     run = {"q1": {"q1": 0.99, "a": 0.8, "b": 0.7, "c": 0.6}, "q2": {"a": 0.5, "b": 0.4, "c": 0.3}}
     assert metrics.without_self_hits(run, 2) == {"q1": {"a": 0.8, "b": 0.7}, "q2": {"a": 0.5, "b": 0.4}}
+
+
+def test_json_value_writes_an_undefined_metric_as_null() -> None:
+    import json
+
+    one_query = metrics.evaluate_run({"q": {"d": 1}}, {"q": {"d": 1.0}})
+    assert np.isnan(one_query["ndcg@10_se"])  # a standard error over one query is undefined
+    written = json.loads(json.dumps({k: metrics.json_value(v) for k, v in one_query.items()}))
+    assert written["ndcg@10_se"] is None and written["ndcg@10"] == 1.0
