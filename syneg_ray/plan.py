@@ -211,9 +211,14 @@ def judge_factor(s: SynthesizeConfig) -> float:
 
     The judge asks for k' candidates and, per reflection round, rewrites of the flagged ones: a
     quarter of an answer more a round, as measured on the embedded run (SmolLM2, k' = 5, one round:
-    40 s a pair against 20 without the judge).
+    40 s a pair against 20 without the judge). Asking short pairs again (`retry_short`) adds half
+    of that per retry allowed: 78 s a pair with two retries on the same run, where most of
+    SmolLM2's pairs were short.
     """
-    return (s.candidates / s.negatives_per_pair) * (1 + 0.25 * s.reflect_rounds) if s.judge else 1.0
+    if not s.judge:
+        return 1.0
+    retries = 1 + 0.5 * s.max_retries if s.retry_short else 1.0
+    return (s.candidates / s.negatives_per_pair) * (1 + 0.25 * s.reflect_rounds) * retries
 
 
 def llm_pairs(cfg: PipelineConfig, train_pairs: int) -> int:

@@ -18,7 +18,7 @@ SCIFACT_LIKE = plan.Counts(train_pairs=822, train_queries=728, corpus_docs=5183,
 
 def test_steps_llm_pairs_and_instances_follow_the_config() -> None:
     p = plan.estimate(load_config(), SCIFACT_LIKE)
-    assert (p.instances, p.steps, p.llm_pairs) == (822, 822 // 32, 16)
+    assert (p.instances, p.steps, p.llm_pairs) == (822, 822 // 32, 8)
     assert plan.estimate(load_config(None, ["train.max_steps=5"]), SCIFACT_LIKE).steps == 5
     assert plan.estimate(load_config(None, ["train.max_steps=500"]), SCIFACT_LIKE).steps == 25  # fewer than the cap
     two = plan.estimate(load_config(None, ["train.epochs=2", "train.batch_size=16", "train.workers=2"]), SCIFACT_LIKE)
@@ -49,7 +49,7 @@ def test_time_grows_with_the_work_and_skipped_stages_cost_nothing() -> None:
 
 def test_the_block_names_every_count() -> None:
     text = plan.estimate(load_config(), SCIFACT_LIKE).render(2.0)
-    for needle in ("822 train pairs", "728 queries", "81 dev queries", "5,183 corpus documents", "16 pairs to smollm2-135m",
+    for needle in ("822 train pairs", "728 queries", "81 dev queries", "5,183 corpus documents", "8 pairs to smollm2-135m",
                    "822 instances", "25 steps", "total", "run.max_hours = 2"):  # fmt: skip
         assert needle in text
     assert len(text.splitlines()) == 7
@@ -94,7 +94,9 @@ def test_a_per_host_rates_file_overrides_the_table(tmp_path: Path) -> None:
 
 def test_a_run_measures_its_rates_and_the_next_plan_uses_them(tmp_path: Path) -> None:
     cfg = load_config(None, ["synthesize.max_pairs=0", "train.batch_size=16", "train.workers=2", "mix.n_negatives=3"])
-    judged = plan.judge_factor(cfg.synthesize)  # k' = 5 of k = 3, one round: 5/3 x 1.25
+    judged = plan.judge_factor(cfg.synthesize)  # k' = 5 of k = 3, one round, two retries of short pairs: 5/3 x 1.25 x 2
+    assert judged == pytest.approx(5 / 3 * 1.25 * 2)
+    assert plan.judge_factor(load_config(None, ["synthesize.retry_short=false"]).synthesize) == pytest.approx(5 / 3 * 1.25)
     synth = plan.measured_rates(cfg, "synthesize", {"generated_pairs": 10, "seconds": 500.0})
     assert synth == {"llm_s_per_pair:smollm2-135m": pytest.approx(50.0 / judged)}
     # two epochs' loop seconds over their steps, per text: (2 + 3) texts x 16 x 2 workers a step, at 128 tokens
