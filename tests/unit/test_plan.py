@@ -18,7 +18,7 @@ SCIFACT_LIKE = plan.Counts(train_pairs=822, train_queries=728, corpus_docs=5183,
 
 def test_steps_llm_pairs_and_instances_follow_the_config() -> None:
     p = plan.estimate(load_config(), SCIFACT_LIKE)
-    assert (p.instances, p.steps, p.llm_pairs) == (822, 822 // 32, 8)
+    assert (p.instances, p.steps, p.llm_pairs) == (822, 822 // 32, 5)
     assert plan.estimate(load_config(None, ["train.max_steps=5"]), SCIFACT_LIKE).steps == 5
     assert plan.estimate(load_config(None, ["train.max_steps=500"]), SCIFACT_LIKE).steps == 25  # fewer than the cap
     two = plan.estimate(load_config(None, ["train.epochs=2", "train.batch_size=16", "train.workers=2"]), SCIFACT_LIKE)
@@ -49,7 +49,7 @@ def test_time_grows_with_the_work_and_skipped_stages_cost_nothing() -> None:
 
 def test_the_block_names_every_count() -> None:
     text = plan.estimate(load_config(), SCIFACT_LIKE).render(2.0)
-    for needle in ("822 train pairs", "728 queries", "81 dev queries", "5,183 corpus documents", "8 pairs to smollm2-135m",
+    for needle in ("822 train pairs", "728 queries", "81 dev queries", "5,183 corpus documents", "5 pairs to smollm2-135m",
                    "822 instances", "25 steps", "total", "run.max_hours = 2"):  # fmt: skip
         assert needle in text
     assert len(text.splitlines()) == 7

@@ -53,14 +53,14 @@ def test_cli_print_config_applies_shortcuts(capsys: pytest.CaptureFixture[str]) 
 
 
 def test_synthesize_limit_synthesizes_that_many_pairs(capsys: pytest.CaptureFixture[str]) -> None:
-    """The embedded default caps synthesis at 8 pairs; `syneg synthesize --limit 64` asks for 64."""
+    """The embedded default caps synthesis at 5 pairs; `syneg synthesize --limit 64` asks for 64."""
     assert main(["synthesize", "--limit", "64", "--print-config"]) == 0
     printed = capsys.readouterr().out
     assert "limit: 64" in printed and "max_pairs: 0" in printed
     assert main(["synthesize", "--limit", "64", "synthesize.max_pairs=4", "--print-config"]) == 0
     assert "max_pairs: 4" in capsys.readouterr().out  # an explicit override still wins
     assert main(["run", "--limit", "64", "--print-config"]) == 0
-    assert "max_pairs: 8" in capsys.readouterr().out  # the pipeline keeps its cap
+    assert "max_pairs: 5" in capsys.readouterr().out  # the pipeline keeps its cap
 
 
 def test_cli_data_error_has_no_traceback(tmp_path: Path) -> None:
