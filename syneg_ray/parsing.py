@@ -106,14 +106,14 @@ def _candidates(obj: dict[str, Any]) -> list[Any] | None:
 class _Checker:
     """The per-candidate tests of one pair: length, near-duplicates of the positive, the query and kept negatives."""
 
-    def __init__(self, query: str, positive: str, limits: Limits) -> None:
+    def __init__(self, query: str, positive: str, limits: Limits, others: tuple[str, ...] = ()) -> None:
         n_pos = len(positive.split())
         self.low, self.high = limits.shortest(n_pos), limits.max_ratio * n_pos + limits.slack_words
         q_tokens = tokens(query)
         self.q_words, self.p_words = set(q_tokens), words(positive)
         self.q_phrase = f" {' '.join(q_tokens)} " if len(q_tokens) >= 5 else ""  # a short query is a topic, not a claim
         self.near_duplicate = limits.near_duplicate
-        self.kept_words: list[set[str]] = []
+        self.kept_words: list[set[str]] = [words(t) for t in others]  # negatives the pair already holds
 
     def keep(self, text: str) -> None:
         """Counts `text` as kept: later candidates that nearly repeat it are duplicates."""
@@ -146,9 +146,7 @@ def validate(candidates: list[Any], query: str, positive: str, limits: Limits,
              others: tuple[str, ...] = ()) -> tuple[list[str], list[str]]:
     """Splits candidate negatives into (valid, reject reasons), in order, first duplicate wins; a
     candidate that nearly repeats one of `others` (negatives the pair already holds) is a duplicate."""
-    check = _Checker(query, positive, limits)
-    for other in others:
-        check.keep(other)
+    check = _Checker(query, positive, limits, others)
     valid: list[str] = []
     reasons: list[str] = []
     for item in candidates:
@@ -192,9 +190,7 @@ def parse_rewrites(text: str, n: int, query: str, positive: str, limits: Limits,
         return Rewrites([""] * n, [INVALID_JSON if obj is None else BAD_SCHEMA] * n)
     reasoning = obj.get("reasoning", "")
     reasoning = reasoning.strip() if isinstance(reasoning, str) else json.dumps(reasoning, ensure_ascii=False)
-    check = _Checker(query, positive, limits)
-    for other in others:
-        check.keep(other)
+    check = _Checker(query, positive, limits, others)
     texts, reasons = [], []
     for item in [*candidates[:n], *[""] * (n - len(candidates))]:
         reason = check.reason(item)

@@ -4,8 +4,8 @@ Pure: no Ray, no model. A *state* (a `synthetic_store.ROUND_SCHEMA` row) is the 
 pool after a round was judged. From a state follows, with no generation, either the next work row
 (a reflection turn asking the LLM to rewrite the flagged negatives) or the pair's outcome (the k
 hardest passing negatives, or a retry with a new seed that keeps what passed, or a failure). The
-stage commits each state before what follows from it, and a rerun rebuilds what follows from the last committed state with
-these same functions, so a killed run loses no round and asks for none twice.
+stage commits each state before what follows from it, and a rerun rebuilds what follows from the
+last committed state with these same functions, so a killed run loses no round and asks for none twice.
 """
 
 from __future__ import annotations
