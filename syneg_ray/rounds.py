@@ -28,8 +28,13 @@ def _nan(value: Any) -> float:
 
 
 def flagged(state: dict[str, Any]) -> list[int]:
-    """Indices of the pool's candidates the judge did not pass, in pool order (the order they are asked back)."""
-    return [i for i, v in enumerate(state["verdicts"]) if v != judging.OK]
+    """Indices of the pool's candidates the judge did not pass, in pool order (the order they are asked back).
+
+    The candidates carried from an earlier attempt (the pool's first `carried_count` ones) are never asked:
+    they come from a terminal state, so a flagged one among them already had its `reflect_rounds` rewrites.
+    """
+    settled = int(state.get("carried_count") or 0)  # null in rounds committed before the column existed
+    return [i for i, v in enumerate(state["verdicts"]) if v != judging.OK and i >= settled]
 
 
 def reason_of(state: dict[str, Any], i: int) -> str:
@@ -55,7 +60,7 @@ def first_state(row: dict[str, Any]) -> dict[str, Any]:
     return {
         **{name: row[name] for name in STATE_FIELDS}, "attempt": int(row["attempt"]), "round": 0,
         "chat": row["chat"], "answer": row.get("generated_text") or "", "reasoning": row["reasoning"],
-        **{name: [*carried[name], *row[name]] for name in POOL_LISTS},
+        **{name: [*carried[name], *row[name]] for name in POOL_LISTS}, "carried_count": len(carried["candidates"]),
         "positive_score": row["positive_score"], "floor": row["floor"],
         "prompt_tokens": int(row["prior_prompt_tokens"]) + int(row["prompt_tokens"]),
         "output_tokens": int(row["prior_output_tokens"]) + int(row["output_tokens"]),

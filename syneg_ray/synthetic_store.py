@@ -54,6 +54,7 @@ ROUND_SCHEMA = pa.schema(
      ("reasoning", pa.string()),  # the first answer's reasoning
      ("candidates", pa.list_(pa.string())), ("query_scores", _SCORES), ("positive_similarities", _SCORES),
      ("verdicts", pa.list_(pa.string())), ("positive_score", pa.float32()), ("floor", pa.float32()),
+     ("carried_count", pa.int64()),  # the pool's first n candidates came from an earlier attempt (retry_short): never asked again
      ("prompt_tokens", pa.int64()), ("output_tokens", pa.int64()),  # over every attempt and round so far
      ("reject_reasons", pa.list_(pa.string())),
      ("rewritten", pa.list_(pa.int64())),  # which candidates this round rewrote (empty in round 0)

@@ -197,6 +197,37 @@ def test_a_short_pair_asks_again_and_keeps_what_passed() -> None:
     assert not plain.retry and plain.row["negatives"] == ["n0"] and plain.row["carried"] == ""
 
 
+def test_a_carried_negative_is_not_asked_again_in_the_next_attempt() -> None:
+    import pyarrow as pa
+
+    from syneg_ray import synthetic_store as store
+
+    cfg = load_config(None, ["synthesize.negatives_per_pair=2", "synthesize.reflect_rounds=1", "synthesize.max_retries=1"])
+    s = cfg.synthesize
+    # after its reflection round the pair keeps one easy (off-topic) negative: short, so it retries carrying it
+    spent = {**rounds.state_of(_judged_row(cfg)), "round": 1, "verdicts": ["off_topic", "false_negative", "near_copy"]}
+    assert rounds.terminal(spent, s)
+    short = rounds.outcome(spent, s, "m")
+    assert short.retry and json.loads(short.row["carried"])["verdicts"] == ["off_topic"]
+    again = rounds.first_work(_judged_row(cfg), s, 1, short.row)
+    answer = {**again, "generated_text": "...", "prompt_tokens": 100, "output_tokens": 30, "engine_error": "",
+              "candidates": ["m0", "m1"], "parse_reasons": [], "reasoning": "r2", "query_scores": [0.5, 0.95],
+              "positive_similarities": [0.1, 0.3], "positive_score": 0.6, "verdicts": ["ok", "false_negative"]}  # fmt: skip
+    state = rounds.state_of(answer)
+    assert state["candidates"] == ["n0", "m0", "m1"] and state["carried_count"] == 1
+    # its one rewrite was spent in the first attempt: only the new false negative is asked back
+    assert rounds.flagged(state) == [2]
+    turn = rounds.reflection_work(_judged_row(cfg), state, s)
+    assert turn["k"] == 1 and "n0" not in json.loads(turn["chat"])[-1]["content"]
+    # the count is part of the committed round, so a rerun asks the same
+    (committed,) = pa.Table.from_pylist([state], schema=store.ROUND_SCHEMA).to_pylist()
+    assert rounds.flagged(committed) == [2] and rounds.reflection_work(_judged_row(cfg), committed, s)["chat"] == turn["chat"]
+    # with only the carried negative flagged, the first answer is terminal: no turn is spent on it
+    clean = rounds.state_of({**answer, "verdicts": ["ok", "ok"], "query_scores": [0.5, 0.4]})
+    assert rounds.flagged(clean) == [] and rounds.terminal(clean, s)
+    assert rounds.outcome(clean, s, "m").row["negatives"] == ["m0", "m1"]
+
+
 def test_a_new_candidate_that_repeats_a_carried_one_is_a_duplicate() -> None:
     positive = "Vitamin D supplementation reduced hip fractures in a randomized trial of older adults. " * 3
     kept = "Calcium intake in adolescents was measured in a cohort study that reported bone density but no fractures."
