@@ -276,6 +276,7 @@ def test_a_short_pair_is_asked_again_and_keeps_what_it_had(tmp_path, scifact_sma
         short += 1
         second = by_attempt[(key, 1)]  # asked again ...
         assert second["candidates"][: len(kept)] == kept  # ... starting from what it kept
+        assert second["carried_count"] == len(kept)  # which a reflection round would not ask again
         assert final[key]["attempts"] == 2 and len(final[key]["negatives"]) >= len(kept)
         assert set(final[key]["negatives"]) <= set(second["candidates"])
     assert short, "no pair kept between 1 and 3 negatives in its first answer; adjust the test sizes"
