@@ -536,11 +536,12 @@ def run_mix(cfg: PipelineConfig) -> dict:
     write_text_atomic(out.parent / "stats.json", json.dumps(record, indent=2))
     logger.info(
         "mixed %s instances (%s R=%.2f, n=%d) from %s pairs in %.1f s: realized R %.3f (%.3f over the %s instances "
-        "with synthetic negatives); %s kept short of n, %s dropped (fewer than %d); %d synthetic / %d retrieved slots borrowed -> %s",
+        "with synthetic negatives); %s kept short of n, %s dropped (fewer than %d); %s synthetic slots filled with retrieved "
+        "negatives, %s retrieved slots with synthetic -> %s",
         f"{stats.instances:,}", cfg.mix.strategy.value, cfg.mix.ratio, cfg.mix.n_negatives, f"{stats.pairs:,}",
         time.perf_counter() - started, stats.realized_ratio, stats.realized_ratio_with_synthetic, f"{stats.with_synthetic:,}",
-        f"{stats.short:,}", f"{stats.dropped_short:,}", cfg.mix.min_negatives, stats.borrowed_synthetic,
-        stats.borrowed_retrieved, out,
+        f"{stats.short:,}", f"{stats.dropped_short:,}", cfg.mix.min_negatives, f"{stats.borrowed_synthetic:,}",
+        f"{stats.borrowed_retrieved:,}", out,
     )  # fmt: skip
     warning = realized_ratio_warning(cfg, stats)
     if warning:
