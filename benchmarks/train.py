@@ -131,6 +131,11 @@ def throughput_config(args, name: str, chunk: int, workers: int = 1):
     return cfg
 
 
+def figures(epoch: dict, started: float) -> dict:
+    """One of our trainers' figures: its first epoch's samples/s and loop time, and the wall time since `started`."""
+    return {"samples_per_s": epoch["samples_per_s"], "loop_s": epoch["seconds"], "wall_s": time.perf_counter() - started}
+
+
 def throughput(args) -> dict:
     """Each trainer for one whole epoch over the same instances, GradCache off and on: wall time from
     model load (and Ray's worker start) to the saved model, and the loop alone. With `--ddp`, the
@@ -157,19 +162,16 @@ def throughput(args) -> dict:
         out[f"peer{tag}"] = peer(throughput_config(args, f"peer{tag}", chunk), rows, model)
         cfg = throughput_config(args, f"ray{tag}", chunk)
         t0 = time.perf_counter()
-        first = run_train(cfg)["epochs"][0]
-        out[f"ray{tag}"] = {"samples_per_s": first["samples_per_s"], "loop_s": first["seconds"], "wall_s": time.perf_counter() - t0}
+        out[f"ray{tag}"] = figures(run_train(cfg)["epochs"][0], t0)
         out[f"ray_vs_peer{tag}"] = out[f"ray{tag}"]["samples_per_s"] / out[f"peer{tag}"]["samples_per_s"]
     cfg = throughput_config(args, "bare", 0)
     t0 = time.perf_counter()
-    bare = train_local(cfg, rows, model, Path(cfg.run.run_dir) / "model")["epochs"][0]
-    out["bare"] = {"samples_per_s": bare["samples_per_s"], "loop_s": bare["seconds"], "wall_s": time.perf_counter() - t0}
+    out["bare"] = figures(train_local(cfg, rows, model, Path(cfg.run.run_dir) / "model")["epochs"][0], t0)
     out["ray_overhead_loop"] = 1 - out["ray"]["samples_per_s"] / out["bare"]["samples_per_s"]
     if args.ddp:
         cfg = throughput_config(args, "ray_2workers", 0, workers=2)
         t0 = time.perf_counter()
-        first = run_train(cfg)["epochs"][0]
-        out["ray_2workers"] = {"samples_per_s": first["samples_per_s"], "loop_s": first["seconds"], "wall_s": time.perf_counter() - t0}
+        out["ray_2workers"] = figures(run_train(cfg)["epochs"][0], t0)
         ray.shutdown()  # its workers' CPUs back for torchrun's
         out["peer_ddp"] = peer_ddp(args)
         out["ray_vs_peer_2workers"] = out["ray_2workers"]["samples_per_s"] / out["peer_ddp"]["samples_per_s"]

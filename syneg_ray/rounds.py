@@ -82,7 +82,7 @@ def reflected_state(row: dict[str, Any]) -> dict[str, Any]:
     state = {**prev, "round": int(row["round"]), "chat": row["chat"], "answer": row.get("generated_text") or "",
              "prompt_tokens": int(prev["prompt_tokens"]) + int(row["prompt_tokens"]),
              "output_tokens": int(prev["output_tokens"]) + int(row["output_tokens"])}  # fmt: skip
-    for name in ("candidates", "query_scores", "positive_similarities", "verdicts"):
+    for name in POOL_LISTS:
         state[name] = list(prev[name])
     asked = flagged(prev)
     state["rewritten"], state["originals"], state["reasons"] = asked, [prev["candidates"][i] for i in asked], [reason_of(prev, i) for i in asked]
