@@ -48,13 +48,19 @@ STAGES = ("mine", "mix", "train")
 
 
 def generate(folder: Path, n_docs: int, n_pairs: int, vocabulary: tuple[list[str], np.ndarray], seed: int = 0) -> Path:
-    """A BEIR folder (corpus.jsonl, queries.jsonl, qrels/train.tsv) with the given sizes; reused when present."""
+    """A BEIR folder (corpus.jsonl, queries.jsonl, qrels/train.tsv) with the given sizes; reused when present.
+
+    Every query has one positive; a document is the positive of at most one query unless there are
+    more queries than documents.
+    """
     if (folder / "qrels" / "train.tsv").is_file():
         return folder
     words, freq = vocabulary
     rng = np.random.default_rng(seed)
     (folder / "qrels").mkdir(parents=True, exist_ok=True)
-    positives = rng.choice(n_docs, size=n_pairs, replace=False)
+    # more pairs than documents gives some documents several queries: a point with many training
+    # instances over a small corpus, which tells the cost of instances apart from the corpus's
+    positives = rng.choice(n_docs, size=n_pairs, replace=n_pairs > n_docs)
     wanted = set(positives.tolist())
     query_words: dict[int, list[str]] = {}  # the positives' first words, which their queries are drawn from
     with (folder / "corpus.jsonl").open("w", encoding="utf-8") as out:
