@@ -21,10 +21,13 @@ plain negatives (the judge off). The SyNeg rows are hybrid-guard on negatives wr
 judge inside synthesis, one piece added per row (`SYNTHESES`): judge (k' = k + 2 candidates, the k
 hardest that pass kept), judge-reflect (+ one reflection round on the flagged ones) and syneg
 (+ a mined document shown as a style reference: the full method). `--tune` runs Ray Tune over
-a row's R first (a grid from 0 to 1 at the rows' tau, ranked by dev nDCG@10 on queries carved
-from train) and adds that row at its best R:
+a row's R first (a grid from 0 to 1 at the rows' tau; with `--tune-tau`, over tau too) and adds
+that row at its best point. Trials are ranked by dev nDCG@10 over the whole corpus, on every train
+query the rows do not train on (`TUNE_DEV`: the carved tenth and the queries the 128 pairs leave
+unused), never on test:
 
     .venv/bin/python benchmarks/quality.py --data-dir ../shared/datasets --out runs/quality --tune hybrid hybrid-guard --seeds 0 1 2 --no-probes
+    .venv/bin/python benchmarks/quality.py --data-dir ../shared/datasets --out runs/quality --tune syneg --tune-tau 0.01 0.05 --tune-points 3
 
 Everything is resumable: a row and seed is done when its `result.json` holds the pipeline's
 fingerprint of its config (`syneg_ray.pipeline.fingerprints`, the key `syneg run` skips a stage
@@ -37,8 +40,10 @@ of a finished table only prints it. Run directories share those folders by links
     <out>/mine-dense/, mine-bm25/, mine-bm25-guard/
                              retrieved negatives of the base model and of BM25 for the same pairs
     <out>/rows/<row>/seed<s>/  mix, train and evaluate of one row; result.json when done
-    <out>/tune/tune/, <out>/tune-hybrid-guard/tune/
-                             Tune's trials.csv, heatmap.png and best.yaml (--tune)
+    <out>/tune/<row>[-tau]/tune/
+                             Tune's trials.csv, heatmap.png and best.yaml (--tune; -tau: --tune-tau)
+    <out>/tune/base/base-dev.json
+                             the base model's dev nDCG@10, scored as the trials are
     <out>/probes.json, probes-<name>.json
                              the false-negative-guard share and the source-identifiability AUC
     <out>/table.md, quality.png
@@ -123,11 +128,15 @@ SYNTHESIS_MINED = "dense"  # the mining the judged syntheses read, and the probe
 TUNABLE = {r.name: r for r in ROWS if r.name.startswith("hybrid") or r.name == "syneg"}  # rows whose R Tune can choose (--tune)
 
 
-def at_ratio(row: Row, ratio: float) -> Row:
-    """`row` at another R: Tune's best (`--tune`, `--best-ratio`, `--tune-best`)."""
+def at_point(row: Row, ratio: float, temperature: float | None = None) -> Row:
+    """`row` at another R, and tau when given: Tune's best (`--tune`, `--best-ratio`, `--tune-best`)."""
     overrides = tuple(o for o in row.overrides if not o.startswith("mix.ratio=")) + (f"mix.ratio={ratio}",)
-    label = row.label.replace("R = 0.7", f"R = {ratio:g} (Tune's best)")
-    return replace(row, name=f"{row.name}-R{ratio:g}", label=label, overrides=overrides)
+    point, name = f"R = {ratio:g}", f"{row.name}-R{ratio:g}"
+    if temperature is not None:
+        overrides += (f"train.temperature={temperature}",)
+        point, name = f"{point}, tau = {temperature:g}", f"{name}-tau{temperature:g}"
+    label = row.label.replace("R = 0.7", f"{point} (Tune's best)") if "R = 0.7" in row.label else f"{row.label}, {point} (Tune's best)"
+    return replace(row, name=name, label=label, overrides=overrides)
 
 
 # --------------------------------------------------------------------------- configs and markers
@@ -279,61 +288,76 @@ def command(args: argparse.Namespace, row: Row, seed: int) -> str:
     parts = [".venv/bin/python benchmarks/quality.py", f"--out {args.out}", f"--rows {row.name}", f"--seeds {seed}"]
     if args.data_dir:
         parts.insert(1, f"--data-dir {args.data_dir}")
-    if row.name.startswith("hybrid-R"):
+    if "-tau" in row.name:  # Tune's point over R and tau: its record (or Tune itself) gives both
+        parts.append(f"--tune {row.name.rsplit('-R', 1)[0]} --tune-tau {args.tune_tau[0]:g} {args.tune_tau[1]:g} "
+                     f"--tune-points {args.tune_points}")
+    elif row.name.startswith("hybrid-R"):
         parts.append(f"--best-ratio {row.name.removeprefix('hybrid-R')}")
     elif "-R" in row.name:  # a tuned row other than plain hybrid: Tune's record (or Tune itself) gives its R
         parts.append(f"--tune {row.name.rsplit('-R', 1)[0]}")
     return " ".join(parts + list(args.overrides))
 
 
-# --------------------------------------------------------------------------- Tune's R
+# --------------------------------------------------------------------------- Tune
+
+# Tune's dev split: every train query the rows do not train on (the carved tenth and those the 128
+# pairs leave unused, about 690 of SciFact's 809), scored over the whole corpus as test is, so a
+# point's standard error is a third of the carve's alone in a 1,000-document sample. The rows' pairs
+# are unchanged by it (tests/stages/test_pairs_caps.py).
+TUNE_DEV = ("train.dev_eval=true", "data.dev_adds_unused=true", "train.dev_max_docs=0")
 
 
-def tune_dir(out: Path, row_name: str) -> Path:
-    """The run directory of Tune over `row_name`'s R (plain hybrid's came first and kept the short name)."""
-    return out / "tune" if row_name == "hybrid" else out / f"tune-{row_name}"
+def tune_dir(out: Path, row_name: str, joint: bool = False) -> Path:
+    """The run directory of Tune over `row_name`'s R (and tau, `joint`)."""
+    return out / "tune" / (f"{row_name}-tau" if joint else row_name)
 
 
-def tune_ratio(args: argparse.Namespace, row: Row) -> float:
-    """Ray Tune over `row`'s R at the rows' tau, on their pairs, LLM negatives and dense negatives; returns the best R.
+def tune_point(args: argparse.Namespace, row: Row) -> tuple[float, float | None]:
+    """Ray Tune over `row`'s R (and tau, `--tune-tau`) on its pairs, LLM negatives and dense negatives;
+    returns the best R and, when tau was searched, the best tau.
 
-    A grid (`--tune-points` values of R from 0 to 1) with every trial trained to the end, so the
-    curve over R is whole; trials are ranked by dev nDCG@10 (queries carved from train, never test).
+    A grid (`--tune-points` values an axis: R from 0 to 1, tau log-spaced) with every trial trained
+    to the end, so the grid is whole; trials are ranked by dev nDCG@10 on `TUNE_DEV`. Tune builds its
+    own pairs folder (the same pairs as the rows', a larger dev split); synthesis and mining are the rows'.
     """
     from syneg_ray.stages.tune import run_tune
 
-    run_dir = tune_dir(args.out, row.name)
+    joint = args.tune_tau is not None
+    run_dir = tune_dir(args.out, row.name, joint)
     tau = config_for(args, run_dir).train.temperature
-    cfg = config_for(args, run_dir, (*MINED[row.mined], *SYNTHESES[row.synthesis], *row.overrides, f"tune.temperature_min={tau}",
-                                     f"tune.temperature_max={tau}", "tune.searcher=grid", f"tune.grid_points={args.tune_points}",
-                                     "tune.asha=false", "train.dev_eval=true"))  # fmt: skip
+    low, high = args.tune_tau if joint else (tau, tau)
+    cfg = config_for(args, run_dir, (*MINED[row.mined], *SYNTHESES[row.synthesis], *row.overrides, *TUNE_DEV,
+                                     f"tune.temperature_min={low}", f"tune.temperature_max={high}", "tune.searcher=grid",
+                                     f"tune.grid_points={args.tune_points}", "tune.asha=false"))  # fmt: skip
     # Tune as a stage after training: the trials mix and train, so its key chains theirs
     key = pipeline.fingerprint(cfg, pipeline.Stage("tune", run_tune, ("tune",), ("train",)), pipeline.fingerprints(cfg))
     marker = run_dir / "tune" / pipeline.MARKER
     if (record := done(marker, key)) is None:
         ensure_synthetic(args, row.synthesis)
-        link_folder(args.out / "shared" / "pairs", run_dir / "pairs")
         link_folder(synthesis_dir(args.out, row.synthesis) / "synthesize", run_dir / "synthesize")
         link_folder(ensure_mined(args, row.mined), run_dir / "mine")
         summary = run_tune(cfg)
         record = {"fingerprint": key, "best": summary["best"], "trials": summary["trials"]}
         write_record(marker, record)
-    logger.info("tune %s: best R %s at tau %s (dev nDCG@10 %.4f); trials in %s", row.name, record["best"]["ratio"], tau,
-                record["best"]["dev_ndcg@10"], run_dir / "tune" / "trials.csv")  # fmt: skip
-    return float(record["best"]["ratio"])
+    best = record["best"]
+    logger.info("tune %s: best R %s at tau %s (dev nDCG@10 %.4f ± %.4f); trials in %s", row.name, best["ratio"], best["temperature"],
+                best["dev_ndcg@10"], best.get("dev_ndcg@10_se", math.nan), run_dir / "tune" / "trials.csv")  # fmt: skip
+    return float(best["ratio"]), float(best["temperature"]) if joint else None
 
 
 def base_dev_score(args: argparse.Namespace) -> float:
-    """The base model's dev nDCG@10, scored as Tune's trials are: Tune's zero line (`syneg tune` also
-    writes it per run; this one is the rows' shared reference)."""
+    """The base model's dev nDCG@10 on `TUNE_DEV`, scored as Tune's trials are: Tune's zero line
+    (`syneg tune` also writes it per run; this one is the rows' shared reference)."""
+    from syneg_ray.dataset import ensure_pairs
     from syneg_ray.registry import resolve_model
     from syneg_ray.stages.tune import base_dev_score as score
 
-    cfg = config_for(args, args.out / "tune", ("train.dev_eval=true",))
+    run_dir = args.out / "tune" / "base"
+    cfg = config_for(args, run_dir, TUNE_DEV)
     key = pipeline.fingerprint(cfg, pipeline.Stage("base-dev", score, ("data", "encoder", "train"), ()), {})  # the model and the dev split
-    path = args.out / "tune" / "base-dev.json"
+    path = run_dir / "base-dev.json"
     if (record := done(path, key)) is None:
-        link_folder(args.out / "shared" / "pairs", args.out / "tune" / "pairs")
+        ensure_pairs(cfg)
         record = {"fingerprint": key, "ndcg@10": score(cfg, resolve_model(cfg.train.model or cfg.encoder.model, cfg.run.cache_dir or None))}
         write_record(path, record)
     return float(record["ndcg@10"])
@@ -446,7 +470,8 @@ def plot(results: dict[str, list[dict]], names: list[str], path: Path) -> None:
 
 
 def plot_tune_curves(out: Path, path: Path) -> None:
-    """Dev nDCG@10 over R of every tuned row (`--tune`), one curve each, when any Tune has run."""
+    """Dev nDCG@10 over R of every row tuned at the rows' tau (`--tune`), one curve each, when any has run
+    (a Tune over tau too draws its own heatmap)."""
     import csv
 
     runs = {name: tune_dir(out, name) / "tune" / "trials.csv" for name in TUNABLE}
@@ -459,14 +484,14 @@ def plot_tune_curves(out: Path, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4))
-    if (base := read_json(out / "tune" / "base-dev.json")) is not None:
+    if (base := read_json(out / "tune" / "base" / "base-dev.json")) is not None:
         ax.axhline(base["ndcg@10"], color="#999999", linestyle="--", label=f"base model, zero-shot ({base['ndcg@10']:.3f})")
     for name, csv_path in runs.items():
         with csv_path.open(encoding="utf-8") as handle:
             points = sorted((float(r["ratio"]), float(r["dev_ndcg@10"])) for r in csv.DictReader(handle) if r["dev_ndcg@10"] != "nan")
         ax.plot([x for x, _ in points], [y for _, y in points], marker="o", label=TUNABLE[name].label.replace(", R = 0.7", ""))
     ax.set_xlabel("synthetic ratio R")
-    ax.set_ylabel("dev nDCG@10 (queries carved from train)")
+    ax.set_ylabel("dev nDCG@10 (train queries not trained on)")
     ax.set_title("Ray Tune over R, tau held (SciFact, all-MiniLM-L6-v2)")
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -487,9 +512,11 @@ def main() -> None:
     parser.add_argument("--best-ratio", type=float, help="adds a hybrid row at this R (Tune's best)")
     parser.add_argument("--tune-best", type=Path, help="adds a hybrid row at mix.ratio of a Tune best.yaml")
     parser.add_argument("--tune", nargs="+", choices=sorted(TUNABLE), default=[],
-                        help="runs Ray Tune over these rows' R at the rows' tau first (<out>/tune, <out>/tune-<row>) "
-                             "and adds each row at its best R")  # fmt: skip
-    parser.add_argument("--tune-points", type=int, default=5, help="values of R on Tune's grid, 0 to 1 (default 5)")
+                        help="runs Ray Tune over these rows' R at the rows' tau first (<out>/tune/<row>) "
+                             "and adds each row at its best point")  # fmt: skip
+    parser.add_argument("--tune-tau", nargs=2, type=float, metavar=("MIN", "MAX"),
+                        help="Tune searches tau too, log-spaced from MIN to MAX (<out>/tune/<row>-tau)")
+    parser.add_argument("--tune-points", type=int, default=5, help="values an axis on Tune's grid: R from 0 to 1, tau (default 5)")
     parser.add_argument("--synthesize-only", nargs="*", choices=sorted(SYNTHESES), metavar="NAME",
                         help="write the LLM's negatives of these syntheses (default: every one the chosen rows read) and "
                              f"exit; run it with the Python that has the engine, e.g. vllm. Names: {sorted(SYNTHESES)}")
@@ -503,14 +530,14 @@ def main() -> None:
     if args.tune_best:
         ratio = load_config(args.tune_best).mix.ratio
     if ratio is not None:
-        rows.append(at_ratio(TUNABLE["hybrid"], ratio))
+        rows.append(at_point(TUNABLE["hybrid"], ratio))
     if args.synthesize_only is not None:
         names = args.synthesize_only or sorted({r.synthesis for r in rows if r.synthetic and (not args.rows or r.name in args.rows)})
         for name in names:
             logger.info("synthesis %s: %s", name, ensure_synthetic(args, name))
         return
     if not args.table_only:
-        rows += [at_ratio(TUNABLE[name], tune_ratio(args, TUNABLE[name])) for name in args.tune if name != "hybrid" or ratio is None]
+        rows += [at_point(TUNABLE[name], *tune_point(args, TUNABLE[name])) for name in args.tune if name != "hybrid" or ratio is None]
         if args.tune:
             logger.info("base model, dev nDCG@10 as Tune scores its trials: %.4f", base_dev_score(args))
     order = [r.name for r in rows]

@@ -102,6 +102,10 @@ class DataConfig:
     # one (and it is not data.eval_split), else dev_fraction of the train queries | carve = always the
     # carve | a split name = that qrels split. Train queries that are also dev queries give no pairs.
     dev_split: str = "auto"
+    # Dev also scores the train queries that data.max_pairs or data.limit leave without a pair: they are
+    # never trained on, so a capped training set gains dev queries (a smaller standard error for Tune)
+    # and keeps every pair it had.
+    dev_adds_unused: bool = False
     limit: int = 0  # use only the first `limit` train pairs (0 = all), after the caps below; for smoke runs
     min_relevance: int = 1  # a train qrels row with score >= this is a training positive; every row with
     # score > 0 stays a known positive of its query (mining's exclusion and guard, the in-batch mask)

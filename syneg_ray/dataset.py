@@ -250,6 +250,13 @@ def dev_split_name(cfg: PipelineConfig, folder: Path) -> str:
     return "dev" if has_dev and "dev" not in (d.train_split, d.eval_split) else ""
 
 
+def describe_dev(cfg: PipelineConfig, folder: Path) -> str:
+    """Where the dev queries come from, in words (the plan and the pairs' log line say it)."""
+    name = dev_split_name(cfg, folder)
+    source = f"the {name} split" if name else f"carved from {cfg.data.train_split}"
+    return source + (" and the train queries left without a pair" if cfg.data.dev_adds_unused else "")
+
+
 def configured_dev_split(cfg: PipelineConfig) -> str:
     """`dev_split_name` for a dataset that may not be on disk yet (no download): "" (the carve) when it is not."""
     if cfg.data.pairs:  # user data: its dev split is data.dev_pairs, converted to qrels/dev.tsv
@@ -307,7 +314,8 @@ def build_pairs(cfg: PipelineConfig, prepared: Prepared) -> tuple[list[tuple[str
     Dev queries come from the dataset's own dev split, or are carved from the train queries
     (`data.dev_split`); either way they give no pairs. Then, in this order: positives by
     `data.min_relevance`, at most `data.max_positives_per_query` of them per query,
-    `data.max_pairs` pairs sampled, and the first `data.limit` kept.
+    `data.max_pairs` pairs sampled, and the first `data.limit` kept. With `data.dev_adds_unused`, the
+    train queries those two caps leave without a pair join the dev queries.
 
     Which judged documents are in the corpus is one pass over the corpus's id column; no text of a
     document is read here (`write_pairs` reads the positives' a block at a time).
@@ -327,10 +335,13 @@ def build_pairs(cfg: PipelineConfig, prepared: Prepared) -> tuple[list[tuple[str
         train_ids, dev_ids = split_dev(list(split.qrels), d.dev_fraction, d.split_seed)
         dev_qrels = {q: split.qrels[q] for q in dev_ids}
     train_qrels = {q: split.qrels[q] for q in train_ids}
-    chosen = select_positives(train_qrels, d.min_relevance, d.max_positives_per_query, d.split_seed)
-    chosen = sample_pairs(chosen, d.max_pairs, d.split_seed)
+    eligible = select_positives(train_qrels, d.min_relevance, d.max_positives_per_query, d.split_seed)
+    chosen = sample_pairs(eligible, d.max_pairs, d.split_seed)
     if d.limit:
         chosen = chosen[: d.limit]
+    if d.dev_adds_unused:
+        used = {q for q, _ in chosen}
+        dev_qrels = {**dev_qrels, **{q: train_qrels[q] for q in dict.fromkeys(q for q, _ in eligible) if q not in used}}
     return chosen, {q: split.queries[q] for q in dict.fromkeys(q for q, _ in chosen)}, dev_qrels
 
 
@@ -387,8 +398,7 @@ def ensure_pairs(cfg: PipelineConfig) -> tuple[Prepared, Path]:
         storage.remove(run_dir / schema.PAIRS_SOURCE)
         write_pairs(run_dir, prepared, pairs, queries, dev)
         write_text_atomic(run_dir / schema.PAIRS_SOURCE, json.dumps(source, sort_keys=True))
-        logger.info("pairs: %s train pairs, %s dev queries (%s)", f"{len(pairs):,}", f"{len(dev):,}",
-                    source["dev_split"] if source["dev_split"] != "carve" else f"carved from {cfg.data.train_split}")
+        logger.info("pairs: %s train pairs, %s dev queries (%s)", f"{len(pairs):,}", f"{len(dev):,}", describe_dev(cfg, prepared.folder))
     return prepared, path
 
 
@@ -402,7 +412,9 @@ def pairs_source(cfg: PipelineConfig, prepared: Prepared) -> dict:
             "dev_split": dev or "carve", "dev_qrels": _digest_if_file(prepared.folder / "qrels" / f"{dev}.tsv") if dev else "",
             "dev_fraction": d.dev_fraction, "split_seed": d.split_seed, "limit": d.limit,
             "min_relevance": d.min_relevance, "max_positives_per_query": d.max_positives_per_query,
-            "max_pairs": d.max_pairs}  # fmt: skip
+            "max_pairs": d.max_pairs,
+            # only when set: pairs written before the setting existed are not rebuilt for it
+            **({"dev_adds_unused": True} if d.dev_adds_unused else {})}  # fmt: skip
 
 
 def _digest_if_file(path: Path) -> str:

@@ -75,7 +75,7 @@ class Counts:
     corpus_docs: int
     dev_queries: int = 0
     eval_queries: int = 0
-    dev_source: str = "carve"  # the dev split's name, or "carve"
+    dev_source: str = "carved from train"  # where the dev queries come from, in words (dataset.describe_dev)
     # False: the user's own data has no evaluation pairs (data.pairs without data.eval_pairs), so
     # `syneg run` skips evaluation (pipeline.run_evaluate_pair)
     evaluated: bool = True
@@ -107,7 +107,7 @@ class Plan:
 
     def render(self, max_hours: float = 0.0) -> str:
         c = self.counts
-        dev = f"{c.dev_queries:,} dev queries ({'carved from train' if c.dev_source == 'carve' else c.dev_source + ' split'})"
+        dev = f"{c.dev_queries:,} dev queries ({c.dev_source})"
         evaluation = f"{c.eval_queries:,} evaluation queries" if c.evaluated else "no evaluation pairs"
         head = (f"plan: {c.train_pairs:,} train pairs of {c.train_queries:,} queries, {dev}, "
                 f"{c.corpus_docs:,} corpus documents, {evaluation}")  # fmt: skip
@@ -337,7 +337,7 @@ def counts_of(cfg: PipelineConfig, prepared, pairs_path: Path) -> Counts:
     import pyarrow.parquet as pq
 
     from syneg_ray import beir, schema
-    from syneg_ray.dataset import dev_split_name
+    from syneg_ray.dataset import describe_dev
     from syneg_ray.errors import DataError
 
     query_ids = pq.read_table(pairs_path, columns=["query_id"]).column("query_id")
@@ -358,6 +358,6 @@ def counts_of(cfg: PipelineConfig, prepared, pairs_path: Path) -> Counts:
         corpus_docs=prepared.n_docs,
         dev_queries=len(dev),
         eval_queries=eval_queries,
-        dev_source=dev_split_name(cfg, prepared.folder) or "carve",
+        dev_source=describe_dev(cfg, prepared.folder),
         evaluated=evaluated,
     )

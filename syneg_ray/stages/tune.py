@@ -3,7 +3,7 @@
 Each trial mixes at its R and trains at its tau with the Train V2 pattern: the trial function
 builds a TorchTrainer and calls fit(); a TuneReportCallback forwards each epoch's dev metrics to
 Tune so ASHA can stop weak trials early. Trials link the run's synthesis and mining outputs
-instead of recomputing them. The dev split is carved from train queries; test is never read.
+instead of recomputing them. The dev split is the dataset's own or carved from train queries; test is never read.
 
 With the run directory in object storage, a trial may run on a node that never saw it: it fetches
 the shared outputs there and publishes what its train workers read (the instances, the dev qrels)
@@ -16,8 +16,9 @@ under its own URI; Tune's and Ray Train's state live at the URI (see storage.py)
     run_dir/tune/base.json            the untrained model's dev nDCG@10 and standard error, scored as the trials are
 
 The standard error is the spread of the per-query nDCG@10 over sqrt(dev queries): a dev split whose
-error is as large as the gaps between trials cannot rank them (more dev queries, `data.dev_fraction`,
-or the whole corpus as dev corpus, `train.dev_max_docs=0`, sharpen it). Every trial scores the same
+error is as large as the gaps between trials cannot rank them (more dev queries, `data.dev_fraction`
+or, for a capped training set, `data.dev_adds_unused`; or the whole corpus as dev corpus,
+`train.dev_max_docs=0`, sharpen it). Every trial scores the same
 queries, so a difference between two trials is known somewhat better than either score.
 """
 
@@ -280,7 +281,10 @@ def require_dev_scores(cfg: PipelineConfig) -> None:
         raise ConfigError("tune ranks trials by dev nDCG@10, which train.dev_eval = false turns off; set train.dev_eval=true")
     from syneg_ray.dataset import configured_dev_split
 
-    if cfg.data.dev_fraction <= 0 and not configured_dev_split(cfg):  # the carve, of nothing
+    d = cfg.data
+    carves_nothing = d.dev_fraction <= 0 and not configured_dev_split(cfg)
+    adds_nothing = not (d.dev_adds_unused and (d.max_pairs or d.limit))  # without a cap every train query gives a pair
+    if carves_nothing and adds_nothing:
         raise ConfigError("tune ranks trials by dev nDCG@10 and data.dev_fraction = 0 leaves no dev queries; "
                           "set data.dev_fraction (0.1 carves a tenth of the train queries)")
 

@@ -102,6 +102,22 @@ def test_the_datasets_dev_split_replaces_the_carve_and_carve_still_works(tmp_pat
     assert _pairs(named) == pairs and _dev(named) == dev_qrels
 
 
+def test_queries_the_caps_leave_without_a_pair_join_dev_and_the_pairs_stay(tmp_path: Path, many: Path) -> None:
+    base = ("data.max_positives_per_query=2", "data.max_pairs=30", "data.limit=20", "data.dev_split=carve", "data.dev_fraction=0.2")
+    train_qrels, _ = beir.read_qrels(many, "train")
+    carve = _cfg(tmp_path, many, *base)
+    pairs, carved = _pairs(carve), _dev(carve)
+    added = _cfg(tmp_path, many, *base, "data.dev_adds_unused=true")
+    assert _pairs(added) == pairs  # the same pairs, in the same order
+    dev = _dev(added)
+    used = {q for q, _ in pairs}
+    assert set(dev) == set(train_qrels) - used  # the carve and every train query the caps left out
+    assert set(carved) < set(dev) and not set(dev) & used
+    assert all(dev[q] == train_qrels[q] for q in set(dev) - set(carved))  # graded, as the train file holds them
+    _pairs(carve)
+    assert _dev(carve) == carved  # turned off again, the pairs are rebuilt with the carve alone
+
+
 def test_without_a_dev_file_auto_carves(tmp_path: Path) -> None:
     folder = make_dataset(tmp_path / "nodev", docs=60, queries=10, positives=(3, 5), dev_queries=2, test_queries=2)
     (folder / "qrels" / "dev.tsv").unlink()
@@ -159,3 +175,8 @@ def test_tune_accepts_no_carve_when_the_dataset_has_a_dev_split(tmp_path: Path, 
     require_dev_scores(_cfg(tmp_path, many, "data.dev_fraction=0"))  # dev.tsv: nothing to carve
     with pytest.raises(ConfigError, match="data.dev_fraction = 0 leaves no dev queries"):
         require_dev_scores(_cfg(tmp_path, many, "data.dev_fraction=0", "data.dev_split=carve"))
+    # the queries a cap leaves without a pair are dev queries too; without a cap there are none
+    require_dev_scores(_cfg(tmp_path, many, "data.dev_fraction=0", "data.dev_split=carve", "data.dev_adds_unused=true", "data.limit=10"))
+    with pytest.raises(ConfigError, match="data.dev_fraction = 0 leaves no dev queries"):
+        require_dev_scores(_cfg(tmp_path, many, "data.dev_fraction=0", "data.dev_split=carve", "data.dev_adds_unused=true",
+                                "data.max_pairs=0"))

@@ -138,7 +138,7 @@ def test_syneg_run_prints_its_plan_and_refuses_one_over_max_hours(tmp_path: Path
             "run.max_hours=0.01"]  # fmt: skip
     assert main(argv) == 2
     out, err = capsys.readouterr()
-    assert out.startswith("plan: 60 train pairs of 12 queries, 3 dev queries (dev split), 80 corpus documents")
+    assert out.startswith("plan: 60 train pairs of 12 queries, 3 dev queries (the dev split), 80 corpus documents")
     assert err.count("\n") == 1
     assert err.startswith("syneg run: error: the plan takes about ") and "over run.max_hours = 0.01" in err
     assert err.rstrip().endswith("or pass --yes")

@@ -102,3 +102,46 @@ def test_each_row_keeps_its_result_under_the_pipelines_fingerprint_of_what_it_re
     assert all(hotter[name] != base[name] for name in base if name != "base")
     llm = keys("synthesize.temperature=0.2")  # what the LLM's rows read, not the retrieved rows
     assert [name for name in base if llm[name] != base[name]] == [r.name for r in quality.ROWS if r.synthetic]
+
+
+def test_a_tuned_row_names_its_point_and_the_command_that_gives_it(quality) -> None:
+    import argparse
+
+    rows = {row.name: row for row in quality.ROWS}
+    hybrid = quality.at_point(rows["hybrid"], 0.5)
+    assert hybrid.name == "hybrid-R0.5" and "mix.ratio=0.5" in hybrid.overrides and "mix.ratio=0.7" not in hybrid.overrides
+    assert hybrid.label == "hybrid, R = 0.5 (Tune's best)"
+    syneg = quality.at_point(rows["syneg"], 0.25, 0.02)
+    assert syneg.name == "syneg-R0.25-tau0.02" and syneg.overrides[-2:] == ("mix.ratio=0.25", "train.temperature=0.02")
+    assert syneg.label.endswith(", R = 0.25, tau = 0.02 (Tune's best)")  # a label without "R = 0.7" gains the point
+    args = argparse.Namespace(out=Path("runs/quality"), data_dir=None, overrides=[], tune_tau=[0.01, 0.05], tune_points=3)
+    assert quality.command(args, hybrid, 0).endswith("--best-ratio 0.5")
+    assert quality.command(args, syneg, 1).endswith("--seeds 1 --tune syneg --tune-tau 0.01 0.05 --tune-points 3")
+    tuned_hybrid = quality.at_point(rows["hybrid"], 0.5, 0.01)
+    assert "--tune hybrid --tune-tau" in quality.command(args, tuned_hybrid, 0)  # not --best-ratio, which holds tau
+
+
+def test_tunes_dev_split_keeps_the_rows_pairs_and_adds_the_queries_they_leave(tmp_path, quality, scifact) -> None:
+    import argparse
+
+    import pyarrow.parquet as pq
+
+    from syneg_ray import schema
+    from syneg_ray.dataset import ensure_pairs
+
+    args = argparse.Namespace(out=tmp_path, config=str(quality.CONFIG), data_dir=str(scifact.parent), overrides=[])
+    rows = quality.config_for(args, tmp_path / "shared")
+    tune = quality.config_for(args, tmp_path / "tune", quality.TUNE_DEV)
+
+    def pairs_and_dev(cfg):
+        _, path = ensure_pairs(cfg)
+        dev = json.loads((Path(cfg.run.run_dir) / schema.DEV_QRELS).read_text(encoding="utf-8"))
+        return pq.read_table(path, columns=["query_id", "positive_id"]).to_pylist(), dev
+
+    pairs, carved = pairs_and_dev(rows)
+    same, dev = pairs_and_dev(tune)
+    assert same == pairs and len(pairs) == 128
+    used = {p["query_id"] for p in pairs}
+    assert set(carved) < set(dev) and not used & set(dev)
+    assert len(carved) == 81 and len(dev) == 809 - len(used)  # every SciFact train query not trained on
+    assert tune.train.dev_max_docs == 0  # scored over the whole corpus, as test is
