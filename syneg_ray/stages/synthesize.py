@@ -193,7 +193,10 @@ def run_round(work: list[dict], step: engines.EngineFn, judge_step: engines.Engi
     if judge_step is not None:
         ds = judge_step(ds)
     following: list[dict] = []
-    for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+    # prefetch_batches=0: with prefetching, Ray Data hands a block on only once the next one has
+    # arrived, so each batch would be committed one engine batch late (18 minutes with a 1.5B LLM
+    # on 2 CPU cores), and a kill would lose the batch that had finished
+    for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=0):
         rows = batch.to_pylist()
         if judge_step is None:
             rows = examine(rows, limits, judging.Rule(), None)

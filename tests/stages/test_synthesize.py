@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import time
+from collections import Counter
+from dataclasses import replace
 
 import pyarrow as pa
 import pytest
@@ -155,6 +158,35 @@ def test_work_is_one_block_per_engine_batch(cfg, ray_local) -> None:
     ds = stage.work_dataset(rows, batch_size=3)
     assert ds.num_blocks() == 3
     assert [r["key"] for r in ds.take_all()] == [f"k{i}" for i in range(7)]
+
+
+def test_a_finished_batch_is_committed_while_the_next_is_generated(cfg, ray_local, tmp_path) -> None:
+    """The second engine batch answers only once the first batch's pair is on disk (or gives up
+    after a while, with an engine error): both pairs end ok only if each batch is committed as it ends."""
+    from tqdm import tqdm
+
+    from syneg_ray.engines.base import Generation, with_generation
+
+    out = tmp_path / "run" / "synthesize"
+    answer = json.dumps({"reasoning": "r", "negatives": [NEG]})
+
+    def engine(batch: dict) -> dict:  # a stand-in for the LLM: only the commit's timing is under test
+        rows = [dict(zip(batch, values, strict=True)) for values in zip(*batch.values(), strict=True)]
+        committed = rows[0]["key"] == "first"
+        deadline = time.monotonic() + 30
+        while not committed and time.monotonic() < deadline:
+            time.sleep(0.2)
+            committed = any(out.rglob("part-*.parquet"))
+        gen = Generation(text=answer, prompt_tokens=10, output_tokens=10, error="" if committed else "first batch not committed")
+        table = [with_generation(row, gen) for row in rows]
+        return {name: [r[name] for r in table] for name in table[0]}
+
+    rows = [{**work_row(cfg), "key": "first"}, {**work_row(cfg), "key": "second"}]
+    one_a_batch = replace(cfg.synthesize, batch_size=1)
+    following = stage.run_round(rows, lambda ds: ds.map_batches(engine, batch_size=None, num_cpus=0.1), None, one_a_batch,
+                                out, tqdm(disable=True), Counter())
+    done = store.read_synthetic(tmp_path / "run" / "synthesize" / "negatives.parquet").to_pylist()
+    assert not following and {(r["key"], r["status"]) for r in done} == {("first", "ok"), ("second", "ok")}
 
 
 def test_hf_prompt_cache_reuse_changes_no_token() -> None:
