@@ -290,8 +290,8 @@ class SynthesizeConfig:
     # 2 CPU cores, and the embedded run from an empty cache has 30 minutes; set 0 on real hardware.
     # `syneg synthesize --limit N` sets it to 0: that command synthesizes the N pairs it names.
     negatives_per_pair: int = 3  # k negatives the LLM writes per call
-    max_new_tokens: int = 384  # output tokens per answer (reasoning + k negatives); an answer for a long positive
-    # gets more, up to twice this, so its negatives can reach the length floor (prompts.answer_budget)
+    max_new_tokens: int = 384  # output tokens per answer (reasoning + k negatives); an answer gets more, up to
+    # twice this, when k negatives at the positive's length need it (prompts.answer_budget)
     temperature: float = 0.7  # sampling temperature of the LLM (not InfoNCE's tau)
     top_p: float = 0.9  # nucleus sampling: smallest token set holding this probability mass
     # Subtracted from the logits of tokens the answer already holds (OpenAI's presence_penalty; the

@@ -21,9 +21,11 @@ NEAR_DUP_POSITIVE = "near_duplicate_positive"
 NEAR_DUP_QUERY = "near_duplicate_query"
 CONTAINS_QUERY = "contains_query"  # restates a query of 5+ words verbatim, then adds text: it answers, not misses
 DUPLICATE = "duplicate_negative"
+TRUNCATED = "truncated"  # the answer ended at its token budget inside this negative (those before it are kept)
 
 _WORD = re.compile(r"\w+", re.UNICODE)
 _FENCE = re.compile(r"```(?:json|JSON)?")
+_ITEM_END = re.compile(r'"\s*,')  # a closing quote and the comma after it: where a complete list item may end
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -69,6 +71,28 @@ def extract_object(text: str) -> dict[str, Any] | None:
         if isinstance(value, dict):
             return value
         start = text.find("{", start + 1)
+    return None
+
+
+def salvage_object(text: str) -> dict[str, Any] | None:
+    """The object of an answer cut inside its list of negatives, closed after its last complete
+    item, or None when no item was complete (or the text is no such answer).
+
+    An answer decoded under a JSON schema is a prefix of valid JSON; when the token budget ends it
+    inside the k-th negative, the negatives before it are whole and worth their generation.
+    """
+    text = _FENCE.sub("", text)
+    start = text.find("{")
+    if start == -1:
+        return None
+    body = text[start:]
+    for end in reversed([m.start() + 1 for m in _ITEM_END.finditer(body)]):  # the last complete item first
+        try:
+            value = json.loads(body[:end] + "]}")
+        except json.JSONDecodeError:
+            continue
+        if isinstance(value, dict) and _candidates(value):
+            return value
     return None
 
 
@@ -182,9 +206,13 @@ def parse_rewrites(text: str, n: int, query: str, positive: str, limits: Limits,
 
     Returns:
         `Rewrites` of length `n`; an answer that is not a JSON object with a list marks all `n`
-        `invalid_json` / `bad_schema`, a missing item `empty`.
+        `invalid_json` / `bad_schema`, a missing item `empty` (`truncated` in an answer cut at its
+        token budget, whose complete items count).
     """
-    obj = extract_object(text or "")
+    obj, cut = extract_object(text or ""), False
+    if obj is None:  # cut at the token budget, perhaps: keep what it completed
+        obj = salvage_object(text or "")
+        cut = obj is not None
     candidates = _candidates(obj) if obj is not None else None
     if candidates is None:
         return Rewrites([""] * n, [INVALID_JSON if obj is None else BAD_SCHEMA] * n)
@@ -192,8 +220,8 @@ def parse_rewrites(text: str, n: int, query: str, positive: str, limits: Limits,
     reasoning = reasoning.strip() if isinstance(reasoning, str) else json.dumps(reasoning, ensure_ascii=False)
     check = _Checker(query, positive, limits, others)
     texts, reasons = [], []
-    for item in [*candidates[:n], *[""] * (n - len(candidates))]:
-        reason = check.reason(item)
+    for i, item in enumerate([*candidates[:n], *[""] * (n - len(candidates))]):
+        reason = TRUNCATED if cut and i >= len(candidates) else check.reason(item)
         texts.append("" if reason else item.strip())
         reasons.append(reason)
         if not reason:
@@ -213,13 +241,17 @@ def parse(text: str, query: str, positive: str, limits: Limits | None = None, ot
 
     Returns:
         `Parsed` with the valid negatives, the reasoning and one reason per rejection. A whole
-        answer that is not a JSON object yields `[invalid_json]`; an object without a negatives
-        list yields `[bad_schema]`.
+        answer that is not a JSON object yields `[invalid_json]`, unless it was cut inside its list
+        of negatives: then its complete ones are judged and the cut one is `truncated`. An object
+        without a negatives list yields `[bad_schema]`.
     """
     limits = limits or Limits()
     if not text or not text.strip():
         return Parsed(reasons=[EMPTY])
-    obj = extract_object(text)
+    obj, cut = extract_object(text), False
+    if obj is None:  # cut at the token budget, perhaps: keep what it completed
+        obj = salvage_object(text)
+        cut = obj is not None
     if obj is None:
         return Parsed(reasons=[INVALID_JSON])
     candidates = _candidates(obj)
@@ -230,7 +262,7 @@ def parse(text: str, query: str, positive: str, limits: Limits | None = None, ot
     if not candidates:
         return Parsed(reasoning=reasoning, reasons=[EMPTY])
     valid, reasons = validate(candidates, query, positive, limits, others)
-    return Parsed(negatives=valid, reasoning=reasoning, reasons=reasons)
+    return Parsed(negatives=valid, reasoning=reasoning, reasons=reasons + [TRUNCATED] * cut)
 
 
 def parse_domains(text: str, limit: int = 12) -> list[str]:

@@ -160,8 +160,7 @@ def first_work(base: dict[str, Any], s: SynthesizeConfig, attempt: int, prior: d
     first = json.loads(base["chat"])[:2]  # [system, user]: a reflection chat starts with them too
     return {
         **base, "attempt": attempt, "round": 0, "pool": prior.get("carried") or "", "gen_seed": prompts.attempt_seed(int(base["seed"]), attempt),
-        "k": s.candidates, "max_tokens": prompts.answer_budget(s.max_new_tokens, s.candidates, len(base["positive"].split()),
-                                                               s.min_length_ratio),
+        "k": s.candidates, "max_tokens": prompts.answer_budget(s.max_new_tokens, s.candidates, len(base["positive"].split())),
         "chat": json.dumps(first), "prior_prompt_tokens": int(prior["prompt_tokens"]),
         "prior_output_tokens": int(prior["output_tokens"]), "prior_reasons": list(prior["reject_reasons"]),
     }  # fmt: skip
@@ -176,7 +175,7 @@ def reflection_work(base: dict[str, Any], state: dict[str, Any], s: SynthesizeCo
     return {
         **base, "attempt": int(state["attempt"]), "round": round_, "pool": json.dumps(state),
         "gen_seed": prompts.attempt_seed(int(state["seed"]), int(state["attempt"]), round_), "k": len(asked),
-        "max_tokens": prompts.answer_budget(s.max_new_tokens, len(asked), len(base["positive"].split()), s.min_length_ratio),
+        "max_tokens": prompts.answer_budget(s.max_new_tokens, len(asked), len(base["positive"].split())),
         "chat": json.dumps(messages), "prior_prompt_tokens": int(state["prompt_tokens"]),
         "prior_output_tokens": int(state["output_tokens"]), "prior_reasons": list(state["reject_reasons"]),
     }  # fmt: skip

@@ -37,6 +37,21 @@ def test_invalid_and_empty() -> None:
     assert parsing.parse('{"negatives": []}', QUERY, POSITIVE).reasons == [parsing.EMPTY]
 
 
+def test_an_answer_cut_at_its_budget_keeps_its_complete_negatives() -> None:
+    whole = answer(NEG_A, NEG_B, 'The trial "D-Health", run in Australia, gave monthly doses and measured')
+    cut = whole[: whole.index("monthly")]  # the budget ended inside the third negative
+    parsed = parsing.parse(cut, QUERY, POSITIVE)
+    assert parsed.negatives == [NEG_A, NEG_B] and parsed.reasons == [parsing.TRUNCATED]
+    assert parsing.parse(cut[: cut.index("D-Health") + 12], QUERY, POSITIVE).negatives == [NEG_A, NEG_B]  # cut after a quoted, comma'd phrase
+    assert parsing.parse(f"```json\n{cut}", QUERY, POSITIVE).negatives == [NEG_A, NEG_B]
+    first = whole[: whole.index(NEG_A) + 40]  # inside the first negative: nothing was complete
+    assert parsing.parse(first, QUERY, POSITIVE).reasons == [parsing.INVALID_JSON]
+    assert parsing.parse('{"reasoning": "the first, and', QUERY, POSITIVE).reasons == [parsing.INVALID_JSON]
+    rewrites = parsing.parse_rewrites(cut, 3, QUERY, POSITIVE, parsing.Limits())
+    assert rewrites.texts == [NEG_A, NEG_B, ""] and rewrites.reasons == ["", "", parsing.TRUNCATED]
+    assert parsing.parse_rewrites(answer(NEG_A), 2, QUERY, POSITIVE, parsing.Limits()).reasons == ["", parsing.EMPTY]
+
+
 def test_rejects_are_counted_by_reason() -> None:
     too_long = " ".join(["word"] * 300)
     raw = answer("", "Too short here.", too_long, POSITIVE, QUERY + " " + QUERY, NEG_A, NEG_A + " indeed", 42)

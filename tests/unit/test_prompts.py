@@ -104,13 +104,14 @@ def test_keys_are_stable_and_sensitive() -> None:
     assert len({prompts.attempt_seed(5, a) for a in range(4)}) == 4
 
 
-def test_answer_budget_makes_room_for_long_positives() -> None:
+def test_answer_budget_makes_room_for_negatives_as_long_as_the_positive() -> None:
     from syneg_ray.engines.hf import budgets, hold_tokens
 
-    assert prompts.answer_budget(384, 3, positive_words=150, min_ratio=0.2) == 384  # a typical positive: as configured
-    assert prompts.answer_budget(384, 3, positive_words=100_000, min_ratio=0.2) == 768  # an outlier: capped at 2x
-    for words in (412, 536):  # the positives whose every attempt fell short at a fixed 384 tokens
-        total = prompts.answer_budget(384, 3, words, min_ratio=0.2)
+    assert prompts.answer_budget(384, 3, positive_words=40) == 384  # a short positive: as configured
+    assert prompts.answer_budget(768, 5, positive_words=150) == 1510  # 5 negatives of 270 tokens after the reasoning
+    assert prompts.answer_budget(384, 3, positive_words=100_000) == 768  # an outlier: capped at 2x
+    for words in (150, 412, 536):  # a typical SciFact positive, and two whose every attempt once fell short
+        total = prompts.answer_budget(384, 3, words)
         reasoning, negative = budgets(total, 3)
         floor_tokens = 0.2 * words * prompts.TOKENS_PER_WORD
         assert reasoning + 3 * negative <= total and negative > floor_tokens
