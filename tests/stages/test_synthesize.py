@@ -47,7 +47,8 @@ def test_plan_skips_done_and_continues_attempts(cfg) -> None:
     assert again["domain"] == row["domain"]  # the attribute draw belongs to the pair, not the attempt
     long_pair = {**PAIR, "positive_id": "d2", "positive": "word " * 800}
     (short, long), _ = stage.plan([PAIR, long_pair], cfg, attributes.POOLS["scifact"], set(), {})
-    assert short["max_tokens"] == cfg.synthesize.max_new_tokens < long["max_tokens"]
+    # room for k negatives at the positive's length, between max_new_tokens and twice it
+    assert cfg.synthesize.max_new_tokens < short["max_tokens"] < long["max_tokens"] == 2 * cfg.synthesize.max_new_tokens
 
 
 def test_changing_what_is_generated_replans_a_pair_and_changing_how_does_not(cfg, tmp_path) -> None:
