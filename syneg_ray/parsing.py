@@ -25,7 +25,7 @@ TRUNCATED = "truncated"  # the answer ended at its token budget inside this nega
 
 _WORD = re.compile(r"\w+", re.UNICODE)
 _FENCE = re.compile(r"```(?:json|JSON)?")
-_ITEM_END = re.compile(r'"\s*,')  # a closing quote and the comma after it: where a complete list item may end
+_ITEM_END = re.compile(r'"\s*(?:,|$)')  # a quote before a comma or the cut: where a complete list item may end
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -44,6 +44,7 @@ def test_an_answer_cut_at_its_budget_keeps_its_complete_negatives() -> None:
     assert parsed.negatives == [NEG_A, NEG_B] and parsed.reasons == [parsing.TRUNCATED]
     assert parsing.parse(cut[: cut.index("D-Health") + 12], QUERY, POSITIVE).negatives == [NEG_A, NEG_B]  # cut after a quoted, comma'd phrase
     assert parsing.parse(f"```json\n{cut}", QUERY, POSITIVE).negatives == [NEG_A, NEG_B]
+    assert parsing.parse(whole[: whole.index(NEG_B) + len(NEG_B) + 1], QUERY, POSITIVE).negatives == [NEG_A, NEG_B]  # cut at a quote
     first = whole[: whole.index(NEG_A) + 40]  # inside the first negative: nothing was complete
     assert parsing.parse(first, QUERY, POSITIVE).reasons == [parsing.INVALID_JSON]
     assert parsing.parse('{"reasoning": "the first, and', QUERY, POSITIVE).reasons == [parsing.INVALID_JSON]
