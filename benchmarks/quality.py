@@ -300,10 +300,10 @@ def command(args: argparse.Namespace, row: Row, seed: int) -> str:
 
 # --------------------------------------------------------------------------- Tune
 
-# Tune's dev split: every train query the rows do not train on (the carved tenth and those the 128
-# pairs leave unused, about 690 of SciFact's 809), scored over the whole corpus as test is, so a
-# point's standard error is a third of the carve's alone in a 1,000-document sample. The rows' pairs
-# are unchanged by it (tests/stages/test_pairs_caps.py).
+# Tune's dev split: every train query the rows do not train on (the carved 81 and those the 128
+# pairs leave unused, about 690 of SciFact's 809), scored over the whole corpus as test is. At the
+# same spread per query, a point's standard error is a third of the carve's alone (sqrt(81/690)).
+# The rows' pairs are unchanged by it (tests/unit/test_quality_table.py).
 TUNE_DEV = ("train.dev_eval=true", "data.dev_adds_unused=true", "train.dev_max_docs=0")
 
 
