@@ -405,11 +405,31 @@ def _mean_std(values: list[float]) -> str:
     return f"{np.mean(values):.4f} ± {np.std(values, ddof=1):.4f}"
 
 
+def realized(mix: dict) -> str:
+    """The mix's realized R, and over the instances holding synthetic negatives when any do."""
+    if "realized_ratio" not in mix:
+        return ""
+    within = mix.get("realized_ratio_with_synthetic")
+    return f"{mix['realized_ratio']:.3f}" + (f" ({within:.3f})" if within is not None and mix.get("with_synthetic") else "")
+
+
+def synthesis_line(out: Path, name: str) -> str:
+    """What the finished synthesis `name` kept and what a kept negative cost, or "" before it finished."""
+    marker = read_json(synthesis_dir(out, name) / "synthesize" / pipeline.MARKER)
+    if marker is None:
+        return ""
+    s, llm = marker["summary"], load_config(str(synthesis_dir(out, name) / "config.yaml")).synthesize.model
+    per_kept = f"{s['output_tokens_per_kept']:,.0f} output tokens a kept negative" if s.get("output_tokens_per_kept") else "none kept"
+    seconds = f", {s['seconds_per_kept']:.1f} s in its last run" if s.get("seconds_per_kept") else ""
+    return (f"LLM negatives `{name}` ({llm}): {s['ok']} of {s['pairs']} pairs keep a negative, {s['negatives']} negatives; "
+            f"{per_kept} (every attempt and round counted){seconds}.")
+
+
 def write_table(out: Path, order: list[str]) -> str:
     results = collect(out)
     names = [n for n in order if n in results] + sorted(set(results) - set(order))
     base = [r["test"]["ndcg@10"] for r in results.get("base", [])]
-    lines = ["| row | seeds | nDCG@10 | Δ vs base | Recall@100 | instances | realized R | grad var (mean) |",
+    lines = ["| row | seeds | nDCG@10 | Δ vs base | Recall@100 | instances | realized R (over those with synthetic) | grad var (mean) |",
              "| --- | --- | --- | --- | --- | --- | --- | --- |"]  # fmt: skip
     notes = []
     for name in names:
@@ -425,10 +445,12 @@ def write_table(out: Path, order: list[str]) -> str:
         gv = [r["grad_var"]["mean"] for r in runs if r.get("grad_var", {}).get("mean") is not None]
         lines.append(" | ".join([
             f"| {runs[0]['label']}", str(len(runs)), _mean_std(ndcg), delta, _mean_std([r["test"]["recall@100"] for r in runs]),
-            str(mix.get("instances", "")), f"{mix['realized_ratio']:.3f}" if "realized_ratio" in mix else "",
-            f"{np.mean(gv):.1f}" if gv else "",
+            str(mix.get("instances", "")), realized(mix), f"{np.mean(gv):.1f}" if gv else "",
         ]) + " |")  # fmt: skip
     lines += ["", *notes] if notes else []
+    for name in SYNTHESES:
+        if line := synthesis_line(out, name):
+            lines += ["", line]
     for name in SYNTHESES:
         if (p := read_json(probes_path(out, name))) is None:
             continue

@@ -88,6 +88,22 @@ def test_probe_lines_name_their_synthesis(tmp_path, quality) -> None:
     assert "`plain`" not in table  # no probe was written for it
 
 
+def test_a_finished_synthesis_says_what_it_kept_and_its_cost(tmp_path, quality) -> None:
+    _result(tmp_path, "base", 0, 0.60)
+    _result(tmp_path, "syneg", 0, 0.62, mix={"instances": 120, "realized_ratio": 0.41, "realized_ratio_with_synthetic": 0.68,
+                                              "with_synthetic": 80})  # fmt: skip
+    folder = quality.synthesis_dir(tmp_path, "syneg")
+    (folder / "synthesize").mkdir(parents=True)
+    (folder / "config.yaml").write_text("synthesize:\n  model: qwen2.5-coder-1.5b\n")
+    summary = {"pairs": 128, "ok": 90, "negatives": 240, "output_tokens_per_kept": 1432.4, "seconds_per_kept": 61.25}
+    quality.write_record(folder / "synthesize" / "_COMPLETE.json", {"fingerprint": "x", "summary": summary})
+    table = quality.write_table(tmp_path, ["base", "syneg"])
+    assert "| 120 | 0.410 (0.680) |" in table  # realized R, and over the instances holding synthetic negatives
+    assert ("LLM negatives `syneg` (qwen2.5-coder-1.5b): 90 of 128 pairs keep a negative, 240 negatives; 1,432 output tokens "
+            "a kept negative (every attempt and round counted), 61.2 s in its last run.") in table
+    assert "`judge` (" not in table  # not finished: no line
+
+
 def test_each_row_keeps_its_result_under_the_pipelines_fingerprint_of_what_it_reads(tmp_path, quality) -> None:
     import argparse
 
