@@ -192,6 +192,10 @@ def run_round(work: list[dict], step: engines.EngineFn, judge_step: engines.Engi
     ds = step(work_dataset(work, cfg.batch_size))
     if judge_step is not None:
         ds = judge_step(ds)
+    # One engine batch may outlast Ray Data's no-progress limit (30 minutes by default): 32 answers of
+    # 1,500 tokens take about 40 minutes on 2 CPU cores, and Ray Data would fail the round as hung.
+    # An engine that fails still ends the round with its error.
+    ds.context.execution_no_progress_timeout_s = -1
     following: list[dict] = []
     # prefetch_batches=0: with prefetching, Ray Data hands a block on only once the next one has
     # arrived, so each batch would be committed one engine batch late (18 minutes with a 1.5B LLM

@@ -190,6 +190,32 @@ def test_a_finished_batch_is_committed_while_the_next_is_generated(cfg, ray_loca
     assert not following and {(r["key"], r["status"]) for r in done} == {("first", "ok"), ("second", "ok")}
 
 
+def test_an_engine_batch_may_outlast_ray_datas_no_progress_limit(cfg, ray_local, tmp_path) -> None:
+    """Ray Data fails an execution in which no block moves for `execution_no_progress_timeout_s` (30
+    minutes by default; an LLM batch on CPU can take longer). Here the limit is 1 s and the batch 4 s."""
+    from ray.data import DataContext
+    from tqdm import tqdm
+
+    from syneg_ray.engines.base import Generation, with_generation
+
+    def slow_engine(batch: dict) -> dict:
+        time.sleep(4)
+        rows = [dict(zip(batch, values, strict=True)) for values in zip(*batch.values(), strict=True)]
+        gen = Generation(text=json.dumps({"reasoning": "r", "negatives": [NEG]}), prompt_tokens=10, output_tokens=10)
+        table = [with_generation(row, gen) for row in rows]
+        return {name: [r[name] for r in table] for name in table[0]}
+
+    context = DataContext.get_current()
+    limit = context.execution_no_progress_timeout_s
+    context.execution_no_progress_timeout_s = 1  # datasets made from here on copy it
+    try:
+        following = stage.run_round([work_row(cfg)], lambda ds: ds.map_batches(slow_engine, batch_size=None, num_cpus=0.1), None,
+                                    cfg.synthesize, tmp_path / "run" / "synthesize", tqdm(disable=True), Counter())
+    finally:
+        context.execution_no_progress_timeout_s = limit
+    assert not following and store.read_synthetic(tmp_path / "run" / "synthesize" / "negatives.parquet").num_rows == 1
+
+
 def test_hf_prompt_cache_reuse_changes_no_token() -> None:
     """Greedy answers with the prompt's KV cache reused across fields equal those re-encoding the prompt per field.
 
