@@ -74,6 +74,30 @@ def evaluate_run(qrels: Mapping[str, Mapping[str, int]], run: Mapping[str, Mappi
     }
 
 
+def ndcg_by_query(qrels: Mapping[str, Mapping[str, int]], run: Mapping[str, Mapping[str, float]]) -> dict[str, float]:
+    """Each judged query's nDCG@10 (0 for a query missing from the run), as `evaluate_run` averages them."""
+    import pytrec_eval
+
+    qrels = {q: {d: int(r) for d, r in docs.items()} for q, docs in qrels.items()}
+    full = {q: {d: float(s) for d, s in run.get(q, {}).items()} or {"__none__": 0.0} for q in qrels}
+    per_query = pytrec_eval.RelevanceEvaluator(qrels, {"ndcg_cut.10"}).evaluate(full)
+    return {q: float(per_query[q]["ndcg_cut_10"]) for q in qrels}
+
+
+def paired_difference(a: Mapping[str, float], b: Mapping[str, float]) -> tuple[float, float, int]:
+    """Mean of a - b over the queries both score, its standard error, and how many queries.
+
+    Two models scored on the same queries differ less from query to query than either score does,
+    so the error of their difference is what says whether one beats the other: often several times
+    smaller than either score's own standard error. The error is nan for fewer than two queries.
+    """
+    common = sorted(set(a) & set(b))
+    diff = np.array([a[q] - b[q] for q in common])
+    if len(diff) < 2:
+        return (float(diff.mean()) if len(diff) else float("nan")), float("nan"), len(diff)
+    return float(diff.mean()), float(diff.std(ddof=1) / np.sqrt(len(diff))), len(diff)
+
+
 def json_value(value: float) -> float | None:
     """`value` as JSON holds it: JSON has no NaN, so an undefined metric (the standard error over one
     query) is written as null."""

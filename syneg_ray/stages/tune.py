@@ -3,23 +3,27 @@
 Each trial mixes at its R and trains at its tau with the Train V2 pattern: the trial function
 builds a TorchTrainer and calls fit(); a TuneReportCallback forwards each epoch's dev metrics to
 Tune so ASHA can stop weak trials early. Trials link the run's synthesis and mining outputs
-instead of recomputing them. The dev split is the dataset's own or carved from train queries; test is never read.
+instead of recomputing them. The dev split is the dataset's own or carved from train queries;
+test is never read.
 
 With the run directory in object storage, a trial may run on a node that never saw it: it fetches
 the shared outputs there and publishes what its train workers read (the instances, the dev qrels)
 under its own URI; Tune's and Ray Train's state live at the URI (see storage.py).
 
     run_dir/tune/trials/<trial_id>/   one run directory per trial (its mix, train, curves)
-    run_dir/tune/trials.csv           every trial: tau, R, epochs run, dev nDCG@10 and its standard error
+    run_dir/tune/trials.csv           every trial: tau, R, epochs run, dev nDCG@10 and its standard error, and
+                                      its difference to the best trial on the same queries, with that error
     run_dir/tune/best.yaml            the full pipeline config with the best tau and R
     run_dir/tune/heatmap.png          dev nDCG@10 over (tau, R), against the untrained model's
-    run_dir/tune/base.json            the untrained model's dev nDCG@10 and standard error, scored as the trials are
+    run_dir/tune/base.json            the untrained model's dev nDCG@10 and standard error, scored as the trials
+                                      are, and the best trial's gain over it on the same queries, with its error
 
 The standard error is the spread of the per-query nDCG@10 over sqrt(dev queries): a dev split whose
 error is as large as the gaps between trials cannot rank them (more dev queries, `data.dev_fraction`
 or, for a capped training set, `data.dev_adds_unused`; or the whole corpus as dev corpus,
-`train.dev_max_docs=0`, sharpen it). Every trial scores the same
-queries, so a difference between two trials is known somewhat better than either score.
+`train.dev_max_docs=0`, sharpen it). Every trial scores the same queries, so a difference between
+two trials is known better than either score: trials.csv gives each trial's difference to the
+best with the standard error of that paired difference.
 """
 
 from __future__ import annotations
@@ -42,11 +46,13 @@ from syneg_ray.errors import ConfigError, TuneError
 from syneg_ray.mixing import hybrid_target
 from syneg_ray.plots import plot_heatmap
 from syneg_ray.runtime import link_folder
+from syneg_ray.stages.train.devset import BY_QUERY
 
 logger = logging.getLogger(__name__)
 
 METRIC = "dev_ndcg@10"
 METRIC_SE = f"{METRIC}_se"  # the standard error of METRIC over the dev queries (metrics.evaluate_run)
+VS_BEST, VS_BEST_SE = f"{METRIC}_vs_best", f"{METRIC}_vs_best_se"  # a trial less the best, on the same queries, and its error
 SHARED = ("pairs", "synthesize", "mine")  # stage folders every trial links instead of recomputing
 
 
@@ -241,21 +247,33 @@ def run_tune(cfg: PipelineConfig) -> dict[str, Any]:
     model_path = resolve_model(cfg.train.model or cfg.encoder.model, cfg.run.cache_dir or None)
     results = build_tuner(cfg, model_path).fit()
     rows = trial_rows(results)
+    best = compare_to_best(rows, run_dir / "tune" / "trials")
     write_trials(rows, out / "trials.csv")
-    scored = [r for r in rows if not math.isnan(r[METRIC])]
-    if not scored:
+    if best is None:
         raise TuneError(f"all {len(rows)} trials failed; their errors are in {out / 'trials.csv'} and under {out / 'ray'}")
-    best = max(scored, key=lambda r: r[METRIC])
     best_config = trial_config(given, best["temperature"], best["ratio"], Path(given.run.run_dir))
     (out / "best.yaml").write_text(to_yaml(best_config), encoding="utf-8")
     scores = base_dev_metrics(cfg, model_path)
     base, base_se = scores.get("ndcg@10", math.nan), scores.get("ndcg@10_se", math.nan)
-    (out / "base.json").write_text(json.dumps({METRIC: base, METRIC_SE: metrics.json_value(base_se)}) + "\n", encoding="utf-8")
+    best_by_query = trial_by_query(run_dir / "tune" / "trials", best)
+    gain, gain_se, _ = metrics.paired_difference(best_by_query, scores.get(BY_QUERY, {})) if best_by_query else (math.nan, math.nan, 0)
+    record = {METRIC: base, METRIC_SE: base_se, "best_gain": gain, "best_gain_se": gain_se}  # the gain: best trial less this model
+    (out / "base.json").write_text(json.dumps({k: metrics.json_value(v) for k, v in record.items()}) + "\n", encoding="utf-8")
     plot_heatmap(rows, out / "heatmap.png", base, METRIC)
-    logger.info("tune: %d trials; best tau %.4f, R %.2f: dev nDCG@10 %.4f ± %.4f (untrained model %.4f; ± is the standard "
-                "error over the dev queries) -> %s", len(rows), best["temperature"], best["ratio"], best[METRIC],
-                best[METRIC_SE], base, out)  # fmt: skip
+    logger.info("tune: %d trials; best tau %.4f, R %.2f: dev nDCG@10 %.4f ± %.4f (± the standard error over the dev queries); "
+                "%+.4f ± %.4f over the untrained model's %.4f on the same queries%s -> %s", len(rows), best["temperature"],
+                best["ratio"], best[METRIC], best[METRIC_SE], gain, gain_se, base, runner_up(rows, best), out)  # fmt: skip
     return {"best": best, "trials": len(rows), "base": base}
+
+
+def runner_up(rows: list[dict[str, Any]], best: dict[str, Any]) -> str:
+    """The next best trial and how far below the best it scores on the same queries, as a log phrase."""
+    others = [r for r in rows if r is not best and not math.isnan(r[METRIC])]
+    if not others:
+        return ""
+    second = max(others, key=lambda r: r[METRIC])
+    return (f"; the runner-up (tau {second['temperature']:.4f}, R {second['ratio']:.2f}) is {-second[VS_BEST]:.4f} ± "
+            f"{second[VS_BEST_SE]:.4f} below the best")
 
 
 def base_dev_score(cfg: PipelineConfig, model_path: str) -> float:
@@ -307,6 +325,7 @@ def trial_rows(results) -> list[dict[str, Any]]:
         reported = result.metrics or {}
         rows.append({
             "trial": os.path.basename(result.path),
+            "trial_id": reported.get("trial_id", ""),  # the name of its run directory under tune/trials/
             "temperature": result.config["temperature"],
             "ratio": result.config["ratio"],
             "epochs": reported.get("training_iteration", 0),
@@ -315,6 +334,32 @@ def trial_rows(results) -> list[dict[str, Any]]:
             "error": str(result.error) if result.error else "",
         })  # fmt: skip
     return sorted(rows, key=lambda r: (r["temperature"], r["ratio"]))
+
+
+def trial_by_query(trials_dir: Path, row: dict[str, Any]) -> dict[str, float]:
+    """The trial's nDCG@10 per dev query at its last epoch, written by its rank 0 (train/loop.py); {}
+    for a trial that failed before its first epoch ended."""
+    from syneg_ray.stages.train.loop import DEV_BY_QUERY
+
+    path = trials_dir / row["trial_id"] / "train" / DEV_BY_QUERY
+    if not row["trial_id"] or not storage.published(path):
+        return {}
+    return json.loads(storage.fetch(path).read_text(encoding="utf-8"))["ndcg@10"]
+
+
+def compare_to_best(rows: list[dict[str, Any]], trials_dir: Path) -> dict[str, Any] | None:
+    """Adds to every row its dev nDCG@10 less the best trial's over the same dev queries, with the
+    standard error of that paired difference (`metrics.paired_difference`; nan without per-query
+    scores); returns the best row, or None when no trial was scored."""
+    scored = [r for r in rows if not math.isnan(r[METRIC])]
+    if not scored:
+        return None
+    best = max(scored, key=lambda r: r[METRIC])
+    reference = trial_by_query(trials_dir, best)
+    for row in rows:
+        own = trial_by_query(trials_dir, row) if reference else {}
+        row[VS_BEST], row[VS_BEST_SE], _ = metrics.paired_difference(own, reference) if own else (math.nan, math.nan, 0)
+    return best
 
 
 def write_trials(rows: list[dict[str, Any]], path: Path) -> None:

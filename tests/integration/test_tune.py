@@ -62,6 +62,13 @@ def test_four_trials_write_table_best_config_and_heatmap(ray_local, tmp_path: Pa
     base = json.loads((out / "base.json").read_text())
     assert base["dev_ndcg@10"] == summary["base"] and 0.0 < base["dev_ndcg@10_se"] < 0.5  # scored with its standard error
     assert all(0.0 < float(r["dev_ndcg@10_se"]) < 0.5 for r in rows)  # and so is every trial
+    # each trial against the best on the same dev queries: its paired difference, and the best's own gain over the untrained model
+    top = max(rows, key=lambda r: float(r["dev_ndcg@10"]))
+    assert (float(top["dev_ndcg@10_vs_best"]), float(top["dev_ndcg@10_vs_best_se"])) == (0.0, 0.0)
+    for r in rows:
+        assert float(r["dev_ndcg@10_vs_best"]) == pytest.approx(float(r["dev_ndcg@10"]) - float(top["dev_ndcg@10"]), abs=1e-9)
+    assert base["best_gain"] == pytest.approx(float(top["dev_ndcg@10"]) - base["dev_ndcg@10"], abs=1e-9)
+    assert base["best_gain_se"] is not None and 0.0 <= base["best_gain_se"] < 0.5
     # every trial linked the shared negatives instead of copying or recomputing them
     trial_dirs = list((out / "trials").iterdir())
     assert len(trial_dirs) == 4 and all((d / "mine").is_symlink() and (d / "synthesize").is_symlink() for d in trial_dirs)

@@ -68,3 +68,19 @@ def test_json_value_writes_an_undefined_metric_as_null() -> None:
     assert np.isnan(one_query["ndcg@10_se"])  # a standard error over one query is undefined
     written = json.loads(json.dumps({k: metrics.json_value(v) for k, v in one_query.items()}))
     assert written["ndcg@10_se"] is None and written["ndcg@10"] == 1.0
+
+
+def test_per_query_ndcg_averages_to_the_mean_and_a_paired_difference_is_known_better() -> None:
+    qrels = {"q1": {"a": 1}, "q2": {"b": 1}, "q3": {"c": 1}, "q4": {"d": 1}}
+    first = {"q1": {"a": 1.0}, "q2": {"x": 1.0, "b": 0.5}, "q3": {"x": 1.0, "y": 0.9, "c": 0.5}}  # q4 retrieved nothing
+    by_query = metrics.ndcg_by_query(qrels, first)
+    assert by_query["q4"] == 0.0 and by_query["q2"] == pytest.approx(1 / math.log2(3))
+    assert np.mean(list(by_query.values())) == pytest.approx(metrics.evaluate_run(qrels, first)["ndcg@10"])
+    # a second model a little better on every query: a small gain, but the same on every query
+    second = {q: v + 0.05 for q, v in by_query.items()}
+    mean, se, n = metrics.paired_difference(second, by_query)
+    assert mean == pytest.approx(0.05) and se == pytest.approx(0.0) and n == 4
+    unpaired = np.std(list(by_query.values()), ddof=1) / 2  # either score's own error is far larger than the gain
+    assert unpaired > 0.2
+    mean, se, n = metrics.paired_difference({"q1": 1.0, "q9": 0.0}, by_query)
+    assert (mean, n) == (0.0, 1) and math.isnan(se)

@@ -6,6 +6,7 @@ import json
 import logging
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -54,11 +55,17 @@ def load_devset(cfg: PipelineConfig) -> DevSet | None:
     return DevSet(query_ids, [queries[q] for q in query_ids], doc_ids, [corpus[d] for d in doc_ids], qrels)
 
 
-def dev_metrics(st, dev: DevSet, options: EncodeOptions, query_prompt: str = "", document_prompt: str = "") -> dict[str, float]:
+BY_QUERY = "ndcg@10_by_query"  # dev_metrics: each dev query's nDCG@10, for paired comparisons (Tune)
+
+
+def dev_metrics(st, dev: DevSet, options: EncodeOptions, query_prompt: str = "", document_prompt: str = "") -> dict[str, Any]:
     """Encodes dev queries and documents with `st` (eval mode, restored after) and scores by cosine.
 
     Queries are encoded after `query_prompt` and documents after `document_prompt` (encoder.query_prompt
     and encoder.document_prompt, as evaluation and training prefix them); `options.prompt` is ignored.
+
+    Returns:
+        `metrics.evaluate_run`'s numbers, and under `BY_QUERY` each dev query's nDCG@10.
     """
     from syneg_ray.index import search_exact
 
@@ -70,7 +77,8 @@ def dev_metrics(st, dev: DevSet, options: EncodeOptions, query_prompt: str = "",
     finally:
         st.train(was_training)
     scores, indices = search_exact(q, d, min(100, len(dev.doc_ids)), device=str(st.device) if st.device.type == "cuda" else "cpu")
-    return metrics.evaluate_run(dev.qrels, metrics.to_run(dev.query_ids, dev.doc_ids, scores, indices))
+    run = metrics.to_run(dev.query_ids, dev.doc_ids, scores, indices)
+    return {**metrics.evaluate_run(dev.qrels, run), BY_QUERY: metrics.ndcg_by_query(dev.qrels, run)}
 
 
 def _unit(x: np.ndarray) -> np.ndarray:

@@ -10,6 +10,7 @@ import logging
 import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -53,7 +54,7 @@ def dev_options(cfg: PipelineConfig) -> EncodeOptions:
     )  # fmt: skip
 
 
-def dev_scores(st, dev: DevSet, cfg: PipelineConfig) -> dict[str, float]:
+def dev_scores(st, dev: DevSet, cfg: PipelineConfig) -> dict[str, Any]:
     """`dev_metrics` with the run's encoding options and, per side, the prompt mining and evaluation use."""
     return dev_metrics(st, dev, dev_options(cfg), **session_prompts(cfg))
 

@@ -23,7 +23,7 @@ import torch
 from syneg_ray import storage
 from syneg_ray.config import from_dict
 from syneg_ray.model import load_model
-from syneg_ray.stages.train.devset import load_devset
+from syneg_ray.stages.train.devset import BY_QUERY, load_devset
 from syneg_ray.stages.train.local import fit_epochs, session_prompts
 from syneg_ray.stages.train.state import MODEL_DIR, load_state, save_state
 from syneg_ray.stages.train.step import Batch, Session, build_session, padded, planned_steps, steps_per_epoch
@@ -36,6 +36,7 @@ PROGRESS_FILE = "progress.json"  # rank 0's latest step, with its pid (monitorin
 # nodes publish theirs to a run directory in object storage, where no two processes may write one object.
 ATTEMPTS_DIR = "attempts"  # one line per worker start: pid, rank, first epoch to run
 SHARDS_DIR = "shards"  # one line per worker and epoch: steps, instances read from its shard, mean loss
+DEV_BY_QUERY = "dev_by_query.json"  # rank 0: the latest epoch's nDCG@10 per dev query (Tune pairs trials by it)
 PROGRESS_EVERY_S = 10.0  # rank 0 rewrites progress.json at most this often (an object-store put each time)
 
 
@@ -83,6 +84,9 @@ def _end_epoch(sess: Session, cfg_dict: dict, rank: int, summaries: list[dict], 
     last = summaries[-1]
     _append_record(train_dir / SHARDS_DIR, rank, {"rank": rank, "epoch": last["epoch"], "steps": last["steps"],
                                                   "rows": data.rows_read, "loss": last["loss"], "pid": os.getpid()})  # fmt: skip
+    if rank == 0 and f"dev_{BY_QUERY}" in last:  # before the report, which may end the trial
+        (train_dir / DEV_BY_QUERY).write_text(json.dumps({"epoch": last["epoch"], "ndcg@10": last[f"dev_{BY_QUERY}"]}), encoding="utf-8")
+        storage.publish(train_dir / DEV_BY_QUERY)
     _report(sess, cfg_dict, rank, summaries)
 
 
