@@ -281,8 +281,9 @@ def base_dev_score(cfg: PipelineConfig, model_path: str) -> float:
     return float(base_dev_metrics(cfg, model_path).get("ndcg@10", math.nan))
 
 
-def base_dev_metrics(cfg: PipelineConfig, model_path: str) -> dict[str, float]:
-    """The untrained model's dev metrics (`metrics.evaluate_run`'s), or {} when the run has no dev queries."""
+def base_dev_metrics(cfg: PipelineConfig, model_path: str) -> dict[str, Any]:
+    """The untrained model's dev metrics (`metrics.evaluate_run`'s, and its nDCG@10 per dev query under
+    `BY_QUERY`), or {} when the run has no dev queries."""
     from syneg_ray.model import load_model
     from syneg_ray.stages.train.devset import load_devset
     from syneg_ray.stages.train.local import dev_scores
