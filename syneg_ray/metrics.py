@@ -55,6 +55,14 @@ def evaluate_run(qrels: Mapping[str, Mapping[str, int]], run: Mapping[str, Mappi
         ValueError: `qrels` holds no query (a mean over none is undefined); callers that read a
             qrels file check this first and name the file.
     """
+    return evaluate_run_by_query(qrels, run)[0]
+
+
+def evaluate_run_by_query(
+    qrels: Mapping[str, Mapping[str, int]], run: Mapping[str, Mapping[str, float]]
+) -> tuple[dict[str, float], dict[str, float]]:
+    """`evaluate_run`'s means, and each judged query's nDCG@10 that they average (0 for a query
+    missing from the run): two models' per-query values go to `paired_difference`."""
     import pytrec_eval
 
     if not qrels:
@@ -64,24 +72,16 @@ def evaluate_run(qrels: Mapping[str, Mapping[str, int]], run: Mapping[str, Mappi
     per_query = pytrec_eval.RelevanceEvaluator(qrels, {"ndcg_cut.10", "recall.100", "map_cut.100"}).evaluate(full)
     mrr = pytrec_eval.RelevanceEvaluator(qrels, {"recip_rank"}).evaluate(top_k(full, 10))
     n = len(qrels)
-    ndcg = np.array([m["ndcg_cut_10"] for m in per_query.values()])
-    return {
+    by_query = {q: float(per_query[q]["ndcg_cut_10"]) for q in qrels}
+    ndcg = np.array(list(by_query.values()))
+    means = {
         "ndcg@10": float(ndcg.sum()) / n,
         "recall@100": sum(m["recall_100"] for m in per_query.values()) / n,
         "mrr@10": sum(m["recip_rank"] for m in mrr.values()) / n,
         "map@100": sum(m["map_cut_100"] for m in per_query.values()) / n,
         "ndcg@10_se": float(ndcg.std(ddof=1) / np.sqrt(n)) if n > 1 else float("nan"),
     }
-
-
-def ndcg_by_query(qrels: Mapping[str, Mapping[str, int]], run: Mapping[str, Mapping[str, float]]) -> dict[str, float]:
-    """Each judged query's nDCG@10 (0 for a query missing from the run), as `evaluate_run` averages them."""
-    import pytrec_eval
-
-    qrels = {q: {d: int(r) for d, r in docs.items()} for q, docs in qrels.items()}
-    full = {q: {d: float(s) for d, s in run.get(q, {}).items()} or {"__none__": 0.0} for q in qrels}
-    per_query = pytrec_eval.RelevanceEvaluator(qrels, {"ndcg_cut.10"}).evaluate(full)
-    return {q: float(per_query[q]["ndcg_cut_10"]) for q in qrels}
+    return means, by_query
 
 
 def paired_difference(a: Mapping[str, float], b: Mapping[str, float]) -> tuple[float, float, int]:

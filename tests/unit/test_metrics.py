@@ -73,9 +73,10 @@ def test_json_value_writes_an_undefined_metric_as_null() -> None:
 def test_per_query_ndcg_averages_to_the_mean_and_a_paired_difference_is_known_better() -> None:
     qrels = {"q1": {"a": 1}, "q2": {"b": 1}, "q3": {"c": 1}, "q4": {"d": 1}}
     first = {"q1": {"a": 1.0}, "q2": {"x": 1.0, "b": 0.5}, "q3": {"x": 1.0, "y": 0.9, "c": 0.5}}  # q4 retrieved nothing
-    by_query = metrics.ndcg_by_query(qrels, first)
+    means, by_query = metrics.evaluate_run_by_query(qrels, first)
     assert by_query["q4"] == 0.0 and by_query["q2"] == pytest.approx(1 / math.log2(3))
-    assert np.mean(list(by_query.values())) == pytest.approx(metrics.evaluate_run(qrels, first)["ndcg@10"])
+    assert np.mean(list(by_query.values())) == pytest.approx(means["ndcg@10"])
+    assert means == metrics.evaluate_run(qrels, first)
     # a second model a little better on every query: a small gain, but the same on every query
     second = {q: v + 0.05 for q, v in by_query.items()}
     mean, se, n = metrics.paired_difference(second, by_query)

@@ -78,7 +78,8 @@ def dev_metrics(st, dev: DevSet, options: EncodeOptions, query_prompt: str = "",
         st.train(was_training)
     scores, indices = search_exact(q, d, min(100, len(dev.doc_ids)), device=str(st.device) if st.device.type == "cuda" else "cpu")
     run = metrics.to_run(dev.query_ids, dev.doc_ids, scores, indices)
-    return {**metrics.evaluate_run(dev.qrels, run), BY_QUERY: metrics.ndcg_by_query(dev.qrels, run)}
+    means, by_query = metrics.evaluate_run_by_query(dev.qrels, run)
+    return {**means, BY_QUERY: by_query}
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
