@@ -34,6 +34,7 @@ import json
 import logging
 import math
 import os
+from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -247,7 +248,8 @@ def run_tune(cfg: PipelineConfig) -> dict[str, Any]:
     model_path = resolve_model(cfg.train.model or cfg.encoder.model, cfg.run.cache_dir or None)
     results = build_tuner(cfg, model_path).fit()
     rows = trial_rows(results)
-    best = compare_to_best(rows, run_dir / "tune" / "trials")
+    by_query = {row["trial_id"]: trial_by_query(run_dir / "tune" / "trials", row) for row in rows}
+    best = compare_to_best(rows, by_query)
     write_trials(rows, out / "trials.csv")
     if best is None:
         raise TuneError(f"all {len(rows)} trials failed; their errors are in {out / 'trials.csv'} and under {out / 'ray'}")
@@ -255,7 +257,7 @@ def run_tune(cfg: PipelineConfig) -> dict[str, Any]:
     (out / "best.yaml").write_text(to_yaml(best_config), encoding="utf-8")
     scores = base_dev_metrics(cfg, model_path)
     base, base_se = scores.get("ndcg@10", math.nan), scores.get("ndcg@10_se", math.nan)
-    best_by_query = trial_by_query(run_dir / "tune" / "trials", best)
+    best_by_query = by_query[best["trial_id"]]
     gain, gain_se, _ = metrics.paired_difference(best_by_query, scores.get(BY_QUERY, {})) if best_by_query else (math.nan, math.nan, 0)
     record = {METRIC: base, METRIC_SE: base_se, "best_gain": gain, "best_gain_se": gain_se}  # the gain: best trial less this model
     (out / "base.json").write_text(json.dumps({k: metrics.json_value(v) for k, v in record.items()}) + "\n", encoding="utf-8")
@@ -348,17 +350,18 @@ def trial_by_query(trials_dir: Path, row: dict[str, Any]) -> dict[str, float]:
     return json.loads(storage.fetch(path).read_text(encoding="utf-8"))["ndcg@10"]
 
 
-def compare_to_best(rows: list[dict[str, Any]], trials_dir: Path) -> dict[str, Any] | None:
+def compare_to_best(rows: list[dict[str, Any]], by_query: Mapping[str, Mapping[str, float]]) -> dict[str, Any] | None:
     """Adds to every row its dev nDCG@10 less the best trial's over the same dev queries, with the
-    standard error of that paired difference (`metrics.paired_difference`; nan without per-query
-    scores); returns the best row, or None when no trial was scored."""
+    standard error of that paired difference (`metrics.paired_difference`; nan for a trial without
+    per-query scores in `by_query`, which maps trial ids to `trial_by_query`'s); returns the best row,
+    or None when no trial was scored."""
     scored = [r for r in rows if not math.isnan(r[METRIC])]
     if not scored:
         return None
     best = max(scored, key=lambda r: r[METRIC])
-    reference = trial_by_query(trials_dir, best)
+    reference = by_query.get(best["trial_id"], {})
     for row in rows:
-        own = trial_by_query(trials_dir, row) if reference else {}
+        own = by_query.get(row["trial_id"], {}) if reference else {}
         row[VS_BEST], row[VS_BEST_SE], _ = metrics.paired_difference(own, reference) if own else (math.nan, math.nan, 0)
     return best
 

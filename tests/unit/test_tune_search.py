@@ -133,7 +133,7 @@ def test_each_trial_is_compared_to_the_best_on_the_same_dev_queries(tmp_path: Pa
     import json
 
     from syneg_ray.stages.train.loop import DEV_BY_QUERY
-    from syneg_ray.stages.tune import VS_BEST, VS_BEST_SE, compare_to_best, runner_up
+    from syneg_ray.stages.tune import VS_BEST, VS_BEST_SE, compare_to_best, runner_up, trial_by_query
 
     trials = tmp_path / "trials"
     by_query = {"best": {"q1": 0.9, "q2": 0.5, "q3": 0.2}, "near": {"q1": 0.85, "q2": 0.45, "q3": 0.15}}
@@ -145,10 +145,12 @@ def test_each_trial_is_compared_to_the_best_on_the_same_dev_queries(tmp_path: Pa
         return {"trial": trial_id, "trial_id": trial_id, "temperature": 0.02, "ratio": 0.5, METRIC: score}
 
     rows = [row("near", 0.4833), row("best", 0.5333), row("failed", math.nan), row("unwritten", 0.30)]
-    best = compare_to_best(rows, trials)
+    read = {r["trial_id"]: trial_by_query(trials, r) for r in rows}
+    assert read["near"] == by_query["near"] and read["unwritten"] == {}  # a trial whose rank 0 wrote nothing
+    best = compare_to_best(rows, read)
     assert best is rows[1] and (rows[1][VS_BEST], rows[1][VS_BEST_SE]) == (0.0, 0.0)
     # 5 points below on every query: a difference known exactly, though either score's own error is 0.2
     assert rows[0][VS_BEST] == pytest.approx(-0.05) and rows[0][VS_BEST_SE] == pytest.approx(0.0, abs=1e-12)
     assert all(math.isnan(r[VS_BEST]) for r in rows[2:])  # no per-query scores: nothing to pair
     assert runner_up(rows, best) == "; the runner-up (tau 0.0200, R 0.50) is 0.0500 ± 0.0000 below the best"
-    assert compare_to_best([row("failed", math.nan)], trials) is None
+    assert compare_to_best([row("failed", math.nan)], read) is None
