@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import logging
+from contextlib import closing
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 
 from syneg_ray import beir, dataset, metrics, schema, storage
 from syneg_ray.config import PipelineConfig
@@ -42,17 +44,30 @@ def load_devset(cfg: PipelineConfig) -> DevSet | None:
     if not qrels:
         return None
     prepared = dataset.prepare(cfg)
-    corpus = dataset.read_corpus(prepared)
+    corpus_ids = prepared.doc_ids()
+    rows = dev_corpus_rows(corpus_ids, qrels, cfg.train.dev_max_docs, cfg.data.split_seed)
+    with closing(dataset.open_docstore(prepared)) as store:  # the texts searched, not the corpus's
+        doc_texts = store.texts(rows)
     queries = beir.read_queries(prepared.folder, keep=set(qrels))
-    doc_ids = list(corpus)
-    if cfg.train.dev_max_docs and cfg.train.dev_max_docs < len(doc_ids):
-        relevant = {d for docs in qrels.values() for d in docs if d in corpus}
-        others = [d for d in doc_ids if d not in relevant]
-        # seeded with the data split's seed, not the run's: runs at other seeds score the same dev corpus
-        picked = np.random.default_rng(cfg.data.split_seed).permutation(len(others))[: max(0, cfg.train.dev_max_docs - len(relevant))]
-        doc_ids = sorted(relevant) + [others[i] for i in sorted(picked)]
     query_ids = sorted(queries)
-    return DevSet(query_ids, [queries[q] for q in query_ids], doc_ids, [corpus[d] for d in doc_ids], qrels)
+    return DevSet(query_ids, [queries[q] for q in query_ids], corpus_ids.take(rows).to_pylist(), doc_texts, qrels)
+
+
+def dev_corpus_rows(corpus_ids: pa.ChunkedArray, qrels: dict[str, dict[str, int]], max_docs: int, seed: int) -> np.ndarray:
+    """The corpus rows the dev queries search: every row, or (0 < `max_docs` < the corpus) the dev
+    positives' rows in id order and then a seeded sample of the other rows, in corpus order, up to
+    `max_docs`. Memory grows with the corpus only by a flag and an index per document: the texts are
+    read for the rows picked (a whole corpus as dev corpus is as large as its texts, by choice)."""
+    n = len(corpus_ids)
+    if not max_docs or max_docs >= n:
+        return np.arange(n)
+    relevant = dataset.corpus_rows(corpus_ids, {d for docs in qrels.values() for d in docs})
+    is_other = np.ones(n, dtype=bool)
+    is_other[list(relevant.values())] = False
+    others = np.flatnonzero(is_other)
+    # seeded with the data split's seed, not the run's: runs at other seeds score the same dev corpus
+    picked = np.random.default_rng(seed).permutation(len(others))[: max(0, max_docs - len(relevant))]
+    return np.concatenate([np.array([relevant[d] for d in sorted(relevant)], dtype=np.int64), others[np.sort(picked)]])
 
 
 BY_QUERY = "ndcg@10_by_query"  # dev_metrics: each dev query's nDCG@10, for paired comparisons (Tune)
