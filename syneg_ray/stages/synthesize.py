@@ -16,6 +16,7 @@ import math
 import random
 import time
 from collections import Counter
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -135,8 +136,11 @@ def resolve_pools(cfg: PipelineConfig, model: str, out_dir: Path) -> attributes.
         return attributes.load_pools(stored)
     from syneg_ray import dataset
 
-    corpus = pq.read_table(dataset.prepare(cfg).corpus_parquet, columns=["text"]).column("text").to_pylist()
-    sample = random.Random(cfg.run.seed).sample(corpus, min(12, len(corpus)))
+    prepared = dataset.prepare(cfg)
+    n_docs = pq.ParquetFile(prepared.corpus_parquet).metadata.num_rows
+    rows = random.Random(cfg.run.seed).sample(range(n_docs), min(12, n_docs))  # only the sample's texts are read
+    with closing(dataset.open_docstore(prepared)) as docs:
+        sample = docs.texts(rows)
     text = engines.complete(cfg.synthesize, model, prompts.domain_messages(sample))
     domains = parsing.parse_domains(text)
     if len(domains) < 2:

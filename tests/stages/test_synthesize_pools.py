@@ -23,6 +23,8 @@ def proposer(tmp_path, monkeypatch) -> list:
     answers: list = []
 
     def complete(cfg, model, messages, max_new_tokens=160):
+        shown = messages[-1]["content"]
+        assert "tidal energy in estuaries" in shown and "bridge load tests" in shown  # the corpus's texts, as a sample
         answer = answers.pop(0)
         if isinstance(answer, Exception):
             raise answer
