@@ -54,7 +54,8 @@ def similarity_plot(cfg: PipelineConfig, run_dir: Path) -> Path | None:
     from syneg_ray.registry import resolve_model
     from syneg_ray.services.embed import encode_options, local_encoder
 
-    rows = pq.read_table(instances_path).slice(0, MAX_INSTANCES).to_pylist()
+    batches = pq.ParquetFile(instances_path).iter_batches(batch_size=MAX_INSTANCES)  # the first rows, not the whole file
+    rows = next((batch.to_pylist() for batch in batches), [])
     encoder = local_encoder(cfg, resolve_model(cfg.encoder.model, cfg.run.cache_dir or None))
     as_query, as_document = encode_options(cfg.encoder, cfg.encoder.query_prompt), encode_options(cfg.encoder, cfg.encoder.document_prompt)
     query = encode(encoder, [r["query"] for r in rows], as_query)
