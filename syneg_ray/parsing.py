@@ -22,10 +22,12 @@ NEAR_DUP_QUERY = "near_duplicate_query"
 CONTAINS_QUERY = "contains_query"  # restates a query of 5+ words verbatim, then adds text: it answers, not misses
 DUPLICATE = "duplicate_negative"
 TRUNCATED = "truncated"  # the answer ended at its token budget inside this negative (those before it are kept)
+MARKUP = "markup"  # holds a tag the positive does not (the prompt's own <data>, <style_reference>, ...): not a document
 
 _WORD = re.compile(r"\w+", re.UNICODE)
 _FENCE = re.compile(r"```(?:json|JSON)?")
 _ITEM_END = re.compile(r'"\s*(?:,|$)')  # a quote before a comma or the cut: where a complete list item may end
+_TAG = re.compile(r"</?([A-Za-z][\w-]*)\s*/?>")  # <data>, </style_reference>, <br/>; not "p < 0.05" or "a<b"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -106,6 +108,11 @@ def words(text: str) -> set[str]:
     return set(tokens(text))
 
 
+def tags(text: str) -> set[str]:
+    """The lower-cased names of the markup tags in `text`."""
+    return {name.lower() for name in _TAG.findall(text)}
+
+
 def jaccard(a: set[str], b: set[str]) -> float:
     """|a & b| / |a | b|, 0 for two empty sets."""
     union = a | b
@@ -138,6 +145,7 @@ class _Checker:
         self.q_phrase = f" {' '.join(q_tokens)} " if len(q_tokens) >= 5 else ""  # a short query is a topic, not a claim
         self.near_duplicate = limits.near_duplicate
         self.kept_words: list[set[str]] = [words(t) for t in others]  # negatives the pair already holds
+        self.p_tags = tags(positive)  # a corpus of HTML or XML may hold tags: a negative may hold those too
 
     def keep(self, text: str) -> None:
         """Counts `text` as kept: later candidates that nearly repeat it are duplicates."""
@@ -151,6 +159,8 @@ class _Checker:
         w = set(t)
         if not text:
             return EMPTY
+        if tags(text) - self.p_tags:  # small LLMs echo the prompt's layout into a negative, around or inside it
+            return MARKUP
         if n < self.low:
             return TOO_SHORT
         if n > self.high:

@@ -80,6 +80,20 @@ def test_a_negative_that_restates_the_query_is_rejected() -> None:
     assert parsing.parse(answer(partial), QUERY, POSITIVE).negatives == [partial]
 
 
+def test_a_negative_in_the_prompts_layout_is_rejected_as_markup() -> None:
+    """Qwen2.5-Coder-1.5B wrapped most of its negatives in the prompt's own tags (seen on SciFact)."""
+    echoed = f"<data><style_reference>Vitamin D and falls.</style_reference><positive_document>{NEG_B}</positive_document>"
+    statistics = NEG_A + " Bone density rose (p < 0.05, n<100) where 1<2 and x > 3."  # comparisons are not tags
+    parsed = parsing.parse(answer(echoed, f"{NEG_A} </data>", statistics), QUERY, POSITIVE)
+    assert parsed.negatives == [statistics] and parsed.reasons == [parsing.MARKUP, parsing.MARKUP]
+    # tags the positive holds (a corpus of HTML) are the corpus's register, not the prompt's
+    html_positive = POSITIVE.replace("Vitamin D", "<i>Vitamin D</i>")
+    italic = NEG_B.replace("Sunlight", "<i>Sunlight</i>")
+    assert parsing.parse(answer(italic, f"<b>{NEG_A}</b>"), QUERY, html_positive).reasons == [parsing.MARKUP]
+    rewrites = parsing.parse_rewrites(answer(echoed, NEG_B), 2, QUERY, POSITIVE, parsing.Limits())
+    assert rewrites.reasons == [parsing.MARKUP, ""] and rewrites.texts == ["", NEG_B]
+
+
 def test_schema_drift_is_accepted_and_max_negatives_caps() -> None:
     raw = json.dumps({"reasoning": ["a", "b"], "hard_negatives": [{"text": NEG_A}, NEG_B]})
     parsed = parsing.parse(raw, QUERY, POSITIVE, parsing.Limits(max_negatives=1))
