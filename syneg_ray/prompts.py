@@ -19,8 +19,9 @@ import math
 from typing import Any
 
 # Bump whenever the wording or the output schema changes: it is part of every resume key.
-PROMPT_VERSION = "syneg-v4"  # v3: optional style reference; judged negatives go back in a reflection turn;
-# v4: an answer's token budget holds its negatives at the positive's length (answer_budget)
+PROMPT_VERSION = "syneg-v5"  # v3: optional style reference; judged negatives go back in a reflection turn;
+# v4: an answer's token budget holds its negatives at the positive's length (answer_budget); v5: each
+# negative is plain text, no tags (Qwen2.5-Coder-1.5B wrapped 58% of its v4 negatives in the prompt's <data> layout)
 MAX_POSITIVE_WORDS = 350  # the positive is cut to this many words inside the prompt
 TOKENS_PER_WORD = 1.5  # BPE tokens per word of English scientific prose (SmolLM2 and Qwen2.5 on SciFact: 1.50-1.52)
 # Characters that hold a word of English scientific prose, with margin: SciFact averages 6.9 with
@@ -52,7 +53,7 @@ A hard negative shares the topic, terms and style of the "positive_document", so
 All the negative documents should be in the education level of {difficulty} to comprehend, and the length should be {length} the "positive_document" (about {words} words each).
 {style}
 [Format Definition]
-Answer with exactly one JSON object with two keys: "reasoning" (a string) and "negatives" (a list of {k} strings, each one complete document written by you). No text before or after it."""
+Answer with exactly one JSON object with two keys: "reasoning" (a string) and "negatives" (a list of {k} strings, each the plain text of one complete document written by you, with no tags, labels or JSON inside it). No text before or after it."""
 
 # A real document of the collection, shown so the negatives read like it (SyNeg's negatives were easy to
 # tell from corpus text by their register and length). It sits in the attributes section, as data.
@@ -68,7 +69,7 @@ REFLECTION = """A judge scored your negatives with a retrieval model. These did 
 {flagged}
 </data>
 
-Rewrite each one listed above, in the order listed, following its reason: it must stay on the topic of the "user_query", read like the "positive_document", and NOT answer or support the query. Answer with exactly one JSON object with two keys: "reasoning" (a string: what went wrong and how the rewrites avoid it) and "negatives" (a list of {n} strings, the rewrites). No text before or after it."""
+Rewrite each one listed above, in the order listed, following its reason: it must stay on the topic of the "user_query", read like the "positive_document", and NOT answer or support the query. Answer with exactly one JSON object with two keys: "reasoning" (a string: what went wrong and how the rewrites avoid it) and "negatives" (a list of {n} strings, the rewrites, each the plain text of one document with no tags, labels or JSON inside it). No text before or after it."""
 
 
 def json_schema(k: int, min_chars: int = 0) -> dict[str, Any]:
