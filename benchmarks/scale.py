@@ -16,7 +16,9 @@ is made afresh; the caches (corpus Parquet, embeddings) stay, and the output say
 corpus was encoded in this run.
 
 Every stage runs as its own `python -m syneg_ray` process on a fresh local Ray, while this
-process samples the PSS of every process of that tree every 0.5 s (`--interval`) and files it under a kind:
+process samples the PSS of every process of that tree every 0.5 s (`--interval`), with the part of
+it in shared memory (Ray's object store, which a worker maps and streams its blocks through), and
+files it under a kind:
 driver (the stage's own process), encoder actor, search actor (BM25 and dense shards), train
 worker, and Ray's own processes (GCS, raylet, dashboard, Ray Data's and Train's helper actors,
 idle workers), the last summed. The table and the figure give each kind's peak per point and each
@@ -127,15 +129,28 @@ def kind_of(proc: psutil.Process, driver: int) -> str:
     return "Ray's own (sum)"
 
 
+def pss_mb(proc: psutil.Process) -> tuple[float, float]:
+    """The process's PSS and the part of it in shared memory (MB). A Ray worker maps the object store
+    (shared memory), and every block that streams through it adds pages to its PSS while the store
+    keeps them; the rest is what the process holds itself."""
+    try:
+        rollup = Path(f"/proc/{proc.pid}/smaps_rollup").read_text()
+    except OSError:  # not Linux, or gone: PSS alone
+        return proc.memory_full_info().pss / 2**20, 0.0
+    fields = {k: int(v) for k, v in re.findall(r"^(\w+):\s+(\d+) kB", rollup, re.MULTILINE)}
+    return fields.get("Pss", 0) / 1024, fields.get("Pss_Shmem", 0) / 1024
+
+
 def run_stage(stage: str, overrides: list[str], env: dict, log: Path, interval: float = 0.5) -> dict:
-    """Runs one stage in its own process tree; returns wall seconds and the peak PSS (MB) per kind."""
+    """Runs one stage in its own process tree; returns wall seconds, the peak PSS (MB) per kind, and
+    per kind the peak of PSS less its shared memory (`pss_mb`)."""
     command = [sys.executable, "-m", "syneg_ray", stage, *overrides]
     started = time.perf_counter()
     with log.open("a", encoding="utf-8") as out:
         out.write(f"$ {' '.join(command)}\n")
         out.flush()
         child = psutil.Popen(command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
-        peaks = dict.fromkeys(KINDS, 0.0)
+        peaks, own = dict.fromkeys(KINDS, 0.0), dict.fromkeys(KINDS, 0.0)
         stop = threading.Event()
 
         def sample() -> None:
@@ -144,18 +159,19 @@ def run_stage(stage: str, overrides: list[str], env: dict, log: Path, interval: 
                     tree = [child, *child.children(recursive=True)]
                 except psutil.NoSuchProcess:
                     break
-                ray_own = 0.0
+                ray_own = ray_own_unshared = 0.0
                 for proc in tree:
                     try:
-                        mb = proc.memory_full_info().pss / 2**20
+                        mb, shared = pss_mb(proc)
                         kind = kind_of(proc, child.pid)
                     except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
                         continue
                     if kind == "Ray's own (sum)":
-                        ray_own += mb
+                        ray_own, ray_own_unshared = ray_own + mb, ray_own_unshared + mb - shared
                     else:
-                        peaks[kind] = max(peaks[kind], mb)
+                        peaks[kind], own[kind] = max(peaks[kind], mb), max(own[kind], mb - shared)
                 peaks["Ray's own (sum)"] = max(peaks["Ray's own (sum)"], ray_own)
+                own["Ray's own (sum)"] = max(own["Ray's own (sum)"], ray_own_unshared)
                 stop.wait(interval)
 
         sampler = threading.Thread(target=sample, daemon=True)
@@ -165,7 +181,8 @@ def run_stage(stage: str, overrides: list[str], env: dict, log: Path, interval: 
         sampler.join()
     if code:
         raise SystemExit(f"{stage} failed with exit code {code}; see {log}")
-    return {"seconds": round(time.perf_counter() - started, 1), "peak_mb": {k: round(v, 1) for k, v in peaks.items()}}
+    return {"seconds": round(time.perf_counter() - started, 1), "peak_mb": {k: round(v, 1) for k, v in peaks.items()},
+            "peak_mb_without_shared_memory": {k: round(v, 1) for k, v in own.items()}}
 
 
 def run_point(n_docs: int, n_pairs: int, work: Path, model: Path, vocabulary, steps: int, bm25_max_docs: int,
