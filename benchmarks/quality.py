@@ -19,8 +19,8 @@ scores in the false-negative guard, not by BM25's), dense (retrieved-only), synt
 synthetic negatives the base model scores above their positive: `mix.guard_synthetic`) and, given
 `--best-ratio`, `--tune-best` or `--tune hybrid`, hybrid at Tune's R. Those rows read the LLM's
 plain negatives (the judge off). The SyNeg rows are hybrid-guard on negatives written with the
-judge inside synthesis, one piece added per row (`SYNTHESES`): judge (k' = 3 candidates an answer, the k
-hardest that pass kept), judge-reflect (+ one reflection round on the flagged ones) and syneg
+judge inside synthesis, one piece added per row (`SYNTHESES`): judge (3 candidates an answer, a second
+answer for a pair left short of k, the k hardest that pass kept), judge-reflect (+ one reflection round on the flagged ones) and syneg
 (+ a mined document shown as a style reference: the full method). `--tune` runs Ray Tune over
 a row's R first (a grid from 0 to 1 at the rows' tau; with `--tune-tau`, over tau too) and adds
 that row at its best point. Trials are ranked by dev nDCG@10 over the whole corpus, on every train
