@@ -290,7 +290,9 @@ def estimate(cfg: PipelineConfig, counts: Counts, running: set[str] | None = Non
     dev_texts = 0
     if t.dev_eval and counts.dev_queries:
         dev_docs = min(t.dev_max_docs, counts.corpus_docs) if t.dev_max_docs else counts.corpus_docs
-        dev_texts = (dev_docs + counts.dev_queries) * t.epochs
+        per_epoch = instances // (t.batch_size * t.workers)
+        epochs = min(t.epochs, -(-steps // per_epoch)) if per_epoch else t.epochs  # a step budget ends the run early
+        dev_texts = (dev_docs + counts.dev_queries) * epochs
     train_s = r["train_overhead_s"] + steps * per_step + dev_texts / trained_rate
     rule = f"{t.max_steps} (train.max_steps)" if t.max_steps and steps == t.max_steps else \
         f"{instances:,} / ({t.batch_size} x {t.workers}) x {t.epochs} epoch{'s' if t.epochs > 1 else ''}"  # fmt: skip

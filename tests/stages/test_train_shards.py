@@ -62,8 +62,39 @@ def test_a_step_budget_stops_training_and_sizes_the_schedule(tmp_path, tiny_mode
     rows = [{"query": f"query {i}", "positive": f"positive {i}", "negatives": [f"negative {i}"]} for i in range(10)]
     out = train_local(cfg, rows, tiny_model, tmp_path / "model")
     assert [s["step"] for s in out["steps"]] == [1, 2, 3]  # 5 steps an epoch, 10 planned: 3 taken
-    assert [e["steps"] for e in out["epochs"]] == [3, 0]
+    assert [e["steps"] for e in out["epochs"]] == [3]  # the second epoch does not start
     assert out["steps"][-1]["lr"] == pytest.approx(2e-5 / 3)  # linear decay over the 3 planned steps, not 10
+
+    cfg = load_config(None, ["train.batch_size=2", "train.epochs=3", "train.max_steps=7", "train.max_seq_length=16",
+                             "train.grad_var_window=0", "train.warmup_ratio=0"])  # fmt: skip
+    out = train_local(cfg, rows, tiny_model, tmp_path / "model-7")
+    assert [e["steps"] for e in out["epochs"]] == [5, 2]  # the budget ends within the second epoch
+
+
+class _Split:
+    """What `ShardStream` reads of a Ray Data split: `iter_batches`, here over a table in memory."""
+
+    def __init__(self, table):
+        self.table = table
+
+    def iter_batches(self, batch_size: int, **_) -> list:
+        return [self.table.slice(start, batch_size) for start in range(0, self.table.num_rows, batch_size)]
+
+
+def test_a_shard_past_the_step_budget_is_read_to_its_end_but_not_trained_on() -> None:
+    import pyarrow as pa
+
+    from syneg_ray.stages.train.loop import ShardStream
+
+    table = pa.table({"query": [f"q{i}" for i in range(11)], "positive": [f"p{i}" for i in range(11)],
+                      "negatives": [[f"n{i}"] for i in range(11)]})  # fmt: skip
+    stream = ShardStream(_Split(table), n=22, width=1)  # 22 instances on 2 workers: 11 each, 5 full batches of 2
+    batches = list(stream.epoch(0, batch_size=2, world=2, rank=0, seed=0, steps=2))
+    assert [queries for queries, _ in batches] == [["q0", "q1"], ["q2", "q3"]]
+    assert batches[0][1] == [["p0", "n0"], ["p1", "n1"]]
+    assert stream.rows_read == 11  # the split is still run to its end, so its next epoch can start
+    with pytest.raises(RuntimeError, match="gave 5 full batches of 2 in epoch 1, where 6 were planned"):
+        list(ShardStream(_Split(table), n=24, width=1).epoch(0, batch_size=2, world=2, rank=0, seed=0, steps=1))
 
 
 def test_the_instances_are_read_while_the_workers_hold_every_cpu(ray_local, tmp_path: Path) -> None:

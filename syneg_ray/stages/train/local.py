@@ -18,7 +18,15 @@ from syneg_ray.config import PipelineConfig
 from syneg_ray.encoder import EncodeOptions
 from syneg_ray.model import load_model
 from syneg_ray.stages.train.devset import DevSet, dev_metrics
-from syneg_ray.stages.train.step import Data, Instances, Session, build_session, planned_steps, run_epoch
+from syneg_ray.stages.train.step import (
+    Data,
+    Instances,
+    Session,
+    build_session,
+    planned_epochs,
+    planned_steps,
+    run_epoch,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -85,15 +93,15 @@ def fit_epochs(
     """
     check_prompts(sess, cfg)
     summaries = list(done)
-    total = planned_steps(data.n, cfg.train, world)
+    total, epochs = planned_steps(data.n, cfg.train, world), planned_epochs(data.n, cfg.train, world)
     log = progress_logger(total, cfg.train.log_every) if rank == 0 else None
     hooks = [h for h in (log, on_step) if h]
-    for epoch in range(len(done), cfg.train.epochs):
+    for epoch in range(len(done), epochs):  # no epoch starts once the step budget is spent
         summary = run_epoch(sess, data, epoch, cfg.run.seed, world, rank, on_step=lambda r: [h(r) for h in hooks])
         if rank == 0 and dev is not None:
             summary.update({f"dev_{k}": v for k, v in dev_scores(sess.encoder.st, dev, cfg).items()})
         if rank == 0:
-            logger.info("%s", summary_line(summary, cfg.train.epochs))
+            logger.info("%s", summary_line(summary, epochs))
         summaries.append(summary)
         if on_epoch_end:
             on_epoch_end(summaries)

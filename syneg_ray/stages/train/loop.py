@@ -117,9 +117,10 @@ class ShardStream:
     need: a worker with one step more waits forever in an all-reduce the others never join, and a
     short batch gathers fewer negatives. Ray's equal split gives each of W workers floor(N / W)
     rows, and floor(floor(N / W) / B) = floor(N / (W B)) = steps_per_epoch, so the full batches
-    come out equal; a worker takes exactly that many and stops with an error, not a hang, if its
-    shard ever runs short. Rows past the last full batch (fewer than B) are read and dropped, so
-    every split ends its epoch and the next one starts cleanly.
+    come out equal; a worker reads exactly that many and stops with an error, not a hang, if its
+    shard ever runs short. Rows past the last full batch (fewer than B), and the batches past a step
+    budget (`train.max_steps`) spent within the epoch, are read and dropped without being turned
+    into Python lists, so every split ends its epoch and the next one starts cleanly.
 
     Order: blocks reach the workers as Ray Data streams them, and each worker shuffles within a
     buffer seeded by (seed, epoch, rank); unlike `Data`, the order is not replayed exactly on resume.
@@ -133,22 +134,24 @@ class ShardStream:
     def n(self) -> int:
         return self._n
 
-    def epoch(self, epoch: int, batch_size: int, world: int, rank: int, seed: int) -> Iterator[Batch]:
-        steps = steps_per_epoch(self._n, batch_size, world)
+    def epoch(self, epoch: int, batch_size: int, world: int, rank: int, seed: int, steps: int) -> Iterator[Batch]:
+        planned = steps_per_epoch(self._n, batch_size, world)
         shuffle_seed = int(np.random.SeedSequence([seed, epoch, rank]).generate_state(1)[0])
         batches = self.shard.iter_batches(batch_size=batch_size, batch_format="pyarrow",
                                           local_shuffle_buffer_size=SHUFFLE_BUFFER, local_shuffle_seed=shuffle_seed)  # fmt: skip
-        taken, self.rows_read = 0, 0
+        full, self.rows_read = 0, 0
         for table in batches:
             self.rows_read += table.num_rows
-            if taken == steps or table.num_rows < batch_size:
+            if full == planned or table.num_rows < batch_size:
                 continue  # drain: the epoch's remainder (a short batch), never trained on
+            full += 1
+            if full > steps:
+                continue  # drain: past the step budget
             positives, negatives = table.column("positive").to_pylist(), table.column("negatives").to_pylist()
             yield table.column("query").to_pylist(), [padded(p, n, self.width) for p, n in zip(positives, negatives, strict=True)]
-            taken += 1
-        if taken < steps:
-            raise RuntimeError(f"rank {rank}: its shard gave {taken} full batches of {batch_size} in epoch {epoch + 1}, "
-                               f"where {steps} were planned for {self._n} instances on {world} workers")  # fmt: skip
+        if full < planned:
+            raise RuntimeError(f"rank {rank}: its shard gave {full} full batches of {batch_size} in epoch {epoch + 1}, "
+                               f"where {planned} were planned for {self._n} instances on {world} workers")  # fmt: skip
 
 
 def _record_placement_group(train_dir: Path) -> None:

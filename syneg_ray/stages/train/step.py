@@ -45,8 +45,8 @@ class Instances(Protocol):
     def n(self) -> int:
         """Instances over all workers (the schedule's length is computed from it)."""
 
-    def epoch(self, epoch: int, batch_size: int, world: int, rank: int, seed: int) -> Iterator[Batch]:
-        """This rank's batches of `epoch`: steps_per_epoch(n, batch_size, world) of them, each full."""
+    def epoch(self, epoch: int, batch_size: int, world: int, rank: int, seed: int, steps: int) -> Iterator[Batch]:
+        """This rank's first `steps` batches of `epoch` (of steps_per_epoch(n, batch_size, world)), each full."""
 
 
 @dataclass
@@ -66,8 +66,8 @@ class Data:
     def n(self) -> int:
         return len(self.queries)
 
-    def epoch(self, epoch: int, batch_size: int, world: int, rank: int, seed: int) -> Iterator[Batch]:
-        for index in epoch_batches(self.n, batch_size, world, rank, seed, epoch):
+    def epoch(self, epoch: int, batch_size: int, world: int, rank: int, seed: int, steps: int) -> Iterator[Batch]:
+        for index in epoch_batches(self.n, batch_size, world, rank, seed, epoch)[:steps]:
             yield [self.queries[i] for i in index], [self.docs[i] for i in index]
 
 
@@ -106,6 +106,12 @@ def planned_steps(n: int, cfg: TrainConfig, world: int) -> int:
     """Optimizer steps of the whole run: every epoch's, or `max_steps` when that is fewer."""
     total = steps_per_epoch(n, cfg.batch_size, world) * cfg.epochs
     return min(total, cfg.max_steps) if cfg.max_steps else total
+
+
+def planned_epochs(n: int, cfg: TrainConfig, world: int) -> int:
+    """Epochs that hold the planned steps: `epochs`, or fewer when `max_steps` is spent before the last."""
+    per_epoch = steps_per_epoch(n, cfg.batch_size, world)
+    return min(cfg.epochs, -(-planned_steps(n, cfg, world) // per_epoch)) if per_epoch else cfg.epochs
 
 
 def build_session(
@@ -270,9 +276,10 @@ def run_epoch(
     # dropout: seeded per (seed, epoch, rank), so a resumed epoch replays and no two runs share draws
     torch.manual_seed(int(np.random.SeedSequence([seed, epoch, rank]).generate_state(1)[0]))
     records, start = [], time.perf_counter()
-    for queries, docs in data.epoch(epoch, sess.cfg.batch_size, world, rank, seed):
-        if sess.cfg.max_steps and sess.step >= sess.cfg.max_steps:
-            continue  # the step budget is spent: read the epoch to its end (a stream's split must end it), train no more
+    steps = steps_per_epoch(data.n, sess.cfg.batch_size, world)
+    if sess.cfg.max_steps:
+        steps = max(0, min(steps, sess.cfg.max_steps - sess.step))  # the step budget ends within this epoch
+    for queries, docs in data.epoch(epoch, sess.cfg.batch_size, world, rank, seed, steps):
         record = train_step(sess, queries, docs)
         record["epoch"] = epoch
         records.append(record)
