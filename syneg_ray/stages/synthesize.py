@@ -136,10 +136,8 @@ def resolve_pools(cfg: PipelineConfig, model: str, out_dir: Path) -> attributes.
         return attributes.load_pools(stored)
     from syneg_ray import dataset
 
-    prepared = dataset.prepare(cfg)
-    n_docs = pq.ParquetFile(prepared.corpus_parquet).metadata.num_rows
-    rows = random.Random(cfg.run.seed).sample(range(n_docs), min(12, n_docs))  # only the sample's texts are read
-    with closing(dataset.open_docstore(prepared)) as docs:
+    with closing(dataset.open_docstore(dataset.prepare(cfg))) as docs:
+        rows = random.Random(cfg.run.seed).sample(range(docs.n), min(12, docs.n))  # only the sample's texts are read
         sample = docs.texts(rows)
     text = engines.complete(cfg.synthesize, model, prompts.domain_messages(sample))
     domains = parsing.parse_domains(text)
