@@ -133,13 +133,15 @@ def write_part(folder: Path, rows: list[dict], schema: pa.Schema, id_columns: tu
     return target
 
 
-def read_parts(folder: Path, schema: pa.Schema, columns: list[str] | None = None) -> pa.Table:
-    """Every committed part of `folder` as one table (empty with `schema` when there is none)."""
+def read_parts(folder: Path, schema: pa.Schema, columns: list[str] | None = None, skip: set[str] | None = None) -> pa.Table:
+    """Every committed part of `folder` as one table (empty with `schema` when there is none),
+    less the rows whose key is in `skip` (left out as each part is read)."""
     parts = sorted(folder.glob("part-*.parquet")) if folder.is_dir() else []
     if not parts:
         table = schema.empty_table()
         return table.select(columns) if columns else table
-    return pa.concat_tables(pq.read_table(p, columns=columns, schema=schema) for p in parts)
+    keep = ~pc.field("key").isin(sorted(skip)) if skip else None
+    return pa.concat_tables(pq.read_table(p, columns=columns, schema=schema, filters=keep) for p in parts)
 
 
 def read_synthetic(folder: Path, columns: list[str] | None = None) -> pa.Table:
@@ -163,19 +165,20 @@ def read_synthetic(folder: Path, columns: list[str] | None = None) -> pa.Table:
     return table.select(columns) if columns else table
 
 
-def latest_attempts(folder: Path) -> dict[str, dict]:
-    """key -> the attempt-log row with the most attempts (where a retried pair left off)."""
+def latest_attempts(folder: Path, skip: set[str] | None = None) -> dict[str, dict]:
+    """key -> the attempt-log row with the most attempts (where a retried pair left off), for every key not in `skip`."""
     latest: dict[str, dict] = {}
-    for row in read_parts(folder, ATTEMPT_SCHEMA).to_pylist():
+    for row in read_parts(folder, ATTEMPT_SCHEMA, skip=skip).to_pylist():
         if row["key"] not in latest or row["attempts"] > latest[row["key"]]["attempts"]:
             latest[row["key"]] = row
     return latest
 
 
-def latest_rounds(folder: Path) -> dict[str, dict]:
-    """key -> the pair's last committed round (highest attempt, then round): where a rerun goes on."""
+def latest_rounds(folder: Path, skip: set[str] | None = None) -> dict[str, dict]:
+    """key -> the pair's last committed round (highest attempt, then round): where a rerun goes on;
+    for every key not in `skip` (the finished pairs, whose rounds are the bulk of the folder)."""
     latest: dict[str, dict] = {}
-    for row in read_parts(folder, ROUND_SCHEMA).to_pylist():
+    for row in read_parts(folder, ROUND_SCHEMA, skip=skip).to_pylist():
         seen = latest.get(row["key"])
         if seen is None or (row["attempt"], row["round"]) > (seen["attempt"], seen["round"]):
             latest[row["key"]] = row

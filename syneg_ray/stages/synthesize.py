@@ -5,7 +5,11 @@ each answer on its own encoder actors (judging.py gives the verdicts), rounds.py
 follows (a reflection turn for the flagged negatives, or the kept ones), and synthetic_store.py
 commits each batch exactly once: judged rounds first, then what follows from them. A pair left with
 no passing negative, or (`synthesize.retry_short`) with fewer than k, is retried with a new seed up to
-`synthesize.max_retries` times, keeping what passed; a pair that never keeps one is recorded as failed. Rerunning skips every finished key and goes on from every pair's last committed round.
+`synthesize.max_retries` times, keeping what passed; a pair that never keeps one is recorded as failed.
+Rerunning skips every finished key and goes on from every pair's last committed round.
+
+The pairs go through in windows of `WINDOW` (every round of one window before the next is read),
+so the driver holds one window's texts, prompts and judged rounds, and of the others only keys.
 """
 
 from __future__ import annotations
@@ -16,11 +20,13 @@ import math
 import random
 import time
 from collections import Counter
+from collections.abc import Iterator
 from contextlib import closing
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from syneg_ray import attributes, engines, judging, parsing, prompts, rounds, schema
@@ -34,6 +40,10 @@ logger = logging.getLogger(__name__)
 
 ENGINE_ERROR = rounds.ENGINE_ERROR  # reject reason of a request the engine answered with an error
 POOLS_FILE = "attribute_pools.yaml"
+# Pairs planned and held in the driver at once. Large enough that a window's last reflection turns
+# and retries (a fraction of its pairs) still fill the engine's batches; small enough that the
+# window's texts, prompts and judged rounds stay in tens of MB whatever the number of pairs.
+WINDOW = 4096
 NO_CONTEXT = (math.nan, "")  # a pair's (off-topic floor, style reference) without mining output
 
 
@@ -244,8 +254,8 @@ def mined_context(cfg: PipelineConfig, pairs: list[dict]) -> dict[tuple[str, str
                     path, " and no style reference" if s.style_reference else "")
         return {}
     columns = ["query_id", "positive_id", "positive_ids", "negative_ids", "negative_scores", "source"]
-    try:
-        table = pq.read_table(path, columns=columns)
+    try:  # only the rows of these pairs' queries: `pairs` is one window of a stream of them
+        table = pq.read_table(path, columns=columns, filters=pc.field("query_id").isin(sorted({p["query_id"] for p in pairs})))
     except (pa.ArrowInvalid, KeyError, OSError) as exc:
         raise DataError.at(path, None, f"cannot read columns {columns} ({' '.join(str(exc).split())[:200]}); "
                                        "rerun `syneg mine`") from None
@@ -260,6 +270,31 @@ def mined_context(cfg: PipelineConfig, pairs: list[dict]) -> dict[tuple[str, str
         style_ids[pair] = next((d for d in row["negative_ids"] or () if d not in positives), "")
     texts = texts_of(prepare(cfg), {d for d in style_ids.values() if d}) if s.style_reference else {}
     return {pair: (floors[pair], texts.get(style_ids[pair], "")) for pair in floors}
+
+
+def pair_windows(path: Path, max_pairs: int, size: int) -> Iterator[list[dict]]:
+    """The train pairs of `path` (the first `max_pairs` when set) in windows of `size` rows, read
+    a record batch at a time."""
+    left = max_pairs or math.inf
+    window: list[dict] = []
+    for batch in pq.ParquetFile(path).iter_batches(batch_size=size):
+        window += batch.slice(0, min(batch.num_rows, left)).to_pylist()
+        left -= batch.num_rows
+        while len(window) >= size:
+            yield window[:size]
+            window = window[size:]
+        if left <= 0:
+            break
+    if window:
+        yield window
+
+
+def pair_keys(cfg: PipelineConfig, path: Path) -> list[str]:
+    """Every train pair's key, in order (the first `synthesize.max_pairs` when set), from the id columns only."""
+    ids = pq.read_table(path, columns=["query_id", "positive_id"])
+    if cfg.synthesize.max_pairs:
+        ids = ids.slice(0, cfg.synthesize.max_pairs)
+    return [store.pair_key(cfg, q, d) for q, d in zip(ids.column("query_id").to_pylist(), ids.column("positive_id").to_pylist(), strict=True)]
 
 
 def run_synthesize(cfg: PipelineConfig) -> dict:
@@ -287,46 +322,50 @@ def run_synthesize(cfg: PipelineConfig) -> dict:
     out = stage_dir(cfg, "synthesize")
     model = s.model if s.engine is Engine.OPENAI else resolve_model(s.model, cfg.run.cache_dir or None)
     pools = resolve_pools(cfg, model, out)
-    pairs = pq.read_table(pairs_path).to_pylist()
-    if s.max_pairs:
-        pairs = pairs[: s.max_pairs]
+    keys = pair_keys(cfg, pairs_path)
     parts = Path(cfg.run.run_dir) / schema.SYNTHETIC
     done = finished_keys(store.read_synthetic(parts, ["key", "status", "reject_reasons"]).to_pylist())
-    work, finished = plan(pairs, cfg, pools, done, store.latest_attempts(out / "attempts"), mined_context(cfg, pairs))
-    work = resume(work, store.latest_rounds(out / "rounds") if s.judge else {}, s, out)
+    finished = sum(k in done for k in keys)
     logger.info("synthesize: %d pairs, %d already done, %d to generate with %s %s (prompt %s; judge %s, %d reflection rounds)",
-                len(pairs), finished, len(work), s.engine.value, s.model, prompts.PROMPT_VERSION,
+                len(keys), finished, len(keys) - finished, s.engine.value, s.model, prompts.PROMPT_VERSION,
                 cfg.encoder.model if s.judge else "off", s.reflect_rounds if s.judge else 0)
     totals: Counter = Counter()
-    generated = len(work)
-    start = time.perf_counter()
-    if work:
-        step = engines.build(s, model)
-        with tqdm(total=len(pairs), initial=finished, desc="synthesize", unit="pair") as bar:
-            while work:
-                try:
-                    work = run_round(work, step, judge_step, s, out, bar, totals)
-                except SynegError:
-                    raise
-                except Exception as exc:  # Ray wraps engine crashes; say which engine and what to do
-                    raise EngineError(engines.describe_failure(s, exc)) from exc
-    return summarize(cfg, pairs, parts, totals, time.perf_counter() - start, generated)
+    generated, step, start = 0, None, time.perf_counter()
+    if finished < len(keys):
+        # where unfinished pairs left off: logged attempts and (judge on) committed rounds. Only the
+        # pairs of the window a kill interrupted have rounds that are not finished, so these stay small.
+        attempts = store.latest_attempts(out / "attempts", skip=done)
+        states = store.latest_rounds(out / "rounds", skip=done) if s.judge else {}
+        with tqdm(total=len(keys), initial=finished, desc="synthesize", unit="pair") as bar:
+            for window in pair_windows(pairs_path, s.max_pairs, WINDOW):
+                work, _ = plan(window, cfg, pools, done, attempts, mined_context(cfg, window))
+                work = resume(work, states, s, out)
+                generated += len(work)
+                step = step or (engines.build(s, model) if work else None)
+                while work:
+                    try:
+                        work = run_round(work, step, judge_step, s, out, bar, totals)
+                    except SynegError:
+                        raise
+                    except Exception as exc:  # Ray wraps engine crashes; say which engine and what to do
+                        raise EngineError(engines.describe_failure(s, exc)) from exc
+    return summarize(keys, parts, totals, time.perf_counter() - start, generated)
 
 
-def summarize(cfg: PipelineConfig, pairs: list[dict], parts: Path, totals: Counter, seconds: float, generated: int) -> dict:
+def summarize(keys: list[str], parts: Path, totals: Counter, seconds: float, generated: int) -> dict:
     """Counts over the whole output (not just this invocation) and the one summary line.
 
     The cost per kept negative: output tokens over the whole output (every attempt and round of
     every pair, failed ones too) per negative kept, and this invocation's seconds per negative it kept.
     """
-    keys = {store.pair_key(cfg, p["query_id"], p["positive_id"]) for p in pairs}
     table = store.read_synthetic(parts, ["key", "status", "negatives", "output_tokens"])
-    rows = [r for r in table.to_pylist() if r["key"] in keys]
-    ok = sum(r["status"] == "ok" for r in rows)
-    negatives = sum(len(r["negatives"]) for r in rows)
+    table = table.filter(pc.field("key").isin(keys))  # counted in Arrow: no negative becomes a Python string
+    ok = table.filter(pc.field("status") == "ok").num_rows
+    negatives = pc.sum(pc.list_value_length(table.column("negatives"))).as_py() or 0
+    tokens = pc.sum(table.column("output_tokens")).as_py() or 0
     gens = totals["generations"]
     summary = {
-        "pairs": len(pairs), "ok": ok, "failed": len(rows) - ok, "valid_rate": ok / len(pairs) if pairs else 0.0,
+        "pairs": len(keys), "ok": ok, "failed": table.num_rows - ok, "valid_rate": ok / len(keys) if keys else 0.0,
         "negatives": negatives, "generations": gens, "reflections": totals["reflections"],
         "valid_json_rate": (gens - totals["invalid_json"] - totals["engine_errors"]) / gens if gens else None,
         "judged": totals["judged"],
@@ -334,7 +373,7 @@ def summarize(cfg: PipelineConfig, pairs: list[dict], parts: Path, totals: Count
         "rewritten": totals["rewritten"], "unchanged": totals["unchanged"], "kept": totals["kept"],
         "output_tokens": totals["output_tokens"], "seconds": round(seconds, 1), "generated_pairs": generated,
         "tokens_per_s": totals["output_tokens"] / seconds if seconds > 0 and gens else None,
-        "output_tokens_per_kept": sum(r["output_tokens"] for r in rows) / negatives if negatives else None,
+        "output_tokens_per_kept": tokens / negatives if negatives else None,
         "seconds_per_kept": seconds / totals["kept"] if totals["kept"] else None,
         "rejects": {k.split(":", 1)[1]: v for k, v in sorted(totals.items()) if k.startswith("reject:")},
         "output": str(parts),
@@ -344,7 +383,7 @@ def summarize(cfg: PipelineConfig, pairs: list[dict], parts: Path, totals: Count
         f", {summary['seconds_per_kept']:.1f} s" if summary["seconds_per_kept"] else "")
     logger.info("synthesized %d pairs: %d ok (valid rate %.1f%%), %d failed, %d negatives; %s; judged %d, flagged %s, "
                 "%d reflection turns, %d rewritten (%d handed back unchanged), %d kept; per kept negative %s; rejects %s",
-                len(pairs), ok, 100 * summary["valid_rate"], summary["failed"], negatives, tps, summary["judged"],
+                len(keys), ok, 100 * summary["valid_rate"], summary["failed"], negatives, tps, summary["judged"],
                 summary["flagged"] or "none", summary["reflections"], summary["rewritten"], summary["unchanged"], summary["kept"], cost,
                 summary["rejects"] or "none")
     return summary

@@ -34,9 +34,11 @@ def rows_of(run_dir: Path) -> list[dict]:
     return store.read_parts(run_dir / schema.SYNTHETIC, store.SYNTHETIC_SCHEMA).to_pylist()
 
 
-def test_run_then_rerun_generates_nothing(tmp_path, scifact_small, ray_local) -> None:
+def test_run_then_rerun_generates_nothing(tmp_path, scifact_small, ray_local, monkeypatch) -> None:
+    from syneg_ray.stages import synthesize as stage
     from syneg_ray.stages.synthesize import run_synthesize
 
+    monkeypatch.setattr(stage, "WINDOW", 1)  # each pair its own window: the driver holds one at a time
     cfg = config(tmp_path, scifact_small, 2)
     first = run_synthesize(cfg)
     assert first["pairs"] == 2 and first["ok"] + first["failed"] == 2 and first["generations"] >= 2

@@ -8,6 +8,7 @@ from collections import Counter
 from dataclasses import replace
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from syneg_ray import attributes, parsing, prompts
@@ -102,6 +103,17 @@ def test_store_is_idempotent_and_dedupes(tmp_path, cfg) -> None:
     assert table.filter(pa.compute.equal(table["key"], ok["key"])).column("status").to_pylist() == ["ok"]
     assert not list(folder.glob(".*")) and len(list(folder.glob("part-*.parquet"))) == 2
     assert store.read_synthetic(tmp_path / "missing").num_rows == 0
+    # a rerun reads where unfinished pairs left off, less the finished ones
+    assert store.read_parts(folder, store.SYNTHETIC_SCHEMA, skip={ok["key"]}).column("key").to_pylist() == ["other"]
+
+
+def test_pairs_are_read_in_windows_across_record_batches(tmp_path) -> None:
+    path = tmp_path / "pairs.parquet"
+    pq.write_table(pa.table({"query_id": [f"q{i}" for i in range(7)]}), path, row_group_size=3)  # batches of 3, 3, 1
+    windows = [[r["query_id"] for r in w] for w in stage.pair_windows(path, 0, size=2)]
+    assert windows == [["q0", "q1"], ["q2", "q3"], ["q4", "q5"], ["q6"]]
+    assert [len(w) for w in stage.pair_windows(path, 5, size=4)] == [4, 1]  # only the first max_pairs
+    assert [len(w) for w in stage.pair_windows(path, 0, size=100)] == [7]
 
 
 def test_a_pair_failed_only_by_engine_errors_is_tried_again_on_a_rerun(tmp_path, cfg) -> None:
