@@ -338,6 +338,9 @@ def run_synthesize(cfg: PipelineConfig) -> dict:
         states = store.latest_rounds(out / "rounds", skip=done) if s.judge else {}
         with tqdm(total=len(keys), initial=finished, desc="synthesize", unit="pair") as bar:
             for window in pair_windows(pairs_path, s.max_pairs, WINDOW):
+                window = [p for p in window if store.pair_key(cfg, p["query_id"], p["positive_id"]) not in done]
+                if not window:
+                    continue  # finished by an earlier run: not even its mining output is read
                 work, _ = plan(window, cfg, pools, done, attempts, mined_context(cfg, window))
                 work = resume(work, states, s, out)
                 generated += len(work)
