@@ -29,11 +29,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from syneg_ray import attributes, engines, judging, parsing, prompts, rounds, schema
+from syneg_ray import attributes, dataset, engines, judging, parsing, prompts, rounds, schema
 from syneg_ray import synthetic_store as store
 from syneg_ray.config import Engine, PipelineConfig, SynthesizeConfig
 from syneg_ray.engines.base import WORK_COLUMNS, WORK_SCHEMA, limits_of
 from syneg_ray.errors import DataError, EngineError, SynegError
+from syneg_ray.registry import resolve_model
+from syneg_ray.runtime import init_ray, stage_dir
+from syneg_ray.services import judge
 from syneg_ray.services.judge import examine
 
 logger = logging.getLogger(__name__)
@@ -144,8 +147,6 @@ def resolve_pools(cfg: PipelineConfig, model: str, out_dir: Path) -> attributes.
     stored = out_dir / POOLS_FILE
     if stored.is_file():
         return attributes.load_pools(stored)
-    from syneg_ray import dataset
-
     with closing(dataset.open_docstore(dataset.prepare(cfg))) as docs:
         rows = random.Random(cfg.run.seed).sample(range(docs.n), min(12, docs.n))  # only the sample's texts are read
         sample = docs.texts(rows)
@@ -243,8 +244,6 @@ def mined_context(cfg: PipelineConfig, pairs: list[dict]) -> dict[tuple[str, str
     Raises:
         DataError: the mining output lacks a column; rerun `syneg mine`.
     """
-    from syneg_ray.dataset import prepare, texts_of
-
     s = cfg.synthesize
     if not (s.judge or s.style_reference):
         return {}
@@ -268,7 +267,7 @@ def mined_context(cfg: PipelineConfig, pairs: list[dict]) -> dict[tuple[str, str
         floors[pair] = judging.mined_floor(row["negative_scores"] or [], row["source"] or [], s.negatives_per_pair) if s.judge else math.nan
         positives = set(row["positive_ids"] or ()) | {row["positive_id"]}
         style_ids[pair] = next((d for d in row["negative_ids"] or () if d not in positives), "")
-    texts = texts_of(prepare(cfg), {d for d in style_ids.values() if d}) if s.style_reference else {}
+    texts = dataset.texts_of(dataset.prepare(cfg), {d for d in style_ids.values() if d}) if s.style_reference else {}
     return {pair: (floors[pair], texts.get(style_ids[pair], "")) for pair in floors}
 
 
@@ -310,13 +309,8 @@ def run_synthesize(cfg: PipelineConfig) -> dict:
     """
     from tqdm.auto import tqdm
 
-    from syneg_ray.dataset import ensure_pairs
-    from syneg_ray.registry import resolve_model
-    from syneg_ray.runtime import init_ray, stage_dir
-    from syneg_ray.services import judge
-
     s = cfg.synthesize
-    _, pairs_path = ensure_pairs(cfg)  # a bad dataset or split fails here, before Ray starts
+    _, pairs_path = dataset.ensure_pairs(cfg)  # a bad dataset or split fails here, before Ray starts
     judge_step = judge.build(cfg, limits_of(s)) if s.judge else None  # before Ray: an ONNX export runs apart from it
     init_ray(cfg)
     out = stage_dir(cfg, "synthesize")
