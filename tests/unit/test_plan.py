@@ -26,6 +26,17 @@ def test_steps_llm_pairs_and_instances_follow_the_config() -> None:
     assert plan.estimate(load_config(None, ["synthesize.max_pairs=0"]), SCIFACT_LIKE).llm_pairs == 822
 
 
+def test_dev_scoring_is_planned_for_the_epochs_a_step_budget_reaches() -> None:
+    def train_seconds(*overrides: str) -> float:
+        p = plan.estimate(load_config(None, ["train.dev_eval=true", *overrides]), SCIFACT_LIKE)
+        return next(s.seconds for s in p.stages if s.name == "train")
+
+    # 25 steps an epoch: a budget of 10 ends in the first, so three epochs score dev once, as one does
+    assert train_seconds("train.epochs=3", "train.max_steps=10") == train_seconds("train.epochs=1", "train.max_steps=10")
+    # a budget of 30 reaches the second epoch: dev twice
+    assert train_seconds("train.epochs=3", "train.max_steps=30") == train_seconds("train.epochs=2", "train.max_steps=30")
+
+
 def test_the_embedded_scifact_run_is_planned_near_its_measured_half_hour() -> None:
     """Measured: 19-29 minutes on the 2-core VM (benchmarks/RESULTS.md); the rates are conservative."""
     seconds = plan.estimate(load_config(), SCIFACT_LIKE).seconds
