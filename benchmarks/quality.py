@@ -464,7 +464,8 @@ def write_table(out: Path, order: list[str]) -> str:
     lines += ["", "Commands:"] + [f"- `{r['command']}`" for n in names for r in results[n]]
     table = "\n".join(lines)
     (out / "table.md").write_text(table + "\n", encoding="utf-8")
-    plot(results, [n for n in names if all("test" in r for r in results[n])], out / "quality.png")
+    if trained := [n for n in names if all("test" in r for r in results[n])]:
+        plot(results, trained, out / "quality.png")
     plot_tune_curves(out, out / "tune-curves.png")
     return table
 
