@@ -331,8 +331,10 @@ def run_synthesize(cfg: PipelineConfig) -> dict:
         attempts = store.latest_attempts(out / "attempts", skip=done)
         states = store.latest_rounds(out / "rounds", skip=done) if s.judge else {}
         with tqdm(total=len(keys), initial=finished, desc="synthesize", unit="pair") as bar:
+            first = 0  # the window's offset in `keys`: pair_windows reads the pairs in the order pair_keys hashed them
             for window in pair_windows(pairs_path, s.max_pairs, WINDOW):
-                window = [p for p in window if store.pair_key(cfg, p["query_id"], p["positive_id"]) not in done]
+                window_keys, first = keys[first : first + len(window)], first + len(window)
+                window = [p for p, key in zip(window, window_keys, strict=True) if key not in done]
                 if not window:
                     continue  # finished by an earlier run: not even its mining output is read
                 work, _ = plan(window, cfg, pools, done, attempts, mined_context(cfg, window))
