@@ -19,6 +19,7 @@ from pathlib import Path
 
 from syneg_ray.config import Engine, MixStrategy, PipelineConfig, SynthesizeConfig, cache_root
 from syneg_ray.errors import PlanError
+from syneg_ray.stages.train.schedule import planned_epochs, planned_steps
 
 logger = logging.getLogger(__name__)
 
@@ -198,14 +199,6 @@ def _model_key(rates: dict[str, float], prefix: str, model: str, fallback: str) 
     return rates.get(f"{prefix}:{model}", rates[f"{prefix}:{fallback}"])
 
 
-def planned_steps(instances: int, cfg: PipelineConfig) -> int:
-    """Optimizer steps: full global batches per epoch times epochs, or train.max_steps when fewer
-    (the formula of syneg_ray.stages.train.step.planned_steps, without importing torch)."""
-    t = cfg.train
-    total = instances // (t.batch_size * t.workers) * t.epochs
-    return min(total, t.max_steps) if t.max_steps else total
-
-
 def judge_factor(s: SynthesizeConfig) -> float:
     """A judged pair's cost against one answer of k negatives (what the `llm_s_per_pair` rates are).
 
@@ -281,7 +274,7 @@ def estimate(cfg: PipelineConfig, counts: Counts, running: set[str] | None = Non
     mix = StagePlan("mix", mix_s, f"{instances:,} instances ({x.strategy.value}{ratio}, n={x.n_negatives})")
 
     # train
-    steps = planned_steps(instances, cfg)
+    steps = planned_steps(instances, t, t.workers)
     texts = 2 + x.n_negatives
     per_text = _model_key(r, "train_s_per_text", trained_model, "cpu") * t.max_seq_length / 128
     per_step = per_text * texts * t.batch_size * t.workers
@@ -290,9 +283,7 @@ def estimate(cfg: PipelineConfig, counts: Counts, running: set[str] | None = Non
     dev_texts = 0
     if t.dev_eval and counts.dev_queries:
         dev_docs = min(t.dev_max_docs, counts.corpus_docs) if t.dev_max_docs else counts.corpus_docs
-        per_epoch = instances // (t.batch_size * t.workers)
-        epochs = min(t.epochs, -(-steps // per_epoch)) if per_epoch else t.epochs  # a step budget ends the run early
-        dev_texts = (dev_docs + counts.dev_queries) * epochs
+        dev_texts = (dev_docs + counts.dev_queries) * planned_epochs(instances, t, t.workers)  # a step budget ends the run early
     train_s = r["train_overhead_s"] + steps * per_step + dev_texts / trained_rate
     rule = f"{t.max_steps} (train.max_steps)" if t.max_steps and steps == t.max_steps else \
         f"{instances:,} / ({t.batch_size} x {t.workers}) x {t.epochs} epoch{'s' if t.epochs > 1 else ''}"  # fmt: skip

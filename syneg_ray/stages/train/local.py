@@ -18,15 +18,8 @@ from syneg_ray.config import PipelineConfig
 from syneg_ray.encoder import EncodeOptions
 from syneg_ray.model import load_model
 from syneg_ray.stages.train.devset import DevSet, dev_metrics
-from syneg_ray.stages.train.step import (
-    Data,
-    Instances,
-    Session,
-    build_session,
-    planned_epochs,
-    planned_steps,
-    run_epoch,
-)
+from syneg_ray.stages.train.schedule import planned_epochs, planned_steps
+from syneg_ray.stages.train.step import Data, Instances, Session, build_session, run_epoch
 
 logger = logging.getLogger(__name__)
 

@@ -25,8 +25,9 @@ from syneg_ray.config import from_dict
 from syneg_ray.model import load_model
 from syneg_ray.stages.train.devset import BY_QUERY, load_devset
 from syneg_ray.stages.train.local import fit_epochs, session_prompts
+from syneg_ray.stages.train.schedule import planned_steps, steps_per_epoch
 from syneg_ray.stages.train.state import MODEL_DIR, load_state, save_state
-from syneg_ray.stages.train.step import Batch, Session, build_session, padded, planned_steps, steps_per_epoch
+from syneg_ray.stages.train.step import Batch, Session, build_session, padded
 
 logger = logging.getLogger(__name__)
 PLACEMENT_GROUP = "placement_group.txt"  # the worker group's placement group id, written by rank 0

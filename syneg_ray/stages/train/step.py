@@ -24,6 +24,7 @@ from syneg_ray import losses
 from syneg_ray.config import Dtype, TrainConfig
 from syneg_ray.model import DualEncoder
 from syneg_ray.stages.train.gradvar import GradVariance
+from syneg_ray.stages.train.schedule import steps_per_epoch
 
 logger = logging.getLogger(__name__)
 
@@ -95,23 +96,6 @@ def epoch_batches(n: int, batch_size: int, world: int, rank: int, seed: int, epo
     order = np.random.default_rng([seed, epoch]).permutation(n)
     step = batch_size * world
     return [order[s * step + rank * batch_size : s * step + (rank + 1) * batch_size] for s in range(n // step)]
-
-
-def steps_per_epoch(n: int, batch_size: int, world: int) -> int:
-    """Optimizer steps per epoch (the last incomplete global batch is dropped)."""
-    return n // (batch_size * world)
-
-
-def planned_steps(n: int, cfg: TrainConfig, world: int) -> int:
-    """Optimizer steps of the whole run: every epoch's, or `max_steps` when that is fewer."""
-    total = steps_per_epoch(n, cfg.batch_size, world) * cfg.epochs
-    return min(total, cfg.max_steps) if cfg.max_steps else total
-
-
-def planned_epochs(n: int, cfg: TrainConfig, world: int) -> int:
-    """Epochs that hold the planned steps: `epochs`, or fewer when `max_steps` is spent before the last."""
-    per_epoch = steps_per_epoch(n, cfg.batch_size, world)
-    return min(cfg.epochs, -(-planned_steps(n, cfg, world) // per_epoch)) if per_epoch else cfg.epochs
 
 
 def build_session(
