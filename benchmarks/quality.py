@@ -23,7 +23,7 @@ judge inside synthesis, one piece added per row (`SYNTHESES`): judge (3 candidat
 answer for a pair left short of k, the k hardest that pass kept), judge-reflect (+ one reflection round on the flagged ones) and syneg
 (+ a mined document shown as a style reference: the full method). `--tune` runs Ray Tune over
 a row's R first (a grid from 0 to 1 at the rows' tau; with `--tune-tau`, over tau too) and adds
-that row at its best point. Trials are ranked by dev nDCG@10 over the whole corpus, on every train
+that row at its best point (without `--rows`, only the rows at a tuned or given point train). Trials are ranked by dev nDCG@10 over the whole corpus, on every train
 query the rows do not train on (`TUNE_DEV`: the carved tenth and the queries the 128 pairs leave
 unused), never on test:
 
@@ -526,6 +526,14 @@ def plot_tune_curves(out: Path, path: Path) -> None:
 # --------------------------------------------------------------------------- main
 
 
+def rows_to_train(rows: list[Row], requested: list[str] | None) -> list[Row]:
+    """The rows named by `--rows`; without it, the rows at a tuned or given point (`--tune`,
+    `--best-ratio`), which are what such a run asks for, or else every row."""
+    if requested:
+        return [r for r in rows if r.name in requested]
+    return rows[len(ROWS):] or rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=Path("runs/quality"))
@@ -573,7 +581,7 @@ def main() -> None:
             logger.info("base model, dev nDCG@10 as Tune scores its trials: %.4f", base_dev_score(args))
     order = [r.name for r in rows]
     if not args.table_only:
-        chosen = [r for r in rows if not args.rows or r.name in args.rows]
+        chosen = rows_to_train(rows, args.rows)
         unknown = set(args.rows or ()) - set(order)
         if unknown:
             parser.error(f"unknown rows {sorted(unknown)}; choose from {order}")

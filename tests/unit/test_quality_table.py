@@ -161,3 +161,11 @@ def test_tunes_dev_split_keeps_the_rows_pairs_and_adds_the_queries_they_leave(tm
     assert set(carved) < set(dev) and not used & set(dev)
     assert len(carved) == 81 and len(dev) == 809 - len(used)  # every SciFact train query not trained on
     assert tune.train.dev_max_docs == 0  # scored over the whole corpus, as test is
+
+
+def test_a_tune_run_trains_only_its_tuned_rows_unless_rows_are_named(quality) -> None:
+    tuned = quality.at_point(quality.TUNABLE["syneg"], 0.0, 0.05)
+    rows = [*quality.ROWS, tuned]
+    assert quality.rows_to_train(rows, None) == [tuned]
+    assert quality.rows_to_train(rows, ["base", tuned.name]) == [rows[0], tuned]
+    assert quality.rows_to_train(list(quality.ROWS), None) == list(quality.ROWS)
