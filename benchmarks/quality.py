@@ -421,7 +421,7 @@ def synthesis_line(out: Path, name: str) -> str:
         return ""
     s, llm = marker["summary"], load_config(str(synthesis_dir(out, name) / "config.yaml")).synthesize.model
     per_kept = f"{s['output_tokens_per_kept']:,.0f} output tokens a kept negative" if s.get("output_tokens_per_kept") else "none kept"
-    seconds = f", {s['seconds_per_kept']:.1f} s in its last run" if s.get("seconds_per_kept") else ""
+    seconds = f", {s['seconds_per_kept']:.1f} s" if s.get("seconds_per_kept") else ""  # None: its cost log is short
     return (f"LLM negatives `{name}` ({llm}): {s['ok']} of {s['pairs']} pairs keep a negative, {s['negatives']} negatives; "
             f"{per_kept} (every attempt and round counted){seconds}.")
 

@@ -7,6 +7,8 @@ Pairs that need a retry are logged the same way in a sibling `attempts/` folder,
 continues their attempt count instead of starting over. With the judge on, every judged round of a
 pair (its first answer, then each reflection turn) is committed to `rounds/` before anything that
 follows from it, so a rerun goes on from the last committed round and never asks for it again.
+Each committed batch's seconds and output tokens are appended to `cost.jsonl`, so the cost of a
+synthesis resumed over several invocations is the sum of its batches, not the last invocation's.
 """
 
 from __future__ import annotations
@@ -110,6 +112,36 @@ def pair_key(cfg: PipelineConfig, query_id: str, positive_id: str) -> str:
     seed = attributes.pair_seed(cfg.run.seed, query_id, positive_id)
     return prompts.pair_key(query_id, positive_id, prompts.PROMPT_VERSION, cfg.synthesize.model, seed,
                             settings_fingerprint(cfg))
+
+
+COST_LOG = "cost.jsonl"
+
+
+def log_cost(out: Path, fingerprint: str, seconds: float, generations: int, output_tokens: int) -> None:
+    """Appends one committed batch's cost (wall seconds since the previous batch or the round's
+    start, so an engine's start-up counts) under the settings `fingerprint` it was written with.
+
+    Appended after the batch is committed: a kill in between loses the line, never counts a batch
+    twice (a committed batch is not generated again), and `logged_cost` then reports the log as short.
+    """
+    line = {"fingerprint": fingerprint, "seconds": round(seconds, 3), "generations": generations, "output_tokens": output_tokens}
+    with (out / COST_LOG).open("a", encoding="utf-8") as log:
+        log.write(json.dumps(line) + "\n")
+
+
+def logged_cost(out: Path, fingerprint: str) -> dict[str, float]:
+    """Sums of the cost log's lines written under `fingerprint`: seconds, generations, output_tokens."""
+    totals = {"seconds": 0.0, "generations": 0, "output_tokens": 0}
+    path = out / COST_LOG
+    for line in path.read_text(encoding="utf-8").splitlines() if path.is_file() else []:
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError:  # a line cut by a kill mid-write
+            continue
+        if entry.get("fingerprint") == fingerprint:
+            for name in totals:
+                totals[name] += entry[name]
+    return totals
 
 
 def write_part(folder: Path, rows: list[dict], schema: pa.Schema, id_columns: tuple[str, ...] = ("key",)) -> Path | None:

@@ -199,9 +199,11 @@ def count(row: dict[str, Any], totals: Counter) -> None:
 
 
 def run_round(work: list[dict], step: engines.EngineFn, judge_step: engines.EngineFn | None, cfg: SynthesizeConfig,
-              out: Path, bar: Any, totals: Counter) -> list[dict]:
-    """One pass of the engine (and the judge) over `work`; commits what each batch settles; returns the next work."""
+              out: Path, bar: Any, totals: Counter, fingerprint: str) -> list[dict]:
+    """One pass of the engine (and the judge) over `work`; commits what each batch settles and logs
+    its cost under the settings `fingerprint`; returns the next work."""
     limits = limits_of(cfg)
+    last = time.perf_counter()
     ds = step(work_dataset(work, cfg.batch_size))
     if judge_step is not None:
         ds = judge_step(ds)
@@ -227,6 +229,9 @@ def run_round(work: list[dict], step: engines.EngineFn, judge_step: engines.Engi
             following += [again] if again else []
             outcomes += [result] if result else []
         commit(out, states, outcomes)
+        now = time.perf_counter()
+        store.log_cost(out, fingerprint, now - last, len(rows), sum(int(r["output_tokens"]) for r in rows))
+        last = now
         totals["kept"] += sum(o.kept for o in outcomes)
         bar.update(sum(not o.retry for o in outcomes))
     if totals["generations"] and totals["engine_errors"] == totals["generations"]:
@@ -317,6 +322,7 @@ def run_synthesize(cfg: PipelineConfig) -> dict:
     model = s.model if s.engine is Engine.OPENAI else resolve_model(s.model, cfg.run.cache_dir or None)
     pools = resolve_pools(cfg, model, out)
     keys = pair_keys(cfg, pairs_path)
+    fingerprint = store.settings_fingerprint(cfg)
     parts = Path(cfg.run.run_dir) / schema.SYNTHETIC
     done = finished_keys(store.read_synthetic(parts, ["key", "status", "reject_reasons"]).to_pylist())
     finished = sum(k in done for k in keys)
@@ -343,19 +349,24 @@ def run_synthesize(cfg: PipelineConfig) -> dict:
                 step = step or (engines.build(s, model) if work else None)
                 while work:
                     try:
-                        work = run_round(work, step, judge_step, s, out, bar, totals)
+                        work = run_round(work, step, judge_step, s, out, bar, totals, fingerprint)
                     except SynegError:
                         raise
                     except Exception as exc:  # Ray wraps engine crashes; say which engine and what to do
                         raise EngineError(engines.describe_failure(s, exc)) from exc
-    return summarize(keys, parts, totals, time.perf_counter() - start, generated)
+    logged = store.logged_cost(out, fingerprint)
+    return summarize(keys, parts, totals, time.perf_counter() - start, generated, logged)
 
 
-def summarize(keys: list[str], parts: Path, totals: Counter, seconds: float, generated: int) -> dict:
+def summarize(keys: list[str], parts: Path, totals: Counter, seconds: float, generated: int,
+              logged: dict[str, float] | None = None) -> dict:
     """Counts over the whole output (not just this invocation) and the one summary line.
 
-    The cost per kept negative: output tokens over the whole output (every attempt and round of
-    every pair, failed ones too) per negative kept, and this invocation's seconds per negative it kept.
+    The cost per kept negative, over the whole output (every attempt and round of every pair, failed
+    ones too, over every invocation): output tokens, and seconds from the cost log (`logged`, the
+    sums of `synthetic_store.logged_cost`) when the log accounts for every output token; a log
+    begun after the output or cut by a kill does not, and then `seconds_per_kept` is None (this
+    invocation's own are `seconds` over `kept`).
     """
     table = store.read_synthetic(parts, ["key", "status", "negatives", "output_tokens"])
     table = table.filter(pc.field("key").isin(keys))  # counted in Arrow: no negative becomes a Python string
@@ -363,6 +374,8 @@ def summarize(keys: list[str], parts: Path, totals: Counter, seconds: float, gen
     negatives = pc.sum(pc.list_value_length(table.column("negatives"))).as_py() or 0
     tokens = pc.sum(table.column("output_tokens")).as_py() or 0
     gens = totals["generations"]
+    logged = logged or {"seconds": 0.0, "output_tokens": 0}
+    whole = logged["output_tokens"] == tokens and negatives > 0
     summary = {
         "pairs": len(keys), "ok": ok, "failed": table.num_rows - ok, "valid_rate": ok / len(keys) if keys else 0.0,
         "negatives": negatives, "generations": gens, "reflections": totals["reflections"],
@@ -373,13 +386,15 @@ def summarize(keys: list[str], parts: Path, totals: Counter, seconds: float, gen
         "output_tokens": totals["output_tokens"], "seconds": round(seconds, 1), "generated_pairs": generated,
         "tokens_per_s": totals["output_tokens"] / seconds if seconds > 0 and gens else None,
         "output_tokens_per_kept": tokens / negatives if negatives else None,
-        "seconds_per_kept": seconds / totals["kept"] if totals["kept"] else None,
+        "seconds_per_kept": logged["seconds"] / negatives if whole else None,
+        "logged_seconds": round(logged["seconds"], 1), "logged_output_tokens": logged["output_tokens"],
         "rejects": {k.split(":", 1)[1]: v for k, v in sorted(totals.items()) if k.startswith("reject:")},
         "output": str(parts),
     }  # fmt: skip
     tps = f"{summary['tokens_per_s']:.1f} output tok/s" if summary["tokens_per_s"] else "nothing generated"
     cost = (f"{summary['output_tokens_per_kept']:.0f} output tokens" if summary["output_tokens_per_kept"] else "n/a") + (
-        f", {summary['seconds_per_kept']:.1f} s" if summary["seconds_per_kept"] else "")
+        f", {summary['seconds_per_kept']:.1f} s" if summary["seconds_per_kept"] else
+        f"; seconds unknown: the cost log holds {logged['output_tokens']:,} of the output's {tokens:,} tokens" if negatives else "")
     logger.info("synthesized %d pairs: %d ok (valid rate %.1f%%), %d failed, %d negatives; %s; judged %d, flagged %s, "
                 "%d reflection turns, %d rewritten (%d handed back unchanged), %d kept; per kept negative %s; rejects %s",
                 len(keys), ok, 100 * summary["valid_rate"], summary["failed"], negatives, tps, summary["judged"],

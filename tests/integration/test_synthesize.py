@@ -50,8 +50,10 @@ def test_run_then_rerun_generates_nothing(tmp_path, scifact_small, ray_local, mo
         assert (row["status"] == "ok") == bool(row["negatives"])
     table = pq.read_table(tmp_path / "run" / schema.SYNTHETIC)  # the folder reads as one table
     assert table.num_rows == 2
+    assert first["logged_output_tokens"] == sum(r["output_tokens"] for r in rows) and first["logged_seconds"] > 0
     second = run_synthesize(cfg)
     assert second["generations"] == 0 and len(rows_of(tmp_path / "run")) == 2
+    assert second["seconds_per_kept"] == first["seconds_per_kept"]  # the whole run's cost, though this one generated nothing
 
 
 def _syneg(run_dir: Path, dataset: Path, limit: int, *extra: str) -> list[str]:
@@ -316,3 +318,4 @@ def test_a_rerun_after_a_kill_does_not_regenerate_committed_rounds(tmp_path, sci
     ids = [(r["key"], r["attempt"], r["round"]) for r in rows]
     assert len(ids) == len(set(ids)) == 2 * len(first)  # each round once
     assert len(rows_of(tmp_path / "run")) == 2
+    assert summary["logged_output_tokens"] == sum(r["output_tokens"] for r in rows_of(tmp_path / "run"))  # both invocations' batches

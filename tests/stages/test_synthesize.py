@@ -197,9 +197,32 @@ def test_a_finished_batch_is_committed_while_the_next_is_generated(cfg, ray_loca
     rows = [{**work_row(cfg), "key": "first"}, {**work_row(cfg), "key": "second"}]
     one_a_batch = replace(cfg.synthesize, batch_size=1)
     following = stage.run_round(rows, lambda ds: ds.map_batches(engine, batch_size=None, num_cpus=0.1), None, one_a_batch,
-                                out, tqdm(disable=True), Counter())
+                                out, tqdm(disable=True), Counter(), "fp")
     done = store.read_synthetic(tmp_path / "run" / "synthesize" / "negatives.parquet").to_pylist()
     assert not following and {(r["key"], r["status"]) for r in done} == {("first", "ok"), ("second", "ok")}
+    assert store.logged_cost(out, "fp")["generations"] == 2  # one cost line per committed batch
+    assert store.logged_cost(out, "fp")["output_tokens"] == 20
+
+
+def test_the_cost_log_sums_one_settings_batches_and_skips_a_cut_line(tmp_path) -> None:
+    store.log_cost(tmp_path, "a", 10.0, 4, 400)
+    store.log_cost(tmp_path, "b", 99.0, 1, 50)  # another setting's batch, in the same folder
+    store.log_cost(tmp_path, "a", 5.5, 2, 100)
+    with (tmp_path / store.COST_LOG).open("a") as log:
+        log.write('{"fingerprint": "a", "seco')  # a kill mid-write
+    assert store.logged_cost(tmp_path, "a") == {"seconds": 15.5, "generations": 6, "output_tokens": 500}
+    assert store.logged_cost(tmp_path / "none", "a") == {"seconds": 0.0, "generations": 0, "output_tokens": 0}
+
+
+def test_seconds_per_kept_only_from_a_cost_log_that_accounts_for_every_token(tmp_path, cfg) -> None:
+    parts = tmp_path / "negatives.parquet"
+    row = {name: None for name in store.SYNTHETIC_SCHEMA.names}
+    store.write_part(parts, [{**row, "key": "k", "status": "ok", "attempts": 1, "negatives": [NEG, NEG], "output_tokens": 300}],
+                     store.SYNTHETIC_SCHEMA)
+    whole = stage.summarize(["k"], parts, Counter(), 1.0, 0, {"seconds": 80.0, "generations": 2, "output_tokens": 300})
+    assert whole["seconds_per_kept"] == 40.0 and whole["output_tokens_per_kept"] == 150.0
+    short = stage.summarize(["k"], parts, Counter(), 1.0, 0, {"seconds": 30.0, "generations": 1, "output_tokens": 120})
+    assert short["seconds_per_kept"] is None and short["logged_seconds"] == 30.0  # a log begun late, or cut by a kill
 
 
 def test_an_engine_batch_may_outlast_ray_datas_no_progress_limit(cfg, ray_local, tmp_path) -> None:
@@ -222,7 +245,7 @@ def test_an_engine_batch_may_outlast_ray_datas_no_progress_limit(cfg, ray_local,
     context.execution_no_progress_timeout_s = 1  # datasets made from here on copy it
     try:
         following = stage.run_round([work_row(cfg)], lambda ds: ds.map_batches(slow_engine, batch_size=None, num_cpus=0.1), None,
-                                    cfg.synthesize, tmp_path / "run" / "synthesize", tqdm(disable=True), Counter())
+                                    cfg.synthesize, tmp_path / "run" / "synthesize", tqdm(disable=True), Counter(), "fp")
     finally:
         context.execution_no_progress_timeout_s = limit
     assert not following and store.read_synthetic(tmp_path / "run" / "synthesize" / "negatives.parquet").num_rows == 1

@@ -100,7 +100,7 @@ def test_a_finished_synthesis_says_what_it_kept_and_its_cost(tmp_path, quality) 
     table = quality.write_table(tmp_path, ["base", "syneg"])
     assert "| 120 | 0.410 (0.680) |" in table  # realized R, and over the instances holding synthetic negatives
     assert ("LLM negatives `syneg` (qwen2.5-coder-1.5b): 90 of 128 pairs keep a negative, 240 negatives; 1,432 output tokens "
-            "a kept negative (every attempt and round counted), 61.2 s in its last run.") in table
+            "a kept negative (every attempt and round counted), 61.2 s.") in table
     assert "`judge` (" not in table  # not finished: no line
 
 
