@@ -37,7 +37,7 @@ class EncodeOptions:
 
     batch_size: int = 64  # upper bound on texts per forward pass
     max_tokens_per_batch: int = 0  # padded tokens per forward pass; 0 = 1024 on CPU, 8192 on GPU
-    max_seq_length: int = 0  # 0 = the model's own limit
+    max_seq_length: int = 0  # truncate at this many tokens; 0 = the model's current limit
     dtype: Dtype = Dtype.FP32
     prompt: str = ""  # prefix for every text (e.g. "query: ")
 
@@ -81,14 +81,26 @@ def plan_batches(lengths: np.ndarray, batch_size: int, max_tokens: int) -> list[
 
 
 class _TorchRunner:
-    """Drives a SentenceTransformer through the two calls `iter_encode` needs."""
+    """Drives a SentenceTransformer through the two calls `iter_encode` needs, truncating at
+    `max_seq_length` (0: the model's current limit, which a training session may have lowered)."""
 
-    def __init__(self, model, dtype: Dtype) -> None:
-        self.model, self.dtype = model, dtype
+    def __init__(self, model, dtype: Dtype, max_seq_length: int = 0) -> None:
+        self.model, self.dtype, self.max_seq_length = model, dtype, max_seq_length
+
+    @contextlib.contextmanager
+    def _truncating(self) -> Iterator[None]:
+        """The model reads `max_seq_length` tokens for the block; its own limit is restored after,
+        so encoding in the middle of training leaves the training limit as it was."""
+        own = self.model.max_seq_length
+        self.model.max_seq_length = self.max_seq_length or own
+        try:
+            yield
+        finally:
+            self.model.max_seq_length = own
 
     def token_lengths(self, texts: Sequence[str]) -> np.ndarray:
         """Token count of each text after truncation, special tokens included."""
-        limit = self.model.max_seq_length or 512
+        limit = self.max_seq_length or self.model.max_seq_length or 512
         ids = self.model.tokenizer(list(texts), add_special_tokens=True, truncation=True, max_length=limit)["input_ids"]
         return np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(texts))
 
@@ -98,24 +110,25 @@ class _TorchRunner:
         model = self.model
         autocast = (torch.autocast(device_type=model.device.type, dtype=torch.bfloat16) if self.dtype is Dtype.BF16
                     else contextlib.nullcontext())
-        with torch.inference_mode(), autocast:
+        with torch.inference_mode(), autocast, self._truncating():
             features = model.preprocess(list(texts))
             features = {k: v.to(model.device) if isinstance(v, torch.Tensor) else v for k, v in features.items()}
             embeddings = model(features)["sentence_embedding"]  # (batch, dim), normalized if the model says so
             return embeddings.float().cpu().numpy()
 
 
-def _runner(model, dtype: Dtype):
-    """The model itself when it tokenizes and embeds on its own (OnnxEncoder), else torch driving it."""
+def _runner(model, options: EncodeOptions):
+    """The model itself when it tokenizes and embeds on its own (OnnxEncoder, which truncates at
+    the limit it was loaded with), else torch driving it at the options' limit."""
     if hasattr(model, "embed") and hasattr(model, "token_lengths"):
         return model
-    return _TorchRunner(model, dtype)
+    return _TorchRunner(model, options.dtype, options.max_seq_length)
 
 
 def iter_encode(model, texts: Sequence[str], options: EncodeOptions) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Yields (indices, float32 embeddings) per batch, in planned (length-sorted) order."""
     texts = prefixed(options.prompt, texts)
-    runner = _runner(model, options.dtype)
+    runner = _runner(model, options)
     on_gpu = getattr(getattr(model, "device", None), "type", "cpu") == "cuda"  # an OnnxEncoder runs on CPU
     budget = options.max_tokens_per_batch or (GPU_TOKENS_PER_BATCH if on_gpu else CPU_TOKENS_PER_BATCH)
     batches = plan_batches(runner.token_lengths(texts), options.batch_size, budget)

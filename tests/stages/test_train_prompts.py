@@ -121,6 +121,38 @@ def test_a_local_run_trains_and_scores_dev_with_the_prompts(cfg, tiny_model_dir:
     assert got == Counter(expected)
 
 
+def test_dev_scoring_in_training_truncates_where_evaluation_and_the_base_models_scoring_do(cfg, tiny_model_dir: str, tmp_path,
+                                                                                           monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    """Training reads 32 tokens (train.max_seq_length); evaluation reads the model's declared limit, and
+    so must every dev score: Tune ranks its trials, scored in training, against the base model loaded
+    from disk, and a trial read at the training limit would lose to the base model by truncation alone."""
+    from sentence_transformers.sentence_transformer.modules import Transformer
+
+    limits: list[tuple[str, int]] = []  # (text, the limit in force when the tokenizer got it)
+    original = Transformer.preprocess
+
+    def spy(self, inputs, prompt=None, **kwargs):
+        limits.extend(((prompt or "") + t, self.max_seq_length) for t in inputs)
+        return original(self, inputs, prompt=prompt, **kwargs)
+
+    monkeypatch.setattr(Transformer, "preprocess", spy)
+    declared = load_model(tiny_model_dir).max_seq_length
+    assert declared > cfg.train.max_seq_length  # else the test could not tell the two apart
+    rows, dev = _rows(8, 2), _devset()
+    train_local(cfg, rows, tiny_model_dir, tmp_path / "model", dev=dev)
+    dev_texts = {Q + q for q in dev.query_texts} | {P + d for d in dev.doc_texts}
+    in_training = {limit for text, limit in limits if text in dev_texts}
+    trained = {limit for text, limit in limits if text not in dev_texts and text != "probe"}
+    assert in_training == {declared} and trained == {cfg.train.max_seq_length}
+    limits.clear()
+    dev_scores(load_model(str(tmp_path / "model")), dev, cfg)  # how Tune scores the base model
+    assert {limit for _, limit in limits} == {declared}
+    limits.clear()
+    short = dataclasses.replace(cfg, encoder=dataclasses.replace(cfg.encoder, max_seq_length=16))
+    dev_scores(load_model(str(tmp_path / "model")), dev, short)  # encoder.max_seq_length, as evaluation reads it
+    assert {limit for _, limit in limits} == {16}
+
+
 def test_fit_epochs_refuses_a_session_without_the_runs_prompts(cfg, tiny_model_dir: str) -> None:
     """A worker that built its session without `session_prompts(cfg)` would train on other inputs than it is searched with."""
     rows = _rows(4, 1)

@@ -65,6 +65,19 @@ def test_the_default_token_budget_on_cpu_is_1024(minilm) -> None:
     assert [len(i) for i, _ in iter_encode(minilm, texts, EncodeOptions(max_tokens_per_batch=244))] == [2] * 15
 
 
+def test_encode_truncates_at_the_options_limit_and_leaves_the_models_own(minilm) -> None:
+    text = ["aspirin lowers fever in adults " + "and the trial ran for many weeks " * 20]
+    own = minilm.max_seq_length
+    head = encode(minilm, text, EncodeOptions(max_seq_length=16))
+    assert minilm.max_seq_length == own  # restored: a training session's limit survives dev scoring
+    assert not np.allclose(head, encode(minilm, text))  # the default reads the model's own limit, further
+    minilm.max_seq_length = 16
+    try:
+        np.testing.assert_allclose(head, encode(minilm, text), atol=1e-6)  # what the model itself reads at 16
+    finally:
+        minilm.max_seq_length = own
+
+
 def test_empty_input(minilm) -> None:
     assert encode(minilm, []).shape == (0, 384)
 

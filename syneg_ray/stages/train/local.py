@@ -47,17 +47,26 @@ def progress_logger(total: int, every: int) -> Callable[[dict], None]:
     return log
 
 
-def dev_options(cfg: PipelineConfig) -> EncodeOptions:
-    """How dev texts are encoded; the prompts come per side in `dev_scores`."""
+def dev_options(cfg: PipelineConfig, model_limit: int) -> EncodeOptions:
+    """How dev texts are encoded: truncated where evaluation truncates them (encoder.max_seq_length,
+    else `model_limit`, the limit the model declares, not the shorter one it trains at), so a model
+    in training and a saved one (the base model Tune compares its trials with) read the same tokens.
+    The precision is training's: an int8 encoder is an ONNX export, not the model in training.
+    The prompts come per side in `dev_scores`."""
     return EncodeOptions(
         batch_size=cfg.encoder.batch_size, max_tokens_per_batch=cfg.encoder.max_tokens_per_batch,
-        max_seq_length=cfg.train.max_seq_length, dtype=cfg.train.dtype,
+        max_seq_length=cfg.encoder.max_seq_length or model_limit, dtype=cfg.train.dtype,
     )  # fmt: skip
 
 
-def dev_scores(st, dev: DevSet, cfg: PipelineConfig) -> dict[str, Any]:
-    """`dev_metrics` with the run's encoding options and, per side, the prompt mining and evaluation use."""
-    return dev_metrics(st, dev, dev_options(cfg), **session_prompts(cfg))
+def dev_scores(st, dev: DevSet, cfg: PipelineConfig, model_limit: int = 0) -> dict[str, Any]:
+    """`dev_metrics` with the run's encoding options and, per side, the prompt mining and evaluation use.
+
+    Args:
+        model_limit: the token limit `st` declares (`DualEncoder.declared_max_seq_length` in training);
+            0: `st`'s current one, which is the declared limit for a model loaded from disk.
+    """
+    return dev_metrics(st, dev, dev_options(cfg, model_limit or st.max_seq_length), **session_prompts(cfg))
 
 
 def session_prompts(cfg: PipelineConfig) -> dict[str, str]:
@@ -92,7 +101,8 @@ def fit_epochs(
     for epoch in range(len(done), epochs):  # no epoch starts once the step budget is spent
         summary = run_epoch(sess, data, epoch, cfg.run.seed, world, rank, on_step=lambda r: [h(r) for h in hooks])
         if rank == 0 and dev is not None:
-            summary.update({f"dev_{k}": v for k, v in dev_scores(sess.encoder.st, dev, cfg).items()})
+            scores = dev_scores(sess.encoder.st, dev, cfg, sess.encoder.declared_max_seq_length)
+            summary.update({f"dev_{k}": v for k, v in scores.items()})
         if rank == 0:
             logger.info("%s", summary_line(summary, epochs))
         summaries.append(summary)
