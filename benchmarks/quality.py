@@ -24,9 +24,9 @@ judge inside synthesis, one piece added per row (`SYNTHESES`): judge (3 candidat
 answer for a pair left short of k, the k hardest that pass kept), judge-reflect (+ one reflection round on the flagged ones) and syneg
 (+ a mined document shown as a style reference: the full method). `--tune` runs Ray Tune over
 a row's R first (a grid from 0 to 1 at the rows' tau; with `--tune-tau`, over tau too) and adds
-that row at its best point (without `--rows`, only the rows at a tuned or given point train). Trials are ranked by dev nDCG@10 over the whole corpus, on every train
-query the rows do not train on (`TUNE_DEV`: the carved tenth and the queries the 128 pairs leave
-unused), never on test:
+that row at its best point (without `--rows`, only the rows at a tuned or given point train).
+Trials are ranked by dev nDCG@10 over the whole corpus, on every train query the rows do not train
+on (`TUNE_DEV`: the carved tenth and the queries the 128 pairs leave unused), never on test:
 
     .venv/bin/python benchmarks/quality.py --data-dir ../shared/datasets --out runs/quality --tune hybrid hybrid-guard --seeds 0 1 2 --no-probes
     .venv/bin/python benchmarks/quality.py --data-dir ../shared/datasets --out runs/quality --tune syneg --tune-tau 0.01 0.05 --tune-points 3
