@@ -473,19 +473,11 @@ def write_table(out: Path, order: list[str]) -> str:
     return table
 
 
-def read_trec(path: Path) -> dict[str, dict[str, float]]:
-    run: dict[str, dict[str, float]] = {}
-    for line in path.read_text(encoding="utf-8").splitlines():
-        query, _, doc, _, score, _ = line.split()
-        run.setdefault(query, {})[doc] = float(score)
-    return run
-
-
 def per_query_ndcg(run_dir: Path, qrels: dict) -> dict[str, float]:
     from syneg_ray import metrics
 
     (trec,) = sorted(run_dir.glob("evaluate/*-test/run.trec"))
-    return metrics.evaluate_run_by_query(qrels, read_trec(trec))[1]
+    return metrics.evaluate_run_by_query(qrels, metrics.read_trec(trec))[1]
 
 
 def gain_by_overlap(args: argparse.Namespace, names: list[str]) -> str:

@@ -121,3 +121,17 @@ def write_trec(run: Run, path, tag: str) -> None:
         for query_id, docs in run.items():
             out.writelines(f"{query_id} Q0 {doc_id} {rank} {score:.6f} {tag}\n"
                            for rank, (doc_id, score) in enumerate(ranked(docs), start=1))
+
+
+def read_trec(path) -> Run:
+    """Reads a TREC run file back into a run dict: the inverse of `write_trec`."""
+    run: Run = {}
+    with open(path, encoding="utf-8") as lines:
+        for number, line in enumerate(lines, start=1):
+            fields = line.split()
+            if len(fields) != 6:
+                raise ValueError(f"{path}, line {number}: expected 'qid Q0 docid rank score tag' "
+                                 f"(6 fields), got {len(fields)}; rewrite the run with `write_trec`")
+            query_id, _, doc_id, _, score, _ = fields
+            run.setdefault(query_id, {})[doc_id] = float(score)
+    return run

@@ -359,7 +359,7 @@ def run_synthesize(cfg: PipelineConfig) -> dict:
 
 
 def summarize(keys: list[str], parts: Path, totals: Counter, seconds: float, generated: int,
-              logged: dict[str, float] | None = None) -> dict:
+              logged: dict[str, float]) -> dict:
     """Counts over the whole output (not just this invocation) and the one summary line.
 
     The cost per kept negative, over the whole output (every attempt and round of every pair, failed
@@ -374,7 +374,6 @@ def summarize(keys: list[str], parts: Path, totals: Counter, seconds: float, gen
     negatives = pc.sum(pc.list_value_length(table.column("negatives"))).as_py() or 0
     tokens = pc.sum(table.column("output_tokens")).as_py() or 0
     gens = totals["generations"]
-    logged = logged or {"seconds": 0.0, "output_tokens": 0}
     whole = logged["output_tokens"] == tokens and negatives > 0
     summary = {
         "pairs": len(keys), "ok": ok, "failed": table.num_rows - ok, "valid_rate": ok / len(keys) if keys else 0.0,

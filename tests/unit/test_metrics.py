@@ -45,6 +45,15 @@ def test_to_run_drops_padding_and_write_trec(tmp_path) -> None:
     assert (tmp_path / "r.trec").read_text() == "q Q0 b 1 0.900000 t\n"
 
 
+def test_read_trec_inverts_write_trec_and_names_a_bad_line(tmp_path) -> None:
+    run = {"q1": {"a": 0.5, "b": 0.25}, "q2": {"c": 1.0}}
+    metrics.write_trec(run, tmp_path / "r.trec", "t")
+    assert metrics.read_trec(tmp_path / "r.trec") == run
+    (tmp_path / "bad.trec").write_text("q1 Q0 a 1 0.5 t\nq1 Q0 b 2 0.25\n")
+    with pytest.raises(ValueError, match=r"bad.trec, line 2: expected .* got 5"):
+        metrics.read_trec(tmp_path / "bad.trec")
+
+
 def test_ties_are_ranked_as_trec_eval_ranks_them() -> None:
     """Eleven documents with one score: trec_eval ranks them by descending id, so d00 is 11th.
     MRR@10 (cut here) and nDCG@10 (cut by trec_eval) must agree on that."""
