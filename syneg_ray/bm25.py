@@ -94,10 +94,8 @@ class BM25Shard:
 
     Memory: one sparse (documents x terms) matrix, about 8 bytes per distinct (document, term),
     turned in place into BM25's term weights at the first search (they need the corpus-wide mean
-    length), plus the vocabulary; a search holds at most `SCORE_CELLS` dense scores besides.
+    length), plus the vocabulary; a search holds one float per document besides.
     """
-
-    SCORE_CELLS = 1 << 24  # (documents x queries) floats scored at once: 64 MB
 
     TOKENIZE_DOCS = 8192  # documents tokenized at once: bounds the Python token lists alive while indexing
 
@@ -135,6 +133,7 @@ class BM25Shard:
         # (documents x terms) counts; csc, so a query's terms are a cheap column selection
         self.matrix = sp.csc_matrix((np.ones(len(cols), np.float32), (rows, cols)), shape=(len(self.lengths), len(self.vocab)))
         self.matrix.sum_duplicates()
+        self.matrix.sort_indices()  # each term's documents in row order: `score_rows` binary-searches them
         self._mean_length: float | None = None  # set once `matrix` holds weights instead of counts
 
     def __len__(self) -> int:
@@ -146,8 +145,13 @@ class BM25Shard:
         df = {t: int(counts[self.vocab[t]]) for t in terms if t in self.vocab}
         return CorpusStats(len(self.lengths), int(self.lengths.sum()), df)
 
-    def _weights(self, stats: CorpusStats):
-        """tf / (tf + k1 * (1 - b + b * len / mean_len)) per (document, term), float32 as bm25s stores it."""
+    def _postings(self, stats: CorpusStats):
+        """(terms x documents) BM25 term weights, tf / (tf + k1 * (1 - b + b * len / mean_len)), float32
+        as bm25s stores them: a term's documents are one row, in document order.
+
+        The weights replace the counts in place at the first search (they need the corpus-wide mean
+        length); the transpose is a view of the same arrays, not a copy.
+        """
         if self._mean_length is None:
             norm = (self.k1 * (1 - self.b + self.b * self.lengths / stats.mean_length)).astype(np.float32)
             tf = self.matrix.data
@@ -155,42 +159,53 @@ class BM25Shard:
             self._mean_length = stats.mean_length
         elif self._mean_length != stats.mean_length:
             raise ValueError(f"this shard was weighted for a mean length of {self._mean_length}, not {stats.mean_length}")
-        return self.matrix
+        return self.matrix.T
 
-    def _queries(self, queries: Sequence[Sequence[str]], stats: CorpusStats) -> tuple[list[int], np.ndarray]:
-        """The shard's columns of the queries' terms, and (terms, queries) weights: idf x occurrences."""
-        terms = sorted({t for q in queries for t in q if t in self.vocab})
-        position = {t: i for i, t in enumerate(terms)}
-        weights = np.zeros((len(terms), len(queries)), np.float32)
-        for j, query in enumerate(queries):
-            for term, count in Counter(t for t in query if t in position).items():
-                weights[position[term], j] = count * stats.idf(term)
-        return [self.vocab[t] for t in terms], weights
+    def _query_terms(self, query: Sequence[str], stats: CorpusStats) -> tuple[np.ndarray, np.ndarray]:
+        """The shard's term ids of one query and their weights, idf x occurrences (terms it lacks dropped)."""
+        counts = Counter(t for t in query if t in self.vocab)
+        ids = np.fromiter((self.vocab[t] for t in counts), dtype=np.int64, count=len(counts))
+        weights = np.fromiter((n * stats.idf(t) for t, n in counts.items()), dtype=np.float32, count=len(counts))
+        return ids, weights
 
     def search(self, queries: Sequence[Sequence[str]], stats: CorpusStats, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Top-k (scores, shard rows) per query, descending, ties by row; -inf / -1 pad queries with fewer matches."""
-        columns, query_weights = self._queries(queries, stats)
-        selected = self._weights(stats)[:, columns]  # (documents, query terms)
+        """Top-k (scores, shard rows) per query, descending, ties by row; -inf / -1 pad queries with fewer matches.
+
+        Each query sums its terms' weighted posting lists into one score per document, so its cost
+        is the length of those lists plus one pass over the shard for the top k.
+        """
+        postings = self._postings(stats)
         scores = np.full((len(queries), k), -np.inf, dtype=np.float32)
         rows = np.full((len(queries), k), -1, dtype=np.int64)
-        step = max(1, self.SCORE_CELLS // max(len(self), 1))
-        for start in range(0, len(queries), step):
-            dense = np.asarray(selected @ query_weights[:, start : start + step])  # (documents, block)
-            for j in range(dense.shape[1]):
-                column = dense[:, j]
-                docs = np.flatnonzero(column > 0)
-                if len(docs) > k:
-                    docs = docs[np.argpartition(-column[docs], k - 1)[:k]]
-                docs = docs[np.lexsort((docs, -column[docs]))]  # by score, ties by row, as ann.merge_topk orders them
-                scores[start + j, : len(docs)], rows[start + j, : len(docs)] = column[docs], docs
+        for i, query in enumerate(queries):
+            terms, weights = self._query_terms(query, stats)
+            total = postings[terms].T @ weights  # (documents,): the query's posting lists, weighted and summed in C
+            # selecting the k smallest of the negated scores runs about twice as fast as the k largest
+            top = np.argpartition(-total, k - 1)[:k] if k < len(total) else np.arange(len(total))
+            top = top[total[top] > 0]
+            top = top[np.lexsort((top, -total[top]))]  # by score, ties by row, as ann.merge_topk orders them
+            scores[i, : len(top)], rows[i, : len(top)] = total[top], top
         return scores, rows
 
     def score_rows(self, queries: Sequence[Sequence[str]], stats: CorpusStats, rows: Sequence[np.ndarray]) -> list[np.ndarray]:
-        """Exact scores of chosen shard rows per query (its positives), 0 where no query term occurs."""
-        columns, query_weights = self._queries(queries, stats)
-        selected = self._weights(stats)[:, columns].tocsr()
-        return [np.asarray(selected[np.asarray(r, dtype=np.int64)] @ query_weights[:, i], dtype=np.float32).ravel()
-                for i, r in enumerate(rows)]  # fmt: skip
+        """Exact scores of chosen shard rows per query (its positives), 0 where no query term occurs.
+
+        Each of a query's terms looks its rows up in its posting list (sorted by row), so the cost is
+        a binary search per term and row, whatever the shard's size.
+        """
+        postings = self._postings(stats)
+        out = []
+        for query, wanted in zip(queries, rows, strict=True):
+            wanted = np.asarray(wanted, dtype=np.int64)
+            total = np.zeros(len(wanted), np.float32)
+            for term, weight in zip(*self._query_terms(query, stats), strict=True):
+                lo, hi = postings.indptr[term], postings.indptr[term + 1]
+                docs = postings.indices[lo:hi]
+                at = np.minimum(np.searchsorted(docs, wanted), max(hi - lo - 1, 0))
+                hit = docs[at] == wanted if hi > lo else np.zeros(len(wanted), bool)
+                total[hit] += weight * postings.data[lo + at[hit]]
+            out.append(total)
+        return out
 
 
 def _stemmer():

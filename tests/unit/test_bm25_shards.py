@@ -31,11 +31,10 @@ def _sharded(texts: list[str], tokens: list[list[str]], bounds: list[int], k: in
     return ann.merge_topk(parts, k), shards, stats
 
 
-def test_shards_score_as_one_global_index_and_as_bm25s(corpus_and_queries, monkeypatch):
+def test_shards_score_as_one_global_index_and_as_bm25s(corpus_and_queries):
     ids, texts, queries = corpus_and_queries
     tokens = bm25.tokenize(queries)
     (one_scores, one_rows), _, _ = _sharded(texts, tokens, [0, len(texts)], K)
-    monkeypatch.setattr(bm25.BM25Shard, "SCORE_CELLS", 20_000)  # the shards score a few queries at a time
     (scores, rows), _, _ = _sharded(texts, tokens, [0, 1000, 1001, 3700, len(texts)], K)  # uneven, one of 1 document
     assert np.array_equal(rows, one_rows)
     np.testing.assert_allclose(scores, one_scores, rtol=0, atol=1e-5)
@@ -93,3 +92,14 @@ def test_a_shard_indexed_chunk_by_chunk_scores_as_one_indexed_whole(corpus_and_q
     stats = whole.stats(terms)
     (scores, rows), (ref_scores, ref_rows) = chunked.search(tokens, stats, 20), whole.search(tokens, stats, 20)
     assert np.array_equal(rows, ref_rows) and np.array_equal(scores, ref_scores) and (rows >= 0).any()
+
+
+def test_a_query_without_matches_and_a_k_beyond_the_shard_are_padded():
+    shard = bm25.BM25Shard(["apple pie", "apple tart", "banana bread"])
+    tokens = bm25.tokenize(["apple", "durian", "tart"])
+    stats = shard.stats({t for q in tokens for t in q})
+    scores, rows = shard.search(tokens, stats, 5)  # k above the shard's 3 documents
+    assert rows.tolist() == [[0, 1, -1, -1, -1], [-1] * 5, [1, -1, -1, -1, -1]]  # the two apples tie: by row
+    assert scores[0, 0] == scores[0, 1] > 0 and np.isneginf(scores[1]).all() and np.isneginf(scores[0, 2:]).all()
+    assert [s.tolist() for s in shard.score_rows(tokens, stats, [np.array([2, 0]), np.array([0]), np.array([1, 2])])] == [
+        [0.0, scores[0, 0]], [0.0], [scores[2, 0], 0.0]]
