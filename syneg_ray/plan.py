@@ -39,8 +39,9 @@ RATES: dict[str, float] = {
     "encode_per_s:mpnet": 4.0,  # not measured: 12 layers x 768-d against MiniLM's 6 x 384
     "encode_per_s:cpu": 4.0,  # any other encoder on CPU: taken as base-sized, not measured
     "encode_per_s:gpu": 1000.0,  # per GPU actor: not measured here
-    # BM25 (bm25s) index and search: documents per second
+    # BM25 per actor: documents indexed per second, and (queries x documents) searched per second
     "bm25_docs_per_s": 2000.0,  # 2-core VM: mine over SciFact's 5,183 documents took 167-244 s, nearly all of it encoding
+    "bm25_query_docs_per_s": 1.4e8,  # 2-core VM: 2,000 queries over 100k documents in 1.42 s (RESULTS, BM25 search)
     # training: seconds per text (query, positive or negative) at 128 tokens, per model
     "train_s_per_text:minilm": 0.135,  # 2-core VM: 25 steps of 32 instances x 6 texts in 644 s (issue 26), ~26 s a step
     "train_s_per_text:mpnet": 0.8,  # not measured: about 6x MiniLM's compute
@@ -260,8 +261,8 @@ def estimate(cfg: PipelineConfig, counts: Counts, running: set[str] | None = Non
     mine_s = overhead
     if dense:
         mine_s += (counts.corpus_docs + counts.train_queries) / base_rate
-    if lexical:
-        mine_s += len(lexical) * counts.corpus_docs / r["bm25_docs_per_s"]
+    if lexical:  # a query's cost grows with the documents it is searched over, whichever actor holds them
+        mine_s += len(lexical) * counts.corpus_docs * (1 / r["bm25_docs_per_s"] + counts.train_queries / r["bm25_query_docs_per_s"])
     sources = " + ".join(m.sources)
     mine = StagePlan("mine", mine_s, f"{counts.corpus_docs:,} docs, {counts.train_queries:,} queries: {sources} ({e.model})")
 

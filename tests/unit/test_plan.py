@@ -37,6 +37,17 @@ def test_dev_scoring_is_planned_for_the_epochs_a_step_budget_reaches() -> None:
     assert train_seconds("train.epochs=3", "train.max_steps=30") == train_seconds("train.epochs=2", "train.max_steps=30")
 
 
+def test_bm25_search_is_planned_as_queries_times_documents() -> None:
+    cfg = load_config(None, ["mine.sources=[bm25]"])
+
+    def mine_seconds(queries: int) -> float:
+        p = plan.estimate(cfg, plan.Counts(train_pairs=queries, train_queries=queries, corpus_docs=1_000_000))
+        return next(s.seconds for s in p.stages if s.name == "mine")
+
+    # 99,000 more queries over a million documents: their search, at the per-actor rate
+    assert mine_seconds(100_000) - mine_seconds(1_000) == pytest.approx(99_000 * 1_000_000 / plan.RATES["bm25_query_docs_per_s"])
+
+
 def test_the_embedded_scifact_run_is_planned_near_its_measured_half_hour() -> None:
     """Measured: 19-29 minutes on the 2-core VM (benchmarks/RESULTS.md); the rates are conservative."""
     seconds = plan.estimate(load_config(), SCIFACT_LIKE).seconds
