@@ -321,7 +321,8 @@ def tune_point(args: argparse.Namespace, row: Row) -> tuple[float, float | None]
     returns the best R and, when tau was searched, the best tau.
 
     A grid (`--tune-points` values an axis: R from 0 to 1, tau log-spaced) with every trial trained
-    to the end, so the grid is whole; trials are ranked by dev nDCG@10 on `TUNE_DEV`. Tune builds its
+    to the end, so the grid is whole; trials are ranked by dev nDCG@10 on `TUNE_DEV` after their last
+    epoch, the only one scored (ASHA, which compares every epoch, is off). Tune builds its
     own pairs folder (the same pairs as the rows', a larger dev split); synthesis and mining are the rows'.
     """
     from syneg_ray.stages.tune import run_tune
@@ -332,7 +333,7 @@ def tune_point(args: argparse.Namespace, row: Row) -> tuple[float, float | None]
     low, high = args.tune_tau if joint else (tau, tau)
     cfg = config_for(args, run_dir, (*MINED[row.mined], *SYNTHESES[row.synthesis], *row.overrides, *TUNE_DEV,
                                      f"tune.temperature_min={low}", f"tune.temperature_max={high}", "tune.searcher=grid",
-                                     f"tune.grid_points={args.tune_points}", "tune.asha=false"))  # fmt: skip
+                                     f"tune.grid_points={args.tune_points}", "tune.asha=false", "train.dev_every=0"))  # fmt: skip
     # Tune as a stage after training: the trials mix and train, so its key chains theirs
     key = pipeline.fingerprint(cfg, pipeline.Stage("tune", run_tune, ("tune",), ("train",)), pipeline.fingerprints(cfg))
     marker = run_dir / "tune" / pipeline.MARKER

@@ -468,7 +468,8 @@ class TrainConfig:
     max_grad_norm: float = 1.0  # clip the gradient norm (0 = no clipping); HF Trainer's default
     grad_var_window: int = 10  # K steps per gradient-variance window (0 = off); see train/gradvar.py
     log_every: int = 10  # rank 0 logs a progress line every this many steps
-    dev_eval: bool = True  # nDCG@10 on the dev split (pairs/dev_qrels.json) after every epoch
+    dev_eval: bool = True  # nDCG@10 on the dev split (pairs/dev_qrels.json), at the epochs dev_every picks
+    dev_every: int = 1  # dev nDCG@10 after every this many epochs and after the last; 0 = after the last only
     dev_max_docs: int = 1000  # dev corpus: 0 = full corpus; >0 = dev positives + a seeded sample up to this size
     max_failures: int = 1  # worker-group restarts from the last checkpoint (Ray Train FailureConfig)
     checkpoints_to_keep: int = 2  # epoch checkpoints kept in the run directory
@@ -488,6 +489,7 @@ class TrainConfig:
         _check_min("train.log_every", self.log_every, 1)
         _check_float_dtype("train.dtype", self.dtype)
         _check_min("train.dev_max_docs", self.dev_max_docs, 0)
+        _check_min("train.dev_every", self.dev_every, 0)
         _check_min("train.max_failures", self.max_failures, 0)
         _check_min("train.checkpoints_to_keep", self.checkpoints_to_keep, 1)
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from syneg_ray.config import Engine, MixStrategy, PipelineConfig, SynthesizeConfig, cache_root
 from syneg_ray.errors import PlanError
-from syneg_ray.stages.train.schedule import planned_epochs, planned_steps
+from syneg_ray.stages.train.schedule import dev_scored, planned_epochs, planned_steps
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +41,7 @@ RATES: dict[str, float] = {
     "encode_per_s:gpu": 1000.0,  # per GPU actor: not measured here
     # BM25 per actor: documents indexed per second, and (queries x documents) searched per second
     "bm25_docs_per_s": 2000.0,  # 2-core VM: mine over SciFact's 5,183 documents took 167-244 s, nearly all of it encoding
-    "bm25_query_docs_per_s": 1.4e8,  # 2-core VM: 2,000 queries over 100k documents in 1.42 s (RESULTS, BM25 search)
+    "bm25_query_docs_per_s": 1.4e8,  # 2-core VM: 2,000 queries over 100k documents in 1.38 s, over 1M in 12.2 s (RESULTS, BM25 search)
     # training: seconds per text (query, positive or negative) at 128 tokens, per model
     "train_s_per_text:minilm": 0.135,  # 2-core VM: 25 steps of 32 instances x 6 texts in 644 s (issue 26), ~26 s a step
     "train_s_per_text:mpnet": 0.8,  # not measured: about 6x MiniLM's compute
@@ -284,7 +284,8 @@ def estimate(cfg: PipelineConfig, counts: Counts, running: set[str] | None = Non
     dev_texts = 0
     if t.dev_eval and counts.dev_queries:
         dev_docs = min(t.dev_max_docs, counts.corpus_docs) if t.dev_max_docs else counts.corpus_docs
-        dev_texts = (dev_docs + counts.dev_queries) * planned_epochs(instances, t, t.workers)  # a step budget ends the run early
+        epochs = planned_epochs(instances, t, t.workers)  # a step budget ends the run early
+        dev_texts = (dev_docs + counts.dev_queries) * sum(dev_scored(e, epochs, t.dev_every) for e in range(epochs))
     train_s = r["train_overhead_s"] + steps * per_step + dev_texts / trained_rate
     rule = f"{t.max_steps} (train.max_steps)" if t.max_steps and steps == t.max_steps else \
         f"{instances:,} / ({t.batch_size} x {t.workers}) x {t.epochs} epoch{'s' if t.epochs > 1 else ''}"  # fmt: skip

@@ -131,7 +131,6 @@ def param_space(cfg: PipelineConfig) -> dict[str, Any]:
 def _trial(params: dict[str, float], base: dict, model_path: str) -> None:
     """One Tune trial: mix at R, then Ray Train at tau; metrics reach Tune through the callback."""
     from ray import tune
-    from ray.tune.integration.ray_train import TuneReportCallback
 
     from syneg_ray.stages.mix import run_mix
     from syneg_ray.stages.train.trainer import build_trainer, require_one_batch
@@ -143,7 +142,24 @@ def _trial(params: dict[str, float], base: dict, model_path: str) -> None:
     # e.g. R = 1 with fewer synthetic negatives than n per pair: fail the trial, not report the untrained model
     require_one_batch(cfg, run_mix(cfg)["instances"], trial_run / schema.INSTANCES)
     publish_for_workers(trial_run)
-    build_trainer(cfg, trial_run / schema.INSTANCES, model_path, trial_run / "train", callbacks=[TuneReportCallback()]).fit()
+    build_trainer(cfg, trial_run / schema.INSTANCES, model_path, trial_run / "train", callbacks=[_scored_reports()]).fit()
+
+
+def _scored_reports():  # -> ray.tune.integration.ray_train.TuneReportCallback
+    """Forwards to Tune the epochs' reports that hold a dev score.
+
+    With `train.dev_every` > 1 or 0 the epochs between carry none, and Tune's strict metric check
+    and its searchers (Optuna reads every result's metric) refuse such a report; without ASHA
+    (`require_dev_scores`) a trial is ranked by its last report, which always holds one.
+    """
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    class ScoredReports(TuneReportCallback):
+        def after_report(self, run_context, metrics, checkpoint) -> None:
+            if METRIC in metrics[0]:
+                super().after_report(run_context, metrics, checkpoint)
+
+    return ScoredReports()
 
 
 def _release_worker_groups(trials_dir: Path):  # -> ray.tune.Callback
@@ -300,6 +316,9 @@ def require_dev_scores(cfg: PipelineConfig) -> None:
     """Trials are ranked by dev nDCG@10: without a dev split every trial would end unscored, after all of them ran."""
     if not cfg.train.dev_eval:
         raise ConfigError("tune ranks trials by dev nDCG@10, which train.dev_eval = false turns off; set train.dev_eval=true")
+    if cfg.tune.asha and cfg.train.dev_every != 1:
+        raise ConfigError(f"tune.asha compares trials after every epoch, which train.dev_every = {cfg.train.dev_every} does not score; "
+                          "set train.dev_every=1 or tune.asha=false")
     from syneg_ray.dataset import configured_dev_split
 
     d = cfg.data
@@ -331,7 +350,7 @@ def trial_rows(results) -> list[dict[str, Any]]:
             "trial_id": reported.get("trial_id", ""),  # the name of its run directory under tune/trials/
             "temperature": result.config["temperature"],
             "ratio": result.config["ratio"],
-            "epochs": reported.get("training_iteration", 0),
+            "epochs": reported["epoch"] + 1 if "epoch" in reported else 0,  # Tune counts the reports, fewer with train.dev_every
             METRIC: float(reported.get(METRIC, float("nan"))),
             METRIC_SE: float(reported.get(METRIC_SE, float("nan"))),
             "error": str(result.error) if result.error else "",

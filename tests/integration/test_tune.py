@@ -74,3 +74,26 @@ def test_four_trials_write_table_best_config_and_heatmap(ray_local, tmp_path: Pa
     # every trial linked the shared negatives instead of copying or recomputing them
     trial_dirs = list((out / "trials").iterdir())
     assert len(trial_dirs) == 4 and all((d / "mine").is_symlink() and (d / "synthesize").is_symlink() for d in trial_dirs)
+
+
+def test_trials_scored_only_after_their_last_epoch_are_ranked_by_it(ray_local, tmp_path: Path, scifact_small: Path) -> None:
+    """train.dev_every=0 (ASHA off): the epochs before the last report nothing to Tune, and each
+    trial is ranked by its last epoch's dev score."""
+    cfg = load_config(None, [
+        f"run.run_dir={tmp_path / 'run'}", f"run.cache_dir={tmp_path / 'cache'}", f"data.dataset={scifact_small}",
+        "data.dev_fraction=0.25", "data.limit=24", "mix.n_negatives=2", "train.batch_size=8", "train.epochs=2",
+        "train.dev_every=0", "tune.asha=false", "train.max_seq_length=64", "train.dev_max_docs=100", "train.cpus_per_worker=1",
+        "tune.searcher=grid", "tune.grid_points=2", "tune.temperature_min=0.05", "tune.temperature_max=0.05",
+    ])  # fmt: skip
+    prepared, _ = ensure_pairs(cfg)
+    write_negatives(Path(cfg.run.run_dir), read_corpus(prepared))
+    summary = run_tune(cfg)
+
+    with (Path(cfg.run.run_dir) / "tune" / "trials.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 2 and summary["trials"] == 2
+    assert all(r["error"] == "" and r["epochs"] == "2" and 0.0 <= float(r["dev_ndcg@10"]) <= 1.0 for r in rows)
+    reported = sorted((Path(cfg.run.run_dir) / "tune" / "ray" / "tune").glob("*/result.json"))  # Tune's log of each trial's reports
+    assert len(reported) == 2
+    for log in reported:
+        assert [json.loads(line)["epoch"] for line in log.read_text().splitlines()] == [1]  # the last epoch's only

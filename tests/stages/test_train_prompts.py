@@ -121,6 +121,14 @@ def test_a_local_run_trains_and_scores_dev_with_the_prompts(cfg, tiny_model_dir:
     assert got == Counter(expected)
 
 
+def test_dev_is_scored_at_the_epochs_dev_every_picks(cfg, tiny_model_dir: str, tmp_path) -> None:
+    rows, dev = _rows(8, 2), _devset()
+    for every, scored in ((2, [False, True, True]), (0, [False, False, True])):
+        run = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, epochs=3, dev_every=every))
+        epochs = train_local(run, rows, tiny_model_dir, tmp_path / f"model{every}", dev=dev)["epochs"]
+        assert ["dev_ndcg@10" in e for e in epochs] == scored
+
+
 def test_dev_scoring_in_training_truncates_where_evaluation_and_the_base_models_scoring_do(cfg, tiny_model_dir: str, tmp_path,
                                                                                            monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
     """Training reads 32 tokens (train.max_seq_length); evaluation reads the model's declared limit, and

@@ -48,7 +48,23 @@ def test_bm25_search_is_planned_as_queries_times_documents() -> None:
     assert mine_seconds(100_000) - mine_seconds(1_000) == pytest.approx(99_000 * 1_000_000 / plan.RATES["bm25_query_docs_per_s"])
 
 
-def test_the_embedded_scifact_run_is_planned_near_its_measured_half_hour() -> None:
+def test_dev_is_scored_every_dev_every_epochs_and_after_the_last() -> None:
+    from syneg_ray.stages.train.schedule import dev_scored
+
+    def scored(epochs: int, every: int) -> list[int]:
+        return [e for e in range(epochs) if dev_scored(e, epochs, every)]
+
+    assert (scored(4, 1), scored(5, 2), scored(4, 0), scored(1, 0)) == ([0, 1, 2, 3], [1, 3, 4], [3], [0])
+
+    def train_seconds(*overrides: str) -> float:
+        p = plan.estimate(load_config(None, ["train.dev_eval=true", "train.epochs=4", *overrides]), SCIFACT_LIKE)
+        return next(s.seconds for s in p.stages if s.name == "train")
+
+    one_scoring = train_seconds("train.dev_every=2") - train_seconds("train.dev_every=0")  # twice against once
+    assert one_scoring > 0 and train_seconds("train.dev_every=1") == pytest.approx(train_seconds("train.dev_every=0") + 3 * one_scoring)
+
+
+
     """Measured: 19-29 minutes on the 2-core VM (benchmarks/RESULTS.md); the rates are conservative."""
     seconds = plan.estimate(load_config(), SCIFACT_LIKE).seconds
     assert 20 * 60 < seconds < 45 * 60

@@ -81,7 +81,8 @@ def test_tune_without_dev_scores_is_refused_before_any_trial(tmp_path: Path) -> 
     from syneg_ray.errors import ConfigError
     from syneg_ray.stages.tune import run_tune
 
-    for overrides, named in ((["train.dev_eval=false"], "train.dev_eval"), (["data.dev_fraction=0"], "data.dev_fraction")):
+    for overrides, named in ((["train.dev_eval=false"], "train.dev_eval"), (["data.dev_fraction=0"], "data.dev_fraction"),
+                             (["train.dev_every=0"], "train.dev_every=1 or tune.asha=false")):  # ASHA compares every epoch
         cfg = load_config(None, [f"run.run_dir={tmp_path / 'run'}", *overrides])
         with pytest.raises(ConfigError, match=named):
             run_tune(cfg)
@@ -122,7 +123,7 @@ def test_trials_carry_their_dev_score_and_its_standard_error() -> None:
     from syneg_ray.stages.tune import METRIC_SE, trial_rows
 
     done = SimpleNamespace(path="/x/trial_b", config={"temperature": 0.05, "ratio": 0.5}, error=None,
-                           metrics={"training_iteration": 2, METRIC: 0.71, METRIC_SE: 0.02})  # fmt: skip
+                           metrics={"training_iteration": 1, "epoch": 1, METRIC: 0.71, METRIC_SE: 0.02})  # fmt: skip
     failed = SimpleNamespace(path="/x/trial_a", config={"temperature": 0.01, "ratio": 0.5}, error=RuntimeError("boom"), metrics={})
     first, second = trial_rows([done, failed])
     assert (first["trial"], first["error"]) == ("trial_a", "boom") and math.isnan(first[METRIC]) and math.isnan(first[METRIC_SE])

@@ -18,7 +18,7 @@ from syneg_ray.config import PipelineConfig
 from syneg_ray.encoder import EncodeOptions
 from syneg_ray.model import load_model
 from syneg_ray.stages.train.devset import DevSet, dev_metrics
-from syneg_ray.stages.train.schedule import planned_epochs, planned_steps
+from syneg_ray.stages.train.schedule import dev_scored, planned_epochs, planned_steps
 from syneg_ray.stages.train.step import Data, Instances, Session, build_session, run_epoch
 
 logger = logging.getLogger(__name__)
@@ -100,7 +100,7 @@ def fit_epochs(
     hooks = [h for h in (log, on_step) if h]
     for epoch in range(len(done), epochs):  # no epoch starts once the step budget is spent
         summary = run_epoch(sess, data, epoch, cfg.run.seed, world, rank, on_step=lambda r: [h(r) for h in hooks])
-        if rank == 0 and dev is not None:
+        if rank == 0 and dev is not None and dev_scored(epoch, epochs, cfg.train.dev_every):
             scores = dev_scores(sess.encoder.st, dev, cfg, sess.encoder.declared_max_seq_length)
             summary.update({f"dev_{k}": v for k, v in scores.items()})
         if rank == 0:

@@ -17,6 +17,12 @@ def planned_steps(n: int, cfg: TrainConfig, world: int) -> int:
     return min(total, cfg.max_steps) if cfg.max_steps else total
 
 
+def dev_scored(epoch: int, epochs: int, every: int) -> bool:
+    """Whether dev nDCG is scored after `epoch` (0-based) of the `epochs` a run plans: after every
+    `every`-th epoch and always after the last (`every` 0: the last only)."""
+    return epoch == epochs - 1 or (every > 0 and (epoch + 1) % every == 0)
+
+
 def planned_epochs(n: int, cfg: TrainConfig, world: int) -> int:
     """Epochs that hold the planned steps: `epochs`, or fewer when `max_steps` is spent before the last."""
     per_epoch = steps_per_epoch(n, cfg.batch_size, world)
