@@ -1,10 +1,10 @@
 """BM25 search: syneg-ray's corpus shard (what each mining actor runs) against bm25s's own index.
 
-    .venv/bin/python benchmarks/bm25.py --docs 100000 --queries 5000
-    .venv/bin/python benchmarks/bm25.py --docs 1000000 --queries 2000 --k 50
+    .venv/bin/python benchmarks/bm25.py --docs 100000 --queries 2000
+    .venv/bin/python benchmarks/bm25.py --docs 1000000 --pairs 100000 --queries 2000
 
 Both sides index the same generated corpus (`scale.py`'s generator: SciFact's vocabulary, 50-300
-words a document) with the same tokenizer, stopwords and stemmer, Lucene's BM25 with BEIR's k1 and
+words a document; the same folders, so a corpus made by one serves the other) with the same tokenizer, stopwords and stemmer, Lucene's BM25 with BEIR's k1 and
 b, and return the top k of the same queries, on one thread each (a mining actor holds one CPU).
 Ours is `bm25.BM25Shard` over the whole corpus with the corpus statistics of its queries' terms
 (one shard: the search each of `mine.bm25_shards` actors runs over its slice); the peer is
@@ -83,17 +83,19 @@ def agreement(a: dict, b: dict) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--docs", type=int, default=100_000)
-    parser.add_argument("--queries", type=int, default=5_000)
+    parser.add_argument("--queries", type=int, default=2_000, help="queries searched: the first of the generated pairs'")
+    parser.add_argument("--pairs", type=int, default=0, help="pairs of the generated folder (default: --queries)")
     parser.add_argument("--k", type=int, default=50)
     parser.add_argument("--data-dir", default=os.environ.get("SYNEG_DATA_DIR", "../shared/datasets"),
                         help="where scifact/ is: its corpus gives the vocabulary")
-    parser.add_argument("--work", default="runs/bench-bm25", help="generated corpora, reused across runs")
+    parser.add_argument("--work", default="/tmp/syneg-scale", help="generated corpora, reused across runs (scale.py's)")
     parser.add_argument("--no-peer", action="store_true", help="time ours only")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-    folder = generate(Path(args.work) / f"{args.docs}-{args.queries}", args.docs, args.queries,
+    pairs = max(args.pairs, args.queries)
+    folder = generate(Path(args.work) / "data" / f"scale-{args.docs}-{pairs}", args.docs, pairs,
                       scifact_vocabulary(Path(args.data_dir) / "scifact" / "corpus.jsonl"))  # fmt: skip
     texts, queries, positives = read_folder(folder, args.queries)
     result = {"docs": len(texts), "queries": len(queries), "k": args.k, "host": platform.processor() or platform.machine()}
