@@ -26,15 +26,17 @@ def test_steps_llm_pairs_and_instances_follow_the_config() -> None:
     assert plan.estimate(load_config(None, ["synthesize.max_pairs=0"]), SCIFACT_LIKE).llm_pairs == 822
 
 
-def test_dev_scoring_is_planned_for_the_epochs_a_step_budget_reaches() -> None:
-    def train_seconds(*overrides: str) -> float:
-        p = plan.estimate(load_config(None, ["train.dev_eval=true", *overrides]), SCIFACT_LIKE)
-        return next(s.seconds for s in p.stages if s.name == "train")
+def _train_seconds_with_dev(*overrides: str) -> float:
+    """The planned train stage's seconds on SciFact's counts, dev scoring on."""
+    p = plan.estimate(load_config(None, ["train.dev_eval=true", *overrides]), SCIFACT_LIKE)
+    return next(s.seconds for s in p.stages if s.name == "train")
 
+
+def test_dev_scoring_is_planned_for_the_epochs_a_step_budget_reaches() -> None:
     # 25 steps an epoch: a budget of 10 ends in the first, so three epochs score dev once, as one does
-    assert train_seconds("train.epochs=3", "train.max_steps=10") == train_seconds("train.epochs=1", "train.max_steps=10")
+    assert _train_seconds_with_dev("train.epochs=3", "train.max_steps=10") == _train_seconds_with_dev("train.epochs=1", "train.max_steps=10")
     # a budget of 30 reaches the second epoch: dev twice
-    assert train_seconds("train.epochs=3", "train.max_steps=30") == train_seconds("train.epochs=2", "train.max_steps=30")
+    assert _train_seconds_with_dev("train.epochs=3", "train.max_steps=30") == _train_seconds_with_dev("train.epochs=2", "train.max_steps=30")
 
 
 def test_bm25_search_is_planned_as_queries_times_documents() -> None:
@@ -56,12 +58,11 @@ def test_dev_is_scored_every_dev_every_epochs_and_after_the_last() -> None:
 
     assert (scored(4, 1), scored(5, 2), scored(4, 0), scored(1, 0)) == ([0, 1, 2, 3], [1, 3, 4], [3], [0])
 
-    def train_seconds(*overrides: str) -> float:
-        p = plan.estimate(load_config(None, ["train.dev_eval=true", "train.epochs=4", *overrides]), SCIFACT_LIKE)
-        return next(s.seconds for s in p.stages if s.name == "train")
+    def train_seconds(every: int) -> float:
+        return _train_seconds_with_dev("train.epochs=4", f"train.dev_every={every}")
 
-    one_scoring = train_seconds("train.dev_every=2") - train_seconds("train.dev_every=0")  # twice against once
-    assert one_scoring > 0 and train_seconds("train.dev_every=1") == pytest.approx(train_seconds("train.dev_every=0") + 3 * one_scoring)
+    one_scoring = train_seconds(2) - train_seconds(0)  # twice against once
+    assert one_scoring > 0 and train_seconds(1) == pytest.approx(train_seconds(0) + 3 * one_scoring)
 
 
 
