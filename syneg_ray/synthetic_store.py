@@ -9,6 +9,10 @@ pair (its first answer, then each reflection turn) is committed to `rounds/` bef
 follows from it, so a rerun goes on from the last committed round and never asks for it again.
 Each committed batch's seconds and output tokens are appended to `cost.jsonl`, so the cost of a
 synthesis resumed over several invocations is the sum of its batches, not the last invocation's.
+
+The driver never holds the pairs' keys as strings: the sets it needs (this config's pairs, the
+finished ones) are `KeySet`s of 16-byte digests, and the parts are read one at a time, so its
+bookkeeping stays in tens of MB at millions of pairs.
 """
 
 from __future__ import annotations
@@ -19,8 +23,11 @@ import json
 import operator
 import os
 import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -165,15 +172,69 @@ def write_part(folder: Path, rows: list[dict], schema: pa.Schema, id_columns: tu
     return target
 
 
-def read_parts(folder: Path, schema: pa.Schema, columns: list[str] | None = None, skip: set[str] | None = None) -> pa.Table:
+@dataclass(frozen=True)
+class KeySet:
+    """A set of pair keys held as sorted 16-byte digests (blake2b): 16 bytes a key where a Python set
+    of the 64-character keys costs about 150, so a million pairs take 16 MB. Two keys share a digest
+    with a chance of about 1e-27 at a million pairs."""
+
+    digests: np.ndarray  # dtype S16, sorted, unique
+
+    @classmethod
+    def of(cls, keys: Iterable[str]) -> KeySet:
+        return cls(np.unique(digest(keys)))
+
+    @classmethod
+    def union(cls, sets: Iterable[KeySet]) -> KeySet:
+        return cls(np.unique(np.concatenate([np.empty(0, "S16"), *(k.digests for k in sets)])))
+
+    def holds(self, keys: Iterable[str]) -> np.ndarray:
+        """A boolean mask: which of `keys` are in the set."""
+        wanted = digest(keys)
+        if not len(self.digests):
+            return np.zeros(len(wanted), dtype=bool)
+        at = np.minimum(np.searchsorted(self.digests, wanted), len(self.digests) - 1)
+        return self.digests[at] == wanted
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, str) and bool(self.holds([key])[0])
+
+    def __len__(self) -> int:
+        return len(self.digests)
+
+
+def digest(keys: Iterable[str]) -> np.ndarray:
+    """Each key's 16-byte blake2b digest, in order (dtype S16)."""
+    return np.array([hashlib.blake2b(k.encode(), digest_size=16).digest() for k in keys], dtype="S16")
+
+
+def part_files(folder: Path) -> list[Path]:
+    """The committed parts of `folder`, in name order (none when it does not exist)."""
+    return sorted(folder.glob("part-*.parquet")) if folder.is_dir() else []
+
+
+def read_parts(folder: Path, schema: pa.Schema, columns: list[str] | None = None,
+               skip: KeySet | set[str] | None = None) -> pa.Table:  # fmt: skip
     """Every committed part of `folder` as one table (empty with `schema` when there is none),
-    less the rows whose key is in `skip` (left out as each part is read)."""
-    parts = sorted(folder.glob("part-*.parquet")) if folder.is_dir() else []
-    if not parts:
-        table = schema.empty_table()
-        return table.select(columns) if columns else table
-    keep = ~pc.field("key").isin(sorted(skip)) if skip else None
-    return pa.concat_tables(pq.read_table(p, columns=columns, schema=schema, filters=keep) for p in parts)
+    less the rows whose key is in `skip` (left out as each part is read, so only the rows kept
+    are ever held together)."""
+    skip = KeySet.of(skip) if isinstance(skip, set) else skip
+    wanted = (columns or schema.names) if not skip else list(dict.fromkeys([*(columns or schema.names), "key"]))
+    tables = []
+    for part in part_files(folder):
+        table = pq.read_table(part, columns=wanted, schema=schema)
+        if skip:
+            table = table.filter(pa.array(~skip.holds(table.column("key").to_pylist())))
+        tables.append(table.select(columns or schema.names))
+    return pa.concat_tables(tables) if tables else schema.empty_table().select(columns or schema.names)
+
+
+def keys_where(folder: Path, schema: pa.Schema, columns: list[str], where: Callable[[dict], bool]) -> KeySet:
+    """The keys of the rows of `folder` for which `where(row)` holds (a row holds `key` and `columns`),
+    read a part at a time."""
+    sets = [KeySet.of(r["key"] for r in pq.read_table(part, columns=["key", *columns], schema=schema).to_pylist() if where(r))
+            for part in part_files(folder)]  # fmt: skip
+    return KeySet.union(sets)
 
 
 def read_synthetic(folder: Path, columns: list[str] | None = None) -> pa.Table:
@@ -197,7 +258,7 @@ def read_synthetic(folder: Path, columns: list[str] | None = None) -> pa.Table:
     return table.select(columns) if columns else table
 
 
-def latest_attempts(folder: Path, skip: set[str] | None = None) -> dict[str, dict]:
+def latest_attempts(folder: Path, skip: KeySet | None = None) -> dict[str, dict]:
     """key -> the attempt-log row with the most attempts (where a retried pair left off), for every key not in `skip`."""
     latest: dict[str, dict] = {}
     for row in read_parts(folder, ATTEMPT_SCHEMA, skip=skip).to_pylist():
@@ -206,7 +267,7 @@ def latest_attempts(folder: Path, skip: set[str] | None = None) -> dict[str, dic
     return latest
 
 
-def latest_rounds(folder: Path, skip: set[str] | None = None) -> dict[str, dict]:
+def latest_rounds(folder: Path, skip: KeySet | None = None) -> dict[str, dict]:
     """key -> the pair's last committed round (highest attempt, then round): where a rerun goes on;
     for every key not in `skip` (the finished pairs, whose rounds are the bulk of the folder)."""
     latest: dict[str, dict] = {}

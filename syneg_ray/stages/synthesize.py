@@ -20,11 +20,12 @@ import math
 import random
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Container, Iterator
 from contextlib import closing
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -50,16 +51,23 @@ WINDOW = 4096
 NO_CONTEXT = (math.nan, "")  # a pair's (off-topic floor, style reference) without mining output
 
 
-def finished_keys(rows: list[dict]) -> set[str]:
-    """Keys a rerun skips: pairs that are ok, or failed on what the LLM wrote.
+def finished(row: dict[str, Any]) -> bool:
+    """Whether a rerun skips a pair by its output row: ok, or failed on what the LLM wrote.
 
     A pair whose every attempt was an engine error (a server outage, a request refused) was never
     judged, so a rerun tries it again; its attempt count goes on from the log (one more attempt).
+    Any row of a key decides alike: a pair gets a second output row only after a rerun found its
+    first unfinished.
     """
-    return {r["key"] for r in rows if r["status"] == "ok" or any(x != ENGINE_ERROR for x in r["reject_reasons"])}
+    return row["status"] == "ok" or any(x != ENGINE_ERROR for x in row["reject_reasons"])
 
 
-def plan(pairs: list[dict], cfg: PipelineConfig, pools: attributes.Pools, done: set[str], attempts: dict[str, dict],
+def finished_keys(parts: Path) -> store.KeySet:
+    """The keys of the output `parts` that a rerun skips (`finished`)."""
+    return store.keys_where(parts, store.SYNTHETIC_SCHEMA, ["status", "reject_reasons"], finished)
+
+
+def plan(pairs: list[dict], cfg: PipelineConfig, pools: attributes.Pools, done: Container[str], attempts: dict[str, dict],
          context: dict[tuple[str, str], tuple[float, str]] | None = None) -> tuple[list[dict], int]:
     """First-answer work rows for every unfinished pair (continuing logged attempts) and the count of finished pairs.
 
@@ -276,12 +284,12 @@ def mined_context(cfg: PipelineConfig, pairs: list[dict]) -> dict[tuple[str, str
     return {pair: (floors[pair], texts.get(style_ids[pair], "")) for pair in floors}
 
 
-def pair_windows(path: Path, max_pairs: int, size: int) -> Iterator[list[dict]]:
-    """The train pairs of `path` (the first `max_pairs` when set) in windows of `size` rows, read
-    a record batch at a time."""
+def pair_windows(path: Path, max_pairs: int, size: int, columns: list[str] | None = None) -> Iterator[list[dict]]:
+    """The train pairs of `path` (the first `max_pairs` when set; `columns` of them, default all) in
+    windows of `size` rows, read a record batch at a time."""
     left = max_pairs or math.inf
     window: list[dict] = []
-    for batch in pq.ParquetFile(path).iter_batches(batch_size=size):
+    for batch in pq.ParquetFile(path).iter_batches(batch_size=size, columns=columns):
         window += batch.slice(0, min(batch.num_rows, left)).to_pylist()
         left -= batch.num_rows
         while len(window) >= size:
@@ -293,12 +301,15 @@ def pair_windows(path: Path, max_pairs: int, size: int) -> Iterator[list[dict]]:
         yield window
 
 
-def pair_keys(cfg: PipelineConfig, path: Path) -> list[str]:
-    """Every train pair's key, in order (the first `synthesize.max_pairs` when set), from the id columns only."""
-    ids = pq.read_table(path, columns=["query_id", "positive_id"])
-    if cfg.synthesize.max_pairs:
-        ids = ids.slice(0, cfg.synthesize.max_pairs)
-    return [store.pair_key(cfg, q, d) for q, d in zip(ids.column("query_id").to_pylist(), ids.column("positive_id").to_pylist(), strict=True)]
+def pair_keys(cfg: PipelineConfig, path: Path, done: store.KeySet) -> tuple[store.KeySet, int, int]:
+    """Every train pair's key (the first `synthesize.max_pairs` when set), how many pairs, and how
+    many of them `done` holds: read from the id columns a record batch at a time."""
+    sets, n, finished = [], 0, 0
+    for window in pair_windows(path, cfg.synthesize.max_pairs, WINDOW, columns=["query_id", "positive_id"]):
+        keys = [store.pair_key(cfg, p["query_id"], p["positive_id"]) for p in window]
+        sets.append(store.KeySet.of(keys))
+        n, finished = n + len(keys), finished + int(done.holds(keys).sum())
+    return store.KeySet.union(sets), n, finished
 
 
 def run_synthesize(cfg: PipelineConfig) -> dict:
@@ -321,26 +332,23 @@ def run_synthesize(cfg: PipelineConfig) -> dict:
     out = stage_dir(cfg, "synthesize")
     model = s.model if s.engine is Engine.OPENAI else resolve_model(s.model, cfg.run.cache_dir or None)
     pools = resolve_pools(cfg, model, out)
-    keys = pair_keys(cfg, pairs_path)
     fingerprint = store.settings_fingerprint(cfg)
     parts = Path(cfg.run.run_dir) / schema.SYNTHETIC
-    done = finished_keys(store.read_synthetic(parts, ["key", "status", "reject_reasons"]).to_pylist())
-    finished = sum(k in done for k in keys)
+    done = finished_keys(parts)
+    keys, n_pairs, finished = pair_keys(cfg, pairs_path, done)
     logger.info("synthesize: %d pairs, %d already done, %d to generate with %s %s (prompt %s; judge %s, %d reflection rounds)",
-                len(keys), finished, len(keys) - finished, s.engine.value, s.model, prompts.PROMPT_VERSION,
+                n_pairs, finished, n_pairs - finished, s.engine.value, s.model, prompts.PROMPT_VERSION,
                 cfg.encoder.model if s.judge else "off", s.reflect_rounds if s.judge else 0)
     totals: Counter = Counter()
     generated, step, start = 0, None, time.perf_counter()
-    if finished < len(keys):
+    if finished < n_pairs:
         # where unfinished pairs left off: logged attempts and (judge on) committed rounds. Only the
         # pairs of the window a kill interrupted have rounds that are not finished, so these stay small.
         attempts = store.latest_attempts(out / "attempts", skip=done)
         states = store.latest_rounds(out / "rounds", skip=done) if s.judge else {}
-        with tqdm(total=len(keys), initial=finished, desc="synthesize", unit="pair") as bar:
-            first = 0  # the window's offset in `keys`: pair_windows reads the pairs in the order pair_keys hashed them
+        with tqdm(total=n_pairs, initial=finished, desc="synthesize", unit="pair") as bar:
             for window in pair_windows(pairs_path, s.max_pairs, WINDOW):
-                window_keys, first = keys[first : first + len(window)], first + len(window)
-                window = [p for p, key in zip(window, window_keys, strict=True) if key not in done]
+                window = [p for p in window if store.pair_key(cfg, p["query_id"], p["positive_id"]) not in done]
                 if not window:
                     continue  # finished by an earlier run: not even its mining output is read
                 work, _ = plan(window, cfg, pools, done, attempts, mined_context(cfg, window))
@@ -355,10 +363,33 @@ def run_synthesize(cfg: PipelineConfig) -> dict:
                     except Exception as exc:  # Ray wraps engine crashes; say which engine and what to do
                         raise EngineError(engines.describe_failure(s, exc)) from exc
     logged = store.logged_cost(out, fingerprint)
-    return summarize(keys, parts, totals, time.perf_counter() - start, generated, logged)
+    return summarize(keys, n_pairs, parts, totals, time.perf_counter() - start, generated, logged)
 
 
-def summarize(keys: list[str], parts: Path, totals: Counter, seconds: float, generated: int,
+def output_counts(parts: Path, keys: store.KeySet) -> dict[str, int]:
+    """ok, failed, negatives and output_tokens of the output rows of `keys` (the row `read_synthetic`
+    would keep for each: ok over failed, then the most attempts), read a part at a time: a million
+    pairs' negatives would be gigabytes in the driver, where it holds one part's and five numbers a row."""
+    columns = ["key", "status", "attempts", "negatives", "output_tokens"]
+    digests, ok = [np.empty(0, "S16")], [np.empty(0, bool)]
+    attempts, negatives, tokens = [np.empty(0, np.int64)], [np.empty(0, np.int64)], [np.empty(0, np.int64)]
+    for part in store.part_files(parts):
+        table = pq.read_table(part, columns=columns, schema=store.SYNTHETIC_SCHEMA)
+        mine = keys.holds(table.column("key").to_pylist())
+        table = table.filter(pa.array(mine))
+        digests.append(store.digest(table.column("key").to_pylist()))
+        ok.append(pc.equal(table.column("status"), "ok").fill_null(False).to_numpy(zero_copy_only=False))
+        attempts.append(table.column("attempts").fill_null(0).to_numpy())
+        negatives.append(pc.list_value_length(table.column("negatives")).fill_null(0).to_numpy())
+        tokens.append(table.column("output_tokens").fill_null(0).to_numpy())
+    d, o, a, n, t = map(np.concatenate, (digests, ok, attempts, negatives, tokens))
+    order = np.lexsort((-a, ~o, d))  # per key: ok first, then the most attempts
+    first = order[np.r_[True, d[order][1:] != d[order][:-1]]] if len(order) else order
+    return {"ok": int(o[first].sum()), "failed": int(len(first) - o[first].sum()),
+            "negatives": int(n[first].sum()), "output_tokens": int(t[first].sum())}
+
+
+def summarize(keys: store.KeySet, n_pairs: int, parts: Path, totals: Counter, seconds: float, generated: int,
               logged: dict[str, float]) -> dict:
     """Counts over the whole output (not just this invocation) and the one summary line.
 
@@ -367,16 +398,16 @@ def summarize(keys: list[str], parts: Path, totals: Counter, seconds: float, gen
     sums of `synthetic_store.logged_cost`) when the log accounts for every output token; a log
     begun after the output or cut by a kill does not, and then `seconds_per_kept` is None (this
     invocation's own are `seconds` over `kept`).
+
+    Args:
+        keys: this config's pairs (`pair_keys`); `n_pairs` of them.
     """
-    table = store.read_synthetic(parts, ["key", "status", "negatives", "output_tokens"])
-    table = table.filter(pc.field("key").isin(keys))  # counted in Arrow: no negative becomes a Python string
-    ok = table.filter(pc.field("status") == "ok").num_rows
-    negatives = pc.sum(pc.list_value_length(table.column("negatives"))).as_py() or 0
-    tokens = pc.sum(table.column("output_tokens")).as_py() or 0
+    counts = output_counts(parts, keys)
+    ok, negatives, tokens = counts["ok"], counts["negatives"], counts["output_tokens"]
     gens = totals["generations"]
     whole = logged["output_tokens"] == tokens and negatives > 0
     summary = {
-        "pairs": len(keys), "ok": ok, "failed": table.num_rows - ok, "valid_rate": ok / len(keys) if keys else 0.0,
+        "pairs": n_pairs, "ok": ok, "failed": counts["failed"], "valid_rate": ok / n_pairs if n_pairs else 0.0,
         "negatives": negatives, "generations": gens, "reflections": totals["reflections"],
         "valid_json_rate": (gens - totals["invalid_json"] - totals["engine_errors"]) / gens if gens else None,
         "judged": totals["judged"],
@@ -396,7 +427,7 @@ def summarize(keys: list[str], parts: Path, totals: Counter, seconds: float, gen
         f"; seconds unknown: the cost log holds {logged['output_tokens']:,} of the output's {tokens:,} tokens" if negatives else "")
     logger.info("synthesized %d pairs: %d ok (valid rate %.1f%%), %d failed, %d negatives; %s; judged %d, flagged %s, "
                 "%d reflection turns, %d rewritten (%d handed back unchanged), %d kept; per kept negative %s; rejects %s",
-                len(keys), ok, 100 * summary["valid_rate"], summary["failed"], negatives, tps, summary["judged"],
+                n_pairs, ok, 100 * summary["valid_rate"], summary["failed"], negatives, tps, summary["judged"],
                 summary["flagged"] or "none", summary["reflections"], summary["rewritten"], summary["unchanged"], summary["kept"], cost,
                 summary["rejects"] or "none")
     return summary

@@ -105,6 +105,41 @@ def test_store_is_idempotent_and_dedupes(tmp_path, cfg) -> None:
     assert store.read_synthetic(tmp_path / "missing").num_rows == 0
     # a rerun reads where unfinished pairs left off, less the finished ones
     assert store.read_parts(folder, store.SYNTHETIC_SCHEMA, skip={ok["key"]}).column("key").to_pylist() == ["other"]
+    assert store.read_parts(folder, store.SYNTHETIC_SCHEMA, ["status"], skip=store.KeySet.of([ok["key"]])).column_names == ["status"]
+
+
+def test_key_sets_hold_exactly_their_keys() -> None:
+    keys = [prompts.pair_key(f"q{i}", "d", "v", "m", i) for i in range(1000)]
+    half = store.KeySet.of(keys[::2])
+    assert half.holds(keys).tolist() == [i % 2 == 0 for i in range(1000)]
+    assert keys[0] in half and keys[1] not in half and "judged" not in half and len(half) == 500
+    assert len(store.KeySet.of(keys[:3] + keys[:3])) == 3  # a key given twice is held once
+    both = store.KeySet.union([half, store.KeySet.of(keys[1::2]), store.KeySet.of([])])
+    assert both.holds(keys).all() and len(both) == 1000
+    empty = store.KeySet.of([])
+    assert not empty.holds(keys[:2]).any() and keys[0] not in empty and len(store.KeySet.union([])) == 0
+
+
+def test_output_counts_read_the_row_a_rerun_reads_of_this_configs_pairs_only(tmp_path) -> None:
+    """A pair failed then retried ok counts once, as ok; of two failed rows, the later (more attempts)
+    counts; rows of another config's keys do not count; the parts are read one at a time."""
+    parts = tmp_path / "negatives.parquet"
+    row = {name: None for name in store.SYNTHETIC_SCHEMA.names}
+
+    def out(key: str, status: str, attempts: int, negatives: int, tokens: int) -> dict:
+        return {**row, "key": key, "status": status, "attempts": attempts, "negatives": [NEG] * negatives, "output_tokens": tokens}
+
+    store.write_part(parts, [out("a", "failed", 1, 0, 100), out("b", "failed", 1, 0, 50), out("other", "ok", 1, 3, 999)],
+                     store.SYNTHETIC_SCHEMA)  # fmt: skip
+    store.write_part(parts, [out("a", "ok", 2, 2, 300), out("b", "failed", 2, 0, 120), out("c", "ok", 1, 3, 80)],
+                     store.SYNTHETIC_SCHEMA)  # fmt: skip
+    counts = stage.output_counts(parts, store.KeySet.of(["a", "b", "c", "never written"]))
+    assert counts == {"ok": 2, "failed": 1, "negatives": 5, "output_tokens": 300 + 120 + 80}
+    # the same as reading the whole deduplicated output
+    whole = store.read_synthetic(parts)
+    whole = whole.filter(pa.compute.is_in(whole["key"], value_set=pa.array(["a", "b", "c"])))
+    assert sorted(zip(whole["status"].to_pylist(), whole["output_tokens"].to_pylist())) == [("failed", 120), ("ok", 80), ("ok", 300)]
+    assert stage.output_counts(tmp_path / "none", store.KeySet.of(["a"])) == {"ok": 0, "failed": 0, "negatives": 0, "output_tokens": 0}
 
 
 def test_pairs_are_read_in_windows_across_record_batches(tmp_path) -> None:
@@ -127,10 +162,12 @@ def test_a_pair_failed_only_by_engine_errors_is_tried_again_on_a_rerun(tmp_path,
     assert outage["status"] == judged["status"] == "failed"
     folder = tmp_path / "negatives.parquet"
     store.write_part(folder, [outage, judged], store.SYNTHETIC_SCHEMA)
-    assert stage.finished_keys(store.read_synthetic(folder).to_pylist()) == {"judged"}
+    done = stage.finished_keys(folder)
+    assert "judged" in done and outage["key"] not in done and len(done) == 1
     # the rerun's attempt fails on the text this time: that row (more attempts) is the one read back
     store.write_part(folder, [{**outage, "attempts": 3, "reject_reasons": [stage.ENGINE_ERROR, "too_short"]}], store.SYNTHETIC_SCHEMA)
-    assert stage.finished_keys(store.read_synthetic(folder).to_pylist()) == {"judged", outage["key"]}
+    done = stage.finished_keys(folder)
+    assert "judged" in done and outage["key"] in done and len(done) == 2
 
 
 def test_hf_udf_writes_schema_json(cfg) -> None:
@@ -219,9 +256,9 @@ def test_seconds_per_kept_only_from_a_cost_log_that_accounts_for_every_token(tmp
     row = {name: None for name in store.SYNTHETIC_SCHEMA.names}
     store.write_part(parts, [{**row, "key": "k", "status": "ok", "attempts": 1, "negatives": [NEG, NEG], "output_tokens": 300}],
                      store.SYNTHETIC_SCHEMA)
-    whole = stage.summarize(["k"], parts, Counter(), 1.0, 0, {"seconds": 80.0, "generations": 2, "output_tokens": 300})
+    whole = stage.summarize(store.KeySet.of(["k"]), 1, parts, Counter(), 1.0, 0, {"seconds": 80.0, "generations": 2, "output_tokens": 300})
     assert whole["seconds_per_kept"] == 40.0 and whole["output_tokens_per_kept"] == 150.0
-    short = stage.summarize(["k"], parts, Counter(), 1.0, 0, {"seconds": 30.0, "generations": 1, "output_tokens": 120})
+    short = stage.summarize(store.KeySet.of(["k"]), 1, parts, Counter(), 1.0, 0, {"seconds": 30.0, "generations": 1, "output_tokens": 120})
     assert short["seconds_per_kept"] is None and short["logged_seconds"] == 30.0  # a log begun late, or cut by a kill
 
 
