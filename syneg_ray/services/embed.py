@@ -26,7 +26,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from syneg_ray import onnx_backend, storage
-from syneg_ray.config import Backend, Dtype, EncoderConfig, PipelineConfig, default_cache_dir
+from syneg_ray.config import Backend, Dtype, EncoderConfig, PipelineConfig, cpu_has_fast_bf16, default_cache_dir
 from syneg_ray.dataset import CORPUS_ROW_GROUP, Prepared, file_digest, read_corpus_rows
 from syneg_ray.encoder import EncodeOptions, embedding_dimension, encode, load_encoder
 from syneg_ray.errors import ConfigError
@@ -228,6 +228,14 @@ class PoolOutput(NamedTuple):
     queries: np.ndarray | RowFile  # (n_queries, dim), in memory, or in the query_target file
 
 
+def slow_bf16(e: EncoderConfig) -> str:
+    """A warning when bf16 was asked for CPU actors on a CPU (the driver's) that emulates it; "" otherwise."""
+    if e.dtype is not Dtype.BF16 or e.gpus_per_actor > 0 or cpu_has_fast_bf16():
+        return ""
+    return ("encoder.dtype = bf16 on a CPU without AVX512_BF16 or AMX: torch emulates it, several times slower "
+            "than fp32 (benchmarks/RESULTS.md); use encoder.dtype=auto, fp32 or int8 unless the actors' nodes have them")
+
+
 def encode_with_ray(cfg: PipelineConfig, model_path: str, texts: list[str], prompt: str, target: Path) -> np.ndarray:
     """Encodes `texts` (each after `prompt`) on a Ray Data actor pool into the .npy file `target` (written atomically)."""
     return encode_on_pool(cfg, model_path, texts, target, [], document_prompt=prompt).documents
@@ -255,6 +263,8 @@ def encode_on_pool(cfg: PipelineConfig, model_path: str, documents: list[str] | 
         raise ValueError("encode_on_pool: documents need a target file")
     e = cfg.encoder
     backend = backend_of(e, model_path)
+    if slow := slow_bf16(e):
+        logger.warning(slow)
     if backend is Backend.ONNX:
         # Done before Ray starts, so the export's peak (torch, tracing: about 1.3 GB for MiniLM)
         # stays apart from Ray's daemons and the actors.

@@ -259,6 +259,18 @@ def test_backend_choice() -> None:
         EncoderConfig(backend=Backend.ONNX, dtype=Dtype.BF16)
 
 
+def test_bf16_on_a_cpu_that_emulates_it_is_warned_about(monkeypatch) -> None:
+    from syneg_ray.config import EncoderConfig
+    from syneg_ray.services import embed
+
+    monkeypatch.setattr(embed, "cpu_has_fast_bf16", lambda: False)
+    assert "AVX512_BF16 or AMX" in embed.slow_bf16(EncoderConfig(dtype=Dtype.BF16))
+    assert embed.slow_bf16(EncoderConfig(dtype=Dtype.BF16, gpus_per_actor=1)) == ""  # GPU actors
+    assert embed.slow_bf16(EncoderConfig(dtype=Dtype.FP32)) == embed.slow_bf16(EncoderConfig(dtype=Dtype.INT8)) == ""
+    monkeypatch.setattr(embed, "cpu_has_fast_bf16", lambda: True)
+    assert embed.slow_bf16(EncoderConfig(dtype=Dtype.BF16)) == ""
+
+
 def test_int8_runs_only_on_onnx_runtime_on_cpus(tmp_path) -> None:
     from syneg_ray.config import Backend, EncoderConfig, SynthesizeConfig, TrainConfig
     from syneg_ray.errors import ConfigError
