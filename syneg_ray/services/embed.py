@@ -301,6 +301,10 @@ def encode_on_pool(cfg: PipelineConfig, model_path: str, documents: list[str] | 
         num_cpus=cpus,
         num_gpus=e.gpus_per_actor,
     )
+    # A piece is a corpus row group (2,048 documents): on a slow or shared CPU (bf16 emulated on an
+    # AVX2 CPU took over 30 minutes for one) Ray Data's no-progress limit (30 minutes by default)
+    # would fail the whole encoding as hung. An actor that fails still ends it with its error.
+    ds.context.execution_no_progress_timeout_s = -1
     partial = target.with_name(target.stem + f".{os.getpid()}.partial.npy") if n_docs else None
     out = query_out = None  # opened at the first batch, whose width is the model's: the driver never loads the model
     # one progress line for the whole encoding (Ray Data's own progress is off unless -v)

@@ -191,7 +191,10 @@ class SyntheticBlocks:
     """The synthetic negatives of one block of pairs at a time (`select_synthetic`'s rules).
 
     Synthesis writes a folder of parts in no pair order, several rows a pair (other seeds, LLMs,
-    retries): each block scans it for the rows of its queries, filtered in Arrow.
+    retries). A first pass over the folder's id columns indexes which of its pieces (row groups)
+    hold each pair; a block then reads only the pieces that hold its pairs, filtered in Arrow, in
+    the folder's order. Scanning the whole folder for every block instead cost blocks x parts: at a
+    million pairs, about 1,000 blocks x 4,000 parts.
     """
 
     def __init__(self, cfg: PipelineConfig, path: Path) -> None:
@@ -199,16 +202,53 @@ class SyntheticBlocks:
         optional = ("status", "model", "prompt_version", *JUDGE_COLUMNS)
         self.dataset, self.columns = _dataset(path, SYNTHETIC_COLUMNS, optional, SYNTHETIC_HINT)
         self.llm = (cfg.synthesize.model, prompts.PROMPT_VERSION)
+        try:
+            self.pieces = [piece for part in self.dataset.get_fragments() for piece in part.split_by_row_group()]
+            self.index = _PairIndex.of(self.pieces, self.dataset.schema)
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise _unreadable(path, exc) from None
 
     def of(self, pairs: Sequence[schema.Pair]) -> tuple[dict[mixing.PairKey, mixing.SyntheticNegs], int]:
         """The block's pairs -> their synthetic negatives, and the count of their rows of another LLM or prompt version."""
         keys = {(p["query_id"], p["positive_id"]) for p in pairs}
+        holding = ds.FileSystemDataset([self.pieces[i] for i in self.index.pieces_of(keys)], self.dataset.schema,
+                                       self.dataset.format, self.dataset.filesystem)  # fmt: skip
         queries = pc.field("query_id").isin(pa.array(sorted({q for q, _ in keys}), pa.string()))
-        rows = [row for batch in _scan(self.dataset, self.path, self.columns, queries)
+        rows = [row for batch in _scan(holding, self.path, self.columns, queries)
                 for row in batch.to_pylist() if (row["query_id"], row["positive_id"]) in keys]  # fmt: skip
         # a row is this run's when its key is one of the block's pairs' keys under this run's settings
         current = frozenset(synthetic_store.pair_key(self.cfg, q, d) for q, d in keys)
         return select_synthetic(rows, self.llm, current)
+
+
+@dataclass(frozen=True)
+class _PairIndex:
+    """Which pieces of a dataset hold rows of a pair: a (16-byte pair digest, piece number) entry per
+    row, sorted by digest, 20 bytes a row."""
+
+    digests: np.ndarray  # S16, sorted
+    pieces: np.ndarray  # int32, the piece of each digest's row
+
+    @classmethod
+    def of(cls, pieces: list[ds.Fragment], dataset_schema: pa.Schema) -> _PairIndex:
+        digests, numbers = [np.empty(0, "S16")], [np.empty(0, np.int32)]
+        for number, piece in enumerate(pieces):
+            ids = piece.to_table(schema=dataset_schema, columns=["query_id", "positive_id"])
+            digests.append(_pair_digests(zip(ids.column("query_id").to_pylist(), ids.column("positive_id").to_pylist(), strict=True)))
+            numbers.append(np.full(ids.num_rows, number, np.int32))
+        digests_, numbers_ = np.concatenate(digests), np.concatenate(numbers)
+        order = np.argsort(digests_, kind="stable")
+        return cls(digests_[order], numbers_[order])
+
+    def pieces_of(self, keys: Iterable[mixing.PairKey]) -> list[int]:
+        """The numbers of the pieces holding any of the pairs `keys`, in dataset order."""
+        wanted = _pair_digests(keys)
+        first, last = np.searchsorted(self.digests, wanted, "left"), np.searchsorted(self.digests, wanted, "right")
+        return sorted({int(n) for a, b in zip(first.tolist(), last.tolist(), strict=True) for n in self.pieces[a:b]})
+
+
+def _pair_digests(keys: Iterable[mixing.PairKey]) -> np.ndarray:
+    return synthetic_store.digest(f"{q}\x1f{d}" for q, d in keys)
 
 
 class MinedBlocks:

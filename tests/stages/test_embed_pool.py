@@ -55,3 +55,22 @@ def test_queries_ride_on_the_corpus_pool_unless_few_against_a_cached_corpus(ray_
     cached, few = embed.embed_corpus_and_queries(cfg, prepared, queries[:3])
     np.testing.assert_allclose(few, queries_here[:3], atol=1e-5)
     assert np.array_equal(cached, corpus)
+
+
+def test_a_piece_may_outlast_ray_datas_no_progress_limit(ray_local, prompted_cfg, tmp_path) -> None:
+    """Ray Data fails an execution in which no block moves for `execution_no_progress_timeout_s` (30
+    minutes by default; one corpus row group on a slow CPU can take longer). Here the limit is 1 s,
+    and the actor's start and first piece take longer."""
+    from ray.data import DataContext
+
+    cfg = prompted_cfg
+    documents = pq.read_table(prepare(cfg).corpus_parquet, columns=["text"]).column("text").to_pylist()[:64]
+    context = DataContext.get_current()
+    limit = context.execution_no_progress_timeout_s
+    context.execution_no_progress_timeout_s = 1  # datasets made from here on copy it
+    try:
+        out = embed.encode_on_pool(cfg, resolve_model(cfg.encoder.model, default_cache_dir(cfg)), documents,
+                                   tmp_path / "documents.npy", [])  # fmt: skip
+    finally:
+        context.execution_no_progress_timeout_s = limit
+    assert out.documents.shape[0] == 64
