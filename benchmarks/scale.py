@@ -57,6 +57,8 @@ def generate(folder: Path, n_docs: int, n_pairs: int, vocabulary: tuple[list[str
     """
     if (folder / "qrels" / "train.tsv").is_file():
         return folder
+    done, folder = folder, folder.with_name(folder.name + ".partial")  # renamed when whole: a killed run is not reused
+    shutil.rmtree(folder, ignore_errors=True)
     words, freq = vocabulary
     rng = np.random.default_rng(seed)
     (folder / "qrels").mkdir(parents=True, exist_ok=True)
@@ -82,7 +84,8 @@ def generate(folder: Path, n_docs: int, n_pairs: int, vocabulary: tuple[list[str
             noise = [words[w] for w in rng.choice(len(words), size=3, p=freq)]
             out.write(json.dumps({"_id": f"q{q}", "text": " ".join([*own, *noise])}) + "\n")
             qrels.write(f"q{q}\td{doc}\t1\n")
-    return folder
+    folder.rename(done)
+    return done
 
 
 def scifact_vocabulary(corpus: Path) -> tuple[list[str], np.ndarray]:
@@ -141,15 +144,15 @@ def pss_mb(proc: psutil.Process) -> tuple[float, float]:
     return fields.get("Pss", 0) / 1024, fields.get("Pss_Shmem", 0) / 1024
 
 
-def run_stage(stage: str, overrides: list[str], env: dict, log: Path, interval: float = 0.5) -> dict:
-    """Runs one stage in its own process tree; returns wall seconds, the peak PSS (MB) per kind, and
-    per kind the peak of PSS less its shared memory (`pss_mb`)."""
+def run_stage(stage: str, overrides: list[str], env: dict, log: Path, interval: float = 0.5, cwd: Path = ROOT) -> dict:
+    """Runs one stage in its own process tree, with the `syneg_ray` of checkout `cwd`; returns wall
+    seconds, the peak PSS (MB) per kind, and per kind the peak of PSS less its shared memory (`pss_mb`)."""
     command = [sys.executable, "-m", "syneg_ray", stage, *overrides]
     started = time.perf_counter()
     with log.open("a", encoding="utf-8") as out:
         out.write(f"$ {' '.join(command)}\n")
         out.flush()
-        child = psutil.Popen(command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+        child = psutil.Popen(command, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT)
         peaks, own = dict.fromkeys(KINDS, 0.0), dict.fromkeys(KINDS, 0.0)
         stop = threading.Event()
 

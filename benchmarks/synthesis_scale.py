@@ -1,0 +1,125 @@
+"""What the synthesize stage's driver holds against the number of pairs, beside another checkout's.
+
+    nice .venv/bin/python benchmarks/synthesis_scale.py --pairs 10000,100000,1000000 [--baseline-code DIR]
+
+Each point is a generated BEIR folder (`scale.generate`: 10,000 documents, P training queries) and
+a synthesis output in which every pair is already done: P rows of 3 negatives of 100-200 words,
+in parts of 256 rows (one engine batch each, as a GPU replica commits them). `syneg synthesize`
+then runs on it as a rerun does: it reads which pairs are finished, finds nothing to generate and
+summarizes the whole output. No LLM runs, so what is measured is the stage's own bookkeeping (the
+sets of pair keys, the output's counts), which a real synthesis of that many pairs also carries,
+on top of one window's pairs and rounds. The pairs are prepared before the measured run, so
+their preparation is not in it.
+
+The driver's peak PSS (sampled every 0.2 s, as `scale.py` samples) and the stage's wall seconds
+are printed per point; with `--baseline-code`, the same run with that checkout's `syneg_ray` (for
+example the commit before a change) beside it, and the ratio. With `--mix`, `syneg mix` then mixes
+the output (synthetic-only instances of 3 negatives), which reads the synthesis folder's parts for
+every block of pairs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shutil
+from pathlib import Path
+
+import numpy as np
+import psutil
+import pyarrow as pa
+import pyarrow.parquet as pq
+from scale import generate, run_stage, scifact_vocabulary
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCS = 10_000
+PART_ROWS = 256
+POOLS = "domains: [biology, medicine]\n"  # named, so no LLM is asked for them
+
+
+def overrides(folder: Path, run_dir: Path, pools: Path) -> list[str]:
+    return [f"run.run_dir={run_dir}", f"data.dataset={folder}", "data.dev_fraction=0", "data.max_pairs=0",
+            "synthesize.judge=false", "synthesize.max_pairs=0", f"synthesize.attribute_pools={pools}"]  # fmt: skip
+
+
+def write_finished_output(cfg, pairs_path: Path, words: list[str], seed: int = 0) -> int:
+    """Every pair of `pairs_path` as an ok row of 3 negatives, under the keys `cfg` gives them; returns the rows."""
+    from syneg_ray import prompts, schema
+    from syneg_ray import synthetic_store as store
+
+    rng = np.random.default_rng(seed)
+    vocabulary = np.asarray(words[:5000], dtype=object)
+    parts = Path(cfg.run.run_dir) / schema.SYNTHETIC
+    n = 0
+    for batch in pq.ParquetFile(pairs_path).iter_batches(batch_size=PART_ROWS, columns=["query_id", "positive_id"]):
+        ids = zip(batch.column("query_id").to_pylist(), batch.column("positive_id").to_pylist(), strict=True)
+        rows = []
+        for q, d in ids:
+            negatives = [" ".join(rng.choice(vocabulary, size=int(rng.integers(100, 201)))) for _ in range(3)]
+            rows.append({"key": store.pair_key(cfg, q, d), "query_id": q, "positive_id": d, "negatives": negatives,
+                         "reasoning": "", "model": cfg.synthesize.model, "engine": cfg.synthesize.engine.value,
+                         "prompt_version": prompts.PROMPT_VERSION, "attempts": 1, "prompt_tokens": 400, "output_tokens": 900,
+                         "status": "ok", "reject_reasons": [], "negative_scores": [0.5, 0.5, 0.5], "positive_score": 0.7})  # fmt: skip
+        table = pa.Table.from_pylist([{**dict.fromkeys(store.SYNTHETIC_SCHEMA.names), **r} for r in rows], schema=store.SYNTHETIC_SCHEMA)
+        parts.mkdir(parents=True, exist_ok=True)
+        pq.write_table(table, parts / f"part-{n // PART_ROWS:08d}.parquet")
+        n += len(rows)
+    return n
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--pairs", default="10000,100000", help="pairs per point, comma-separated")
+    parser.add_argument("--work", type=Path, default=Path("/tmp/syneg-synthesis-scale"), help="generated data and runs")
+    parser.add_argument("--vocabulary", type=Path, default=ROOT.parent / "shared" / "datasets" / "scifact" / "corpus.jsonl")
+    parser.add_argument("--baseline-code", type=Path, help="a checkout whose syneg_ray runs the same points beside this one's")
+    parser.add_argument("--mix", action="store_true", help="then `syneg mix` (synthetic-only) on each point's output, this checkout's code")
+    args = parser.parse_args()
+
+    from syneg_ray.config import load_config
+    from syneg_ray.dataset import ensure_pairs
+
+    flags = [f for f in Path("/proc/cpuinfo").read_text().split() if f.startswith(("avx", "amx"))] if Path("/proc/cpuinfo").is_file() else []
+    print(f"host: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+          f"{psutil.virtual_memory().total >> 30} GiB; flags {' '.join(sorted(set(flags)))}")  # fmt: skip
+    vocabulary = scifact_vocabulary(args.vocabulary)
+    pools = args.work / "pools.yaml"
+    args.work.mkdir(parents=True, exist_ok=True)
+    pools.write_text(POOLS, encoding="utf-8")
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    codes = {"this": ROOT, **({"baseline": args.baseline_code.resolve()} if args.baseline_code else {})}
+    rows = []
+    for n_pairs in (int(x) for x in args.pairs.split(",")):
+        folder = generate(args.work / "data" / f"pairs-{n_pairs}", DOCS, n_pairs, vocabulary)
+        run_dir = args.work / "runs" / folder.name
+        shutil.rmtree(run_dir, ignore_errors=True)
+        cfg = load_config(None, overrides(folder, run_dir, pools))
+        _, pairs_path = ensure_pairs(cfg)
+        written = write_finished_output(cfg, pairs_path, vocabulary[0])
+        point = {"pairs": n_pairs, "rows": written}
+        for name, code in codes.items():
+            log = run_dir / f"{name}.log"
+            result = run_stage("synthesize", overrides(folder, run_dir, pools), {**env, "PYTHONPATH": str(code)}, log,
+                               interval=0.2, cwd=code)  # fmt: skip
+            if ", 0 to generate" not in log.read_text(encoding="utf-8"):
+                raise SystemExit(f"{name}: the rerun generated pairs; see {log}")
+            point[name] = {"seconds": result["seconds"], "driver_mb": result["peak_mb"]["driver"]}
+            print(f"{n_pairs:>9,} pairs  {name:<8} driver {point[name]['driver_mb']:>7.0f} MB  {result['seconds']:>6.1f} s", flush=True)
+        if args.mix:
+            # unguarded: the guard would encode every negative, which is the encoder's cost, not the mix's
+            settings = ["mix.strategy=synthetic", "mix.n_negatives=3", "mix.guard_synthetic=false"]
+            mix = run_stage("mix", [*overrides(folder, run_dir, pools), *settings], env, run_dir / "mix.log", interval=0.2)
+            point["mix"] = {"seconds": mix["seconds"], "driver_mb": mix["peak_mb"]["driver"]}
+            print(f"{n_pairs:>9,} pairs  mix      driver {point['mix']['driver_mb']:>7.0f} MB  {mix['seconds']:>6.1f} s", flush=True)
+        rows.append(point)
+    print(f"\n{'pairs':>10} | " + " | ".join(f"{name} driver MB | {name} s" for name in codes)
+          + (" | baseline / this, MB" if args.baseline_code else ""))  # fmt: skip
+    for p in rows:
+        cells = [f"{p[name]['driver_mb']:.0f} | {p[name]['seconds']:.1f}" for name in codes]
+        ratio = [f"{p['baseline']['driver_mb'] / p['this']['driver_mb']:.2f}x"] if args.baseline_code else []
+        print(f"{p['pairs']:>10,} | " + " | ".join(cells + ratio))
+
+
+if __name__ == "__main__":
+    main()
