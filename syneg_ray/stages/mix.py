@@ -191,10 +191,12 @@ class SyntheticBlocks:
     """The synthetic negatives of one block of pairs at a time (`select_synthetic`'s rules).
 
     Synthesis writes a folder of parts in no pair order, several rows a pair (other seeds, LLMs,
-    retries). A first pass over the folder's id columns indexes which of its pieces (row groups)
-    hold each pair; a block then reads only the pieces that hold its pairs, filtered in Arrow, in
-    the folder's order. Scanning the whole folder for every block instead cost blocks x parts: at a
-    million pairs, about 1,000 blocks x 4,000 parts.
+    retries). A first pass over the parts' id columns indexes which parts hold each pair; a block
+    then reads only the parts that hold its pairs, filtered in Arrow, in the folder's order.
+    Scanning the whole folder for every block instead cost blocks x parts: at a million pairs about
+    1,000 blocks x 4,000 parts (`benchmarks/synthesis_scale.py`). The parts are named by path, not
+    held as Arrow fragments: a fragment that has been read keeps its file's metadata, about 60 KB a
+    part of synthesis, 240 MB at a million pairs.
     """
 
     def __init__(self, cfg: PipelineConfig, path: Path) -> None:
@@ -202,17 +204,17 @@ class SyntheticBlocks:
         optional = ("status", "model", "prompt_version", *JUDGE_COLUMNS)
         self.dataset, self.columns = _dataset(path, SYNTHETIC_COLUMNS, optional, SYNTHETIC_HINT)
         self.llm = (cfg.synthesize.model, prompts.PROMPT_VERSION)
+        self.files = list(self.dataset.files)
         try:
-            self.pieces = [piece for part in self.dataset.get_fragments() for piece in part.split_by_row_group()]
-            self.index = _PairIndex.of(self.pieces, self.dataset.schema)
+            self.index = _PairIndex.of(self.files, self.dataset.filesystem)
         except (pa.ArrowInvalid, OSError) as exc:
             raise _unreadable(path, exc) from None
 
     def of(self, pairs: Sequence[schema.Pair]) -> tuple[dict[mixing.PairKey, mixing.SyntheticNegs], int]:
         """The block's pairs -> their synthetic negatives, and the count of their rows of another LLM or prompt version."""
         keys = {(p["query_id"], p["positive_id"]) for p in pairs}
-        holding = ds.FileSystemDataset([self.pieces[i] for i in self.index.pieces_of(keys)], self.dataset.schema,
-                                       self.dataset.format, self.dataset.filesystem)  # fmt: skip
+        holding = ds.FileSystemDataset.from_paths([self.files[i] for i in self.index.files_of(keys)], self.dataset.schema,
+                                                  self.dataset.format, self.dataset.filesystem)  # fmt: skip
         queries = pc.field("query_id").isin(pa.array(sorted({q for q, _ in keys}), pa.string()))
         rows = [row for batch in _scan(holding, self.path, self.columns, queries)
                 for row in batch.to_pylist() if (row["query_id"], row["positive_id"]) in keys]  # fmt: skip
@@ -223,28 +225,28 @@ class SyntheticBlocks:
 
 @dataclass(frozen=True)
 class _PairIndex:
-    """Which pieces of a dataset hold rows of a pair: a (16-byte pair digest, piece number) entry per
-    row, sorted by digest, 20 bytes a row."""
+    """Which files of a dataset hold rows of a pair: a (16-byte pair digest, file number) entry per
+    row, sorted by digest: 20 bytes a row."""
 
     digests: np.ndarray  # S16, sorted
-    pieces: np.ndarray  # int32, the piece of each digest's row
+    files: np.ndarray  # int32, the file of each digest's row
 
     @classmethod
-    def of(cls, pieces: list[ds.Fragment], dataset_schema: pa.Schema) -> _PairIndex:
+    def of(cls, files: list[str], filesystem) -> _PairIndex:  # filesystem: pyarrow.fs.FileSystem
         digests, numbers = [np.empty(0, "S16")], [np.empty(0, np.int32)]
-        for number, piece in enumerate(pieces):
-            ids = piece.to_table(schema=dataset_schema, columns=["query_id", "positive_id"])
+        for number, file in enumerate(files):
+            ids = pq.read_table(file, columns=["query_id", "positive_id"], filesystem=filesystem, pre_buffer=False)
             digests.append(_pair_digests(zip(ids.column("query_id").to_pylist(), ids.column("positive_id").to_pylist(), strict=True)))
             numbers.append(np.full(ids.num_rows, number, np.int32))
         digests_, numbers_ = np.concatenate(digests), np.concatenate(numbers)
         order = np.argsort(digests_, kind="stable")
         return cls(digests_[order], numbers_[order])
 
-    def pieces_of(self, keys: Iterable[mixing.PairKey]) -> list[int]:
-        """The numbers of the pieces holding any of the pairs `keys`, in dataset order."""
+    def files_of(self, keys: Iterable[mixing.PairKey]) -> list[int]:
+        """The numbers of the files holding any of the pairs `keys`, in dataset order."""
         wanted = _pair_digests(keys)
         first, last = np.searchsorted(self.digests, wanted, "left"), np.searchsorted(self.digests, wanted, "right")
-        return sorted({int(n) for a, b in zip(first.tolist(), last.tolist(), strict=True) for n in self.pieces[a:b]})
+        return sorted({int(n) for a, b in zip(first.tolist(), last.tolist(), strict=True) for n in self.files[a:b]})
 
 
 def _pair_digests(keys: Iterable[mixing.PairKey]) -> np.ndarray:

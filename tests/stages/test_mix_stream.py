@@ -125,28 +125,28 @@ def test_a_mine_file_out_of_pair_order_is_looked_up_by_pair(tiny_cfg, monkeypatc
     assert stats["instances"] == stats["pairs"] == in_order.num_rows
 
 
-def test_a_block_reads_only_the_synthesis_pieces_holding_its_pairs(tiny_cfg, monkeypatch) -> None:
-    """Synthesis parts in pair order, of two row groups of 2 rows, and a later part holding a second
-    row of the first pair (a retry): a block of 3 pairs reads the 2 or 3 pieces holding its pairs,
-    never the whole folder, and mixes what one pass over every pair mixes."""
+def test_a_block_reads_only_the_synthesis_parts_holding_its_pairs(tiny_cfg, monkeypatch) -> None:
+    """Synthesis parts of 2 rows in pair order, and a later part holding a second row of the first
+    pair (a retry): a block of 3 pairs reads the 2 or 3 parts holding its pairs, never the whole
+    folder, and mixes what one pass over every pair mixes."""
     write_inputs(tiny_cfg, n_syn=3)
     folder = Path(tiny_cfg.run.run_dir) / schema.SYNTHETIC
     rows = [r for part in sorted(folder.glob("*.parquet")) for r in pq.read_table(part).to_pylist()]
     for part in folder.glob("*.parquet"):
         part.unlink()
-    for i in range(0, len(rows), 4):
-        pq.write_table(pa.Table.from_pylist(rows[i : i + 4]), folder / f"part-{i:04d}.parquet", row_group_size=2)
+    for i in range(0, len(rows), 2):
+        pq.write_table(pa.Table.from_pylist(rows[i : i + 2]), folder / f"part-{i:04d}.parquet")
     # the first pair failed in its first part (write_inputs fails every fifth) and succeeded later
     retry = dict(rows[0], key="k0-again", status="ok", negatives=[n.replace("synthetic", "rewritten") for n in rows[1]["negatives"]])
     pq.write_table(pa.Table.from_pylist([retry]), folder / "part-9999.parquet")
     cfg = _with(tiny_cfg, STRATEGIES["synthetic"])
     read: list[int] = []
     scan = mix._scan
-    monkeypatch.setattr(mix, "_scan", lambda dataset, *a, **k: read.append(len(list(dataset.get_fragments()))) or scan(dataset, *a, **k))
+    monkeypatch.setattr(mix, "_scan", lambda dataset, *a, **k: read.append(len(dataset.files)) or scan(dataset, *a, **k))
     mixed, stats = _mixed(cfg, monkeypatch, block=3)
-    pieces = -(-len(rows) // 2) + 1
-    assert len(read) == -(-stats["pairs"] // 3) and max(read) <= 3 < pieces  # a scan a block, of its pieces only
-    assert read[0] == 3  # the first block's pairs sit in two row groups, and the retry's part
+    parts = -(-len(rows) // 2) + 1
+    assert len(read) == -(-stats["pairs"] // 3) and max(read) <= 3 < parts  # a scan a block, of its parts only
+    assert read[0] == 3  # the first block's pairs sit in two parts, and the retry's part
     assert mixed.to_pylist() == _one_pass(cfg)[0]
     assert all(text.startswith("rewritten") for text in mixed.to_pylist()[0]["negatives"])
 
