@@ -74,7 +74,7 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("/tmp/syneg-synthesis-scale"), help="generated data and runs")
     parser.add_argument("--vocabulary", type=Path, default=ROOT.parent / "shared" / "datasets" / "scifact" / "corpus.jsonl")
     parser.add_argument("--baseline-code", type=Path, help="a checkout whose syneg_ray runs the same points beside this one's")
-    parser.add_argument("--mix", action="store_true", help="then `syneg mix` (synthetic-only) on each point's output, this checkout's code")
+    parser.add_argument("--mix", action="store_true", help="then `syneg mix` (synthetic-only) on each point's output, with each checkout")
     args = parser.parse_args()
 
     from syneg_ray.config import load_config
@@ -106,19 +106,24 @@ def main() -> None:
                 raise SystemExit(f"{name}: the rerun generated pairs; see {log}")
             point[name] = {"seconds": result["seconds"], "driver_mb": result["peak_mb"]["driver"]}
             print(f"{n_pairs:>9,} pairs  {name:<8} driver {point[name]['driver_mb']:>7.0f} MB  {result['seconds']:>6.1f} s", flush=True)
-        if args.mix:
+        for name, code in codes.items() if args.mix else ():
             # unguarded: the guard would encode every negative, which is the encoder's cost, not the mix's
             settings = ["mix.strategy=synthetic", "mix.n_negatives=3", "mix.guard_synthetic=false"]
-            mix = run_stage("mix", [*overrides(folder, run_dir, pools), *settings], env, run_dir / "mix.log", interval=0.2)
-            point["mix"] = {"seconds": mix["seconds"], "driver_mb": mix["peak_mb"]["driver"]}
-            print(f"{n_pairs:>9,} pairs  mix      driver {point['mix']['driver_mb']:>7.0f} MB  {mix['seconds']:>6.1f} s", flush=True)
+            shutil.rmtree(run_dir / "mix", ignore_errors=True)  # so it runs, not finds the other checkout's output
+            mix = run_stage("mix", [*overrides(folder, run_dir, pools), *settings], {**env, "PYTHONPATH": str(code)},
+                            run_dir / f"{name}-mix.log", interval=0.2, cwd=code)  # fmt: skip
+            point[name]["mix"] = {"seconds": mix["seconds"], "driver_mb": mix["peak_mb"]["driver"]}
+            print(f"{n_pairs:>9,} pairs  {name:<8} mix    driver {mix['peak_mb']['driver']:>7.0f} MB  {mix['seconds']:>6.1f} s", flush=True)
         rows.append(point)
-    print(f"\n{'pairs':>10} | " + " | ".join(f"{name} driver MB | {name} s" for name in codes)
-          + (" | baseline / this, MB" if args.baseline_code else ""))  # fmt: skip
+    stages = ["synthesize", *(["mix"] if args.mix else [])]
+    print(f"\n{'pairs':>10} | {'stage':<10} | " + " | ".join(f"{name} driver MB | {name} s" for name in codes)
+          + (" | driver MB, baseline / this | s, baseline / this" if args.baseline_code else ""))  # fmt: skip
     for p in rows:
-        cells = [f"{p[name]['driver_mb']:.0f} | {p[name]['seconds']:.1f}" for name in codes]
-        ratio = [f"{p['baseline']['driver_mb'] / p['this']['driver_mb']:.2f}x"] if args.baseline_code else []
-        print(f"{p['pairs']:>10,} | " + " | ".join(cells + ratio))
+        for stage in stages:
+            cell = {name: p[name] if stage == "synthesize" else p[name]["mix"] for name in codes}
+            ratio = ([f"{cell['baseline']['driver_mb'] / cell['this']['driver_mb']:.2f}x",
+                      f"{cell['baseline']['seconds'] / cell['this']['seconds']:.2f}x"] if args.baseline_code else [])  # fmt: skip
+            print(f"{p['pairs']:>10,} | {stage:<10} | " + " | ".join([f"{c['driver_mb']:.0f} | {c['seconds']:.1f}" for c in cell.values()] + ratio))
 
 
 if __name__ == "__main__":
