@@ -213,12 +213,10 @@ def part_files(folder: Path) -> list[Path]:
     return sorted(folder.glob("part-*.parquet")) if folder.is_dir() else []
 
 
-def read_parts(folder: Path, schema: pa.Schema, columns: list[str] | None = None,
-               skip: KeySet | set[str] | None = None) -> pa.Table:  # fmt: skip
+def read_parts(folder: Path, schema: pa.Schema, columns: list[str] | None = None, skip: KeySet | None = None) -> pa.Table:
     """Every committed part of `folder` as one table (empty with `schema` when there is none),
     less the rows whose key is in `skip` (left out as each part is read, so only the rows kept
     are ever held together)."""
-    skip = KeySet.of(skip) if isinstance(skip, set) else skip
     wanted = (columns or schema.names) if not skip else list(dict.fromkeys([*(columns or schema.names), "key"]))
     tables = []
     for part in part_files(folder):
@@ -246,16 +244,19 @@ def read_synthetic(folder: Path, columns: list[str] | None = None) -> pa.Table:
         columns: columns to return (default all); `key`, `status` and `attempts` are read regardless.
     """
     wanted = list(dict.fromkeys(["key", "status", "attempts", *(columns or SYNTHETIC_SCHEMA.names)]))
-    table = read_parts(folder, SYNTHETIC_SCHEMA, wanted)
-    if table.num_rows == 0:
-        return table.select(columns) if columns else table
-    # sort so that, per key, an ok row comes first, then the latest failed one; keep the first row of every key
-    order = pc.sort_indices(table, sort_keys=[("key", "ascending"), ("status", "descending"), ("attempts", "descending")])
-    table = table.take(order)
-    keys = table.column("key").to_pylist()
-    keep = [i for i, k in enumerate(keys) if i == 0 or keys[i - 1] != k]
-    table = table.take(pa.array(keep, type=pa.int64()))
+    table = one_per_key(read_parts(folder, SYNTHETIC_SCHEMA, wanted))
     return table.select(columns) if columns else table
+
+
+def one_per_key(table: pa.Table) -> pa.Table:
+    """The row of each `key` that a reader keeps: "ok" over "failed", then the most `attempts` (a
+    failed pair's later rerun), ordered by key. Any column type of `key` works, digests included."""
+    if table.num_rows == 0:
+        return table
+    table = table.take(pc.sort_indices(table, sort_keys=[("key", "ascending"), ("status", "descending"), ("attempts", "descending")]))
+    key = table.column("key").combine_chunks()
+    first = pc.not_equal(key.slice(1), key.slice(0, len(key) - 1))
+    return table.filter(pa.concat_arrays([pa.array([True]), first]))
 
 
 def latest_attempts(folder: Path, skip: KeySet | None = None) -> dict[str, dict]:

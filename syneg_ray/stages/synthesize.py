@@ -25,7 +25,6 @@ from contextlib import closing
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -368,25 +367,26 @@ def run_synthesize(cfg: PipelineConfig) -> dict:
 
 def output_counts(parts: Path, keys: store.KeySet) -> dict[str, int]:
     """ok, failed, negatives and output_tokens of the output rows of `keys` (the row `read_synthetic`
-    would keep for each: ok over failed, then the most attempts), read a part at a time: a million
-    pairs' negatives would be gigabytes in the driver, where it holds one part's and five numbers a row."""
+    keeps for each), read a part at a time: a million pairs' negatives would be gigabytes in the
+    driver, where it holds one part's and a digest and four numbers a row."""
     columns = ["key", "status", "attempts", "negatives", "output_tokens"]
-    digests, ok = [np.empty(0, "S16")], [np.empty(0, bool)]
-    attempts, negatives, tokens = [np.empty(0, np.int64)], [np.empty(0, np.int64)], [np.empty(0, np.int64)]
+    tables = []
     for part in store.part_files(parts):
         table = pq.read_table(part, columns=columns, schema=store.SYNTHETIC_SCHEMA)
-        mine = keys.holds(table.column("key").to_pylist())
-        table = table.filter(pa.array(mine))
-        digests.append(store.digest(table.column("key").to_pylist()))
-        ok.append(pc.equal(table.column("status"), "ok").fill_null(False).to_numpy(zero_copy_only=False))
-        attempts.append(table.column("attempts").fill_null(0).to_numpy())
-        negatives.append(pc.list_value_length(table.column("negatives")).fill_null(0).to_numpy())
-        tokens.append(table.column("output_tokens").fill_null(0).to_numpy())
-    d, o, a, n, t = map(np.concatenate, (digests, ok, attempts, negatives, tokens))
-    order = np.lexsort((-a, ~o, d))  # per key: ok first, then the most attempts
-    first = order[np.r_[True, d[order][1:] != d[order][:-1]]] if len(order) else order
-    return {"ok": int(o[first].sum()), "failed": int(len(first) - o[first].sum()),
-            "negatives": int(n[first].sum()), "output_tokens": int(t[first].sum())}
+        table = table.filter(pa.array(keys.holds(table.column("key").to_pylist())))
+        tables.append(pa.table({
+            "key": pa.array(store.digest(table.column("key").to_pylist()), pa.binary(16)),
+            "status": table.column("status"),
+            "attempts": table.column("attempts"),
+            "negatives": pc.list_value_length(table.column("negatives")).fill_null(0),
+            "output_tokens": table.column("output_tokens").fill_null(0),
+        }))
+    if not tables:
+        return {"ok": 0, "failed": 0, "negatives": 0, "output_tokens": 0}
+    rows = store.one_per_key(pa.concat_tables(tables))
+    ok = int(pc.sum(pc.equal(rows.column("status"), "ok")).as_py() or 0)
+    return {"ok": ok, "failed": rows.num_rows - ok, "negatives": int(pc.sum(rows.column("negatives")).as_py() or 0),
+            "output_tokens": int(pc.sum(rows.column("output_tokens")).as_py() or 0)}
 
 
 def summarize(keys: store.KeySet, n_pairs: int, parts: Path, totals: Counter, seconds: float, generated: int,

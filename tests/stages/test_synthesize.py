@@ -104,7 +104,7 @@ def test_store_is_idempotent_and_dedupes(tmp_path, cfg) -> None:
     assert not list(folder.glob(".*")) and len(list(folder.glob("part-*.parquet"))) == 2
     assert store.read_synthetic(tmp_path / "missing").num_rows == 0
     # a rerun reads where unfinished pairs left off, less the finished ones
-    assert store.read_parts(folder, store.SYNTHETIC_SCHEMA, skip={ok["key"]}).column("key").to_pylist() == ["other"]
+    assert store.read_parts(folder, store.SYNTHETIC_SCHEMA, skip=store.KeySet.of([ok["key"]])).column("key").to_pylist() == ["other"]
     assert store.read_parts(folder, store.SYNTHETIC_SCHEMA, ["status"], skip=store.KeySet.of([ok["key"]])).column_names == ["status"]
 
 
