@@ -15,7 +15,8 @@ The driver's peak PSS (sampled every 0.2 s, as `scale.py` samples) and the stage
 are printed per point; with `--baseline-code`, the same run with that checkout's `syneg_ray` (for
 example the commit before a change) beside it, and the ratio. With `--mix`, `syneg mix` then mixes
 the output (synthetic-only instances of 3 negatives), which reads the synthesis folder's parts for
-every block of pairs.
+every block of pairs. With `--one-file`, the output is instead one file of every pair in shuffled
+order, in row groups of 65,536 rows, as a user's own generation loop might write it; it implies `--mix`.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from scale import generate, run_stage, scifact_vocabulary
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = 10_000
 PART_ROWS = 256
+ONE_FILE_ROW_GROUP = 65_536
 POOLS = "domains: [biology, medicine]\n"  # named, so no LLM is asked for them
 
 
@@ -43,29 +45,38 @@ def overrides(folder: Path, run_dir: Path, pools: Path) -> list[str]:
             "synthesize.judge=false", "synthesize.max_pairs=0", f"synthesize.attribute_pools={pools}"]  # fmt: skip
 
 
-def write_finished_output(cfg, pairs_path: Path, words: list[str], seed: int = 0) -> int:
-    """Every pair of `pairs_path` as an ok row of 3 negatives, under the keys `cfg` gives them; returns the rows."""
+def write_finished_output(cfg, pairs_path: Path, words: list[str], one_file: bool = False, seed: int = 0) -> int:
+    """Every pair of `pairs_path` as an ok row of 3 negatives, under the keys `cfg` gives them, in
+    parts of PART_ROWS in pair order, or (`one_file`) one file in shuffled order; returns the rows."""
     from syneg_ray import prompts, schema
     from syneg_ray import synthetic_store as store
 
     rng = np.random.default_rng(seed)
     vocabulary = np.asarray(words[:5000], dtype=object)
     parts = Path(cfg.run.run_dir) / schema.SYNTHETIC
-    n = 0
-    for batch in pq.ParquetFile(pairs_path).iter_batches(batch_size=PART_ROWS, columns=["query_id", "positive_id"]):
-        ids = zip(batch.column("query_id").to_pylist(), batch.column("positive_id").to_pylist(), strict=True)
+    parts.mkdir(parents=True, exist_ok=True)
+    ids = pq.read_table(pairs_path, columns=["query_id", "positive_id"])
+    order = rng.permutation(ids.num_rows) if one_file else np.arange(ids.num_rows)
+    ids = ids.take(pa.array(order))
+    pairs = list(zip(ids.column("query_id").to_pylist(), ids.column("positive_id").to_pylist(), strict=True))
+    step = ONE_FILE_ROW_GROUP if one_file else PART_ROWS
+    writer = pq.ParquetWriter(parts / "part-00000000.parquet", store.SYNTHETIC_SCHEMA) if one_file else None
+    for start in range(0, len(pairs), step):
         rows = []
-        for q, d in ids:
+        for q, d in pairs[start : start + step]:
             negatives = [" ".join(rng.choice(vocabulary, size=int(rng.integers(100, 201)))) for _ in range(3)]
             rows.append({"key": store.pair_key(cfg, q, d), "query_id": q, "positive_id": d, "negatives": negatives,
                          "reasoning": "", "model": cfg.synthesize.model, "engine": cfg.synthesize.engine.value,
                          "prompt_version": prompts.PROMPT_VERSION, "attempts": 1, "prompt_tokens": 400, "output_tokens": 900,
                          "status": "ok", "reject_reasons": [], "negative_scores": [0.5, 0.5, 0.5], "positive_score": 0.7})  # fmt: skip
         table = pa.Table.from_pylist([{**dict.fromkeys(store.SYNTHETIC_SCHEMA.names), **r} for r in rows], schema=store.SYNTHETIC_SCHEMA)
-        parts.mkdir(parents=True, exist_ok=True)
-        pq.write_table(table, parts / f"part-{n // PART_ROWS:08d}.parquet")
-        n += len(rows)
-    return n
+        if writer is not None:
+            writer.write_table(table)
+        else:
+            pq.write_table(table, parts / f"part-{start // PART_ROWS:08d}.parquet")
+    if writer is not None:
+        writer.close()
+    return len(pairs)
 
 
 def main() -> None:
@@ -75,7 +86,9 @@ def main() -> None:
     parser.add_argument("--vocabulary", type=Path, default=ROOT.parent / "shared" / "datasets" / "scifact" / "corpus.jsonl")
     parser.add_argument("--baseline-code", type=Path, help="a checkout whose syneg_ray runs the same points beside this one's")
     parser.add_argument("--mix", action="store_true", help="then `syneg mix` (synthetic-only) on each point's output, with each checkout")
+    parser.add_argument("--one-file", action="store_true", help="the output as one file in shuffled pair order (implies --mix)")
     args = parser.parse_args()
+    args.mix = args.mix or args.one_file
 
     from syneg_ray.config import load_config
     from syneg_ray.dataset import ensure_pairs
@@ -92,11 +105,11 @@ def main() -> None:
     rows = []
     for n_pairs in (int(x) for x in args.pairs.split(",")):
         folder = generate(args.work / "data" / f"pairs-{n_pairs}", DOCS, n_pairs, vocabulary)
-        run_dir = args.work / "runs" / folder.name
+        run_dir = args.work / "runs" / (folder.name + ("-one-file" if args.one_file else ""))
         shutil.rmtree(run_dir, ignore_errors=True)
         cfg = load_config(None, overrides(folder, run_dir, pools))
         _, pairs_path = ensure_pairs(cfg)
-        written = write_finished_output(cfg, pairs_path, vocabulary[0])
+        written = write_finished_output(cfg, pairs_path, vocabulary[0], args.one_file)
         point = {"pairs": n_pairs, "rows": written}
         for name, code in codes.items():
             log = run_dir / f"{name}.log"

@@ -23,7 +23,7 @@ import json
 import operator
 import os
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -208,6 +208,9 @@ def digest(keys: Iterable[str]) -> np.ndarray:
     return np.array([hashlib.blake2b(k.encode(), digest_size=16).digest() for k in keys], dtype="S16")
 
 
+READ_BATCH = 8192  # rows read at once where a stage goes through a whole output
+
+
 def part_files(folder: Path) -> list[Path]:
     """The committed parts of `folder`, in name order (none when it does not exist)."""
     return sorted(folder.glob("part-*.parquet")) if folder.is_dir() else []
@@ -227,11 +230,22 @@ def read_parts(folder: Path, schema: pa.Schema, columns: list[str] | None = None
     return pa.concat_tables(tables) if tables else schema.empty_table().select(columns or schema.names)
 
 
+def part_batches(folder: Path, schema: pa.Schema, columns: list[str]) -> Iterator[pa.RecordBatch]:
+    """`columns` of the committed parts of `folder` (null where a part lacks one), READ_BATCH rows
+    at most at a time, streamed from each part's pages: a part of any size (a hand-written file of
+    every pair) is never held whole, nor a whole row group of it."""
+    wanted = pa.schema([schema.field(c) for c in columns])
+    for part in part_files(folder):
+        reader = pq.ParquetFile(part, pre_buffer=False, buffer_size=1 << 20)
+        present = [c for c in columns if c in reader.schema_arrow.names]
+        for batch in reader.iter_batches(batch_size=READ_BATCH, columns=present):
+            yield pa.RecordBatch.from_arrays([batch.column(f.name).cast(f.type) if f.name in present else pa.nulls(batch.num_rows, f.type)
+                                              for f in wanted], schema=wanted)  # fmt: skip
+
+
 def keys_where(folder: Path, schema: pa.Schema, columns: list[str], where: Callable[[dict], bool]) -> KeySet:
-    """The keys of the rows of `folder` for which `where(row)` holds (a row holds `key` and `columns`),
-    read a part at a time."""
-    sets = [KeySet.of(r["key"] for r in pq.read_table(part, columns=["key", *columns], schema=schema).to_pylist() if where(r))
-            for part in part_files(folder)]  # fmt: skip
+    """The keys of the rows of `folder` for which `where(row)` holds (a row holds `key` and `columns`)."""
+    sets = [KeySet.of(r["key"] for r in batch.to_pylist() if where(r)) for batch in part_batches(folder, schema, ["key", *columns])]
     return KeySet.union(sets)
 
 

@@ -18,6 +18,7 @@ import hashlib
 import json
 import logging
 import math
+import shutil
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import closing
@@ -57,6 +58,11 @@ JUDGE_COLUMNS = ("negative_scores", "positive_score")  # written by synthesis wi
 OPTIONAL_COLUMNS = ("status", "positive_ids", "model", "prompt_version", *JUDGE_COLUMNS)
 SYNTHETIC_HINT = "run `syneg synthesize` first, or use mix.strategy=retrieved"
 MINED_HINT = "run `syneg mine` first, or use mix.strategy=synthetic"
+# A synthesis file holding rows of more blocks than this is split by block once (`SyntheticBlocks`):
+# read for each block instead, it would cost its size that many times; split, about three times.
+SPILL_WIDER_THAN = 3
+SPILL_WRITERS = 256  # block files open at once while a file is split
+SPILL_BUFFER = 64 << 20  # bytes of rows held while a file is split
 
 
 def _read(path: Path, required: tuple[str, ...], hint: str) -> list[dict]:
@@ -197,18 +203,38 @@ class SyntheticBlocks:
     1,000 blocks x 4,000 parts (`benchmarks/synthesis_scale.py`). The parts are named by path, not
     held as Arrow fragments: a fragment that has been read keeps its file's metadata, about 60 KB a
     part of synthesis, 240 MB at a million pairs.
+
+    A part is small, but a hand-written file may hold every pair: read for each block, one file of
+    a million pairs is read a thousand times. Given the run's pairs and a `spill` folder, a file
+    holding rows of more than SPILL_WIDER_THAN blocks is split once into a file a block (in its
+    own row order), which stands in its place in the folder's order; `close` deletes them.
     """
 
-    def __init__(self, cfg: PipelineConfig, path: Path) -> None:
-        self.cfg, self.path = cfg, path
+    def __init__(self, cfg: PipelineConfig, path: Path, pairs_path: Path | None = None, spill: Path | None = None) -> None:
+        self.cfg, self.path, self.spill = cfg, path, spill
         optional = ("status", "model", "prompt_version", *JUDGE_COLUMNS)
         self.dataset, self.columns = _dataset(path, SYNTHETIC_COLUMNS, optional, SYNTHETIC_HINT)
         self.llm = (cfg.synthesize.model, prompts.PROMPT_VERSION)
-        self.files = list(self.dataset.files)
+        self.files: list[str] = []
+        digests: list[np.ndarray] = []
+        blocks = None
         try:
-            self.index = _PairIndex.of(self.files, self.dataset.filesystem)
+            for file in self.dataset.files:
+                ids = pq.read_table(file, columns=["query_id", "positive_id"], filesystem=self.dataset.filesystem, pre_buffer=False)
+                held = _pair_digests(zip(ids.column("query_id").to_pylist(), ids.column("positive_id").to_pylist(), strict=True))
+                if spill is not None and pairs_path is not None and len(held) > MIX_BLOCK:
+                    blocks = blocks or _BlockOf.of(pairs_path)
+                    block_of_row = blocks(held)
+                    if len(np.unique(block_of_row[block_of_row >= 0])) > SPILL_WIDER_THAN:
+                        for part, part_digests in self._split(file, held, block_of_row):
+                            self.files.append(part)
+                            digests.append(part_digests)
+                        continue
+                self.files.append(file)
+                digests.append(held)
         except (pa.ArrowInvalid, OSError) as exc:
             raise _unreadable(path, exc) from None
+        self.index = _PairIndex.of(digests)
 
     def of(self, pairs: Sequence[schema.Pair]) -> tuple[dict[mixing.PairKey, mixing.SyntheticNegs], int]:
         """The block's pairs -> their synthetic negatives, and the count of their rows of another LLM or prompt version."""
@@ -222,6 +248,70 @@ class SyntheticBlocks:
         current = frozenset(synthetic_store.pair_key(self.cfg, q, d) for q, d in keys)
         return select_synthetic(rows, self.llm, current)
 
+    def close(self) -> None:
+        """Deletes the files a block that wide files were split into."""
+        if self.spill is not None:
+            shutil.rmtree(self.spill, ignore_errors=True)
+
+    def _split(self, file: str, digests: np.ndarray, block_of_row: np.ndarray) -> list[tuple[str, np.ndarray]]:
+        """`file`'s rows of the run's pairs as a file a block in `self.spill`, each in the file's row
+        order, with the pair digests of its rows; in block order. At most SPILL_WRITERS files are open
+        at once (a pass over `file` for each SPILL_WRITERS blocks), and at most SPILL_BUFFER bytes of
+        rows held: past it, the block holding the most is written out as a row group."""
+        self.spill.mkdir(parents=True, exist_ok=True)
+        stem = hashlib.sha256(file.encode()).hexdigest()[:16]
+        wanted = np.unique(block_of_row[block_of_row >= 0])
+        reader = pq.ParquetFile(file, filesystem=self.dataset.filesystem, pre_buffer=False, buffer_size=1 << 20)  # streamed by pages
+        for start in range(0, len(wanted), SPILL_WRITERS):
+            group = wanted[start : start + SPILL_WRITERS]
+            with closing(_BlockFiles(self.spill, stem)) as out:
+                row = 0
+                for batch in reader.iter_batches(batch_size=MIX_BLOCK, columns=self.columns):
+                    of_batch = block_of_row[row : row + batch.num_rows]
+                    row += batch.num_rows
+                    for block in np.intersect1d(of_batch, group).tolist():
+                        out.add(block, batch.take(pa.array(np.flatnonzero(of_batch == block))))  # a compact copy: sized honestly
+                out.finish()
+        logger.info("%s: rows of %d blocks of pairs, split by block once rather than read for each", file, len(wanted))
+        return [(str(_BlockFiles.path(self.spill, stem, block)), digests[block_of_row == block]) for block in wanted.tolist()]
+
+
+class _BlockFiles:
+    """A Parquet file a block, written a row group at a time: the rows added are held until they
+    pass SPILL_BUFFER bytes, then the block holding the most is written out."""
+
+    def __init__(self, folder: Path, stem: str) -> None:
+        self.folder, self.stem = folder, stem
+        self.writers: dict[int, pq.ParquetWriter] = {}
+        self.held: dict[int, list[pa.RecordBatch]] = {}
+        self.size: dict[int, int] = {}
+
+    @staticmethod
+    def path(folder: Path, stem: str, block: int) -> Path:
+        return folder / f"{stem}-{block:09d}.parquet"
+
+    def add(self, block: int, rows: pa.RecordBatch) -> None:
+        self.held.setdefault(block, []).append(rows)
+        self.size[block] = self.size.get(block, 0) + rows.nbytes
+        while sum(self.size.values()) > SPILL_BUFFER:
+            self._write_out(max(self.size, key=self.size.__getitem__))
+
+    def _write_out(self, block: int) -> None:
+        table = pa.Table.from_batches(self.held.pop(block))
+        del self.size[block]
+        if block not in self.writers:
+            self.writers[block] = pq.ParquetWriter(self.path(self.folder, self.stem, block), table.schema)
+        self.writers[block].write_table(table)
+
+    def finish(self) -> None:
+        """Writes out what is held."""
+        for block in list(self.held):
+            self._write_out(block)
+
+    def close(self) -> None:
+        for writer in self.writers.values():
+            writer.close()
+
 
 @dataclass(frozen=True)
 class _PairIndex:
@@ -232,21 +322,40 @@ class _PairIndex:
     files: np.ndarray  # int32, the file of each digest's row
 
     @classmethod
-    def of(cls, files: list[str], filesystem) -> _PairIndex:  # filesystem: pyarrow.fs.FileSystem
-        digests, numbers = [np.empty(0, "S16")], [np.empty(0, np.int32)]
-        for number, file in enumerate(files):
-            ids = pq.read_table(file, columns=["query_id", "positive_id"], filesystem=filesystem, pre_buffer=False)
-            digests.append(_pair_digests(zip(ids.column("query_id").to_pylist(), ids.column("positive_id").to_pylist(), strict=True)))
-            numbers.append(np.full(ids.num_rows, number, np.int32))
-        digests_, numbers_ = np.concatenate(digests), np.concatenate(numbers)
-        order = np.argsort(digests_, kind="stable")
-        return cls(digests_[order], numbers_[order])
+    def of(cls, files: list[np.ndarray]) -> _PairIndex:
+        """From the pair digests of each file's rows, by file number."""
+        digests = np.concatenate([np.empty(0, "S16"), *files])
+        numbers = np.concatenate([np.empty(0, np.int32), *(np.full(len(d), n, np.int32) for n, d in enumerate(files))])
+        order = np.argsort(digests, kind="stable")
+        return cls(digests[order], numbers[order])
 
     def files_of(self, keys: Iterable[mixing.PairKey]) -> list[int]:
         """The numbers of the files holding any of the pairs `keys`, in dataset order."""
         wanted = _pair_digests(keys)
         first, last = np.searchsorted(self.digests, wanted, "left"), np.searchsorted(self.digests, wanted, "right")
         return sorted({int(n) for a, b in zip(first.tolist(), last.tolist(), strict=True) for n in self.files[a:b]})
+
+
+@dataclass(frozen=True)
+class _BlockOf:
+    """The block of the run's pairs (MIX_BLOCK of them in pair order, as `pair_blocks` reads them)
+    that each pair digest falls in: 20 bytes a pair."""
+
+    digests: np.ndarray  # S16, sorted
+    blocks: np.ndarray  # int32, the block of each digest's pair
+
+    @classmethod
+    def of(cls, pairs_path: Path) -> _BlockOf:
+        digests = _pair_digests(_pair_keys(pairs_path))
+        order = np.argsort(digests, kind="stable")
+        return cls(digests[order], (order // MIX_BLOCK).astype(np.int32))
+
+    def __call__(self, digests: np.ndarray) -> np.ndarray:
+        """Each digest's block, -1 for a pair that is not the run's."""
+        if not len(self.digests):
+            return np.full(len(digests), -1, np.int32)
+        at = np.minimum(np.searchsorted(self.digests, digests), len(self.digests) - 1)
+        return np.where(self.digests[at] == digests, self.blocks[at], -1)
 
 
 def _pair_digests(keys: Iterable[mixing.PairKey]) -> np.ndarray:
@@ -551,44 +660,50 @@ def run_mix(cfg: PipelineConfig) -> dict:
     missing = _missing_top_up(cfg, run_dir)
     need_syn, need_ret = need_syn and missing != "synthetic", need_ret and missing != "retrieved"
     # both inputs are opened (their columns checked) before the guard's encoding and the first block
-    synthetic = SyntheticBlocks(cfg, run_dir / schema.SYNTHETIC) if need_syn else None
-    mined = MinedBlocks(run_dir / schema.MINED, pairs_path) if need_ret else None
     out = run_dir / schema.INSTANCES
     out.parent.mkdir(parents=True, exist_ok=True)
-    flagged, guarded_out = {}, 0
-    if cfg.mix.guard_synthetic and synthetic is not None:
-        flagged, guarded_out = guard_synthetic(cfg, pairs_path, synthetic, out.parent)
-    doc_ids = prepared.doc_ids().combine_chunks()
-    if cfg.mix.strategy is MixStrategy.RANDOM:
-        # Needed whole: a draw indexes every corpus id, and excludes every positive of the pair's
-        # query, whose pairs may sit in other blocks. Ids only: an Arrow column of the corpus ids,
-        # and a set entry a pair.
-        mixer = mixing.Mixer(cfg.mix, cfg.run.seed, n_pairs, mixing.query_positives(_pair_keys(pairs_path)),
-                             _CorpusIds(doc_ids))  # fmt: skip
-    else:
-        mixer = mixing.Mixer(cfg.mix, cfg.run.seed, n_pairs)  # direct holds its choice: a byte a pair
-    with closing(open_docstore(prepared)) as store:
-        blocks = _BlockMix(doc_ids, store, mixer, synthetic, mined, flagged)
-        write_instances(out, (blocks.instances(pairs) for pairs in pair_blocks(pairs_path)))
-    if blocks.stale:
-        logger.info("%s: %d rows of another LLM or prompt version ignored", synthetic.path, blocks.stale)
-    stats = mixer.stats
-    record = {"strategy": cfg.mix.strategy.value, "ratio": cfg.mix.ratio, "n_negatives": cfg.mix.n_negatives,
-              "synthetic_guarded_out": guarded_out, **stats.as_dict()}
-    write_text_atomic(out.parent / "stats.json", json.dumps(record, indent=2))
-    logger.info(
-        "mixed %s instances (%s R=%.2f, n=%d) from %s pairs in %.1f s: realized R %.3f (%.3f over the %s instances "
-        "with synthetic negatives); %s kept short of n, %s dropped (fewer than %d); %s synthetic slots filled with retrieved "
-        "negatives, %s retrieved slots with synthetic -> %s",
-        f"{stats.instances:,}", cfg.mix.strategy.value, cfg.mix.ratio, cfg.mix.n_negatives, f"{stats.pairs:,}",
-        time.perf_counter() - started, stats.realized_ratio, stats.realized_ratio_with_synthetic, f"{stats.with_synthetic:,}",
-        f"{stats.short:,}", f"{stats.dropped_short:,}", cfg.mix.min_negatives, f"{stats.borrowed_synthetic:,}",
-        f"{stats.borrowed_retrieved:,}", out,
-    )  # fmt: skip
-    warning = realized_ratio_warning(cfg, stats)
-    if warning:
-        logger.warning(warning)
-    return record
+    spill = out.parent / ".synthetic-by-block"
+    shutil.rmtree(spill, ignore_errors=True)  # what a killed mix left
+    synthetic = SyntheticBlocks(cfg, run_dir / schema.SYNTHETIC, pairs_path, spill) if need_syn else None
+    mined = MinedBlocks(run_dir / schema.MINED, pairs_path) if need_ret else None
+    try:
+        flagged, guarded_out = {}, 0
+        if cfg.mix.guard_synthetic and synthetic is not None:
+            flagged, guarded_out = guard_synthetic(cfg, pairs_path, synthetic, out.parent)
+        doc_ids = prepared.doc_ids().combine_chunks()
+        if cfg.mix.strategy is MixStrategy.RANDOM:
+            # Needed whole: a draw indexes every corpus id, and excludes every positive of the pair's
+            # query, whose pairs may sit in other blocks. Ids only: an Arrow column of the corpus ids,
+            # and a set entry a pair.
+            mixer = mixing.Mixer(cfg.mix, cfg.run.seed, n_pairs, mixing.query_positives(_pair_keys(pairs_path)),
+                                 _CorpusIds(doc_ids))  # fmt: skip
+        else:
+            mixer = mixing.Mixer(cfg.mix, cfg.run.seed, n_pairs)  # direct holds its choice: a byte a pair
+        with closing(open_docstore(prepared)) as store:
+            blocks = _BlockMix(doc_ids, store, mixer, synthetic, mined, flagged)
+            write_instances(out, (blocks.instances(pairs) for pairs in pair_blocks(pairs_path)))
+        if blocks.stale:
+            logger.info("%s: %d rows of another LLM or prompt version ignored", synthetic.path, blocks.stale)
+        stats = mixer.stats
+        record = {"strategy": cfg.mix.strategy.value, "ratio": cfg.mix.ratio, "n_negatives": cfg.mix.n_negatives,
+                  "synthetic_guarded_out": guarded_out, **stats.as_dict()}
+        write_text_atomic(out.parent / "stats.json", json.dumps(record, indent=2))
+        logger.info(
+            "mixed %s instances (%s R=%.2f, n=%d) from %s pairs in %.1f s: realized R %.3f (%.3f over the %s instances "
+            "with synthetic negatives); %s kept short of n, %s dropped (fewer than %d); %s synthetic slots filled with retrieved "
+            "negatives, %s retrieved slots with synthetic -> %s",
+            f"{stats.instances:,}", cfg.mix.strategy.value, cfg.mix.ratio, cfg.mix.n_negatives, f"{stats.pairs:,}",
+            time.perf_counter() - started, stats.realized_ratio, stats.realized_ratio_with_synthetic, f"{stats.with_synthetic:,}",
+            f"{stats.short:,}", f"{stats.dropped_short:,}", cfg.mix.min_negatives, f"{stats.borrowed_synthetic:,}",
+            f"{stats.borrowed_retrieved:,}", out,
+        )  # fmt: skip
+        warning = realized_ratio_warning(cfg, stats)
+        if warning:
+            logger.warning(warning)
+        return record
+    finally:
+        if synthetic is not None:
+            synthetic.close()  # the files a block a wide synthesis file was split into
 
 
 def realized_ratio_warning(cfg: PipelineConfig, stats: mixing.MixStats) -> str:

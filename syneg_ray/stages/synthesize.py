@@ -367,13 +367,11 @@ def run_synthesize(cfg: PipelineConfig) -> dict:
 
 def output_counts(parts: Path, keys: store.KeySet) -> dict[str, int]:
     """ok, failed, negatives and output_tokens of the output rows of `keys` (the row `read_synthetic`
-    keeps for each), read a part at a time: a million pairs' negatives would be gigabytes in the
-    driver, where it holds one part's and a digest and four numbers a row."""
-    columns = ["key", "status", "attempts", "negatives", "output_tokens"]
+    keeps for each), read a record batch at a time: a million pairs' negatives would be gigabytes in
+    the driver, where it holds one batch's and a digest and four numbers a row."""
     tables = []
-    for part in store.part_files(parts):
-        table = pq.read_table(part, columns=columns, schema=store.SYNTHETIC_SCHEMA)
-        table = table.filter(pa.array(keys.holds(table.column("key").to_pylist())))
+    for batch in store.part_batches(parts, store.SYNTHETIC_SCHEMA, ["key", "status", "attempts", "negatives", "output_tokens"]):
+        table = batch.filter(pa.array(keys.holds(batch.column("key").to_pylist())))
         tables.append(pa.table({
             "key": pa.array(store.digest(table.column("key").to_pylist()), pa.binary(16)),
             "status": table.column("status"),

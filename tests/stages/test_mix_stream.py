@@ -151,6 +151,36 @@ def test_a_block_reads_only_the_synthesis_parts_holding_its_pairs(tiny_cfg, monk
     assert all(text.startswith("rewritten") for text in mixed.to_pylist()[0]["negatives"])
 
 
+@pytest.mark.parametrize(("buffer", "writers"), [(64 << 20, 256), (1, 2)], ids=["one row group a block", "row groups, passes"])
+def test_one_file_of_every_pair_is_split_by_block_once(tiny_cfg, monkeypatch, buffer: int, writers: int) -> None:
+    """A hand-written synthesis file of every pair in shuffled order, with a second row of a pair
+    after its first: it is split into a file a block once, each block reads only its own, and the
+    mix equals one pass over the file (the later row wins, so the split kept the file's order). The split files are gone after the
+    mix. A buffer of 1 byte writes every added row out at once (row groups); 2 writers, a pass over
+    the file for every 2 blocks."""
+    write_inputs(tiny_cfg, n_syn=3)
+    folder = Path(tiny_cfg.run.run_dir) / schema.SYNTHETIC
+    rows = [r for part in sorted(folder.glob("*.parquet")) for r in pq.read_table(part).to_pylist()]
+    for part in folder.glob("*.parquet"):
+        part.unlink()
+    rows = [rows[i] for i in np.random.default_rng(0).permutation(len(rows))]
+    first = next(r for r in rows if r["status"] == "ok")
+    rows.append(dict(first, key=first["key"] + "-again", negatives=["a rewritten negative of length", "two", "three"]))
+    pq.write_table(pa.Table.from_pylist(rows), folder / "part-0.parquet")
+    monkeypatch.setattr(mix, "SPILL_BUFFER", buffer)
+    monkeypatch.setattr(mix, "SPILL_WRITERS", writers)
+    cfg = _with(tiny_cfg, STRATEGIES["synthetic"])
+    read: list[list[str]] = []
+    scan = mix._scan
+    monkeypatch.setattr(mix, "_scan", lambda dataset, *a, **k: read.append(list(dataset.files)) or scan(dataset, *a, **k))
+    mixed, stats = _mixed(cfg, monkeypatch, block=3)
+    assert len(read) == -(-stats["pairs"] // 3)  # a scan a block
+    assert all(len(files) == 1 and ".synthetic-by-block" in files[0] for files in read)  # of its own split file
+    assert len({files[0] for files in read}) == len(read)
+    assert mixed.to_pylist() == _one_pass(cfg)[0]
+    assert any(i["negatives"][0] == "a rewritten negative of length" for i in mixed.to_pylist())
+
+
 @pytest.mark.parametrize("order", ["pair order", "shuffled"])
 def test_an_unknown_mined_id_in_a_later_block_names_its_file_row(tiny_cfg, monkeypatch, order: str) -> None:
     write_inputs(tiny_cfg, synthetic=False)

@@ -133,8 +133,9 @@ def test_output_counts_read_the_row_a_rerun_reads_of_this_configs_pairs_only(tmp
                      store.SYNTHETIC_SCHEMA)  # fmt: skip
     store.write_part(parts, [out("a", "ok", 2, 2, 300), out("b", "failed", 2, 0, 120), out("c", "ok", 1, 3, 80)],
                      store.SYNTHETIC_SCHEMA)  # fmt: skip
-    counts = stage.output_counts(parts, store.KeySet.of(["a", "b", "c", "never written"]))
-    assert counts == {"ok": 2, "failed": 1, "negatives": 5, "output_tokens": 300 + 120 + 80}
+    pq.write_table(pa.table({"key": ["d"], "status": ["ok"], "attempts": [1]}), parts / "part-z.parquet")  # lacks the rest
+    counts = stage.output_counts(parts, store.KeySet.of(["a", "b", "c", "d", "never written"]))
+    assert counts == {"ok": 3, "failed": 1, "negatives": 5, "output_tokens": 300 + 120 + 80}
     # the same as reading the whole deduplicated output
     whole = store.read_synthetic(parts)
     whole = whole.filter(pa.compute.is_in(whole["key"], value_set=pa.array(["a", "b", "c"])))
