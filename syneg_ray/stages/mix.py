@@ -20,7 +20,7 @@ import logging
 import math
 import shutil
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,8 +48,8 @@ INSTANCE_ROW_GROUP = 1024  # instances per Parquet row group
 # and the Arrow and Parquet copies of a row group while it is written (at 3 negatives of 50-300
 # words, measured on 10k pairs: the mix's peak was 335 MB with blocks of 2,048 and row groups of
 # 4,096, 242 MB with both 1,024 and Arrow's unused memory given back a block at a time). A block
-# costs its own size plus one pass over the corpus's ids (about 40 ms at 1M documents) and one scan
-# of a synthesis folder (or a mine file not in pair order) for its rows, so blocks can be small.
+# costs its own size plus one pass over the corpus's ids (about 40 ms at 1M documents) and a read of
+# the input files that hold its pairs (`SyntheticBlocks`, `MinedBlocks`), so blocks can be small.
 MIX_BLOCK = 1024
 # Parquet's pre-buffering reads ahead whole column chunks and Arrow's allocator keeps them: a read
 # of the pairs alongside the blocks grew the mix's memory by 70 MB over 100k pairs with it, 6 without.
@@ -58,7 +58,7 @@ JUDGE_COLUMNS = ("negative_scores", "positive_score")  # written by synthesis wi
 OPTIONAL_COLUMNS = ("status", "positive_ids", "model", "prompt_version", *JUDGE_COLUMNS)
 SYNTHETIC_HINT = "run `syneg synthesize` first, or use mix.strategy=retrieved"
 MINED_HINT = "run `syneg mine` first, or use mix.strategy=synthetic"
-# A synthesis file holding rows of more blocks than this is split by block once (`SyntheticBlocks`):
+# An input file holding rows of more blocks than this is split by block once (`split_by_block`):
 # read for each block instead, it would cost its size that many times; split, about three times.
 SPILL_WIDER_THAN = 3
 SPILL_WRITERS = 256  # block files open at once while a file is split
@@ -206,12 +206,12 @@ class SyntheticBlocks:
 
     A part is small, but a hand-written file may hold every pair: read for each block, one file of
     a million pairs is read a thousand times. Given the run's pairs and a `spill` folder, a file
-    holding rows of more than SPILL_WIDER_THAN blocks is split once into a file a block (in its
-    own row order), which stands in its place in the folder's order; `close` deletes them.
+    holding rows of more than SPILL_WIDER_THAN blocks is split by block once (`split_by_block`);
+    its files stand in its place in the folder's order.
     """
 
     def __init__(self, cfg: PipelineConfig, path: Path, pairs_path: Path | None = None, spill: Path | None = None) -> None:
-        self.cfg, self.path, self.spill = cfg, path, spill
+        self.cfg, self.path = cfg, path
         optional = ("status", "model", "prompt_version", *JUDGE_COLUMNS)
         self.dataset, self.columns = _dataset(path, SYNTHETIC_COLUMNS, optional, SYNTHETIC_HINT)
         self.llm = (cfg.synthesize.model, prompts.PROMPT_VERSION)
@@ -219,16 +219,19 @@ class SyntheticBlocks:
         digests: list[np.ndarray] = []
         blocks = None
         try:
-            for file in self.dataset.files:
+            for number, file in enumerate(self.dataset.files):
                 ids = pq.read_table(file, columns=["query_id", "positive_id"], filesystem=self.dataset.filesystem, pre_buffer=False)
-                held = _pair_digests(zip(ids.column("query_id").to_pylist(), ids.column("positive_id").to_pylist(), strict=True))
+                held = _batch_digests(ids)
                 if spill is not None and pairs_path is not None and len(held) > MIX_BLOCK:
                     blocks = blocks or _BlockOf.of(pairs_path)
                     block_of_row = blocks(held)
                     if len(np.unique(block_of_row[block_of_row >= 0])) > SPILL_WIDER_THAN:
-                        for part, part_digests in self._split(file, held, block_of_row):
-                            self.files.append(part)
-                            digests.append(part_digests)
+                        reader = pq.ParquetFile(file, filesystem=self.dataset.filesystem, pre_buffer=False, buffer_size=1 << 20)
+                        split = split_by_block(lambda r=reader: r.iter_batches(batch_size=MIX_BLOCK, columns=self.columns),
+                                               block_of_row, spill, f"synthetic-{number:06d}")  # fmt: skip
+                        logger.info("%s: rows of %d blocks of pairs, split by block once rather than read for each", file, len(split))
+                        self.files += [str(part) for part in split.values()]
+                        digests += [held[block_of_row == block] for block in split]
                         continue
                 self.files.append(file)
                 digests.append(held)
@@ -248,32 +251,32 @@ class SyntheticBlocks:
         current = frozenset(synthetic_store.pair_key(self.cfg, q, d) for q, d in keys)
         return select_synthetic(rows, self.llm, current)
 
-    def close(self) -> None:
-        """Deletes the files a block that wide files were split into."""
-        if self.spill is not None:
-            shutil.rmtree(self.spill, ignore_errors=True)
 
-    def _split(self, file: str, digests: np.ndarray, block_of_row: np.ndarray) -> list[tuple[str, np.ndarray]]:
-        """`file`'s rows of the run's pairs as a file a block in `self.spill`, each in the file's row
-        order, with the pair digests of its rows; in block order. At most SPILL_WRITERS files are open
-        at once (a pass over `file` for each SPILL_WRITERS blocks), and at most SPILL_BUFFER bytes of
-        rows held: past it, the block holding the most is written out as a row group."""
-        self.spill.mkdir(parents=True, exist_ok=True)
-        stem = hashlib.sha256(file.encode()).hexdigest()[:16]
-        wanted = np.unique(block_of_row[block_of_row >= 0])
-        reader = pq.ParquetFile(file, filesystem=self.dataset.filesystem, pre_buffer=False, buffer_size=1 << 20)  # streamed by pages
-        for start in range(0, len(wanted), SPILL_WRITERS):
-            group = wanted[start : start + SPILL_WRITERS]
-            with closing(_BlockFiles(self.spill, stem)) as out:
-                row = 0
-                for batch in reader.iter_batches(batch_size=MIX_BLOCK, columns=self.columns):
-                    of_batch = block_of_row[row : row + batch.num_rows]
-                    row += batch.num_rows
-                    for block in np.intersect1d(of_batch, group).tolist():
-                        out.add(block, batch.take(pa.array(np.flatnonzero(of_batch == block))))  # a compact copy: sized honestly
-                out.finish()
-        logger.info("%s: rows of %d blocks of pairs, split by block once rather than read for each", file, len(wanted))
-        return [(str(_BlockFiles.path(self.spill, stem, block)), digests[block_of_row == block]) for block in wanted.tolist()]
+def split_by_block(scan: Callable[[], Iterable[pa.RecordBatch]], block_of_row: np.ndarray, folder: Path, stem: str,
+                   numbered: bool = False) -> dict[int, Path]:  # fmt: skip
+    """The rows of a scan as a Parquet file for each block of pairs they hold, each in scan order;
+    returns block -> file, in block order.
+
+    Args:
+        scan: the rows, in the same order each time it is called (a pass for each SPILL_WRITERS blocks).
+        block_of_row: the block of each row's pair (`_BlockOf`), -1 for a row of no pair of the run (left out).
+        numbered: add each row's 1-based number in the scan as `_row`, for errors that name it.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    wanted = np.unique(block_of_row[block_of_row >= 0])
+    for start in range(0, len(wanted), SPILL_WRITERS):
+        group = wanted[start : start + SPILL_WRITERS]
+        with closing(_BlockFiles(folder, stem)) as out:
+            row = 0
+            for batch in scan():
+                of_batch = block_of_row[row : row + batch.num_rows]
+                if numbered:
+                    batch = batch.append_column("_row", pa.array(np.arange(row + 1, row + 1 + batch.num_rows)))
+                row += batch.num_rows
+                for block in np.intersect1d(of_batch, group).tolist():
+                    out.add(block, batch.take(pa.array(np.flatnonzero(of_batch == block))))  # a compact copy: sized honestly
+            out.finish()
+    return {block: _BlockFiles.path(folder, stem, block) for block in wanted.tolist()}
 
 
 class _BlockFiles:
@@ -362,21 +365,38 @@ def _pair_digests(keys: Iterable[mixing.PairKey]) -> np.ndarray:
     return synthetic_store.digest(f"{q}\x1f{d}" for q, d in keys)
 
 
+def _batch_digests(ids: pa.RecordBatch | pa.Table) -> np.ndarray:
+    """The pair digest of each row of a batch with query_id and positive_id."""
+    return _pair_digests(zip(ids.column("query_id").to_pylist(), ids.column("positive_id").to_pylist(), strict=True))
+
+
 class MinedBlocks:
     """The mined negatives of one block of pairs at a time, with each row's 1-based number in the file.
 
     `syneg mine` writes one row per pair, in pair order: such a file (checked on its id columns
     first) is read alongside the pairs, once in all. A file in another order or with other rows
-    (hand-written) is filtered by each block's pairs instead, a scan of it per block, and a pair's
-    last row wins, as in `read_mined`.
+    (hand-written) is split by block once when it holds rows of more than SPILL_WIDER_THAN blocks
+    and a `spill` folder is given (`split_by_block`, its row numbers kept), else filtered by each
+    block's pairs, a scan of it per block; either way a pair's last row wins, as in `read_mined`.
     """
 
-    def __init__(self, path: Path, pairs_path: Path) -> None:
+    def __init__(self, path: Path, pairs_path: Path, spill: Path | None = None) -> None:
         self.path = path
         # positive_ids are left unread: only the random strategy excludes positives, and it reads no mine file
         self.dataset, self.columns = _dataset(path, MINED_COLUMNS, (), MINED_HINT)
         self.rows = _Rows(_scan(self.dataset, path, self.columns)) if self._in_pair_order(pairs_path) else None
         self.first = 1  # the file row of the next block's first pair, when read alongside the pairs
+        self.blocks: _BlockOf | None = None
+        self.split: dict[int, Path] = {}
+        if self.rows is None and spill is not None and self.dataset.count_rows() > MIX_BLOCK:
+            held = np.concatenate([np.empty(0, "S16"), *(_batch_digests(b) for b in _scan(self.dataset, path, ["query_id", "positive_id"]))])
+            blocks = _BlockOf.of(pairs_path)
+            block_of_row = blocks(held)
+            if len(np.unique(block_of_row[block_of_row >= 0])) > SPILL_WIDER_THAN:
+                self.blocks = blocks
+                self.split = split_by_block(lambda: _scan(self.dataset, path, self.columns), block_of_row, spill, "mined", numbered=True)
+                logger.info("%s: not in pair order; rows of %d blocks of pairs, split by block once rather than read for each",
+                            path, len(self.split))  # fmt: skip
 
     def _in_pair_order(self, pairs_path: Path) -> bool:
         keys = ["query_id", "positive_id"]
@@ -396,6 +416,11 @@ class MinedBlocks:
             rows = enumerate(self.rows.take(len(pairs)).to_pylist(), start=self.first)
             self.first += len(pairs)
             return {(row["query_id"], row["positive_id"]): (n, _mined_negatives(self.path, n, row)) for n, row in rows}
+        if self.blocks is not None:
+            (block,) = self.blocks(_pair_digests([(pairs[0]["query_id"], pairs[0]["positive_id"])])).tolist()
+            part = self.split.get(block)
+            rows = pq.read_table(part).to_pylist() if part is not None else []
+            return {(row["query_id"], row["positive_id"]): (row["_row"], _mined_negatives(self.path, row["_row"], row)) for row in rows}
         wanted = {(p["query_id"], p["positive_id"]) for p in pairs}
         queries = pa.array(sorted({q for q, _ in wanted}), pa.string())
         found, first = {}, 1  # first: the file row of the batch's first row
@@ -661,12 +686,12 @@ def run_mix(cfg: PipelineConfig) -> dict:
     need_syn, need_ret = need_syn and missing != "synthetic", need_ret and missing != "retrieved"
     # both inputs are opened (their columns checked) before the guard's encoding and the first block
     out = run_dir / schema.INSTANCES
-    out.parent.mkdir(parents=True, exist_ok=True)
-    spill = out.parent / ".synthetic-by-block"
+    spill = out.parent / ".by-block"  # input files of many blocks' pairs, split by block (`split_by_block`)
     shutil.rmtree(spill, ignore_errors=True)  # what a killed mix left
-    synthetic = SyntheticBlocks(cfg, run_dir / schema.SYNTHETIC, pairs_path, spill) if need_syn else None
-    mined = MinedBlocks(run_dir / schema.MINED, pairs_path) if need_ret else None
     try:
+        synthetic = SyntheticBlocks(cfg, run_dir / schema.SYNTHETIC, pairs_path, spill) if need_syn else None
+        mined = MinedBlocks(run_dir / schema.MINED, pairs_path, spill) if need_ret else None
+        out.parent.mkdir(parents=True, exist_ok=True)
         flagged, guarded_out = {}, 0
         if cfg.mix.guard_synthetic and synthetic is not None:
             flagged, guarded_out = guard_synthetic(cfg, pairs_path, synthetic, out.parent)
@@ -702,8 +727,7 @@ def run_mix(cfg: PipelineConfig) -> dict:
             logger.warning(warning)
         return record
     finally:
-        if synthetic is not None:
-            synthetic.close()  # the files a block a wide synthesis file was split into
+        shutil.rmtree(spill, ignore_errors=True)
 
 
 def realized_ratio_warning(cfg: PipelineConfig, stats: mixing.MixStats) -> str:

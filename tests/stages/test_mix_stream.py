@@ -106,7 +106,8 @@ def _shuffled_mine(cfg: PipelineConfig) -> list[dict]:
 
 def test_a_mine_file_out_of_pair_order_is_looked_up_by_pair(tiny_cfg, monkeypatch) -> None:
     """`syneg mine` writes pairs in pair order: its file is read alongside the pairs, once (after a
-    pass over its id columns that checks the order). Another order is filtered by each block's pairs."""
+    pass over its id columns that checks the order). A file in another order is split by block once:
+    a pass over its ids, then one over its rows for each SPILL_WRITERS blocks (here 4), not a scan a block."""
     write_inputs(tiny_cfg, synthetic=False, n_ret=5)
     cfg = _with(tiny_cfg, STRATEGIES["retrieved"])
     scans: list[Path] = []
@@ -116,8 +117,10 @@ def test_a_mine_file_out_of_pair_order_is_looked_up_by_pair(tiny_cfg, monkeypatc
     assert len(scans) == 2 and stats["pairs"] > 3 * 2
     _shuffled_mine(cfg)
     scans.clear()
+    monkeypatch.setattr(mix, "SPILL_WRITERS", 4)
     shuffled, stats = _mixed(cfg, monkeypatch, block=3)
-    assert len(scans) == -(-stats["pairs"] // 3)  # a scan a block
+    blocks = math.ceil(stats["pairs"] / 3)
+    assert len(scans) == 1 + math.ceil(blocks / 4) < blocks
     assert shuffled.to_pylist() == _one_pass(cfg)[0]
     first = shuffled.to_pylist()[0]
     assert first["negative_ids"] != in_order.to_pylist()[0]["negative_ids"]  # the later row of the pair won
@@ -175,7 +178,7 @@ def test_one_file_of_every_pair_is_split_by_block_once(tiny_cfg, monkeypatch, bu
     monkeypatch.setattr(mix, "_scan", lambda dataset, *a, **k: read.append(list(dataset.files)) or scan(dataset, *a, **k))
     mixed, stats = _mixed(cfg, monkeypatch, block=3)
     assert len(read) == -(-stats["pairs"] // 3)  # a scan a block
-    assert all(len(files) == 1 and ".synthetic-by-block" in files[0] for files in read)  # of its own split file
+    assert all(len(files) == 1 and ".by-block" in files[0] for files in read)  # of its own split file
     assert len({files[0] for files in read}) == len(read)
     assert mixed.to_pylist() == _one_pass(cfg)[0]
     assert any(i["negatives"][0] == "a rewritten negative of length" for i in mixed.to_pylist())
