@@ -39,6 +39,8 @@ of a finished table only prints it. Run directories share those folders by links
 
     <out>/shared/            the train pairs and the LLM's plain negatives (always at seed 0)
     <out>/synthesis-<name>/  the LLM's negatives with the judge on (`SYNTHESES`), after dense mining
+    <out>/answers/           the LLM's answers by request, shared by the judged syntheses (syneg_ray/answer_cache.py):
+                             judge-reflect generates only its reflection turns and the retries judge never asked for
     <out>/mine-dense/, mine-bm25/, mine-bm25-guard/
                              retrieved negatives of the base model and of BM25 for the same pairs
     <out>/rows/<row>/seed<s>/  mix, train and evaluate of one row; result.json when done
@@ -175,7 +177,8 @@ def synthesis_config(args: argparse.Namespace, name: str) -> PipelineConfig:
     """The config `SYNTHESES[name]` was written under: with the judge on, its mine section is the
     dense mining it read (the judge's off-topic floor is the pair's k-th mined score, the style
     reference a mined document)."""
-    return config_for(args, synthesis_dir(args.out, name), MINED[SYNTHESIS_MINED] + SYNTHESES[name])
+    shared = (f"synthesize.answer_cache={args.out / 'answers'}",)  # changes no answer, so no fingerprint
+    return config_for(args, synthesis_dir(args.out, name), MINED[SYNTHESIS_MINED] + shared + SYNTHESES[name])
 
 
 def ensure_synthetic(args: argparse.Namespace, name: str) -> dict:

@@ -323,6 +323,10 @@ class SynthesizeConfig:
     judge_actors: int = 1  # encoder actors of the judge (its own pool, beside the LLM's)
     judge_cpus: float = 0.5  # logical CPUs (and threads, at least 1) per judge actor
     style_reference: bool = False  # show the LLM the pair's first mined negative as a model of length and register
+    # A local folder of the LLM's answers by request (answer_cache.py), shared by syntheses that ask
+    # the same questions (judge vs judge + reflection: the second generates only its reflection
+    # turns); "" = none. It changes no answer, so no fingerprint.
+    answer_cache: str = ""
     # what only one engine reads, in that engine's own section
     hf: HFEngineConfig = field(default_factory=HFEngineConfig)
     vllm: VLLMEngineConfig = field(default_factory=VLLMEngineConfig)
@@ -342,6 +346,9 @@ class SynthesizeConfig:
                               "negatives_per_pair + 2")
         _check_range("synthesize.judge_max_positive_similarity", self.judge_max_positive_similarity, -1.0, 1.0)
         _check_min("synthesize.reflect_rounds", self.reflect_rounds, 0)
+        if "://" in self.answer_cache:
+            raise ConfigError(f"synthesize.answer_cache = {self.answer_cache!r} is a URI; the driver reads and writes "
+                              "it, so give a folder on the driver's disk")
         _check_min("synthesize.judge_actors", self.judge_actors, 1)
         _check_range("synthesize.judge_cpus", self.judge_cpus, 0.01, 1024.0)
         _check_min("synthesize.negatives_per_pair", self.negatives_per_pair, 1)

@@ -53,7 +53,8 @@ def _stages() -> list[Stage]:
         Stage("mine", run_mine, ("data", "encoder", "mine"), ()),
         # the judge scores with the encoder and the miner's guard margins, takes its off-topic floor
         # from the mined scores and (synthesize.style_reference) a mined document as a model of style
-        Stage("synthesize", run_synthesize, ("data", "encoder", "mine", "synthesize"), ("mine",)),
+        Stage("synthesize", run_synthesize, ("data", "encoder", "mine", "synthesize"), ("mine",),
+              ignored=("data.eval_split", "synthesize.answer_cache")),  # a stored answer is the one the engine gives
         Stage("mix", run_mix, ("data", "mix"), ("synthesize", "mine")),
         Stage("train", train, ("data", "encoder", "train"), ("mix",)),
         Stage("evaluate", run_evaluate_pair, ("data", "encoder", "evaluate"), ("train",), ignored=()),

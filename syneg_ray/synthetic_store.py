@@ -124,21 +124,24 @@ def pair_key(cfg: PipelineConfig, query_id: str, positive_id: str) -> str:
 COST_LOG = "cost.jsonl"
 
 
-def log_cost(out: Path, fingerprint: str, seconds: float, generations: int, output_tokens: int) -> None:
+def log_cost(out: Path, fingerprint: str, seconds: float, generations: int, output_tokens: int, reused: int = 0) -> None:
     """Appends one committed batch's cost (wall seconds since the previous batch or the round's
     start, so an engine's start-up counts) under the settings `fingerprint` it was written with.
+    `reused` of the batch's generations came from the answer cache (answer_cache.py), and their
+    seconds are those they cost when they were generated.
 
     Appended after the batch is committed: a kill in between loses the line, never counts a batch
     twice (a committed batch is not generated again), and `logged_cost` then reports the log as short.
     """
-    line = {"fingerprint": fingerprint, "seconds": round(seconds, 3), "generations": generations, "output_tokens": output_tokens}
+    line = {"fingerprint": fingerprint, "seconds": round(seconds, 3), "generations": generations, "output_tokens": output_tokens,
+            **({"reused": reused} if reused else {})}
     with (out / COST_LOG).open("a", encoding="utf-8") as log:
         log.write(json.dumps(line) + "\n")
 
 
 def logged_cost(out: Path, fingerprint: str) -> dict[str, float]:
-    """Sums of the cost log's lines written under `fingerprint`: seconds, generations, output_tokens."""
-    totals = {"seconds": 0.0, "generations": 0, "output_tokens": 0}
+    """Sums of the cost log's lines written under `fingerprint`: seconds, generations, output_tokens, reused."""
+    totals = {"seconds": 0.0, "generations": 0, "output_tokens": 0, "reused": 0}
     path = out / COST_LOG
     for line in path.read_text(encoding="utf-8").splitlines() if path.is_file() else []:
         try:
@@ -147,7 +150,7 @@ def logged_cost(out: Path, fingerprint: str) -> dict[str, float]:
             continue
         if entry.get("fingerprint") == fingerprint:
             for name in totals:
-                totals[name] += entry[name]
+                totals[name] += entry.get(name, 0)  # a line from before the answer cache has no `reused`
     return totals
 
 

@@ -29,10 +29,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from syneg_ray import attributes, dataset, engines, judging, parsing, prompts, rounds, schema
+from syneg_ray import answer_cache, attributes, dataset, engines, judging, parsing, prompts, rounds, schema
 from syneg_ray import synthetic_store as store
 from syneg_ray.config import Engine, PipelineConfig, SynthesizeConfig
-from syneg_ray.engines.base import WORK_COLUMNS, WORK_SCHEMA, limits_of
+from syneg_ray.engines.base import OUTPUT_SCHEMA, WORK_COLUMNS, WORK_SCHEMA, limits_of
 from syneg_ray.errors import DataError, EngineError, SynegError
 from syneg_ray.registry import resolve_model
 from syneg_ray.runtime import init_ray, stage_dir
@@ -171,7 +171,7 @@ def resolve_pools(cfg: PipelineConfig, model: str, out_dir: Path) -> attributes.
     return pools
 
 
-def work_dataset(work: list[dict], batch_size: int):  # -> ray.data.Dataset
+def work_dataset(work: list[dict], batch_size: int, schema: pa.Schema = WORK_SCHEMA):  # -> ray.data.Dataset
     """The work rows as a Dataset of one block per engine batch.
 
     A map task hands its output on only when its whole block is done, so a single block would
@@ -179,8 +179,16 @@ def work_dataset(work: list[dict], batch_size: int):  # -> ray.data.Dataset
     """
     import ray.data
 
-    table = pa.Table.from_pylist(work, schema=WORK_SCHEMA)
+    table = pa.Table.from_pylist(work, schema=schema)
     return ray.data.from_arrow([table.slice(i, batch_size) for i in range(0, len(work), batch_size)])
+
+
+def answered(work: list[dict], reused: list[dict], step: engines.EngineFn, batch_size: int):  # -> ray.data.Dataset
+    """The engine's answers to `work`, after the answers taken from the cache (`reused`, output rows)."""
+    if not reused:
+        return step(work_dataset(work, batch_size))
+    stored = work_dataset(reused, batch_size, OUTPUT_SCHEMA)
+    return stored.union(step(work_dataset(work, batch_size))) if work else stored
 
 
 def count(row: dict[str, Any], totals: Counter) -> None:
@@ -206,12 +214,14 @@ def count(row: dict[str, Any], totals: Counter) -> None:
 
 
 def run_round(work: list[dict], step: engines.EngineFn, judge_step: engines.EngineFn | None, cfg: SynthesizeConfig,
-              out: Path, bar: Any, totals: Counter, fingerprint: str) -> list[dict]:
+              out: Path, bar: Any, totals: Counter, fingerprint: str, cache: answer_cache.AnswerCache | None = None) -> list[dict]:
     """One pass of the engine (and the judge) over `work`; commits what each batch settles and logs
-    its cost under the settings `fingerprint`; returns the next work."""
+    its cost under the settings `fingerprint`; returns the next work. Work that `cache` holds an
+    answer to is not sent to the engine, and the engine's new answers are stored in it."""
     limits = limits_of(cfg)
     last = time.perf_counter()
-    ds = step(work_dataset(work, cfg.batch_size))
+    work, reused, reused_seconds = cache.split(work) if cache is not None else (work, [], {})
+    ds = answered(work, reused, step, cfg.batch_size)
     if judge_step is not None:
         ds = judge_step(ds)
     # One engine batch may outlast Ray Data's no-progress limit (30 minutes by default): 32 answers of
@@ -237,8 +247,17 @@ def run_round(work: list[dict], step: engines.EngineFn, judge_step: engines.Engi
             outcomes += [result] if result else []
         commit(out, states, outcomes)
         now = time.perf_counter()
-        store.log_cost(out, fingerprint, now - last, len(rows), sum(int(r["output_tokens"]) for r in rows))
-        last = now
+        # a batch's answers are new or reused; a reused one costs what it cost when it was generated
+        old = [reused_seconds.get(answer_cache.request_digest(r, cfg)) for r in rows] if reused_seconds else [None] * len(rows)
+        new = [r for r, o in zip(rows, old) if o is None]
+        if cache is not None and new:
+            cache.add(new, now - last)
+        totals["reused"] += len(rows) - len(new)
+        totals["reused_output_tokens"] += sum(int(r["output_tokens"]) for r, o in zip(rows, old) if o is not None)
+        store.log_cost(out, fingerprint, (now - last if new else 0.0) + sum(o for o in old if o is not None), len(rows),
+                       sum(int(r["output_tokens"]) for r in rows), reused=len(rows) - len(new))
+        if new:  # time spent while only reused answers came back (the engine starting) counts toward the next new batch
+            last = now
         totals["kept"] += sum(o.kept for o in outcomes)
         bar.update(sum(not o.retry for o in outcomes))
     if totals["generations"] and totals["engine_errors"] == totals["generations"]:
@@ -317,7 +336,8 @@ def run_synthesize(cfg: PipelineConfig) -> dict:
     Returns:
         Summary: pairs, ok, failed, valid_rate, valid_json_rate, negatives, generations, reflections,
         judged, flagged (per verdict), rewritten, unchanged (rewrites that repeat their original), kept, output_tokens, seconds,
-        generated_pairs (sent to the LLM by this invocation), tokens_per_s, output_tokens_per_kept, seconds_per_kept, rejects.
+        generated_pairs (sent to the LLM by this invocation), reused (generations answered from
+        `synthesize.answer_cache`), tokens_per_s (of the new ones), output_tokens_per_kept, seconds_per_kept, rejects.
 
     Raises:
         EngineError: the engine failed as a whole (model cannot load, server unreachable).
@@ -340,6 +360,7 @@ def run_synthesize(cfg: PipelineConfig) -> dict:
                 cfg.encoder.model if s.judge else "off", s.reflect_rounds if s.judge else 0)
     totals: Counter = Counter()
     generated, step, start = 0, None, time.perf_counter()
+    cache = answer_cache.AnswerCache(Path(s.answer_cache), s) if s.answer_cache else None
     if finished < n_pairs:
         # where unfinished pairs left off: logged attempts and (judge on) committed rounds. Only the
         # pairs of the window a kill interrupted have rounds that are not finished, so these stay small.
@@ -356,7 +377,7 @@ def run_synthesize(cfg: PipelineConfig) -> dict:
                 step = step or (engines.build(s, model) if work else None)
                 while work:
                     try:
-                        work = run_round(work, step, judge_step, s, out, bar, totals, fingerprint)
+                        work = run_round(work, step, judge_step, s, out, bar, totals, fingerprint, cache)
                     except SynegError:
                         raise
                     except Exception as exc:  # Ray wraps engine crashes; say which engine and what to do
@@ -403,6 +424,7 @@ def summarize(keys: store.KeySet, n_pairs: int, parts: Path, totals: Counter, se
     counts = output_counts(parts, keys)
     ok, negatives, tokens = counts["ok"], counts["negatives"], counts["output_tokens"]
     gens = totals["generations"]
+    new_tokens = totals["output_tokens"] - totals["reused_output_tokens"]
     whole = logged["output_tokens"] == tokens and negatives > 0
     summary = {
         "pairs": n_pairs, "ok": ok, "failed": counts["failed"], "valid_rate": ok / n_pairs if n_pairs else 0.0,
@@ -412,7 +434,8 @@ def summarize(keys: store.KeySet, n_pairs: int, parts: Path, totals: Counter, se
         "flagged": {k.split(":", 1)[1]: v for k, v in sorted(totals.items()) if k.startswith("flagged:")},
         "rewritten": totals["rewritten"], "unchanged": totals["unchanged"], "kept": totals["kept"],
         "output_tokens": totals["output_tokens"], "seconds": round(seconds, 1), "generated_pairs": generated,
-        "tokens_per_s": totals["output_tokens"] / seconds if seconds > 0 and gens else None,
+        "reused": totals["reused"],  # of the generations, answers taken from synthesize.answer_cache
+        "tokens_per_s": new_tokens / seconds if seconds > 0 and new_tokens else None,
         "output_tokens_per_kept": tokens / negatives if negatives else None,
         "seconds_per_kept": logged["seconds"] / negatives if whole else None,
         "logged_seconds": round(logged["seconds"], 1), "logged_output_tokens": logged["output_tokens"],
@@ -420,6 +443,8 @@ def summarize(keys: store.KeySet, n_pairs: int, parts: Path, totals: Counter, se
         "output": str(parts),
     }  # fmt: skip
     tps = f"{summary['tokens_per_s']:.1f} output tok/s" if summary["tokens_per_s"] else "nothing generated"
+    if summary["reused"]:
+        tps += f", {summary['reused']} answers taken from the answer cache"
     cost = (f"{summary['output_tokens_per_kept']:.0f} output tokens" if summary["output_tokens_per_kept"] else "n/a") + (
         f", {summary['seconds_per_kept']:.1f} s" if summary["seconds_per_kept"] else
         f"; seconds unknown: the cost log holds {logged['output_tokens']:,} of the output's {tokens:,} tokens" if negatives else "")

@@ -246,10 +246,11 @@ def test_the_cost_log_sums_one_settings_batches_and_skips_a_cut_line(tmp_path) -
     store.log_cost(tmp_path, "a", 10.0, 4, 400)
     store.log_cost(tmp_path, "b", 99.0, 1, 50)  # another setting's batch, in the same folder
     store.log_cost(tmp_path, "a", 5.5, 2, 100)
+    store.log_cost(tmp_path, "a", 40.0, 1, 300, reused=1)  # an answer from the cache, at what it once cost
     with (tmp_path / store.COST_LOG).open("a") as log:
         log.write('{"fingerprint": "a", "seco')  # a kill mid-write
-    assert store.logged_cost(tmp_path, "a") == {"seconds": 15.5, "generations": 6, "output_tokens": 500}
-    assert store.logged_cost(tmp_path / "none", "a") == {"seconds": 0.0, "generations": 0, "output_tokens": 0}
+    assert store.logged_cost(tmp_path, "a") == {"seconds": 55.5, "generations": 7, "output_tokens": 800, "reused": 1}
+    assert store.logged_cost(tmp_path / "none", "a") == {"seconds": 0.0, "generations": 0, "output_tokens": 0, "reused": 0}
 
 
 def test_seconds_per_kept_only_from_a_cost_log_that_accounts_for_every_token(tmp_path, cfg) -> None:
@@ -287,6 +288,45 @@ def test_an_engine_batch_may_outlast_ray_datas_no_progress_limit(cfg, ray_local,
     finally:
         context.execution_no_progress_timeout_s = limit
     assert not following and store.read_synthetic(tmp_path / "run" / "synthesize" / "negatives.parquet").num_rows == 1
+
+
+def test_a_round_answers_from_the_cache_what_an_earlier_round_asked(cfg, ray_local, tmp_path) -> None:
+    """Two syntheses share an answer cache: the second sends the engine only the request the first
+    never made, and logs the reused answer at the seconds it once cost."""
+    from tqdm import tqdm
+
+    from syneg_ray.answer_cache import AnswerCache
+    from syneg_ray.engines.base import Generation, with_generation
+
+    def engine(batch: dict) -> dict:  # a stand-in LLM that names the seed it answered
+        rows = [dict(zip(batch, values, strict=True)) for values in zip(*batch.values(), strict=True)]
+        table = [with_generation(r, Generation(json.dumps({"reasoning": f"seed {r['gen_seed']}", "negatives": [NEG]}), 10, 7))
+                 for r in rows]  # fmt: skip
+        time.sleep(0.5)
+        return {name: [r[name] for r in table] for name in table[0]}
+
+    def synthesis(name: str, work: list[dict], s) -> tuple[Counter, list[dict]]:
+        out, totals = tmp_path / name / "synthesize", Counter()
+        stage.run_round(work, lambda ds: ds.map_batches(engine, batch_size=None, num_cpus=0.1), None, s, out,
+                        tqdm(disable=True), totals, "fp", AnswerCache(tmp_path / "answers", s))
+        lines = [json.loads(line) for line in (out / store.COST_LOG).read_text().splitlines()]
+        return totals, lines
+
+    first_s = replace(cfg.synthesize, batch_size=1)
+    asked = work_row(cfg)
+    totals, lines = synthesis("first", [asked], first_s)
+    assert totals["reused"] == 0 and len(lines) == 1 and "reused" not in lines[0]
+    # the second asks the same and one more (another seed), under other judge settings
+    second_s = replace(first_s, reflect_rounds=0, judge_max_positive_similarity=0.5)
+    new = {**asked, "key": "other", "gen_seed": asked["gen_seed"] + 1}
+    totals, lines = synthesis("second", [asked, new], second_s)
+    assert totals["generations"] == 2 and totals["reused"] == 1 and totals["reused_output_tokens"] == 7
+    assert sorted(line.get("reused", 0) for line in lines) == [0, 1]
+    reused_line = next(line for line in lines if line.get("reused"))
+    assert reused_line["seconds"] >= 0.5 and reused_line["output_tokens"] == 7  # the first synthesis's batch time
+    rows = store.read_synthetic(tmp_path / "second" / "synthesize" / "negatives.parquet").to_pylist()
+    assert sorted(r["reasoning"] for r in rows) == sorted(f"seed {r['gen_seed']}" for r in (asked, new))
+    assert len(AnswerCache(tmp_path / "answers", second_s)) == 2  # the new answer was stored too
 
 
 def test_hf_prompt_cache_reuse_changes_no_token() -> None:

@@ -1,0 +1,69 @@
+"""The answer cache: what names a request, and answers stored by one synthesis and found by another."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from syneg_ray import answer_cache, attributes, pipeline
+from syneg_ray.config import load_config
+from syneg_ray.engines.base import Generation, with_generation
+from syneg_ray.errors import ConfigError
+from syneg_ray.stages import synthesize as stage
+
+PAIR = {"query_id": "q1", "positive_id": "d1", "query": "Does vitamin D prevent fractures?",
+        "positive": "Vitamin D supplementation reduced hip fractures in a randomized trial of older adults. " * 4}
+
+
+@pytest.fixture
+def cfg(tmp_path):
+    return load_config(None, [f"run.run_dir={tmp_path / 'run'}", f"synthesize.answer_cache={tmp_path / 'answers'}"])
+
+
+def first_work(cfg) -> dict:
+    rows, _ = stage.plan([PAIR], cfg, attributes.POOLS["scifact"], set(), {})
+    return rows[0]
+
+
+def test_a_request_is_named_by_what_decides_its_answer_and_not_by_the_judge(cfg) -> None:
+    row, s = first_work(cfg), cfg.synthesize
+    digest = answer_cache.request_digest(row, s)
+    # what the judge does with an answer, and how the engine is laid out, ask nothing new
+    for same in (replace(s, reflect_rounds=3), replace(s, judge_max_positive_similarity=0.5), replace(s, batch_size=1),
+                 replace(s, max_retries=0), replace(s, answer_cache="elsewhere")):
+        assert answer_cache.request_digest(row, same) == digest
+    # the chat, the seed, the token budget, the number of negatives, the sampling and the LLM do
+    changed = [{**row, "chat": row["chat"].replace("vitamin", "Vitamin")}, {**row, "gen_seed": row["gen_seed"] + 1},
+               {**row, "max_tokens": row["max_tokens"] + 1}, {**row, "k": row["k"] + 1}]
+    assert all(answer_cache.request_digest(r, s) != digest for r in changed)
+    for other in (replace(s, temperature=0.3), replace(s, model="qwen2.5-1.5b"), replace(s, presence_penalty=0.5)):
+        assert answer_cache.request_digest(row, other) != digest
+
+
+def test_answers_stored_by_one_synthesis_are_found_by_the_next(cfg, tmp_path) -> None:
+    row = first_work(cfg)
+    retry = {**row, "attempt": 1, "gen_seed": row["gen_seed"] + 1}
+    failed = {**row, "attempt": 2, "gen_seed": row["gen_seed"] + 2}
+    cache = answer_cache.AnswerCache(tmp_path / "answers", cfg.synthesize)
+    assert len(cache) == 0 and cache.split([row]) == ([row], [], {})
+    cache.add([with_generation(row, Generation('{"negatives": ["a"]}', 900, 120)),
+               with_generation(retry, Generation('{"negatives": ["b"]}', 900, 80)),
+               with_generation(failed, Generation("", 0, 0, error="HTTP 500"))], seconds=30.0)
+    # a later synthesis (another instance, reading the folder) with the judge set otherwise
+    later = answer_cache.AnswerCache(tmp_path / "answers", replace(cfg.synthesize, reflect_rounds=0))
+    assert len(later) == 2  # an engine error is no answer: it is not stored
+    unseen = {**row, "gen_seed": row["gen_seed"] + 9}
+    todo, reused, seconds = later.split([row, unseen, failed, retry])
+    assert todo == [unseen, failed]
+    assert [(r["generated_text"], r["prompt_tokens"], r["output_tokens"], r["engine_error"]) for r in reused] == [
+        ('{"negatives": ["a"]}', 900, 120, ""), ('{"negatives": ["b"]}', 900, 80, "")]
+    assert all(r["key"] == row["key"] for r in reused) and [r["attempt"] for r in reused] == [0, 1]  # the asking rows' own columns
+    assert sorted(seconds.values()) == [15.0, 15.0]  # each stored answer's share of its batch's 30 s
+
+
+def test_the_cache_is_a_local_folder_and_no_part_of_any_fingerprint(tmp_path) -> None:
+    with pytest.raises(ConfigError, match="synthesize.answer_cache .* is a URI"):
+        load_config(None, ["synthesize.answer_cache=s3://bucket/answers"])
+    plain = pipeline.fingerprints(load_config(None, []))
+    assert pipeline.fingerprints(load_config(None, [f"synthesize.answer_cache={tmp_path}"])) == plain
