@@ -259,6 +259,26 @@ def test_flagged_negatives_are_rewritten_and_recorded(tmp_path, scifact_small, r
     assert summary["output_tokens_per_kept"] is None and summary["kept"] == 0
 
 
+def test_a_synthesis_that_only_adds_reflection_generates_only_its_reflection_turns(tmp_path, scifact_small, ray_local) -> None:
+    """Judged, then judged and reflected, over one answer cache: the second synthesis takes every
+    first answer from the first one's and asks the LLM only for its reflection turns."""
+    from syneg_ray.stages.synthesize import run_synthesize
+
+    cache = f"synthesize.answer_cache={tmp_path / 'answers'}"
+    judged = run_synthesize(config(tmp_path / "judged", scifact_small, 2, *FLAG_ALL, "synthesize.reflect_rounds=0", cache))
+    assert judged["generations"] == 2 and judged["reused"] == 0 and judged["reflections"] == 0
+    reflected = run_synthesize(config(tmp_path / "reflected", scifact_small, 2, *FLAG_ALL, cache))
+    assert reflected["reused"] == 2 and reflected["generations"] == 2 + reflected["reflections"] and reflected["reflections"] >= 1
+    first = {(r["query_id"], r["attempt"]): r["answer"] for r in
+             store.read_parts(tmp_path / "judged" / "run" / "synthesize" / "rounds", store.ROUND_SCHEMA).to_pylist()}
+    second = {(r["query_id"], r["attempt"]): r["answer"] for r in
+              store.read_parts(tmp_path / "reflected" / "run" / "synthesize" / "rounds", store.ROUND_SCHEMA).to_pylist() if r["round"] == 0}
+    assert first and second == first  # the same first answers, word for word
+    # its cost still counts the first answers, at what they cost the judged synthesis
+    assert reflected["logged_seconds"] > judged["logged_seconds"] * 0.99
+    assert reflected["logged_output_tokens"] == sum(r["output_tokens"] for r in rows_of(tmp_path / "reflected" / "run"))
+
+
 def test_a_short_pair_is_asked_again_and_keeps_what_it_had(tmp_path, scifact_small, ray_local) -> None:
     """k = 4 of SmolLM2-135M's short answers: a pair whose first answer leaves fewer than 4 keepable
     negatives gets a second attempt whose pool starts with the ones it kept."""
