@@ -14,6 +14,7 @@ instances, and appends the block to the output, so its memory does not grow with
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -205,26 +206,25 @@ class SyntheticBlocks:
     part of synthesis, 240 MB at a million pairs.
 
     A part is small, but a hand-written file may hold every pair: read for each block, one file of
-    a million pairs is read a thousand times. Given the run's pairs and a `spill` folder, a file
-    holding rows of more than SPILL_WIDER_THAN blocks is split by block once (`split_by_block`);
-    its files stand in its place in the folder's order.
+    a million pairs is read a thousand times. Given the run's pairs' blocks (`block_of`, built
+    when first called) and a `spill` folder, a file holding rows of more than SPILL_WIDER_THAN
+    blocks is split by block once (`split_by_block`); its files stand in its place in the folder's order.
     """
 
-    def __init__(self, cfg: PipelineConfig, path: Path, pairs_path: Path | None = None, spill: Path | None = None) -> None:
+    def __init__(self, cfg: PipelineConfig, path: Path, block_of: Callable[[], _BlockOf] | None = None,
+                 spill: Path | None = None) -> None:  # fmt: skip
         self.cfg, self.path = cfg, path
         optional = ("status", "model", "prompt_version", *JUDGE_COLUMNS)
         self.dataset, self.columns = _dataset(path, SYNTHETIC_COLUMNS, optional, SYNTHETIC_HINT)
         self.llm = (cfg.synthesize.model, prompts.PROMPT_VERSION)
         self.files: list[str] = []
         digests: list[np.ndarray] = []
-        blocks = None
         try:
             for number, file in enumerate(self.dataset.files):
                 ids = pq.read_table(file, columns=["query_id", "positive_id"], filesystem=self.dataset.filesystem, pre_buffer=False)
                 held = _batch_digests(ids)
-                if spill is not None and pairs_path is not None and len(held) > MIX_BLOCK:
-                    blocks = blocks or _BlockOf.of(pairs_path)
-                    block_of_row = blocks(held)
+                if spill is not None and block_of is not None and len(held) > MIX_BLOCK:
+                    block_of_row = block_of()(held)
                     if len(np.unique(block_of_row[block_of_row >= 0])) > SPILL_WIDER_THAN:
                         reader = pq.ParquetFile(file, filesystem=self.dataset.filesystem, pre_buffer=False, buffer_size=1 << 20)
                         split = split_by_block(lambda r=reader: r.iter_batches(batch_size=MIX_BLOCK, columns=self.columns),
@@ -288,6 +288,7 @@ class _BlockFiles:
         self.writers: dict[int, pq.ParquetWriter] = {}
         self.held: dict[int, list[pa.RecordBatch]] = {}
         self.size: dict[int, int] = {}
+        self.total = 0  # of self.size
 
     @staticmethod
     def path(folder: Path, stem: str, block: int) -> Path:
@@ -296,12 +297,13 @@ class _BlockFiles:
     def add(self, block: int, rows: pa.RecordBatch) -> None:
         self.held.setdefault(block, []).append(rows)
         self.size[block] = self.size.get(block, 0) + rows.nbytes
-        while sum(self.size.values()) > SPILL_BUFFER:
+        self.total += rows.nbytes
+        while self.total > SPILL_BUFFER:
             self._write_out(max(self.size, key=self.size.__getitem__))
 
     def _write_out(self, block: int) -> None:
         table = pa.Table.from_batches(self.held.pop(block))
-        del self.size[block]
+        self.total -= self.size.pop(block)
         if block not in self.writers:
             self.writers[block] = pq.ParquetWriter(self.path(self.folder, self.stem, block), table.schema)
         self.writers[block].write_table(table)
@@ -380,7 +382,7 @@ class MinedBlocks:
     block's pairs, a scan of it per block; either way a pair's last row wins, as in `read_mined`.
     """
 
-    def __init__(self, path: Path, pairs_path: Path, spill: Path | None = None) -> None:
+    def __init__(self, path: Path, pairs_path: Path, spill: Path | None = None, block_of: Callable[[], _BlockOf] | None = None) -> None:
         self.path = path
         # positive_ids are left unread: only the random strategy excludes positives, and it reads no mine file
         self.dataset, self.columns = _dataset(path, MINED_COLUMNS, (), MINED_HINT)
@@ -390,7 +392,7 @@ class MinedBlocks:
         self.split: dict[int, Path] = {}
         if self.rows is None and spill is not None and self.dataset.count_rows() > MIX_BLOCK:
             held = np.concatenate([np.empty(0, "S16"), *(_batch_digests(b) for b in _scan(self.dataset, path, ["query_id", "positive_id"]))])
-            blocks = _BlockOf.of(pairs_path)
+            blocks = block_of() if block_of is not None else _BlockOf.of(pairs_path)
             block_of_row = blocks(held)
             if len(np.unique(block_of_row[block_of_row >= 0])) > SPILL_WIDER_THAN:
                 self.blocks = blocks
@@ -689,8 +691,10 @@ def run_mix(cfg: PipelineConfig) -> dict:
     spill = out.parent / ".by-block"  # input files of many blocks' pairs, split by block (`split_by_block`)
     shutil.rmtree(spill, ignore_errors=True)  # what a killed mix left
     try:
-        synthetic = SyntheticBlocks(cfg, run_dir / schema.SYNTHETIC, pairs_path, spill) if need_syn else None
-        mined = MinedBlocks(run_dir / schema.MINED, pairs_path, spill) if need_ret else None
+        # the pairs' blocks, built once when the first input that needs them asks (20 bytes a pair)
+        block_of = functools.cache(lambda: _BlockOf.of(pairs_path))
+        synthetic = SyntheticBlocks(cfg, run_dir / schema.SYNTHETIC, block_of, spill) if need_syn else None
+        mined = MinedBlocks(run_dir / schema.MINED, pairs_path, spill, block_of) if need_ret else None
         out.parent.mkdir(parents=True, exist_ok=True)
         flagged, guarded_out = {}, 0
         if cfg.mix.guard_synthetic and synthetic is not None:

@@ -154,6 +154,19 @@ def test_a_block_reads_only_the_synthesis_parts_holding_its_pairs(tiny_cfg, monk
     assert all(text.startswith("rewritten") for text in mixed.to_pylist()[0]["negatives"])
 
 
+def _one_synthesis_file(cfg: PipelineConfig) -> None:
+    """The synthesis parts rewritten as one file of every pair in shuffled order, with a second,
+    later row of an ok pair."""
+    folder = Path(cfg.run.run_dir) / schema.SYNTHETIC
+    rows = [r for part in sorted(folder.glob("*.parquet")) for r in pq.read_table(part).to_pylist()]
+    for part in folder.glob("*.parquet"):
+        part.unlink()
+    rows = [rows[i] for i in np.random.default_rng(0).permutation(len(rows))]
+    first = next(r for r in rows if r["status"] == "ok")
+    rows.append(dict(first, key=first["key"] + "-again", negatives=["a rewritten negative of length", "two", "three"]))
+    pq.write_table(pa.Table.from_pylist(rows), folder / "part-0.parquet")
+
+
 @pytest.mark.parametrize(("buffer", "writers"), [(64 << 20, 256), (1, 2)], ids=["one row group a block", "row groups, passes"])
 def test_one_file_of_every_pair_is_split_by_block_once(tiny_cfg, monkeypatch, buffer: int, writers: int) -> None:
     """A hand-written synthesis file of every pair in shuffled order, with a second row of a pair
@@ -162,14 +175,7 @@ def test_one_file_of_every_pair_is_split_by_block_once(tiny_cfg, monkeypatch, bu
     mix. A buffer of 1 byte writes every added row out at once (row groups); 2 writers, a pass over
     the file for every 2 blocks."""
     write_inputs(tiny_cfg, n_syn=3)
-    folder = Path(tiny_cfg.run.run_dir) / schema.SYNTHETIC
-    rows = [r for part in sorted(folder.glob("*.parquet")) for r in pq.read_table(part).to_pylist()]
-    for part in folder.glob("*.parquet"):
-        part.unlink()
-    rows = [rows[i] for i in np.random.default_rng(0).permutation(len(rows))]
-    first = next(r for r in rows if r["status"] == "ok")
-    rows.append(dict(first, key=first["key"] + "-again", negatives=["a rewritten negative of length", "two", "three"]))
-    pq.write_table(pa.Table.from_pylist(rows), folder / "part-0.parquet")
+    _one_synthesis_file(tiny_cfg)
     monkeypatch.setattr(mix, "SPILL_BUFFER", buffer)
     monkeypatch.setattr(mix, "SPILL_WRITERS", writers)
     cfg = _with(tiny_cfg, STRATEGIES["synthetic"])
@@ -182,6 +188,22 @@ def test_one_file_of_every_pair_is_split_by_block_once(tiny_cfg, monkeypatch, bu
     assert len({files[0] for files in read}) == len(read)
     assert mixed.to_pylist() == _one_pass(cfg)[0]
     assert any(i["negatives"][0] == "a rewritten negative of length" for i in mixed.to_pylist())
+
+
+def test_two_wide_inputs_share_one_index_of_the_pairs_blocks(tiny_cfg, monkeypatch) -> None:
+    """A hybrid mix of one synthesis file and a mine file out of pair order splits both by block,
+    from one pair -> block index built once (20 bytes a pair: 2 GB at 100M pairs)."""
+    write_inputs(tiny_cfg, n_syn=3)
+    _one_synthesis_file(tiny_cfg)
+    cfg = _with(tiny_cfg, STRATEGIES["hybrid"])
+    _shuffled_mine(cfg)
+    built, split = [], []
+    index, split_by_block = mix._BlockOf.of, mix.split_by_block
+    monkeypatch.setattr(mix._BlockOf, "of", lambda pairs_path: built.append(pairs_path) or index(pairs_path))
+    monkeypatch.setattr(mix, "split_by_block", lambda scan, rows, folder, stem, **k: split.append(stem) or split_by_block(scan, rows, folder, stem, **k))
+    mixed, _ = _mixed(cfg, monkeypatch, block=3)
+    assert sorted(split) == ["mined", "synthetic-000000"] and len(built) == 1
+    assert mixed.to_pylist() == _one_pass(cfg)[0]
 
 
 @pytest.mark.parametrize("order", ["pair order", "shuffled"])
