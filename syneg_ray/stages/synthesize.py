@@ -6,7 +6,9 @@ follows (a reflection turn for the flagged negatives, or the kept ones), and syn
 commits each batch exactly once: judged rounds first, then what follows from them. A pair left with
 no passing negative, or (`synthesize.retry_short`) with fewer than k, is retried with a new seed up to
 `synthesize.max_retries` times, keeping what passed; a pair that never keeps one is recorded as failed.
-Rerunning skips every finished key and goes on from every pair's last committed round.
+Rerunning skips every finished key and goes on from every pair's last committed round. With
+`synthesize.answer_cache`, a request any synthesis already made is answered from the cache, not
+sent to the engine (answer_cache.py).
 
 The pairs go through in windows of `WINDOW` (every round of one window before the next is read),
 so the driver holds one window's texts, prompts and judged rounds, and of the others only keys.
