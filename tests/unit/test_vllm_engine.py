@@ -3,16 +3,30 @@
 from __future__ import annotations
 
 from syneg_ray.config import Dtype, SynthesizeConfig, VLLMEngineConfig
+from syneg_ray.engines import vllm
 from syneg_ray.engines.base import SamplingSpec
 from syneg_ray.engines.vllm import engine_kwargs, row_sampling_params, runtime_env, sampling_params
 
 
 def test_cpu_replicas_keep_no_core_for_the_scheduler(monkeypatch) -> None:
     monkeypatch.delenv("VLLM_CPU_NUM_OF_RESERVED_CPU", raising=False)
+    monkeypatch.setattr(vllm, "TCMALLOC_PATHS", ())
     assert runtime_env(SynthesizeConfig(engine="vllm")) == {"env_vars": {"VLLM_CPU_NUM_OF_RESERVED_CPU": "0"}}
     monkeypatch.setenv("VLLM_CPU_NUM_OF_RESERVED_CPU", "1")  # the user's choice wins
     assert runtime_env(SynthesizeConfig(engine="vllm"))["env_vars"]["VLLM_CPU_NUM_OF_RESERVED_CPU"] == "1"
     assert runtime_env(SynthesizeConfig(engine="vllm", gpus_per_replica=1.0)) is None
+
+
+def test_cpu_replicas_load_tcmalloc_where_the_machine_has_it(monkeypatch, tmp_path) -> None:
+    library = tmp_path / "libtcmalloc_minimal.so.4"
+    library.write_bytes(b"")
+    monkeypatch.setattr(vllm, "TCMALLOC_PATHS", (str(tmp_path / "absent.so"), str(library)))
+    monkeypatch.delenv("LD_PRELOAD", raising=False)
+    assert runtime_env(SynthesizeConfig(engine="vllm"))["env_vars"]["LD_PRELOAD"] == str(library)
+    monkeypatch.setenv("LD_PRELOAD", "/opt/jemalloc.so")  # the user's own preload: not replaced, and inherited
+    assert "LD_PRELOAD" not in runtime_env(SynthesizeConfig(engine="vllm"))["env_vars"]
+    monkeypatch.delenv("LD_PRELOAD")
+    assert runtime_env(SynthesizeConfig(engine="vllm", gpus_per_replica=1.0)) is None  # CUDA's allocator on GPU
 
 
 def test_engine_kwargs_follow_the_config() -> None:
