@@ -69,7 +69,7 @@ def runtime_env(cfg: SynthesizeConfig) -> dict[str, Any] | None:
     yourself to keep vLLM's choice.
 
     Under glibc's allocator the model process of an fp32 1.5B engine (4 GB of KV cache) grew
-    through a batch of 32 long prompts, 14.6 to 15.3 GB in seven minutes, until Ray's memory
+    through a batch of 32 long prompts (14.6 to 15.3 GB within five minutes) until Ray's memory
     monitor killed the engine on a 24 GB machine 40 minutes into the batch, which started over.
     With TCMalloc (and 3 GB of KV cache) it held at 13.2 GB. vLLM asks for TCMalloc
     (LD_PRELOAD) on CPU; when the machine has it (`apt install libtcmalloc-minimal4`) and
