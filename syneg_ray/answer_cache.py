@@ -13,20 +13,22 @@ its reflection turns. A style reference changes the chat, so nothing of such a s
 The cache is a folder of Parquet parts, committed like the synthesis's own (`synthetic_store.write_part`:
 a temporary file renamed into place), so a kill leaves whole parts. Each answer keeps its share of
 the seconds of the engine batch that wrote it, so a synthesis that reuses it still reports what its
-negatives cost. The driver holds the stored requests' digests (16 bytes an answer) and reads texts
-only for the digests a round asks for.
+negatives cost. The driver holds nothing of the cache between rounds: a round reads every part's
+digest column (16 bytes an answer) and then the texts of only the parts that hold its requests, so
+its memory is bounded by the round, not by the cache.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from syneg_ray import prompts
 from syneg_ray import synthetic_store as store
@@ -49,47 +51,67 @@ def request_digest(row: dict[str, Any], s: SynthesizeConfig) -> bytes:
     return hashlib.blake2b(json.dumps(request, sort_keys=True).encode(), digest_size=16).digest()
 
 
+def request_of(row: dict[str, Any]) -> tuple[str, int, int]:
+    """A work or output row's place in its synthesis: its pair, attempt and reflection round (one request each)."""
+    return row["key"], int(row["attempt"]), int(row["round"])
+
+
+@dataclass(frozen=True)
+class Split:
+    """A round's work divided by the cache."""
+
+    todo: list[dict]  # the work rows to send to the engine
+    reused: list[dict]  # the output rows of the work the cache answered
+    digests: dict[tuple[str, int, int], bytes]  # the request digest of every todo row, by `request_of`
+    seconds: dict[tuple[str, int, int], float]  # what each reused answer once cost, by `request_of`
+
+
 class AnswerCache:
     """The answers stored in `folder`; `split` takes a round's stored answers out of its work, `add` stores new ones."""
 
     def __init__(self, folder: Path, s: SynthesizeConfig) -> None:
         self.folder, self.s = folder, s
-        digests = [b.column("request").to_numpy(zero_copy_only=False).astype("S16")
-                   for b in store.part_batches(folder, SCHEMA, ["request"])]  # fmt: skip
-        self.stored = np.unique(np.concatenate([np.empty(0, "S16"), *digests]))
 
     def __len__(self) -> int:
-        return len(self.stored)
+        return sum(pq.ParquetFile(part).metadata.num_rows for part in store.part_files(self.folder))
 
-    def split(self, work: list[dict]) -> tuple[list[dict], list[dict], dict[bytes, float]]:
-        """(the work rows to generate, the output rows of those answered from the cache, and the
-        seconds each reused answer once cost, by request digest)."""
-        digests = [request_digest(row, self.s) for row in work]
-        hit = np.isin(np.array(digests, dtype="S16"), self.stored) if len(self.stored) else np.zeros(len(work), bool)
-        if not hit.any():
-            return work, [], {}
-        wanted = pa.array({d for d, h in zip(digests, hit) if h}, pa.binary(16))
-        found: dict[bytes, dict] = {}
-        for batch in store.part_batches(self.folder, SCHEMA, SCHEMA.names):
-            for row in batch.filter(pc.is_in(batch.column("request"), wanted)).to_pylist():
-                found[row["request"]] = row
-        todo, reused = [], []
-        for row, d in zip(work, digests):
-            if d not in found:
+    def split(self, work: list[dict]) -> Split:
+        """Divides `work` into the rows to generate and the rows answered from the cache; each
+        request is hashed once here and its digest carried to `add`."""
+        digests = {request_of(row): request_digest(row, self.s) for row in work}
+        found = self._answers(set(digests.values()))
+        todo, reused, seconds = [], [], {}
+        for row in work:
+            answer = found.get(digests[request_of(row)])
+            if answer is None:
                 todo.append(row)
                 continue
-            answer = found[d]
             reused.append(with_generation(row, Generation(answer["generated_text"], answer["prompt_tokens"], answer["output_tokens"])))
-        return todo, reused, {d: found[d]["seconds"] for d in found}
+            seconds[request_of(row)] = answer["seconds"]
+        return Split(todo, reused, {request_of(r): digests[request_of(r)] for r in todo}, seconds)
 
-    def add(self, rows: list[dict], seconds: float) -> None:
-        """Stores the answers of one engine batch (`rows`, with their generation columns) that took
+    def _answers(self, wanted: set[bytes]) -> dict[bytes, dict]:
+        """The stored answers to the requests `wanted`, by digest: the digest column of every part,
+        then the rows of the parts that hold one."""
+        if not wanted:
+            return {}
+        wanted_array = pa.array(sorted(wanted), pa.binary(16))
+        found: dict[bytes, dict] = {}
+        for part in store.part_files(self.folder):
+            digests = pq.read_table(part, columns=["request"]).column("request")
+            if not pc.any(pc.is_in(digests, wanted_array)).as_py():
+                continue
+            table = pq.read_table(part, filters=pc.field("request").isin(wanted_array))
+            found.update((row["request"], row) for row in table.to_pylist())
+        return found
+
+    def add(self, rows: list[dict], seconds: float, split: Split) -> None:
+        """Stores the answers of one engine batch (`rows`, output rows of `split.todo`) that took
         `seconds`, each with an equal share of them; rows the engine answered with an error are not stored."""
         answered = [r for r in rows if not r.get("engine_error")]
         if not answered:
             return
         share = seconds / len(answered)
-        entries = [{"request": request_digest(r, self.s), "generated_text": r["generated_text"], "prompt_tokens": int(r["prompt_tokens"]),
+        entries = [{"request": split.digests[request_of(r)], "generated_text": r["generated_text"], "prompt_tokens": int(r["prompt_tokens"]),
                     "output_tokens": int(r["output_tokens"]), "seconds": share} for r in answered]  # fmt: skip
         store.write_part(self.folder, entries, SCHEMA, id_columns=("request",))
-        self.stored = np.union1d(self.stored, np.array([e["request"] for e in entries], dtype="S16"))

@@ -222,8 +222,8 @@ def run_round(work: list[dict], step: engines.EngineFn, judge_step: engines.Engi
     answer to is not sent to the engine, and the engine's new answers are stored in it."""
     limits = limits_of(cfg)
     last = time.perf_counter()
-    work, reused, reused_seconds = cache.split(work) if cache is not None else (work, [], {})
-    ds = answered(work, reused, step, cfg.batch_size)
+    split = cache.split(work) if cache is not None else answer_cache.Split(work, [], {}, {})
+    ds = answered(split.todo, split.reused, step, cfg.batch_size)
     if judge_step is not None:
         ds = judge_step(ds)
     # One engine batch may outlast Ray Data's no-progress limit (30 minutes by default): 32 answers of
@@ -250,10 +250,10 @@ def run_round(work: list[dict], step: engines.EngineFn, judge_step: engines.Engi
         commit(out, states, outcomes)
         now = time.perf_counter()
         # a batch's answers are new or reused; a reused one costs what it cost when it was generated
-        old = [reused_seconds.get(answer_cache.request_digest(r, cfg)) for r in rows] if reused_seconds else [None] * len(rows)
+        old = [split.seconds.get(answer_cache.request_of(r)) for r in rows]
         new = [r for r, o in zip(rows, old) if o is None]
         if cache is not None and new:
-            cache.add(new, now - last)
+            cache.add(new, now - last, split)
         totals["reused"] += len(rows) - len(new)
         totals["reused_output_tokens"] += sum(int(r["output_tokens"]) for r, o in zip(rows, old) if o is not None)
         store.log_cost(out, fingerprint, (now - last if new else 0.0) + sum(o for o in old if o is not None), len(rows),

@@ -46,20 +46,36 @@ def test_answers_stored_by_one_synthesis_are_found_by_the_next(cfg, tmp_path) ->
     retry = {**row, "attempt": 1, "gen_seed": row["gen_seed"] + 1}
     failed = {**row, "attempt": 2, "gen_seed": row["gen_seed"] + 2}
     cache = answer_cache.AnswerCache(tmp_path / "answers", cfg.synthesize)
-    assert len(cache) == 0 and cache.split([row]) == ([row], [], {})
+    split = cache.split([row, retry, failed])
+    assert len(cache) == 0 and split.todo == [row, retry, failed] and not split.reused
     cache.add([with_generation(row, Generation('{"negatives": ["a"]}', 900, 120)),
                with_generation(retry, Generation('{"negatives": ["b"]}', 900, 80)),
-               with_generation(failed, Generation("", 0, 0, error="HTTP 500"))], seconds=30.0)
+               with_generation(failed, Generation("", 0, 0, error="HTTP 500"))], seconds=30.0, split=split)
     # a later synthesis (another instance, reading the folder) with the judge set otherwise
     later = answer_cache.AnswerCache(tmp_path / "answers", replace(cfg.synthesize, reflect_rounds=0))
     assert len(later) == 2  # an engine error is no answer: it is not stored
-    unseen = {**row, "gen_seed": row["gen_seed"] + 9}
-    todo, reused, seconds = later.split([row, unseen, failed, retry])
-    assert todo == [unseen, failed]
-    assert [(r["generated_text"], r["prompt_tokens"], r["output_tokens"], r["engine_error"]) for r in reused] == [
+    unseen = {**row, "key": "unseen", "gen_seed": row["gen_seed"] + 9}
+    split = later.split([row, unseen, failed, retry])
+    assert split.todo == [unseen, failed]
+    assert split.digests == {answer_cache.request_of(r): answer_cache.request_digest(r, cfg.synthesize) for r in (unseen, failed)}
+    assert [(r["generated_text"], r["prompt_tokens"], r["output_tokens"], r["engine_error"]) for r in split.reused] == [
         ('{"negatives": ["a"]}', 900, 120, ""), ('{"negatives": ["b"]}', 900, 80, "")]
-    assert all(r["key"] == row["key"] for r in reused) and [r["attempt"] for r in reused] == [0, 1]  # the asking rows' own columns
-    assert sorted(seconds.values()) == [15.0, 15.0]  # each stored answer's share of its batch's 30 s
+    assert all(r["key"] == row["key"] for r in split.reused) and [r["attempt"] for r in split.reused] == [0, 1]  # the asking rows' own columns
+    assert split.seconds == {(row["key"], 0, 0): 15.0, (row["key"], 1, 0): 15.0}  # each stored answer's share of its batch's 30 s
+
+
+def test_a_round_reads_the_texts_of_only_the_parts_that_hold_its_requests(cfg, tmp_path, monkeypatch) -> None:
+    rows = [{**first_work(cfg), "key": f"pair{i}", "gen_seed": i} for i in range(3)]
+    cache = answer_cache.AnswerCache(tmp_path / "answers", cfg.synthesize)
+    for row in rows:  # one engine batch, so one part, per answer
+        cache.add([with_generation(row, Generation(f'{{"negatives": ["{row["key"]}"]}}', 9, 9))], 1.0, cache.split([row]))
+    read = []
+    real_read = answer_cache.pq.read_table
+    monkeypatch.setattr(answer_cache.pq, "read_table", lambda path, **kw: read.append((path, kw.get("columns"))) or real_read(path, **kw))
+    split = cache.split([rows[1]])
+    assert [r["generated_text"] for r in split.reused] == ['{"negatives": ["pair1"]}']
+    texts_read = [path for path, columns in read if columns != ["request"]]
+    assert len(read) == 4 and len(texts_read) == 1  # every part's digests, one part's texts
 
 
 def test_the_cache_is_a_local_folder_and_no_part_of_any_fingerprint(tmp_path) -> None:
