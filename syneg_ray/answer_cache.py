@@ -33,7 +33,7 @@ import pyarrow.parquet as pq
 from syneg_ray import prompts
 from syneg_ray import synthetic_store as store
 from syneg_ray.config import SynthesizeConfig
-from syneg_ray.engines.base import Generation, min_chars_of, with_generation
+from syneg_ray.engines.base import Generation, schema_min_chars, with_generation
 
 SCHEMA = pa.schema([("request", pa.binary(16)), ("generated_text", pa.string()), ("prompt_tokens", pa.int64()),
                     ("output_tokens", pa.int64()), ("seconds", pa.float64())])
@@ -41,7 +41,7 @@ SCHEMA = pa.schema([("request", pa.binary(16)), ("generated_text", pa.string()),
 
 def request_digest(row: dict[str, Any], s: SynthesizeConfig) -> bytes:
     """The 16-byte digest of what decides a work row's answer (see the module docstring)."""
-    min_chars = min_chars_of(row, s)
+    min_chars = schema_min_chars(row, s)
     request = {
         "engine": s.engine.value, "model": s.model, "dtype": s.dtype.value, "temperature": s.temperature, "top_p": s.top_p,
         "presence_penalty": s.presence_penalty, "max_model_len": s.vllm.max_model_len,

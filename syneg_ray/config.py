@@ -323,6 +323,14 @@ class SynthesizeConfig:
     judge_actors: int = 1  # encoder actors of the judge (its own pool, beside the LLM's)
     judge_cpus: float = 0.5  # logical CPUs (and threads, at least 1) per judge actor
     style_reference: bool = False  # show the LLM the pair's first mined negative as a model of length and register
+    # Most characters of validation's length floor that an answer grammar (vllm; openai with
+    # schema_min_length) puts in each negative's `minLength`; 0 = the whole floor. Above 128
+    # characters xgrammar keeps each negative's parse history: on SciFact's floors (about 300
+    # characters) 76 MB of host memory per running request in vLLM's scheduler process, 2.4 GB for a
+    # batch of 32. At 128 it keeps none, its masks take 0.56 ms a token against 0.33, and a small LLM
+    # may stop short of the floor only to be rejected by validation (benchmarks/grammar_memory.py).
+    # Set 128 for batches of hundreds of requests.
+    schema_min_length_cap: int = 0
     # A local folder of the LLM's answers by request (answer_cache.py), shared by syntheses that ask
     # the same questions (judge vs judge + reflection: the second generates only its reflection
     # turns); "" = none. It changes no answer, so no fingerprint.
@@ -340,6 +348,7 @@ class SynthesizeConfig:
     def __post_init__(self) -> None:
         _check_min("synthesize.max_pairs", self.max_pairs, 0)
         _check_min("synthesize.candidates_per_pair", self.candidates_per_pair, 0)
+        _check_min("synthesize.schema_min_length_cap", self.schema_min_length_cap, 0)
         if self.candidates_per_pair and self.candidates_per_pair < self.negatives_per_pair:
             raise ConfigError(f"synthesize.candidates_per_pair = {self.candidates_per_pair} is below "
                               f"synthesize.negatives_per_pair = {self.negatives_per_pair}; raise it, or 0 for "

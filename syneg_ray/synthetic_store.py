@@ -83,11 +83,11 @@ GENERATION_SETTINGS = (
     "engine", "negatives_per_pair", "max_new_tokens", "temperature", "top_p", "presence_penalty", "dtype",
     "vllm.max_model_len", "openai.schema_min_length", "attribute_pools", "min_length_ratio", "max_length_ratio",
     "near_duplicate", "candidates", "judge", "judge_max_positive_similarity", "reflect_rounds", "style_reference",
-    "retry_short",
+    "retry_short", "schema_min_length_cap",
 )  # fmt: skip
 # Settings added after rows were written, with the value that behaves as before they existed: at
 # that value a setting stays out of the digest, so those rows keep their keys.
-ADDED_SETTINGS = {"retry_short": False}
+ADDED_SETTINGS = {"retry_short": False, "schema_min_length_cap": 0}
 
 
 @functools.lru_cache(maxsize=8)

@@ -72,6 +72,13 @@ def min_chars_of(row: dict[str, Any], cfg: SynthesizeConfig) -> int:
     return prompts.negative_min_chars(limits_of(cfg).shortest(len(str(row["positive"]).split())))
 
 
+def schema_min_chars(row: dict[str, Any], cfg: SynthesizeConfig) -> int:
+    """The `minLength` an answer grammar holds each negative to: validation's floor (`min_chars_of`),
+    at most `synthesize.schema_min_length_cap` characters when that is set."""
+    floor = min_chars_of(row, cfg)
+    return min(floor, cfg.schema_min_length_cap) if cfg.schema_min_length_cap else floor
+
+
 def messages_of(row: dict[str, Any]) -> list[dict[str, str]]:
     """The chat messages a row carries (stored as a JSON string to keep Arrow columns flat)."""
     return json.loads(row["chat"])

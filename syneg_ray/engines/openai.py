@@ -16,7 +16,14 @@ from typing import Any
 
 from syneg_ray import prompts
 from syneg_ray.config import SynthesizeConfig
-from syneg_ray.engines.base import WORK_COLUMNS, Generation, light_processor, messages_of, min_chars_of, with_generation
+from syneg_ray.engines.base import (
+    WORK_COLUMNS,
+    Generation,
+    light_processor,
+    messages_of,
+    schema_min_chars,
+    with_generation,
+)
 from syneg_ray.errors import ConfigError, EngineError
 
 
@@ -70,7 +77,7 @@ def payload(cfg: SynthesizeConfig, model: str, messages: list[dict[str, str]], k
 def request_of(row: dict[str, Any], cfg: SynthesizeConfig, model: str) -> dict[str, Any]:
     """The request body of one work row: its chat, k, seed and token budget, and, where
     `synthesize.openai.schema_min_length` asks, validation's length floor in the schema."""
-    min_chars = min_chars_of(row, cfg) if cfg.openai.schema_min_length else 0
+    min_chars = schema_min_chars(row, cfg) if cfg.openai.schema_min_length else 0
     return payload(cfg, model, messages_of(row), int(row["k"]), int(row["gen_seed"]), int(row["max_tokens"]), min_chars)
 
 

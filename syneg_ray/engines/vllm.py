@@ -19,7 +19,7 @@ from syneg_ray.engines.base import (
     SamplingSpec,
     light_processor,
     messages_of,
-    min_chars_of,
+    schema_min_chars,
     with_generation,
 )
 from syneg_ray.errors import EngineError
@@ -110,8 +110,9 @@ def row_sampling_params(row: dict[str, Any], cfg: SynthesizeConfig) -> dict[str,
     # the row's own seed: a resumed run, whose batches hold only unfinished pairs, writes what an
     # uninterrupted one would have
     seed = int(row["gen_seed"])
-    # the grammar keeps each negative open up to validation's length floor, so it is not written only to be rejected
-    return sampling_params(spec, int(row["k"]), seed, min_chars_of(row, cfg))
+    # the grammar keeps each negative open up to validation's length floor (or its cap), so it is not
+    # written only to be rejected
+    return sampling_params(spec, int(row["k"]), seed, schema_min_chars(row, cfg))
 
 
 def build(cfg: SynthesizeConfig, model: str) -> Any:

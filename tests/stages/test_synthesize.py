@@ -68,7 +68,7 @@ def test_changing_what_is_generated_replans_a_pair_and_changing_how_does_not(cfg
                  "synthesize.min_length_ratio=0.1", "synthesize.presence_penalty=1.0", "synthesize.engine=vllm",
                  "synthesize.candidates_per_pair=4", "synthesize.reflect_rounds=2", "synthesize.judge=false",
                  "synthesize.judge_max_positive_similarity=0.8", "synthesize.style_reference=true", "synthesize.retry_short=false",
-                 "encoder.model=mpnet", "mine.relative_margin=0.1"):
+                 "synthesize.schema_min_length_cap=128", "encoder.model=mpnet", "mine.relative_margin=0.1"):
         assert replanned(what), what
     pools = tmp_path / "pools.yaml"
     pools.write_text("domains: [biology]\ndifficulty: [expert]\nlength: [same]\n", encoding="utf-8")
@@ -421,6 +421,7 @@ def test_openai_request_carries_the_length_floor_only_when_asked(tmp_path) -> No
     # the positive has 52 words: the floor is 0.2 x 52 words at 9 characters a word
     assert negative_schema("synthesize.openai.schema_min_length=true") == {"type": "string", "minLength": 94}
     assert negative_schema("synthesize.openai.schema_min_length=true", "synthesize.min_length_ratio=0.4")["minLength"] == 188
+    assert negative_schema("synthesize.openai.schema_min_length=true", "synthesize.schema_min_length_cap=64")["minLength"] == 64
 
 
 def test_presence_penalty_reaches_the_openai_request_only_when_set() -> None:

@@ -37,7 +37,8 @@ def test_a_request_is_named_by_what_decides_its_answer_and_not_by_the_judge(cfg)
     changed = [{**row, "chat": row["chat"].replace("vitamin", "Vitamin")}, {**row, "gen_seed": row["gen_seed"] + 1},
                {**row, "max_tokens": row["max_tokens"] + 1}, {**row, "k": row["k"] + 1}]
     assert all(answer_cache.request_digest(r, s) != digest for r in changed)
-    for other in (replace(s, temperature=0.3), replace(s, model="qwen2.5-1.5b"), replace(s, presence_penalty=0.5)):
+    for other in (replace(s, temperature=0.3), replace(s, model="qwen2.5-1.5b"), replace(s, presence_penalty=0.5),
+                  replace(s, schema_min_length_cap=64)):
         assert answer_cache.request_digest(row, other) != digest
 
 

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import pytest
+
 from syneg_ray.config import Dtype, SynthesizeConfig, VLLMEngineConfig
 from syneg_ray.engines import vllm
 from syneg_ray.engines.base import SamplingSpec
 from syneg_ray.engines.vllm import engine_kwargs, row_sampling_params, runtime_env, sampling_params
+from syneg_ray.errors import ConfigError
 
 
 def test_cpu_replicas_keep_no_core_for_the_scheduler(monkeypatch) -> None:
@@ -52,6 +55,20 @@ def test_sampling_params_constrain_the_answer_to_k_negatives() -> None:
     assert "presence_penalty" not in held
     spec = SamplingSpec(max_new_tokens=300, temperature=0.7, top_p=0.9, presence_penalty=0.8)
     assert sampling_params(spec, k=3, seed=None)["presence_penalty"] == 0.8
+
+
+def test_the_grammar_holds_validations_floor_up_to_its_cap() -> None:
+    row = {"max_tokens": 256, "gen_seed": 1, "k": 3, "positive": "word " * 100}
+
+    def min_length(**settings) -> int:
+        params = row_sampling_params(row, SynthesizeConfig(engine="vllm", **settings))
+        return params["structured_outputs"]["json"]["properties"]["negatives"]["items"]["minLength"]
+
+    assert min_length() == 180  # 0.2 x 100 words at 9 characters a word
+    assert min_length(schema_min_length_cap=128) == 128  # where xgrammar's parse keeps no history
+    assert min_length(schema_min_length_cap=500) == 180  # a cap above the floor leaves it
+    with pytest.raises(ConfigError, match="synthesize.schema_min_length_cap"):
+        SynthesizeConfig(engine="vllm", schema_min_length_cap=-1)
 
 
 def test_every_row_carries_its_own_seed_on_cpu_and_gpu() -> None:
