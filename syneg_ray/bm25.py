@@ -172,7 +172,7 @@ class BM25Shard:
         """Top-k (scores, shard rows) per query, descending, ties by row; -inf / -1 pad queries with fewer matches.
 
         Each query sums its terms' weighted posting lists into one score per document, so its cost
-        is the length of those lists plus one pass over the shard for the top k.
+        is the length of those lists plus two passes over the shard for the top k.
         """
         postings = self._postings(stats)
         scores = np.full((len(queries), k), -np.inf, dtype=np.float32)
@@ -180,12 +180,19 @@ class BM25Shard:
         for i, query in enumerate(queries):
             terms, weights = self._query_terms(query, stats)
             total = postings[terms].T @ weights  # (documents,): the query's posting lists, weighted and summed in C
-            # selecting the k smallest of the negated scores runs about twice as fast as the k largest
-            top = np.argpartition(-total, k - 1)[:k] if k < len(total) else np.arange(len(total))
-            top = top[total[top] > 0]
-            top = top[np.lexsort((top, -total[top]))]  # by score, ties by row, as ann.merge_topk orders them
+            top = np.flatnonzero(total >= self._kth_score(total, k))  # the top k and every row tied with the k-th
+            top = top[np.lexsort((top, -total[top]))][:k]  # by score, ties by row, as ann.merge_topk orders them
             scores[i, : len(top)], rows[i, : len(top)] = total[top], top
         return scores, rows
+
+    @staticmethod
+    def _kth_score(total: np.ndarray, k: int) -> float:
+        """The lowest score a top-k row may have: the k-th highest, and above 0 (a row no query term
+        occurs in is no hit). Every row tied with the k-th goes to the sort, not the ones
+        `argpartition` happened to pick, so a cut of the corpus cannot change which tied rows win."""
+        # selecting the k smallest of the negated scores runs about twice as fast as the k largest
+        kth = float(-np.partition(-total, k - 1)[k - 1]) if k < len(total) else 0.0
+        return kth if kth > 0 else float(np.finfo(np.float32).smallest_subnormal)
 
     def score_rows(self, queries: Sequence[Sequence[str]], stats: CorpusStats, rows: Sequence[np.ndarray]) -> list[np.ndarray]:
         """Exact scores of chosen shard rows per query (its positives), 0 where no query term occurs.

@@ -72,6 +72,19 @@ def test_merge_breaks_ties_by_row_whatever_the_cut():
     assert rows.tolist() == [[7, 2, -1, -1]] and np.isneginf(scores[0, 2:]).all()
 
 
+def test_a_shard_keeps_the_lowest_rows_of_a_tie_at_its_kth_score():
+    """Of documents tied at the k-th score, the lowest rows are kept, so the cut cannot change them."""
+    texts = ["apple pie"] * 1000
+    for row in (17, 500, 990):
+        texts[row] = "apple apple"  # the three best; the other 997 tie
+    tokens = bm25.tokenize(["apple"])
+    (scores, rows), _, _ = _sharded(texts, tokens, [0, len(texts)], 10)
+    assert rows.tolist() == [[17, 500, 990, 0, 1, 2, 3, 4, 5, 6]]
+    assert len(set(scores[0, :3].tolist())) == 1 and len(set(scores[0, 3:].tolist())) == 1 and scores[0, 0] > scores[0, 3]
+    for bounds in ([0, 333, 1000], [0, 5, 600, 1000]):
+        assert _sharded(texts, tokens, bounds, 10)[0][1].tolist() == rows.tolist()
+
+
 def test_a_term_unknown_to_a_shard_still_counts_its_corpus_wide_frequency():
     texts = ["apple pie", "apple tart", "banana bread", "cherry cake"]
     tokens = bm25.tokenize(["apple cake"])
