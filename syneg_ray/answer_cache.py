@@ -13,9 +13,15 @@ its reflection turns. A style reference changes the chat, so nothing of such a s
 The cache is a folder of Parquet parts, committed like the synthesis's own (`synthetic_store.write_part`:
 a temporary file renamed into place), so a kill leaves whole parts. Each answer keeps its share of
 the seconds of the engine batch that wrote it, so a synthesis that reuses it still reports what its
-negatives cost. The driver holds nothing of the cache between rounds: a round reads every part's
-digest column (16 bytes an answer) and then the texts of only the parts that hold its requests, so
-its memory is bounded by the round, not by the cache.
+negatives cost.
+
+A round finds its requests through the index (`index/`): files of (digest, part) pairs, one for
+every `INDEX_EVERY` parts, merged into one when there are more than `INDEX_FILES` of them. A
+synthesis of a million pairs writes a part per engine batch, tens of thousands of them: without
+the index every round would open every one. A round reads the index, the digest column of the few
+parts not yet in it, and then the texts of only the parts that hold its requests. The driver holds
+nothing of the cache between rounds; within one, the index's digest and part name of every answer.
+A kill while the index is written leaves parts listed twice or not yet listed: both read right.
 """
 
 from __future__ import annotations
@@ -37,6 +43,9 @@ from syneg_ray.engines.base import Generation, schema_min_chars, with_generation
 
 SCHEMA = pa.schema([("request", pa.binary(16)), ("generated_text", pa.string()), ("prompt_tokens", pa.int64()),
                     ("output_tokens", pa.int64()), ("seconds", pa.float64())])
+INDEX_SCHEMA = pa.schema([("request", pa.binary(16)), ("part", pa.string())])
+INDEX_EVERY = 64  # parts a round leaves out of the index; at more it indexes them
+INDEX_FILES = 16  # index files a round leaves apart; at more it merges them into one
 
 
 def request_digest(row: dict[str, Any], s: SynthesizeConfig) -> bytes:
@@ -71,6 +80,7 @@ class AnswerCache:
 
     def __init__(self, folder: Path, s: SynthesizeConfig) -> None:
         self.folder, self.s = folder, s
+        self.index_folder = folder / "index"
 
     def __len__(self) -> int:
         return sum(pq.ParquetFile(part).metadata.num_rows for part in store.part_files(self.folder))
@@ -91,19 +101,53 @@ class AnswerCache:
         return Split(todo, reused, {request_of(r): digests[request_of(r)] for r in todo}, seconds)
 
     def _answers(self, wanted: set[bytes]) -> dict[bytes, dict]:
-        """The stored answers to the requests `wanted`, by digest: the digest column of every part,
-        then the rows of the parts that hold one."""
+        """The stored answers to the requests `wanted`, by digest: the index and the digest column
+        of each part not yet in it, then the rows of the parts that hold one."""
         if not wanted:
             return {}
         wanted_array = pa.array(sorted(wanted), pa.binary(16))
-        found: dict[bytes, dict] = {}
+        index, index_files = self._read_index()
+        indexed = set(pc.unique(index.column("part")).to_pylist())
+        holding = set(pc.unique(index.filter(pc.is_in(index.column("request"), wanted_array)).column("part")).to_pylist())
+        unindexed = []
         for part in store.part_files(self.folder):
-            digests = pq.read_table(part, columns=["request"]).column("request")
-            if not pc.any(pc.is_in(digests, wanted_array)).as_py():
+            if part.name in indexed:
                 continue
-            table = pq.read_table(part, filters=pc.field("request").isin(wanted_array))
-            found.update((row["request"], row) for row in table.to_pylist())
+            digests = pq.read_table(part, columns=["request"]).column("request")
+            unindexed.append(pa.table({"request": digests, "part": pa.repeat(part.name, len(digests))}, schema=INDEX_SCHEMA))
+            if pc.any(pc.is_in(digests, wanted_array)).as_py():
+                holding.add(part.name)
+        found: dict[bytes, dict] = {}
+        for name in sorted(holding):
+            if (self.folder / name).exists():  # an index may outlive a part someone deleted
+                table = pq.read_table(self.folder / name, filters=pc.field("request").isin(wanted_array))
+                found.update((row["request"], row) for row in table.to_pylist())
+        self._index(unindexed, index, index_files)
         return found
+
+    def _read_index(self) -> tuple[pa.Table, list[Path]]:
+        """Every (digest, part) pair of the index, and the files that hold them."""
+        while True:
+            index_files = store.part_files(self.index_folder)
+            try:
+                tables = [pq.read_table(f, schema=INDEX_SCHEMA) for f in index_files]
+            except FileNotFoundError:  # another synthesis sharing the cache merged them away: list again
+                continue
+            return pa.concat_tables([INDEX_SCHEMA.empty_table(), *tables]), index_files
+
+    def _index(self, unindexed: list[pa.Table], index: pa.Table, index_files: list[Path]) -> None:
+        """Adds the digests of `unindexed` parts to the index when there are enough of them, and
+        merges the index files (`index`, read from `index_files`) into one when there are too many."""
+        if len(unindexed) >= INDEX_EVERY:
+            names = sorted(pc.unique(pa.concat_arrays([t.column("part").combine_chunks() for t in unindexed])).to_pylist())
+            index_files.append(store.commit_table(self.index_folder, pa.concat_tables(unindexed), f"part-{store.name_digest(names)}"))
+            index = pa.concat_tables([index, *unindexed])
+        if len(index_files) > INDEX_FILES:
+            names = sorted(pc.unique(index.column("part")).to_pylist())
+            merged = store.commit_table(self.index_folder, index, f"part-{store.name_digest(names)}")
+            for f in index_files:  # after the merged file is in place, so a kill here lists parts twice, never not at all
+                if f != merged:
+                    f.unlink(missing_ok=True)
 
     def add(self, rows: list[dict], seconds: float, split: Split) -> None:
         """Stores the answers of one engine batch (`rows`, output rows of `split.todo`) that took

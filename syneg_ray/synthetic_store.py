@@ -162,15 +162,24 @@ def write_part(folder: Path, rows: list[dict], schema: pa.Schema, id_columns: tu
     """
     if not rows:
         return None
-    folder.mkdir(parents=True, exist_ok=True)
     ids = sorted("\x1f".join(str(r[c]) for c in id_columns) for r in rows)
-    digest = hashlib.sha256("\n".join(ids).encode()).hexdigest()[:20]
-    target = folder / f"part-{digest}.parquet"
-    # the temporary file lives outside the part folder so dataset readers never list it
+    return commit_table(folder, pa.Table.from_pylist(rows, schema=schema), f"part-{name_digest(ids)}")
+
+
+def name_digest(ids: list[str]) -> str:
+    """A file name's digest of the identities it holds: the same identities, the same name."""
+    return hashlib.sha256("\n".join(ids).encode()).hexdigest()[:20]
+
+
+def commit_table(folder: Path, table: pa.Table, stem: str) -> Path:
+    """Writes `table` as `folder/stem.parquet` whole or not at all (tmp + rename); returns its path."""
+    folder.mkdir(parents=True, exist_ok=True)
+    # the temporary file lives outside the folder so dataset readers never list it
     tmp_dir = folder.parent / f".{folder.name}.tmp"
     tmp_dir.mkdir(parents=True, exist_ok=True)
-    tmp = tmp_dir / f"{digest}-{uuid.uuid4().hex[:8]}.parquet"
-    pq.write_table(pa.Table.from_pylist(rows, schema=schema), tmp)
+    tmp = tmp_dir / f"{stem}-{uuid.uuid4().hex[:8]}.parquet"
+    pq.write_table(table, tmp)
+    target = folder / f"{stem}.parquet"
     os.replace(tmp, target)
     return target
 

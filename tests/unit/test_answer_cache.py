@@ -84,3 +84,44 @@ def test_the_cache_is_a_local_folder_and_no_part_of_any_fingerprint(tmp_path) ->
         load_config(None, ["synthesize.answer_cache=s3://bucket/answers"])
     plain = pipeline.fingerprints(load_config(None, []))
     assert pipeline.fingerprints(load_config(None, [f"synthesize.answer_cache={tmp_path}"])) == plain
+
+
+def test_an_index_stands_in_for_the_parts_it_lists(cfg, tmp_path, monkeypatch) -> None:
+    """Every INDEX_EVERY parts go into an index file, and more than INDEX_FILES index files into one;
+    a round then opens the index and only the parts that hold its requests."""
+    monkeypatch.setattr(answer_cache, "INDEX_EVERY", 2)
+    monkeypatch.setattr(answer_cache, "INDEX_FILES", 2)
+    rows = [{**first_work(cfg), "key": f"pair{i}", "gen_seed": i} for i in range(7)]
+    cache = answer_cache.AnswerCache(tmp_path / "answers", cfg.synthesize)
+    index_files = []
+    for row in rows:  # one engine batch, so one part, per answer; each split indexes what it can
+        cache.add([with_generation(row, Generation(f'{{"negatives": ["{row["key"]}"]}}', 9, 9))], 1.0, cache.split([row]))
+        index_files.append(len(list((tmp_path / "answers" / "index").glob("*.parquet"))))
+    # parts 1-2 indexed at the 3rd split, 3-4 at the 5th, 5-6 at the 7th, and then the three files merged
+    assert index_files == [0, 0, 1, 1, 2, 2, 1]
+    read = []
+    real_read = answer_cache.pq.read_table
+    monkeypatch.setattr(answer_cache.pq, "read_table", lambda path, **kw: read.append(path) or real_read(path, **kw))
+    split = cache.split([rows[2], rows[6], {**rows[0], "key": "unseen", "gen_seed": 99}])
+    assert sorted(r["generated_text"] for r in split.reused) == ['{"negatives": ["pair2"]}', '{"negatives": ["pair6"]}']
+    assert [r["key"] for r in split.todo] == ["unseen"]
+    # the merged index, the one part outside it (its digests, then its text), and pair2's part
+    assert sum(p.parent.name == "index" for p in read) == 1 and len(read) == 4
+
+
+def test_parts_listed_twice_or_gone_read_right(cfg, tmp_path, monkeypatch) -> None:
+    """A kill between a merged index file's commit and the removal of what it merged lists parts
+    twice; a part deleted by hand is a miss, not an error."""
+    monkeypatch.setattr(answer_cache, "INDEX_EVERY", 2)
+    rows = [{**first_work(cfg), "key": f"pair{i}", "gen_seed": i} for i in range(3)]
+    cache = answer_cache.AnswerCache(tmp_path / "answers", cfg.synthesize)
+    for row in rows:
+        cache.add([with_generation(row, Generation(f'{{"negatives": ["{row["key"]}"]}}', 9, 9))], 1.0, cache.split([row]))
+    (index_file,) = (tmp_path / "answers" / "index").glob("*.parquet")
+    answer_cache.pq.write_table(answer_cache.pq.read_table(index_file), index_file.with_name("part-copy.parquet"))
+    split = cache.split(rows)
+    assert [r["key"] for r in split.reused] == ["pair0", "pair1", "pair2"] and not split.todo
+    listed = answer_cache.pq.read_table(index_file).column("part").to_pylist()
+    (tmp_path / "answers" / listed[0]).unlink()
+    split = cache.split(rows)
+    assert len(split.todo) == 1 and len(split.reused) == 2
