@@ -139,15 +139,18 @@ class AnswerCache:
         """Adds the digests of `unindexed` parts to the index when there are enough of them, and
         merges the index files (`index`, read from `index_files`) into one when there are too many."""
         if len(unindexed) >= INDEX_EVERY:
-            names = sorted(pc.unique(pa.concat_arrays([t.column("part").combine_chunks() for t in unindexed])).to_pylist())
-            index_files.append(store.commit_table(self.index_folder, pa.concat_tables(unindexed), f"part-{store.name_digest(names)}"))
+            index_files.append(self._commit_index(pa.concat_tables(unindexed)))
             index = pa.concat_tables([index, *unindexed])
         if len(index_files) > INDEX_FILES:
-            names = sorted(pc.unique(index.column("part")).to_pylist())
-            merged = store.commit_table(self.index_folder, index, f"part-{store.name_digest(names)}")
+            merged = self._commit_index(index)
             for f in index_files:  # after the merged file is in place, so a kill here lists parts twice, never not at all
                 if f != merged:
                     f.unlink(missing_ok=True)
+
+    def _commit_index(self, table: pa.Table) -> Path:
+        """Commits `table` as an index file named by the parts it lists (the same parts, the same name)."""
+        names = sorted(pc.unique(table.column("part")).to_pylist())
+        return store.commit_table(self.index_folder, table, f"part-{store.name_digest(names)}")
 
     def add(self, rows: list[dict], seconds: float, split: Split) -> None:
         """Stores the answers of one engine batch (`rows`, output rows of `split.todo`) that took
