@@ -10,8 +10,12 @@ Rerunning skips every finished key and goes on from every pair's last committed 
 `synthesize.answer_cache`, a request any synthesis already made is answered from the cache, not
 sent to the engine (answer_cache.py).
 
-The pairs go through in windows of `WINDOW` (every round of one window before the next is read),
-so the driver holds one window's texts, prompts and judged rounds, and of the others only keys.
+The pairs are read in windows of `WINDOW`, and each engine pass (a round) takes what the last one
+left to do (reflection turns, retries) topped up with the next windows' first answers to
+`round_rows` requests (a window, more on a cluster of many replicas). So the engine and judge
+actors, which each pass starts afresh, start about once a window, not once per round of every
+window, and a window's last small rounds ride in the next one's. The driver holds the texts,
+prompts and judged rounds of one round and one window at most, and of the other pairs only keys.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ import math
 import random
 import time
 from collections import Counter
-from collections.abc import Container, Iterator
+from collections.abc import Callable, Container, Iterable, Iterator
 from contextlib import closing
 from pathlib import Path
 from typing import Any
@@ -49,6 +53,10 @@ POOLS_FILE = "attribute_pools.yaml"
 # and retries (a fraction of its pairs) still fill the engine's batches; small enough that the
 # window's texts, prompts and judged rounds stay in tens of MB whatever the number of pairs.
 WINDOW = 4096
+# A round is topped up with the next windows' first answers to a window's worth of requests, or to
+# this many engine batches for every replica where that is more, so that on a large cluster every
+# replica has work until near the round's end.
+BATCHES_PER_REPLICA = 4
 NO_CONTEXT = (math.nan, "")  # a pair's (off-topic floor, style reference) without mining output
 
 
@@ -321,6 +329,31 @@ def pair_windows(path: Path, max_pairs: int, size: int, columns: list[str] | Non
         yield window
 
 
+def round_rows(s: SynthesizeConfig) -> int:
+    """The requests a round is topped up to: a window, or `BATCHES_PER_REPLICA` batches a replica."""
+    return max(WINDOW, BATCHES_PER_REPLICA * s.replicas * s.batch_size)
+
+
+def run_rounds(windows: Iterable[list[dict]], run: Callable[[list[dict]], list[dict]], fill: int) -> int:
+    """Runs `run` (one engine pass over work rows, which returns the work that follows from them)
+    until no work is left, and returns how many passes it made.
+
+    Each pass takes what the last one left (reflection turns, retries), topped up with the next
+    windows' work while it holds fewer than `fill` rows. The windows are read as the passes need
+    them, so at most one window more than `fill` rows is held.
+    """
+    windows = iter(windows)
+    work: list[dict] = []
+    passes = 0
+    while True:
+        while len(work) < fill and (more := next(windows, None)) is not None:
+            work += more
+        if not work:
+            return passes
+        work = run(work)
+        passes += 1
+
+
 def pair_keys(cfg: PipelineConfig, path: Path, done: store.KeySet) -> tuple[store.KeySet, int, int]:
     """Every train pair's key (the first `synthesize.max_pairs` when set), how many pairs, and how
     many of them `done` holds: read from the id columns a record batch at a time."""
@@ -338,7 +371,7 @@ def run_synthesize(cfg: PipelineConfig) -> dict:
     Returns:
         Summary: pairs, ok, failed, valid_rate, valid_json_rate, negatives, generations, reflections,
         judged, flagged (per verdict), rewritten, unchanged (rewrites that repeat their original), kept, output_tokens, seconds,
-        generated_pairs (sent to the LLM by this invocation), reused (generations answered from
+        generated_pairs (sent to the LLM by this invocation), rounds (its engine passes), reused (generations answered from
         `synthesize.answer_cache`), tokens_per_s (of the new ones), output_tokens_per_kept, seconds_per_kept, rejects.
 
     Raises:
@@ -361,31 +394,46 @@ def run_synthesize(cfg: PipelineConfig) -> dict:
                 n_pairs, finished, n_pairs - finished, s.engine.value, s.model, prompts.PROMPT_VERSION,
                 cfg.encoder.model if s.judge else "off", s.reflect_rounds if s.judge else 0)
     totals: Counter = Counter()
-    generated, step, start = 0, None, time.perf_counter()
+    start = time.perf_counter()
     cache = answer_cache.AnswerCache(Path(s.answer_cache), s) if s.answer_cache else None
     if finished < n_pairs:
         # where unfinished pairs left off: logged attempts and (judge on) committed rounds. Only the
-        # pairs of the window a kill interrupted have rounds that are not finished, so these stay small.
+        # pairs of the windows a kill interrupted have rounds that are not finished, so these stay small.
         attempts = store.latest_attempts(out / "attempts", skip=done)
         states = store.latest_rounds(out / "rounds", skip=done) if s.judge else {}
-        with tqdm(total=n_pairs, initial=finished, desc="synthesize", unit="pair") as bar:
+
+        def window_work() -> Iterator[list[dict]]:
+            """Each window's first answers, and the turns of pairs that go on from a committed round."""
             for window in pair_windows(pairs_path, s.max_pairs, WINDOW):
                 window = [p for p in window if store.pair_key(cfg, p["query_id"], p["positive_id"]) not in done]
                 if not window:
                     continue  # finished by an earlier run: not even its mining output is read
                 work, _ = plan(window, cfg, pools, done, attempts, mined_context(cfg, window))
                 work = resume(work, states, s, out)
-                generated += len(work)
-                step = step or (engines.build(s, model) if work else None)
-                while work:
-                    try:
-                        work = run_round(work, step, judge_step, s, out, bar, totals, fingerprint, cache)
-                    except SynegError:
-                        raise
-                    except Exception as exc:  # Ray wraps engine crashes; say which engine and what to do
-                        raise EngineError(engines.describe_failure(s, exc)) from exc
+                totals["generated_pairs"] += len(work)
+                yield work
+
+        step = None
+
+        def one_round(work: list[dict]) -> list[dict]:
+            nonlocal step
+            step = step or engines.build(s, model)
+            turns = sum(int(r["round"]) > 0 for r in work)
+            again = sum(int(r["round"]) == 0 and int(r["attempt"]) > 0 for r in work)
+            logger.info("synthesize: round %d: %d requests (%d first answers, %d reflection turns, %d retries)",
+                        totals["rounds"] + 1, len(work), len(work) - turns - again, turns, again)
+            totals["rounds"] += 1
+            try:
+                return run_round(work, step, judge_step, s, out, bar, totals, fingerprint, cache)
+            except SynegError:
+                raise
+            except Exception as exc:  # Ray wraps engine crashes; say which engine and what to do
+                raise EngineError(engines.describe_failure(s, exc)) from exc
+
+        with tqdm(total=n_pairs, initial=finished, desc="synthesize", unit="pair") as bar:
+            run_rounds(window_work(), one_round, round_rows(s))
     logged = store.logged_cost(out, fingerprint)
-    return summarize(keys, n_pairs, parts, totals, time.perf_counter() - start, generated, logged)
+    return summarize(keys, n_pairs, parts, totals, time.perf_counter() - start, logged)
 
 
 def output_counts(parts: Path, keys: store.KeySet) -> dict[str, int]:
@@ -410,8 +458,7 @@ def output_counts(parts: Path, keys: store.KeySet) -> dict[str, int]:
             "output_tokens": int(pc.sum(rows.column("output_tokens")).as_py() or 0)}
 
 
-def summarize(keys: store.KeySet, n_pairs: int, parts: Path, totals: Counter, seconds: float, generated: int,
-              logged: dict[str, float]) -> dict:
+def summarize(keys: store.KeySet, n_pairs: int, parts: Path, totals: Counter, seconds: float, logged: dict[str, float]) -> dict:
     """Counts over the whole output (not just this invocation) and the one summary line.
 
     The cost per kept negative, over the whole output (every attempt and round of every pair, failed
@@ -435,7 +482,8 @@ def summarize(keys: store.KeySet, n_pairs: int, parts: Path, totals: Counter, se
         "judged": totals["judged"],
         "flagged": {k.split(":", 1)[1]: v for k, v in sorted(totals.items()) if k.startswith("flagged:")},
         "rewritten": totals["rewritten"], "unchanged": totals["unchanged"], "kept": totals["kept"],
-        "output_tokens": totals["output_tokens"], "seconds": round(seconds, 1), "generated_pairs": generated,
+        "output_tokens": totals["output_tokens"], "seconds": round(seconds, 1), "generated_pairs": totals["generated_pairs"],
+        "rounds": totals["rounds"],
         "reused": totals["reused"],  # of the generations, answers taken from synthesize.answer_cache
         "tokens_per_s": new_tokens / seconds if seconds > 0 and new_tokens else None,
         "output_tokens_per_kept": tokens / negatives if negatives else None,

@@ -259,12 +259,17 @@ FLAG_ALL = ["synthesize.judge_max_positive_similarity=-1", "synthesize.reflect_r
             "synthesize.max_retries=0", "synthesize.judge_cpus=0.5"]
 
 
-def test_flagged_negatives_are_rewritten_and_recorded(tmp_path, scifact_small, ray_local) -> None:
-    from syneg_ray.stages.synthesize import run_synthesize
+def test_flagged_negatives_are_rewritten_and_recorded(tmp_path, scifact_small, ray_local, monkeypatch) -> None:
+    from syneg_ray.stages import synthesize as stage
 
+    # each pair its own window, and a round topped up to 4 engine batches of 2: both first answers
+    # go in one engine pass, then the reflection turns in one more (a window's rounds before the
+    # next window's took up to four)
+    monkeypatch.setattr(stage, "WINDOW", 1)
     cfg = config(tmp_path, scifact_small, 2, *FLAG_ALL)
-    summary = run_synthesize(cfg)
+    summary = stage.run_synthesize(cfg)
     assert summary["reflections"] >= 1 and summary["judged"] >= summary["reflections"]
+    assert summary["rounds"] == 2
     assert summary["flagged"].get("near_copy", 0) == summary["judged"]  # every scored negative was flagged
     reflections = store.read_reflections(tmp_path / "run" / "synthesize" / "rounds").to_pylist()
     assert len(reflections) == summary["reflections"] and {r["round"] for r in reflections} == {1}

@@ -152,6 +152,37 @@ def test_pairs_are_read_in_windows_across_record_batches(tmp_path) -> None:
     assert [len(w) for w in stage.pair_windows(path, 0, size=100)] == [7]
 
 
+def test_a_round_carries_the_last_ones_turns_beside_the_next_windows_first_answers() -> None:
+    """Each pair (a letter) needs two passes; windows of 3 pairs, rounds topped up to 4 requests."""
+    windows = [["a", "b", "c"], ["d", "e", "f"], ["g"]]
+    read, passes = [], []
+
+    def lazily():
+        for window in windows:
+            read.append(len(passes))  # how many passes had run when this window was read
+            yield window
+
+    def one_pass(work: list[str]) -> list[str]:
+        passes.append(work)
+        return [w.upper() for w in work if w.islower()]  # a first answer asks for a second turn
+
+    # a window of pairs going through all its rounds before the next would make 6 passes
+    assert stage.run_rounds(lazily(), one_pass, fill=4) == 4
+    assert passes == [["a", "b", "c", "d", "e", "f"], ["A", "B", "C", "D", "E", "F"], ["g"], ["G"]]
+    assert read == [0, 0, 2]  # a window is read when a round needs it, not before
+    passes.clear()
+    only_a = lambda work: passes.append(work) or [w.upper() for w in work if w == "a"]  # b, c and d settle at once
+    assert stage.run_rounds(iter([["a", "b"], ["c", "d"]]), only_a, fill=2) == 2
+    assert passes == [["a", "b"], ["A", "c", "d"]]  # a's second turn rides with the next window's first answers
+    assert stage.run_rounds(iter([[], []]), one_pass, fill=4) == 0  # windows whose pairs are all done: no pass
+
+
+def test_a_round_holds_a_window_or_four_batches_for_every_replica(cfg) -> None:
+    assert stage.round_rows(cfg.synthesize) == stage.WINDOW == 4096
+    cluster = replace(cfg.synthesize, replicas=64, batch_size=256)  # 64 GPUs: a window would feed each one batch of 64
+    assert stage.round_rows(cluster) == 4 * 64 * 256
+
+
 def test_a_pair_failed_only_by_engine_errors_is_tried_again_on_a_rerun(tmp_path, cfg) -> None:
     """An outage fails pairs without the LLM writing anything; a rerun must not take them as judged."""
     limits = stage.limits_of(cfg.synthesize)
@@ -258,9 +289,9 @@ def test_seconds_per_kept_only_from_a_cost_log_that_accounts_for_every_token(tmp
     row = {name: None for name in store.SYNTHETIC_SCHEMA.names}
     store.write_part(parts, [{**row, "key": "k", "status": "ok", "attempts": 1, "negatives": [NEG, NEG], "output_tokens": 300}],
                      store.SYNTHETIC_SCHEMA)
-    whole = stage.summarize(store.KeySet.of(["k"]), 1, parts, Counter(), 1.0, 0, {"seconds": 80.0, "generations": 2, "output_tokens": 300})
+    whole = stage.summarize(store.KeySet.of(["k"]), 1, parts, Counter(), 1.0, {"seconds": 80.0, "generations": 2, "output_tokens": 300})
     assert whole["seconds_per_kept"] == 40.0 and whole["output_tokens_per_kept"] == 150.0
-    short = stage.summarize(store.KeySet.of(["k"]), 1, parts, Counter(), 1.0, 0, {"seconds": 30.0, "generations": 1, "output_tokens": 120})
+    short = stage.summarize(store.KeySet.of(["k"]), 1, parts, Counter(), 1.0, {"seconds": 30.0, "generations": 1, "output_tokens": 120})
     assert short["seconds_per_kept"] is None and short["logged_seconds"] == 30.0  # a log begun late, or cut by a kill
 
 
