@@ -14,12 +14,22 @@ resident memory growth per request, the grammar's compile seconds, and the mask 
 token. Each cap runs in a process of its own, so one cap's freed memory is not reused by the next.
 Each cap's memory is given as a ratio to the default (cap 0, the whole floor); `none` is
 the floor left out. Prints one JSON object.
+
+The engine runs batch after batch, and a request's matcher is freed when it ends. With
+`--batches N` every batch's matchers are freed before the next is built, and each row also gives
+the resident memory at each batch's end (held) and after its matchers are freed, under each
+`--allocators`: glibc's, TCMalloc preloaded as the engine preloads it on CPU, and TCMalloc told to
+hand freed pages back (`syneg_ray.engines.vllm.TCMALLOC_RELEASE`, what the engine sets with it):
+
+    .venv-vllm/bin/python benchmarks/grammar_memory.py --data-dir ../shared/datasets --pairs 16 --caps 0 --batches 3 --allocators glibc tcmalloc tcmalloc-release
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
+import os
 import platform
 import subprocess
 import sys
@@ -78,24 +88,43 @@ def measure(args: argparse.Namespace, cap: int | None) -> dict:
         grammars.append(compiler.compile_json_schema(json.dumps(schema), any_whitespace=True))
     compile_s = time.perf_counter() - compile_s
     mask = xgr.allocate_token_bitmask(1, info.vocab_size)
-    start, matchers, tokens, mask_s = rss_mb(), [], 0, 0.0
-    for grammar, (_, answer) in zip(grammars, work, strict=True):
-        matcher = xgr.GrammarMatcher(grammar, max_rollback_tokens=0)
-        for token in tokenizer(answer)["input_ids"]:
-            began = time.perf_counter()
-            matcher.fill_next_token_bitmask(mask)
-            mask_s += time.perf_counter() - began
-            if not matcher.accept_token(token):
-                raise SystemExit(f"the grammar refused token {tokens} of an answer it should accept (cap {cap}): "
-                                 f"{tokenizer.decode([token])!r} after {answer[:200]!r}")
-            tokens += 1
-        matchers.append(matcher)  # held, as the engine holds a running request's
-    grown = rss_mb() - start
+    answer_ids = [tokenizer(answer)["input_ids"] for _, answer in work]
+    start, tokens, mask_s, held, freed = rss_mb(), 0, 0.0, [], []
+    for _ in range(args.batches):
+        matchers = []
+        for grammar, ids in zip(grammars, answer_ids, strict=True):
+            matcher = xgr.GrammarMatcher(grammar, max_rollback_tokens=0)
+            for token in ids:
+                began = time.perf_counter()
+                matcher.fill_next_token_bitmask(mask)
+                mask_s += time.perf_counter() - began
+                if not matcher.accept_token(token):
+                    raise SystemExit(f"the grammar refused token {tokens} of an answer it should accept (cap {cap}): "
+                                     f"{tokenizer.decode([token])!r} after {tokenizer.decode(ids)[:200]!r}")
+                tokens += 1
+            matchers.append(matcher)  # held, as the engine holds a running request's
+        held.append(rss_mb() - start)
+        del matchers, matcher  # the batch's requests end
+        gc.collect()
+        freed.append(rss_mb() - start)
     floors = [s["properties"]["negatives"]["items"].get("minLength", 0) for s, _ in work]
-    return {"cap": "none" if cap is None else cap, "requests": len(work), "floor_chars_median": sorted(floors)[len(floors) // 2],
-            "floor_chars_max": max(floors), "answer_tokens": tokens, "rss_growth_mb": round(grown, 1),
-            "mb_per_request": round(grown / len(work), 2), "compile_s_per_grammar": round(compile_s / len(work), 2),
-            "mask_ms_per_token": round(1000 * mask_s / tokens, 3)}  # fmt: skip
+    return {"cap": "none" if cap is None else cap, "allocator": args.child_allocator, "requests": len(work),
+            "floor_chars_median": sorted(floors)[len(floors) // 2], "floor_chars_max": max(floors),
+            "answer_tokens": tokens // args.batches, "rss_growth_mb": round(held[0], 1), "mb_per_request": round(held[0] / len(work), 2),
+            "held_mb_by_batch": [round(m) for m in held], "after_free_mb_by_batch": [round(m) for m in freed],
+            "compile_s_per_grammar": round(compile_s / len(work), 2), "mask_ms_per_token": round(1000 * mask_s / tokens, 3)}  # fmt: skip
+
+
+def allocator_env(allocator: str) -> dict[str, str]:
+    """The child's environment: glibc's allocator, or TCMalloc as the vllm engine loads it on CPU."""
+    from syneg_ray.engines.vllm import TCMALLOC_RELEASE, tcmalloc
+
+    env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD" and k not in TCMALLOC_RELEASE}
+    if allocator == "glibc":
+        return env
+    if not tcmalloc():
+        raise SystemExit("TCMalloc is not installed here (apt install libtcmalloc-minimal4); use --allocators glibc")
+    return env | {"LD_PRELOAD": tcmalloc()} | (TCMALLOC_RELEASE if allocator == "tcmalloc-release" else {})
 
 
 def main() -> None:
@@ -104,21 +133,27 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=32, help="requests held at once (the engine's batch)")
     parser.add_argument("--caps", nargs="+", default=["0", "128", "none"], help="schema_min_length_cap values; none = no floor")
     parser.add_argument("--model", default="qwen2.5-coder-1.5b", help="the LLM whose tokenizer the grammar is built for")
+    parser.add_argument("--batches", type=int, default=1, help="batches of --pairs requests, each freed before the next")
+    parser.add_argument("--allocators", nargs="+", default=["glibc"], choices=["glibc", "tcmalloc", "tcmalloc-release"],
+                        help="tcmalloc: preloaded as the vllm engine does on CPU; tcmalloc-release: and told to return freed pages")
     parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--child-allocator", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child is not None:
         print(json.dumps(measure(args, None if args.child == "none" else int(args.child))))
         return
     rows = []
-    for cap in args.caps:
-        command = [sys.executable, __file__, "--data-dir", args.data_dir, "--pairs", str(args.pairs), "--model", args.model, "--child", cap]
-        child = subprocess.run(command, check=False, capture_output=True, text=True)
-        if child.returncode:
-            raise SystemExit(f"cap {cap} failed:\n{child.stderr[-3000:]}")
-        rows.append(json.loads(child.stdout.strip().splitlines()[-1]))
-        print(json.dumps(rows[-1]), file=sys.stderr)
-    uncapped = next((r for r in rows if r["cap"] == 0), None)
-    for row in rows:  # the ratio to the default, the whole floor in the grammar
+    for allocator in args.allocators:
+        for cap in args.caps:
+            command = [sys.executable, __file__, "--data-dir", args.data_dir, "--pairs", str(args.pairs), "--model", args.model,
+                       "--batches", str(args.batches), "--child", cap, "--child-allocator", allocator]  # fmt: skip
+            child = subprocess.run(command, check=False, capture_output=True, text=True, env=allocator_env(allocator))
+            if child.returncode:
+                raise SystemExit(f"cap {cap} under {allocator} failed:\n{child.stderr[-3000:]}")
+            rows.append(json.loads(child.stdout.strip().splitlines()[-1]))
+            print(json.dumps(rows[-1]), file=sys.stderr)
+    for row in rows:  # the ratio to the default, the whole floor in the grammar, under the same allocator
+        uncapped = next((r for r in rows if r["cap"] == 0 and r["allocator"] == row["allocator"]), None)
         if uncapped is not None and uncapped["mb_per_request"] > 0:
             row["memory_vs_uncapped"] = round(row["mb_per_request"] / uncapped["mb_per_request"], 3)
     cpuinfo = Path("/proc/cpuinfo").read_text()

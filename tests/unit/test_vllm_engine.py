@@ -25,9 +25,15 @@ def test_cpu_replicas_load_tcmalloc_where_the_machine_has_it(monkeypatch, tmp_pa
     library.write_bytes(b"")
     monkeypatch.setattr(vllm, "TCMALLOC_PATHS", (str(tmp_path / "absent.so"), str(library)))
     monkeypatch.delenv("LD_PRELOAD", raising=False)
-    assert runtime_env(SynthesizeConfig(engine="vllm"))["env_vars"]["LD_PRELOAD"] == str(library)
+    monkeypatch.delenv("TCMALLOC_AGGRESSIVE_DECOMMIT", raising=False)
+    monkeypatch.setenv("TCMALLOC_RELEASE_RATE", "2")  # the user's value wins
+    env = runtime_env(SynthesizeConfig(engine="vllm"))["env_vars"]
+    assert env["LD_PRELOAD"] == str(library)
+    # freed pages go back to the system: the grammar's memory does not stay at its peak
+    assert env["TCMALLOC_AGGRESSIVE_DECOMMIT"] == "t" and env["TCMALLOC_RELEASE_RATE"] == "2"
     monkeypatch.setenv("LD_PRELOAD", "/opt/jemalloc.so")  # the user's own preload: not replaced, and inherited
-    assert "LD_PRELOAD" not in runtime_env(SynthesizeConfig(engine="vllm"))["env_vars"]
+    env = runtime_env(SynthesizeConfig(engine="vllm"))["env_vars"]
+    assert "LD_PRELOAD" not in env and "TCMALLOC_AGGRESSIVE_DECOMMIT" not in env
     monkeypatch.delenv("LD_PRELOAD")
     assert runtime_env(SynthesizeConfig(engine="vllm", gpus_per_replica=1.0)) is None  # CUDA's allocator on GPU
 
