@@ -83,7 +83,7 @@ def runtime_env(cfg: SynthesizeConfig) -> dict[str, Any] | None:
     and is freed when the request ends, so the scheduler process (EngineCore) held its peak: 8 GB
     after one batch of 16 long answers, and Ray killed a batch of 32 at 10.3 GB. Told to hand freed
     pages back at once (`TCMALLOC_RELEASE_RATE`, `TCMALLOC_AGGRESSIVE_DECOMMIT`), it peaked at
-    3.3 GB over a batch of 16 and fell to 1.5 GB after it. Set either yourself to keep your value.
+    1.9 to 4.8 GB a batch of 16 over six batches. Set either yourself to keep your value.
     """
     if cfg.gpus_per_replica > 0:
         return None
